@@ -1,0 +1,1 @@
+"""specdenoise.cluster (see pipeline/__init__.py for the import map)."""

@@ -1,0 +1,1 @@
+"""specdenoise.evaluate (see pipeline/__init__.py for the import map)."""

@@ -1,0 +1,25 @@
+"""specdenoise: simulate Subaru PFS medium-resolution stellar spectra, train denoisers, measure them.
+
+Import map (one namespace, several root folders, see ``pyproject.toml``):
+
+- ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, stage orchestration.
+- ``specdenoise.simulate`` (``simulate/``): physics kernels (grids, interpolation, instrument, noise).
+- ``specdenoise.train`` (``train/``): PyTorch models and training.
+- ``specdenoise.evaluate`` (``evaluate/``): error cubes, baselines, figures, report.
+- ``specdenoise.cluster`` (``cluster/``): Dask cluster profiles.
+"""
+
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("specdenoise")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+from specdenoise.simulate.errors import SpecdenoiseError  # noqa: E402
+
+# Zarr warns on every consolidated v3 store; consolidation is what makes opening a store one read.
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+
+__all__ = ["SpecdenoiseError", "__version__"]

@@ -1,0 +1,226 @@
+"""The simulated-dataset schema: one module names every variable, dimension and attribute.
+
+A dataset is an xarray Dataset on Zarr v3 with consolidated metadata:
+
+dims ``spectrum`` (any length, chunked along it) and ``wave`` (4096 PFS red-arm MR pixels)
+
+================  =====================  =========  ==============================================
+variable          dims                   dtype      meaning
+================  =====================  =========  ==============================================
+``flux``          (spectrum, wave)       float32    noisy observed flux, normalised (median 0.5)
+``flux_clean``    (spectrum, wave)       float32    the same observation without noise
+``sigma``         (spectrum, wave)       float32    1-sigma noise of ``flux`` (same normalisation)
+``mask``          (spectrum, wave)       uint8      0 = good pixel; bit flags in ``MASK_BITS``
+``wave``          (wave,)                float64    vacuum wavelength, nm
+per-spectrum      (spectrum,)            float32    ``PARAMS`` + ``CONDITIONS`` + ``snr``, ``norm``
+================  =====================  =========  ==============================================
+
+``norm`` is the factor the physical flux (erg s-1 cm-2 Hz-1) was divided by:
+``f_nu = flux * norm``. The same factor divides ``flux``, ``flux_clean`` and ``sigma``.
+
+Writing follows one rule so that a resumed or re-run simulation is bitwise identical: each chunk
+of ``chunk_size`` spectra is written by one task, and a chunk is recorded as done (an empty marker
+file in ``<store>/.done/``) only after all its arrays are written. A store is complete when the
+attribute ``complete`` is True, set by :func:`finalize_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from specdenoise.simulate.errors import SpecdenoiseError
+
+DATASET_KIND = "specdenoise-dataset"
+SCHEMA_VERSION = 1
+
+SPECTRUM_DIM = "spectrum"
+WAVE_DIM = "wave"
+
+#: stellar parameters, in grid-axis order
+PARAMS = ("teff", "logg", "m_h", "a_m")
+#: source and observing conditions drawn per spectrum
+CONDITIONS = (
+    "rv",
+    "ebv",
+    "mag",
+    "seeing",
+    "zenith",
+    "field_angle",
+    "moon_zenith",
+    "moon_separation",
+    "moon_phase",
+    "exp_time",
+    "n_exp",
+)
+#: derived per-spectrum quantities
+DERIVED = ("snr", "norm")
+
+#: variables with dims (spectrum, wave)
+SPECTRAL_VARS = ("flux", "flux_clean", "sigma", "mask")
+
+UNITS = {
+    "teff": "K",
+    "logg": "dex (cgs)",
+    "m_h": "dex",
+    "a_m": "dex",
+    "rv": "km s-1",
+    "ebv": "mag",
+    "mag": "mag (AB)",
+    "seeing": "arcsec",
+    "zenith": "deg",
+    "field_angle": "deg",
+    "moon_zenith": "deg",
+    "moon_separation": "deg",
+    "moon_phase": "1 (0 = full, 0.5 = new)",
+    "exp_time": "s",
+    "n_exp": "1",
+    "snr": "1 (median over pixels of flux / sigma)",
+    "norm": "erg s-1 cm-2 Hz-1",
+    "flux": "1 (normalised: median 0.5)",
+    "flux_clean": "1 (normalised: median 0.5)",
+    "sigma": "1 (normalised like flux)",
+    "wave": "nm (vacuum)",
+}
+
+MASK_BITS = {"no_data": 1, "bad_pixel": 2, "sky_residual": 4}
+
+
+def per_spectrum_names() -> tuple[str, ...]:
+    return (*PARAMS, *CONDITIONS, *DERIVED)
+
+
+def done_dir(path: str | Path) -> Path:
+    return Path(path) / ".done"
+
+
+def create_dataset_store(
+    path: str | Path,
+    n_spectrum: int,
+    chunk_size: int,
+    wave: np.ndarray,
+    *,
+    attrs: Mapping | None = None,
+    extra_coords: tuple[str, ...] = (),
+    compressors: list | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Create the empty store (metadata only) for ``n_spectrum`` spectra.
+
+    When the store already exists with the same shape, chunking and ``attrs["config_hash"]``,
+    it is left as it is (that is how ``--resume`` works); otherwise it is an error unless
+    ``overwrite``.
+    """
+    import dask.array as da  # only to declare lazy empty arrays
+
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            try:
+                old = zarr.open_group(str(path), mode="r")
+                same = (
+                    old.attrs.get("config_hash") == (attrs or {}).get("config_hash")
+                    and old["flux"].shape == (n_spectrum, wave.size)
+                    and old["flux"].chunks[0] == chunk_size
+                )
+            except Exception:
+                same = False
+            if same:
+                return path
+            raise SpecdenoiseError(
+                f"{path} exists and was made with other settings; choose another --out "
+                "or pass --overwrite"
+            )
+        import shutil
+
+        shutil.rmtree(path)
+    n_wave = int(np.size(wave))
+    if compressors is None:
+        compressors = [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    chunks2 = (chunk_size, n_wave)
+    data_vars = {}
+    for v in ("flux", "flux_clean", "sigma"):
+        data_vars[v] = (
+            (SPECTRUM_DIM, WAVE_DIM),
+            da.zeros((n_spectrum, n_wave), dtype=np.float32, chunks=chunks2),
+            {"units": UNITS[v]},
+        )
+    data_vars["mask"] = (
+        (SPECTRUM_DIM, WAVE_DIM),
+        da.zeros((n_spectrum, n_wave), dtype=np.uint8, chunks=chunks2),
+        {"flag_meanings": json.dumps(MASK_BITS)},
+    )
+    coords = {WAVE_DIM: (WAVE_DIM, np.asarray(wave, np.float64), {"units": UNITS["wave"]})}
+    for name in (*per_spectrum_names(), *extra_coords):
+        coords[name] = (
+            SPECTRUM_DIM,
+            da.zeros(n_spectrum, dtype=np.float32, chunks=chunk_size),
+            {"units": UNITS.get(name, "")},
+        )
+    a = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+         for k, v in dict(attrs or {}).items()}
+    a.update(specdenoise_kind=DATASET_KIND, schema_version=SCHEMA_VERSION, complete=False,
+             chunk_size=chunk_size)
+    ds = xr.Dataset(data_vars, coords=coords, attrs=a)
+    encoding = {
+        v: {"chunks": chunks2, "compressors": compressors} for v in SPECTRAL_VARS
+    }
+    for name in (*per_spectrum_names(), *extra_coords):
+        encoding[name] = {"chunks": (chunk_size,)}
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False,
+               encoding=encoding)
+    done_dir(path).mkdir(exist_ok=True)
+    return path
+
+
+def write_chunk(path: str | Path, chunk_index: int, chunk_size: int, arrays: Mapping) -> None:
+    """Write one chunk's arrays, then mark it done (marker written last, atomically)."""
+    g = zarr.open_group(str(path), mode="r+")
+    start = chunk_index * chunk_size
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        g[name][start : start + value.shape[0]] = value
+    marker = done_dir(path) / f"{chunk_index:08d}"
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text("")
+    tmp.replace(marker)
+
+
+def done_chunks(path: str | Path) -> set[int]:
+    d = done_dir(path)
+    if not d.exists():
+        return set()
+    return {int(p.name) for p in d.iterdir() if p.name.isdigit()}
+
+
+def finalize_dataset(path: str | Path) -> None:
+    """Mark a store complete and consolidate its metadata (after every chunk is done)."""
+    g = zarr.open_group(str(path), mode="r+")
+    g.attrs["complete"] = True
+    zarr.consolidate_metadata(str(path))
+
+
+def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:
+    """Open a simulated dataset lazily, checking it is complete and has what is needed."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecdenoiseError(f"dataset {path} does not exist")
+    try:
+        ds = xr.open_zarr(path, consolidated=None)
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot open dataset {path}: {exc}") from None
+    if ds.attrs.get("specdenoise_kind") != DATASET_KIND:
+        raise SpecdenoiseError(f"{path} is not a specdenoise dataset")
+    if not ds.attrs.get("complete", False):
+        raise SpecdenoiseError(
+            f"dataset {path} is incomplete (interrupted run?); re-run with --resume"
+        )
+    missing = [v for v in require if v not in ds]
+    if missing:
+        raise SpecdenoiseError(f"dataset {path} lacks variable(s) {', '.join(missing)}")
+    return ds

@@ -1,0 +1,303 @@
+"""The stellar model grid store: an xarray Dataset on Zarr v3.
+
+Layout
+------
+``flux[teff, logg, m_h, a_m(, c_m), wave]``  float32, unit in ``flux.attrs["units"]``
+``cont[...same...]``                         float32, optional continuum
+``exists[teff, logg, m_h, a_m(, c_m)]``      bool, False where the source has no model
+coordinates ``teff`` (K), ``logg`` (dex, cgs), ``m_h``, ``a_m``, ``c_m`` (dex), ``wave`` (nm, vacuum)
+
+``flux`` is chunked one node per chunk, so one node's spectrum is one read and a worker that
+interpolates fetches only the corner spectra it needs.
+
+Writing is two-phase so an interrupted build or import never leaves a store that looks complete:
+everything is written under ``<out>.partial``; :func:`finalize_grid_store` checks that every node
+marked as existing was written, records a content hash, consolidates metadata, sets
+``attrs["complete"] = True`` and only then renames the store into place. :func:`open_grid`
+refuses a store that is not complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from specdenoise.simulate.errors import SpecdenoiseError
+
+#: Parameter axes a grid may have, in storage order.
+AXES = ("teff", "logg", "m_h", "a_m", "c_m")
+AXIS_UNITS = {"teff": "K", "logg": "dex (cgs)", "m_h": "dex", "a_m": "dex", "c_m": "dex"}
+AXIS_LONG_NAMES = {
+    "teff": "effective temperature",
+    "logg": "surface gravity log10(g / cm s^-2)",
+    "m_h": "metallicity [M/H]",
+    "a_m": "alpha enhancement [alpha/M]",
+    "c_m": "carbon enhancement [C/M]",
+}
+GRID_KIND = "specdenoise-grid"
+GRID_SCHEMA_VERSION = 1
+
+
+def _compressors():
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a store is assembled before it is renamed to ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _check_axes(axes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = list(axes)
+    unknown = [n for n in names if n not in AXES]
+    if unknown:
+        raise SpecdenoiseError(f"unknown grid axis {unknown[0]!r}; grid axes are {', '.join(AXES)}")
+    order = [n for n in AXES if n in axes]
+    if names != order:
+        raise SpecdenoiseError(f"grid axes must be given in the order {order}, got {names}")
+    out = {}
+    for n in order:
+        v = np.asarray(axes[n], dtype=np.float64)
+        if v.ndim != 1 or v.size < 1:
+            raise SpecdenoiseError(f"grid axis {n!r} must be a non-empty 1-D array")
+        if v.size > 1 and not np.all(np.diff(v) > 0):
+            raise SpecdenoiseError(f"grid axis {n!r} must be strictly increasing")
+        out[n] = v
+    return out
+
+
+def create_grid_store(
+    path: str | Path,
+    axes: Mapping[str, np.ndarray],
+    wave: np.ndarray,
+    *,
+    exists: np.ndarray | None = None,
+    with_cont: bool = False,
+    flux_unit: str = "erg s-1 cm-2 nm-1 (surface flux)",
+    attrs: Mapping | None = None,
+) -> Path:
+    """Create an empty grid store under ``partial_path(path)`` and return that path.
+
+    Parameters
+    ----------
+    path : final location of the store (``*.zarr`` directory).
+    axes : ordered mapping axis name -> strictly increasing 1-D node values.
+    wave : (n_wave,) vacuum wavelengths in nm, strictly increasing.
+    exists : bool array of the axes' shape; defaults to all True.
+    with_cont : also create a ``cont`` variable.
+    flux_unit : unit string stored in ``flux.attrs["units"]``.
+    attrs : global attributes (source, resolution, sampling, settings...).
+
+    Node spectra are then written with :func:`write_nodes`; unwritten chunks read as NaN.
+    """
+    axes = _check_axes(axes)
+    wave = np.asarray(wave, dtype=np.float64)
+    if wave.ndim != 1 or wave.size < 2 or not np.all(np.diff(wave) > 0):
+        raise SpecdenoiseError("grid wavelengths must be a strictly increasing 1-D array")
+    shape = tuple(v.size for v in axes.values())
+    if exists is None:
+        exists = np.ones(shape, dtype=bool)
+    exists = np.asarray(exists, dtype=bool)
+    if exists.shape != shape:
+        raise SpecdenoiseError(f"'exists' has shape {exists.shape}, expected {shape}")
+
+    tmp = partial_path(path)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dims = (*axes, "wave")
+    coords = {
+        n: (n, v, {"units": AXIS_UNITS[n], "long_name": AXIS_LONG_NAMES[n]}) for n, v in axes.items()
+    }
+    coords["wave"] = ("wave", wave, {"units": "nm", "long_name": "vacuum wavelength"})
+    import dask.array as da  # only for lazily declaring the empty arrays
+
+    full = (*shape, wave.size)
+    chunks = (*(1,) * len(shape), wave.size)
+    data_vars = {
+        "flux": (dims, da.full(full, np.nan, dtype=np.float32, chunks=chunks), {"units": flux_unit}),
+        "exists": (tuple(axes), exists, {"long_name": "model exists at this node"}),
+    }
+    if with_cont:
+        data_vars["cont"] = (
+            dims,
+            da.full(full, np.nan, dtype=np.float32, chunks=chunks),
+            {"units": flux_unit, "long_name": "continuum"},
+        )
+    all_attrs = dict(attrs or {})
+    all_attrs.update(
+        specdenoise_kind=GRID_KIND,
+        schema_version=GRID_SCHEMA_VERSION,
+        wave_medium="vacuum",
+        complete=False,
+    )
+    ds = xr.Dataset(data_vars, coords=coords, attrs=_jsonable_attrs(all_attrs))
+    encoding = {
+        v: {"chunks": chunks, "compressors": _compressors(), "fill_value": np.float32(np.nan)}
+        for v in ("flux", "cont")
+        if v in ds
+    }
+    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+    return tmp
+
+
+def write_nodes(
+    store: str | Path,
+    index: Sequence[tuple[int, ...]] | np.ndarray,
+    flux: np.ndarray,
+    cont: np.ndarray | None = None,
+) -> None:
+    """Write node spectra into a store made by :func:`create_grid_store`.
+
+    ``index`` is (k, n_axes) integer node indices, ``flux`` (and ``cont``) are (k, n_wave).
+    Safe to call from many processes at once for different nodes (one chunk per node).
+    """
+    g = zarr.open_group(str(store), mode="r+")
+    index = np.atleast_2d(np.asarray(index, dtype=np.int64))
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
+    fa = g["flux"]
+    ca = g["cont"] if cont is not None else None
+    if cont is not None:
+        cont = np.atleast_2d(np.asarray(cont, dtype=np.float32))
+    for k, idx in enumerate(index):
+        fa[tuple(idx)] = flux[k]
+        if ca is not None:
+            ca[tuple(idx)] = cont[k]
+
+
+def write_exists(store: str | Path, exists: np.ndarray) -> None:
+    """Overwrite the ``exists`` mask of a partial store (e.g. after skipping bad files)."""
+    g = zarr.open_group(str(store), mode="r+")
+    g["exists"][...] = np.asarray(exists, dtype=bool)
+
+
+def _jsonable_attrs(attrs: Mapping) -> dict:
+    """Zarr attributes must be JSON: nested settings are stored as JSON text."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, (dict, list, tuple)):
+            out[k] = json.dumps(v, sort_keys=True, default=str)
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
+
+
+def _content_hash(g: zarr.Group, names: Sequence[str]) -> tuple[str, int]:
+    """sha256 over axes, wavelengths, the mask and every node spectrum (node order).
+
+    Returns the hex digest and the number of existing nodes whose flux is missing or not finite.
+    """
+    h = hashlib.sha256()
+    for n in (*names, "wave"):
+        h.update(n.encode())
+        h.update(np.ascontiguousarray(g[n][...], dtype=np.float64).tobytes())
+    exists = np.asarray(g["exists"][...], dtype=bool)
+    h.update(exists.tobytes())
+    flux = g["flux"]
+    bad = 0
+    shape = exists.shape
+    # one slab of the first axis at a time keeps memory bounded for large grids
+    for i in range(shape[0]):
+        slab = np.asarray(flux[i], dtype=np.float32)
+        ex = exists[i]
+        ok = np.isfinite(slab).all(axis=-1)
+        bad += int(np.count_nonzero(ex & ~ok))
+        slab = np.where(ex[..., None], slab, np.float32(0))
+        h.update(slab.tobytes())
+    return h.hexdigest(), bad
+
+
+def finalize_grid_store(store: str | Path, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Check, hash, consolidate and atomically move a partial store to ``path``."""
+    store, path = Path(store), Path(path)
+    g = zarr.open_group(str(store), mode="r+")
+    names = [n for n in AXES if n in g]
+    digest, bad = _content_hash(g, names)
+    if bad:
+        raise SpecdenoiseError(
+            f"{bad} grid node(s) marked as existing were never written or are not finite; "
+            f"the partial store is left at {store}"
+        )
+    g.attrs.update({"content_hash": f"sha256:{digest}", "complete": True})
+    zarr.consolidate_metadata(str(store))
+    if path.exists():
+        if not overwrite:
+            raise SpecdenoiseError(f"{path} already exists; pass --overwrite to replace it")
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.rename(path)
+    return path
+
+
+def write_grid(
+    path: str | Path,
+    flux: np.ndarray,
+    axes: Mapping[str, np.ndarray],
+    wave: np.ndarray,
+    *,
+    exists: np.ndarray | None = None,
+    cont: np.ndarray | None = None,
+    flux_unit: str = "erg s-1 cm-2 nm-1 (surface flux)",
+    attrs: Mapping | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an in-memory grid ``flux[*axes, wave]`` as a complete store at ``path``."""
+    axes = _check_axes(axes)
+    shape = tuple(v.size for v in axes.values())
+    flux = np.asarray(flux, dtype=np.float32)
+    if flux.shape != (*shape, np.size(wave)):
+        raise SpecdenoiseError(f"flux has shape {flux.shape}, expected {(*shape, np.size(wave))}")
+    tmp = create_grid_store(
+        path, axes, wave, exists=exists, with_cont=cont is not None, flux_unit=flux_unit,
+        attrs=attrs,
+    )
+    g = zarr.open_group(str(tmp), mode="r+")
+    g["flux"][...] = flux
+    if cont is not None:
+        g["cont"][...] = np.asarray(cont, dtype=np.float32)
+    return finalize_grid_store(tmp, path, overwrite=overwrite)
+
+
+def open_grid(path: str | Path) -> xr.Dataset:
+    """Open a grid store lazily (nothing but metadata and the small mask is read).
+
+    Raises :class:`SpecdenoiseError` with one line when the path is missing, is not a grid
+    store, or was never completed (an interrupted build or import).
+    """
+    path = Path(path)
+    if not path.exists():
+        if partial_path(path).exists():
+            raise SpecdenoiseError(
+                f"grid {path} was never completed (found {partial_path(path).name}); "
+                "re-run the build or import"
+            )
+        raise SpecdenoiseError(f"grid store {path} does not exist")
+    try:
+        ds = xr.open_zarr(path, consolidated=True)
+    except Exception as exc:  # zarr/xarray raise many types for a corrupt store
+        raise SpecdenoiseError(f"cannot open grid store {path}: {exc}") from None
+    if ds.attrs.get("specdenoise_kind") != GRID_KIND:
+        raise SpecdenoiseError(f"{path} is not a specdenoise grid store")
+    if not ds.attrs.get("complete", False):
+        raise SpecdenoiseError(f"grid {path} is incomplete; re-run the build or import")
+    return ds
+
+
+def grid_axes(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """The parameter axes of a grid, in storage order: name -> node values."""
+    return {n: np.asarray(ds[n].values, dtype=np.float64) for n in ds["flux"].dims[:-1]}
+
+
+def grid_settings(ds: xr.Dataset, key: str = "settings") -> dict:
+    """A JSON-encoded attribute decoded back to a dict (empty when absent)."""
+    raw = ds.attrs.get(key)
+    return json.loads(raw) if isinstance(raw, str) and raw.startswith("{") else {}

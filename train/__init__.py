@@ -1,0 +1,1 @@
+"""specdenoise.train (see pipeline/__init__.py for the import map)."""
