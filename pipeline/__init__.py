@@ -1,9 +1,9 @@
-"""specdenoise: simulate Subaru PFS medium-resolution stellar spectra, train denoisers, measure them.
+"""specdenoise: simulate Subaru PFS stellar spectra, train denoisers, measure what they recover.
 
 Import map (one namespace, several root folders, see ``pyproject.toml``):
 
 - ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, stage orchestration.
-- ``specdenoise.simulate`` (``simulate/``): physics kernels (grids, interpolation, instrument, noise).
+- ``specdenoise.simulate`` (``simulate/``): physics kernels.
 - ``specdenoise.train`` (``train/``): PyTorch models and training.
 - ``specdenoise.evaluate`` (``evaluate/``): error cubes, baselines, figures, report.
 - ``specdenoise.cluster`` (``cluster/``): Dask cluster profiles.

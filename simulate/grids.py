@@ -5,7 +5,8 @@ Layout
 ``flux[teff, logg, m_h, a_m(, c_m), wave]``  float32, unit in ``flux.attrs["units"]``
 ``cont[...same...]``                         float32, optional continuum
 ``exists[teff, logg, m_h, a_m(, c_m)]``      bool, False where the source has no model
-coordinates ``teff`` (K), ``logg`` (dex, cgs), ``m_h``, ``a_m``, ``c_m`` (dex), ``wave`` (nm, vacuum)
+coordinates ``teff`` (K), ``logg`` (dex, cgs), ``m_h``, ``a_m``, ``c_m`` (dex),
+``wave`` (nm, vacuum)
 
 ``flux`` is chunked one node per chunk, so one node's spectrum is one read and a worker that
 interpolates fetches only the corner spectra it needs.
@@ -114,7 +115,8 @@ def create_grid_store(
         shutil.rmtree(tmp)
     dims = (*axes, "wave")
     coords = {
-        n: (n, v, {"units": AXIS_UNITS[n], "long_name": AXIS_LONG_NAMES[n]}) for n, v in axes.items()
+        n: (n, v, {"units": AXIS_UNITS[n], "long_name": AXIS_LONG_NAMES[n]})
+        for n, v in axes.items()
     }
     coords["wave"] = ("wave", wave, {"units": "nm", "long_name": "vacuum wavelength"})
     import dask.array as da  # only for lazily declaring the empty arrays
@@ -122,7 +124,11 @@ def create_grid_store(
     full = (*shape, wave.size)
     chunks = (*(1,) * len(shape), wave.size)
     data_vars = {
-        "flux": (dims, da.full(full, np.nan, dtype=np.float32, chunks=chunks), {"units": flux_unit}),
+        "flux": (
+            dims,
+            da.full(full, np.nan, dtype=np.float32, chunks=chunks),
+            {"units": flux_unit},
+        ),
         "exists": (tuple(axes), exists, {"long_name": "model exists at this node"}),
     }
     if with_cont:
