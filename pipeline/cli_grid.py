@@ -1,0 +1,96 @@
+"""``specdenoise grid``: build the built-in grid, import BOSZ, inspect a grid store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grid",
+        help="build or import a stellar model grid (Zarr store)",
+        description="Build the built-in approximate grid, import BOSZ spectra, or inspect a grid.",
+    )
+    gsub = p.add_subparsers(dest="grid_command", metavar="ACTION")
+    gsub.required = True
+
+    b = gsub.add_parser(
+        "build",
+        help="generate a built-in grid (no downloads)",
+        description=(
+            "Generate the built-in approximate synthetic grid (Teff 3500-7500 K, log g 0-5, "
+            "[M/H] -2.5..+0.75, [a/M] -0.25..+0.5, vacuum 700-900 nm at R=20000). Without --out "
+            "it is cached under the user cache directory and reused."
+        ),
+    )
+    b.add_argument("source", choices=["builtin"], help="which generator (only 'builtin')")
+    b.add_argument("--out", type=Path, help="where to write the store (default: the cache)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_build)
+
+    i = gsub.add_parser(
+        "import",
+        help="import BOSZ 2017/2024 model files into a grid store",
+        description=(
+            "Import a directory of BOSZ 2017 (FITS, .asc, .asc.bz2) or BOSZ 2024 (.txt.gz + "
+            "bosz2024_wave_r{R}.txt) spectra, in parallel with Dask, into a grid store."
+        ),
+    )
+    i.add_argument("source", choices=["bosz"], help="model family")
+    i.add_argument("dir", type=Path, help="directory holding the model files")
+    i.add_argument("--out", type=Path, required=True, help="grid store to write (*.zarr)")
+    i.add_argument(
+        "--wave-range", nargs=2, type=float, default=(700.0, 900.0), metavar=("MIN", "MAX"),
+        help="vacuum wavelength range to keep, nm (default 700 900)",
+    )
+    i.add_argument("--resolution", type=float, help="degrade to this resolving power R")
+    i.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable files (listed at the end) instead of stopping")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i.set_defaults(func=_import)
+
+    s = gsub.add_parser("info", help="describe a grid store")
+    s.add_argument("path", type=Path)
+    s.set_defaults(func=_info)
+
+
+def _build(args) -> int:
+    from specdenoise.simulate.builtin_grid import build_builtin_grid
+
+    path = build_builtin_grid(args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"built-in grid: {path}")
+    return 0
+
+
+def _import(args) -> int:
+    from specdenoise.grid_import import import_bosz
+
+    path = import_bosz(
+        args.dir,
+        args.out,
+        wave_range=tuple(args.wave_range),
+        resolution=args.resolution,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(f"grid store: {path}")
+    return 0
+
+
+def _info(args) -> int:
+    from specdenoise.simulate.grids import grid_axes, open_grid
+
+    ds = open_grid(args.path)
+    print(f"{args.path}: source={ds.attrs.get('source')} medium={ds.attrs.get('wave_medium')}")
+    for name, values in grid_axes(ds).items():
+        print(f"  {name:5s} {values.min():9.3f} .. {values.max():9.3f}  ({values.size} nodes)")
+    w = ds["wave"].values
+    print(f"  wave  {w[0]:9.3f} .. {w[-1]:9.3f} nm ({w.size} samples)")
+    n = int(ds["exists"].values.sum())
+    print(f"  nodes present: {n} of {ds['exists'].size}")
+    print(f"  content hash: {ds.attrs.get('content_hash')}")
+    return 0

@@ -1,0 +1,269 @@
+"""The simulation configuration: TOML on disk, plain dicts in memory, one error per mistake.
+
+A configuration is a nested dict with the layout of :data:`DEFAULTS`. :func:`load_config`
+merges a user TOML file and ``--set key=value`` overrides into the defaults and validates the
+result; every problem found is reported on its own line in a single :class:`SpecdenoiseError`.
+
+Distributions (one per parameter and condition, table ``[params.<name>]``)::
+
+    {dist = "fixed",   value = 900}
+    {dist = "uniform", low = 19.0, high = 22.5}
+    {dist = "normal",  mean = 0.0, std = 300.0, low = -600.0, high = 600.0}   # clipped
+    {dist = "beta",    a = 2.0, b = 5.0, low = 0.0, high = 0.1}              # scaled to [low, high]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from specdenoise.schema import CONDITIONS, PARAMS
+from specdenoise.simulate.errors import SpecdenoiseError
+
+DEFAULTS: dict = {
+    "n": 1000,
+    "chunk_size": 1000,
+    "seed": 1,
+    "out": "dataset.zarr",
+    "grid": "builtin",
+    "noise": "builtin",
+    "compressor": "zstd",
+    "keepbits": 12,
+    "split": "",
+    "missing": "error",
+    "observe": {
+        "lsf_fwhm_pix": [3.1, 3.2],
+        "distortion": 0.02,
+        "noise_kind": "gaussian",
+        "extinction_law": "F99",
+        "filter": "hsc2017-i",
+    },
+    "params": {
+        "teff": {"dist": "uniform", "low": 3500.0, "high": 7500.0},
+        "logg": {"dist": "uniform", "low": 0.0, "high": 5.0},
+        "m_h": {"dist": "uniform", "low": -2.5, "high": 0.75},
+        "a_m": {"dist": "uniform", "low": -0.25, "high": 0.5},
+        "rv": {"dist": "normal", "mean": 0.0, "std": 300.0, "low": -600.0, "high": 600.0},
+        "ebv": {"dist": "uniform", "low": 0.0, "high": 0.1},
+        "mag": {"dist": "uniform", "low": 19.0, "high": 22.5},
+        "seeing": {"dist": "uniform", "low": 0.5, "high": 1.5},
+        "zenith": {"dist": "uniform", "low": 0.0, "high": 45.0},
+        "field_angle": {"dist": "uniform", "low": 0.0, "high": 0.65},
+        "moon_zenith": {"dist": "uniform", "low": 30.0, "high": 90.0},
+        "moon_separation": {"dist": "uniform", "low": 60.0, "high": 180.0},
+        "moon_phase": {"dist": "uniform", "low": 0.0, "high": 0.25},
+        "exp_time": {"dist": "fixed", "value": 900.0},
+        "n_exp": {"dist": "fixed", "value": 4.0},
+    },
+}
+
+DIST_KEYS = {
+    "fixed": ("value",),
+    "uniform": ("low", "high"),
+    "normal": ("mean", "std", "low", "high"),
+    "beta": ("a", "b", "low", "high"),
+}
+COMPRESSORS = ("zstd", "zstd-bitround", "lz4", "none")
+NOISE_KINDS = ("gaussian", "poisson")
+EXTINCTION_LAWS = ("F99", "G23")
+
+
+def _merge(base: dict, new: Mapping, where: str, errors: list[str]) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in new.items():
+        path = f"{where}{key}"
+        if key not in base:
+            if where.startswith("params."):
+                out[key] = value  # a distribution may switch to keys of another kind
+                continue
+            errors.append(f"unknown option '{path}'")
+            continue
+        if isinstance(base[key], dict) and key != "params" and not where.startswith("params"):
+            if not isinstance(value, Mapping):
+                errors.append(f"'{path}' must be a table")
+                continue
+            out[key] = _merge(base[key], value, path + ".", errors)
+        elif key == "params":
+            if not isinstance(value, Mapping):
+                errors.append("'params' must be a table of distributions")
+                continue
+            for pname, dist in value.items():
+                if pname not in base["params"]:
+                    errors.append(
+                        f"unknown parameter 'params.{pname}'; known: {', '.join(base['params'])}"
+                    )
+                elif not isinstance(dist, Mapping):
+                    errors.append(f"'params.{pname}' must be a table like {{dist = \"uniform\"}}")
+                else:
+                    d = dict(dist)
+                    if "dist" in d and d["dist"] != base["params"][pname]["dist"]:
+                        out["params"][pname] = d  # a new kind replaces the default entirely
+                    else:
+                        out["params"][pname] = {**base["params"][pname], **d}
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word such as a path or a name
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as TOML, else taken as text)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecdenoiseError(f"--set expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = cfg
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SpecdenoiseError(f"--set {key}: '{p}' is not a table")
+        node[parts[-1]] = _parse_value(text.strip())
+    return cfg
+
+
+def validate(cfg: dict) -> list[str]:
+    """All problems with a merged configuration, one line each (empty when valid)."""
+    errors: list[str] = []
+
+    def positive_int(name):
+        v = cfg.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            errors.append(f"'{name}' must be a positive integer, got {v!r}")
+
+    positive_int("n")
+    positive_int("chunk_size")
+    if not isinstance(cfg.get("seed"), int) or cfg["seed"] < 0:
+        errors.append(f"'seed' must be a non-negative integer, got {cfg.get('seed')!r}")
+    if cfg.get("compressor") not in COMPRESSORS:
+        errors.append(f"'compressor' must be one of {', '.join(COMPRESSORS)}")
+    kb = cfg.get("keepbits")
+    if not isinstance(kb, int) or not 4 <= kb <= 23:
+        errors.append(f"'keepbits' must be an integer 4..23 (mantissa bits kept), got {kb!r}")
+    if cfg.get("missing") not in ("error", "renormalize"):
+        errors.append("'missing' must be 'error' or 'renormalize'")
+    obs = cfg["observe"]
+    fw = obs.get("lsf_fwhm_pix")
+    if not (isinstance(fw, list) and len(fw) == 2 and all(isinstance(x, int | float) and x > 0
+                                                           for x in fw)):
+        errors.append("'observe.lsf_fwhm_pix' must be [fwhm_at_710nm, fwhm_at_885nm] in pixels")
+    d = obs.get("distortion")
+    if not isinstance(d, int | float) or not 0 <= d <= 0.2:
+        errors.append(f"'observe.distortion' must be an amplitude 0..0.2, got {d!r}")
+    if obs.get("noise_kind") not in NOISE_KINDS:
+        errors.append(f"'observe.noise_kind' must be one of {', '.join(NOISE_KINDS)}")
+    if obs.get("extinction_law") not in EXTINCTION_LAWS:
+        errors.append(f"'observe.extinction_law' must be one of {', '.join(EXTINCTION_LAWS)}")
+    for name, dist in cfg["params"].items():
+        kind = dist.get("dist")
+        if kind not in DIST_KEYS:
+            errors.append(f"'params.{name}.dist' must be one of {', '.join(DIST_KEYS)}, "
+                          f"got {kind!r}")
+            continue
+        need = DIST_KEYS[kind]
+        for k in need:
+            if not isinstance(dist.get(k), int | float) or isinstance(dist.get(k), bool):
+                errors.append(f"'params.{name}.{k}' must be a number for dist = \"{kind}\"")
+        extra = set(dist) - set(need) - {"dist"}
+        if extra:
+            errors.append(f"'params.{name}' has keys {sorted(extra)} not used by "
+                          f"dist = \"{kind}\" (uses {', '.join(need)})")
+        if all(isinstance(dist.get(k), int | float) for k in need):
+            if "low" in need and dist["low"] > dist["high"]:
+                errors.append(f"'params.{name}': low > high")
+            if kind == "normal" and dist["std"] < 0:
+                errors.append(f"'params.{name}.std' must be >= 0")
+            if kind == "beta" and (dist["a"] <= 0 or dist["b"] <= 0):
+                errors.append(f"'params.{name}': beta a and b must be > 0")
+    if cfg.get("split"):
+        try:
+            parse_split(cfg["split"])
+        except SpecdenoiseError as exc:
+            errors.append(str(exc))
+    missing = [p for p in (*PARAMS, *CONDITIONS) if p not in cfg["params"]]
+    if missing:
+        errors.append(f"no distribution for {', '.join(missing)}")
+    return errors
+
+
+def parse_split(text: str) -> dict[str, float]:
+    """``"train=0.8,val=0.1,test=0.1"`` -> {"train": 0.8, ...}; fractions must sum to 1."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, frac = part.partition("=")
+        name = name.strip()
+        try:
+            value = float(frac)
+        except ValueError:
+            raise SpecdenoiseError(f"split {text!r}: expected NAME=FRACTION items") from None
+        if not name.isidentifier() or value <= 0:
+            raise SpecdenoiseError(f"split {text!r}: bad item {part!r}")
+        out[name] = value
+    if abs(sum(out.values()) - 1) > 1e-6:
+        raise SpecdenoiseError(f"split {text!r}: fractions sum to {sum(out.values()):g}, not 1")
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                **values) -> dict:
+    """Defaults, then the TOML file, then ``--set`` overrides, then explicit ``values``."""
+    errors: list[str] = []
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise SpecdenoiseError(f"config file {path} does not exist")
+        try:
+            user = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecdenoiseError(f"config file {path} is not valid TOML: {exc}") from None
+        cfg = _merge(cfg, user, "", errors)
+    if overrides:
+        cfg = _merge(cfg, apply_overrides({}, overrides), "", errors)
+    explicit = {k: v for k, v in values.items() if v is not None}
+    cfg = _merge(cfg, explicit, "", errors)
+    errors += validate(cfg)
+    if errors:
+        where = f" in {path}" if path else ""
+        raise SpecdenoiseError(f"invalid configuration{where}: " + "; ".join(errors))
+    return cfg
+
+
+def config_hash(cfg: Mapping, keys_ignored: Iterable[str] = ("out",)) -> str:
+    """A short hash of everything that changes the simulated numbers."""
+    data = {k: v for k, v in cfg.items() if k not in set(keys_ignored)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def to_toml(cfg: Mapping) -> str:
+    """Render a configuration as TOML (enough of TOML for our flat/nested layout)."""
+    def fmt(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    lines = [f"{k} = {fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    for section in ("observe",):
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {fmt(v)}" for k, v in cfg[section].items()]
+    lines += ["", "# one distribution per parameter: fixed, uniform, normal (clipped), beta"]
+    lines += ["[params]"]
+    for name, dist in cfg["params"].items():
+        inner = ", ".join(f"{k} = {fmt(v)}" for k, v in dist.items())
+        lines.append(f"{name} = {{{inner}}}")
+    return "\n".join(lines) + "\n"
