@@ -100,8 +100,13 @@ def _merge(base: dict, new: Mapping, where: str, errors: list[str]) -> dict:
                     errors.append(f"'params.{pname}' must be a table like {{dist = \"uniform\"}}")
                 else:
                     d = dict(dist)
-                    if "dist" in d and d["dist"] != base["params"][pname]["dist"]:
-                        out["params"][pname] = d  # a new kind replaces the default entirely
+                    old = base["params"][pname]
+                    if "dist" in d and d["dist"] != old["dist"]:
+                        # a new kind keeps only the old keys it also uses (e.g. low, high)
+                        keep = DIST_KEYS.get(d["dist"], ())
+                        out["params"][pname] = {
+                            **{k: v for k, v in old.items() if k in keep}, **d
+                        }
                     else:
                         out["params"][pname] = {**base["params"][pname], **d}
         else:

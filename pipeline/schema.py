@@ -108,13 +108,14 @@ def create_dataset_store(
     attrs: Mapping | None = None,
     extra_coords: tuple[str, ...] = (),
     compressors: list | None = None,
+    filters: list | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Create the empty store (metadata only) for ``n_spectrum`` spectra.
 
     When the store already exists with the same shape, chunking and ``attrs["config_hash"]``,
     it is left as it is (that is how ``--resume`` works); otherwise it is an error unless
-    ``overwrite``.
+    ``overwrite``. ``compressors`` and ``filters`` are Zarr v3 codecs for the float variables.
     """
     import dask.array as da  # only to declare lazy empty arrays
 
@@ -167,9 +168,10 @@ def create_dataset_store(
     a.update(specdenoise_kind=DATASET_KIND, schema_version=SCHEMA_VERSION, complete=False,
              chunk_size=chunk_size)
     ds = xr.Dataset(data_vars, coords=coords, attrs=a)
-    encoding = {
-        v: {"chunks": chunks2, "compressors": compressors} for v in SPECTRAL_VARS
-    }
+    encoding = {v: {"chunks": chunks2, "compressors": compressors} for v in SPECTRAL_VARS}
+    if filters:  # lossy filters (bit rounding) apply to the float variables only
+        for v in ("flux", "flux_clean", "sigma"):
+            encoding[v]["filters"] = filters
     for name in (*per_spectrum_names(), *extra_coords):
         encoding[name] = {"chunks": (chunk_size,)}
     ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False,

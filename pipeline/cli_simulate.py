@@ -1,0 +1,82 @@
+"""``specdenoise simulate``: write a chunked Zarr training set with Dask."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulate PFS MR red-arm spectra into a Zarr dataset (Dask)",
+        description=(
+            "Draw stellar parameters and observing conditions, interpolate the grid, observe "
+            "through the PFS MR red arm with the ETC noise model, and write flux, flux_clean, "
+            "sigma and mask to a chunked Zarr store. Every option of the TOML config can also "
+            "be set here (--set KEY=VALUE for nested ones, e.g. --set params.teff.low=4000)."
+        ),
+        epilog="Example: specdenoise simulate --n 20000 --chunk-size 1000 --seed 1 "
+               "--out train.zarr --cluster local --workers 2",
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration as TOML and exit")
+    p.add_argument("--n", type=int, help="number of spectra (default 1000)")
+    p.add_argument("--chunk-size", type=int, help="spectra per chunk and per task (default 1000)")
+    p.add_argument("--seed", type=int, help="run seed (default 1)")
+    p.add_argument("--out", type=Path, help="output store, or a folder with --split")
+    p.add_argument("--grid", help="'builtin' (default) or a grid store path")
+    p.add_argument("--noise", help="'builtin' (default) or an ETC noise table (Zarr)")
+    p.add_argument("--compressor", choices=["zstd", "zstd-bitround", "lz4", "none"],
+                   help="codec of the spectral arrays (default zstd, lossless)")
+    p.add_argument("--split", help="e.g. train=0.8,val=0.1,test=0.1 (writes OUT/NAME.zarr)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config option, e.g. --set params.mag.high=21")
+    g = p.add_argument_group("execution")
+    g.add_argument("--cluster", default="local",
+                   help="'local' (default), a scheduler address tcp://HOST:PORT, or a YAML "
+                        "profile (cluster/slurm.yaml, cluster/pbs.yaml)")
+    g.add_argument("--workers", type=int, help="local worker processes, or jobs for a profile")
+    g.add_argument("--threads-per-worker", type=int, help="threads per local worker (default 1)")
+    g.add_argument("--memory-limit", help="memory per local worker, e.g. 4GB")
+    g.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run: only missing chunks are computed")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from specdenoise.config import load_config, to_toml
+
+    cfg = load_config(
+        args.config,
+        args.set,
+        n=args.n,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        out=str(args.out) if args.out else None,
+        grid=args.grid,
+        noise=args.noise,
+        compressor=args.compressor,
+        split=args.split,
+    )
+    if args.print_config:
+        print(to_toml(cfg), end="")
+        return 0
+    from specdenoise.stage_simulate import simulate
+
+    paths = simulate(
+        cfg,
+        cluster=args.cluster,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for path in paths:
+        print(f"dataset: {path}")
+    return 0

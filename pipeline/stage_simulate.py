@@ -1,0 +1,280 @@
+"""The simulation stage: Numba kernels run as Dask tasks that write one chunked Zarr dataset.
+
+One task per output chunk. A chunk's random stream is keyed by ``(seed, split, chunk index)``
+(``numpy.random.SeedSequence(seed, spawn_key=(split, chunk))``), so the store is bitwise
+identical for any number of workers, any completion order, and after any number of
+interruptions and ``--resume``. Tasks write their own region and then drop a marker file
+(:func:`specdenoise.schema.write_chunk`); a chunk without its marker is recomputed on resume.
+
+Workers open the grid lazily and keep node spectra in a per-process cache; the grid itself is
+never broadcast. Within a chunk, spectra are interpolated in grid-node order (good cache
+locality for large grids) and written back in drawn order.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from specdenoise import __version__, schema
+from specdenoise.config import config_hash, parse_split
+from specdenoise.simulate.errors import SpecdenoiseError
+
+#: grids smaller than this are loaded whole into each worker; larger ones are read lazily
+LOAD_WHOLE_GRID_BYTES = 1_500_000_000
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def resolve_grid(spec: str) -> Path:
+    """``"builtin"`` -> the cached built-in grid (built on first use); else a store path."""
+    if spec == "builtin":
+        from specdenoise.simulate.builtin_grid import build_builtin_grid
+
+        return build_builtin_grid(None)
+    from specdenoise.simulate.grids import open_grid
+
+    open_grid(spec)  # validates: exists, complete, is a grid
+    return Path(spec)
+
+
+def grid_provenance(path: Path, spec: str) -> dict:
+    from specdenoise.simulate.grids import open_grid
+
+    ds = open_grid(path)
+    return {
+        "grid": spec,
+        "source": ds.attrs.get("source"),
+        "content_hash": ds.attrs.get("content_hash"),
+    }
+
+
+def make_noise(spec: str):
+    if spec == "builtin":
+        from specdenoise.simulate.noise import BuiltinNoise
+
+        return BuiltinNoise()
+    from specdenoise.simulate.etc_table import TableNoise
+
+    return TableNoise(spec)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@functools.lru_cache(maxsize=2)
+def _engine(cfg_json: str, grid_path: str):
+    """Per-process interpolator and observer (built once per worker, reused by its tasks)."""
+    from specdenoise.simulate.interp import GridInterpolator
+    from specdenoise.simulate.observe import Observer
+
+    cfg = json.loads(cfg_json)
+    interp = GridInterpolator(grid_path, missing=cfg["missing"])
+    nbytes = interp.n_nodes * interp.wave.size * 4
+    if nbytes <= LOAD_WHOLE_GRID_BYTES:
+        interp = GridInterpolator(grid_path, missing=cfg["missing"], load=True)
+    obs = cfg["observe"]
+    observer = Observer(
+        interp.wave,
+        make_noise(cfg["noise"]),
+        lsf_fwhm_pix=tuple(obs["lsf_fwhm_pix"]),
+        extinction_law=obs["extinction_law"],
+        filter_name=obs["filter"],
+        distortion=obs["distortion"],
+        noise_kind=obs["noise_kind"],
+    )
+    return interp, observer
+
+
+def split_key(name: str) -> int:
+    """A stable integer for a split name ("" when there is no split)."""
+    return zlib.crc32(name.encode()) if name else 0
+
+
+def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
+                   count: int) -> dict[str, np.ndarray]:
+    """Simulate ``count`` spectra of one chunk; a pure function of its arguments."""
+    from specdenoise.simulate.interp import valid_mask
+    from specdenoise.simulate.sampling import draw_params
+
+    cfg_json = json.dumps(cfg, sort_keys=True)
+    interp, observer = _engine(cfg_json, str(grid_path))
+    ss = np.random.SeedSequence(cfg["seed"], spawn_key=(split_key(split), chunk_index))
+    rng = np.random.default_rng(ss)
+    names = tuple(interp.names)
+    unknown = [g for g in names if g not in cfg["params"]]
+    if unknown:
+        raise SpecdenoiseError(f"the grid has axis {unknown[0]!r} but the config no "
+                               "distribution for it")
+    values = draw_params(
+        cfg["params"], rng, count, grid_names=names,
+        valid=lambda p: valid_mask(interp.axes, interp.exists, p),
+    )
+    grid_params = np.stack([values[g] for g in names], axis=1)
+    # interpolate in grid-node order (cache locality), write in drawn order
+    order = np.lexsort(grid_params.T[::-1])
+    model = interp(grid_params[order])
+    conditions = {k: values[k][order] for k in schema.CONDITIONS}
+    out = observer.observe(model, rng=rng, **conditions)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    arrays = {
+        "flux": out["flux"][inverse],
+        "flux_clean": out["flux_clean"][inverse],
+        "sigma": out["sigma"][inverse],
+        "mask": np.zeros(out["flux"].shape, dtype=np.uint8),
+        "snr": out["snr"][inverse],
+        "norm": out["norm"][inverse],
+    }
+    if "mask" in out:
+        arrays["mask"] = np.asarray(out["mask"], dtype=np.uint8)[inverse]
+    for k in (*schema.PARAMS, *schema.CONDITIONS):
+        arrays[k] = values[k]
+    return {k: (v.astype(np.float32) if k not in ("mask",) else v) for k, v in arrays.items()}
+
+
+def run_chunk(store: str, cfg: Mapping, grid_path: str, split: str, chunk_index: int,
+              chunk_size: int, count: int) -> tuple[int, float]:
+    """Worker task: simulate one chunk and write it (marker last). Returns (index, seconds)."""
+    t0 = time.perf_counter()
+    arrays = simulate_chunk(cfg, grid_path, split, chunk_index, count)
+    schema.write_chunk(store, chunk_index, chunk_size, arrays)
+    return chunk_index, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def compressors_for(cfg: Mapping) -> tuple[list, list]:
+    """(compressors, filters) for the spectral float variables."""
+    import zarr
+
+    kind = cfg["compressor"]
+    if kind == "none":
+        return [], []
+    if kind == "lz4":
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")], []
+    comp = [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    if kind == "zstd-bitround":
+        from numcodecs.zarr3 import BitRound
+
+        return comp, [BitRound(keepbits=cfg["keepbits"])]
+    return comp, []
+
+
+def plan(cfg: Mapping) -> list[tuple[str, Path, int]]:
+    """(split name, output store, number of spectra) for each store this config writes."""
+    out = Path(cfg["out"])
+    if not cfg.get("split"):
+        return [("", out, cfg["n"])]
+    fractions = parse_split(cfg["split"])
+    names = list(fractions)
+    counts = [int(round(cfg["n"] * fractions[s])) for s in names]
+    counts[-1] = cfg["n"] - sum(counts[:-1])
+    if min(counts) < 1:
+        raise SpecdenoiseError(f"--split {cfg['split']} with n={cfg['n']} leaves a split empty")
+    return [(s, out / f"{s}.zarr", c) for s, c in zip(names, counts, strict=True)]
+
+
+def simulate(
+    cfg: Mapping,
+    *,
+    cluster: str = "local",
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    client=None,
+) -> list[Path]:
+    """Run the simulation stage; returns the written store paths."""
+    from specdenoise.cluster import connect
+
+    grid_path = resolve_grid(cfg["grid"])
+    make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
+    stored_cfg = {k: v for k, v in cfg.items() if k != "out"}
+    chash = config_hash(cfg)
+    attrs = {
+        "config": stored_cfg,
+        "config_hash": chash,
+        "seed": cfg["seed"],
+        "package_version": __version__,
+        "grid_provenance": grid_provenance(grid_path, cfg["grid"]),
+        "noise_provenance": {"noise": cfg["noise"]},
+        "title": "specdenoise simulated PFS MR red-arm spectra",
+    }
+    compressors, filters = compressors_for(cfg)
+    from specdenoise.simulate.pfs import pixel_wave
+
+    wave = pixel_wave()
+    jobs = []
+    for split, path, n in plan(cfg):
+        if path.exists() and not (resume or overwrite):
+            raise SpecdenoiseError(f"{path} exists; pass --resume to finish it or --overwrite "
+                                   "to start again")
+        schema.create_dataset_store(
+            path, n, cfg["chunk_size"], wave,
+            attrs={**attrs, "split": split or "all"},
+            compressors=compressors, filters=filters, overwrite=overwrite,
+        )
+        done = schema.done_chunks(path)
+        n_chunks = -(-n // cfg["chunk_size"])
+        for c in range(n_chunks):
+            if c not in done:
+                count = min(cfg["chunk_size"], n - c * cfg["chunk_size"])
+                jobs.append((split, path, c, count))
+    paths = [p for _, p, _ in plan(cfg)]
+    if jobs:
+        if client is not None:
+            _execute(client, jobs, cfg, grid_path, chash, progress)
+        else:
+            with connect(cluster, workers=workers, threads_per_worker=threads_per_worker,
+                         memory_limit=memory_limit) as c:
+                _execute(c, jobs, cfg, grid_path, chash, progress)
+    for _split, path, n in plan(cfg):
+        n_chunks = -(-n // cfg["chunk_size"])
+        missing = set(range(n_chunks)) - schema.done_chunks(path)
+        if missing:
+            raise SpecdenoiseError(f"{path}: {len(missing)} chunk(s) not written; re-run with "
+                                   "--resume")
+        schema.finalize_dataset(path)
+    return paths
+
+
+def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    if progress:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+    n_spectra = sum(j[3] for j in jobs)
+    futures = [
+        client.submit(
+            run_chunk, str(path), cfg, str(grid_path), split, c, cfg["chunk_size"], count,
+            key=f"simulate-{chash}-{split or 'all'}-{c:08d}", retries=2, pure=False,
+        )
+        for split, path, c, count in jobs
+    ]
+    sizes = {f.key: j[3] for f, j in zip(futures, jobs, strict=True)}
+    t0 = time.perf_counter()
+    done_spectra = 0
+    with tqdm(total=n_spectra, unit="spec", disable=not progress, desc="simulate") as bar:
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except SpecdenoiseError:
+                raise
+            except Exception as exc:
+                raise SpecdenoiseError(f"a simulation task failed: {type(exc).__name__}: {exc}"
+                                       " (finished chunks are kept; fix and --resume)") from exc
+            done_spectra += sizes[fut.key]
+            bar.update(sizes[fut.key])
+            bar.set_postfix(rate=f"{done_spectra / (time.perf_counter() - t0):.0f}/s")
