@@ -288,7 +288,7 @@ def open_grid(path: str | Path) -> xr.Dataset:
             )
         raise SpecdenoiseError(f"grid store {path} does not exist")
     try:
-        ds = xr.open_zarr(path, consolidated=True)
+        ds = xr.open_zarr(path, consolidated=None)
     except Exception as exc:  # zarr/xarray raise many types for a corrupt store
         raise SpecdenoiseError(f"cannot open grid store {path}: {exc}") from None
     if ds.attrs.get("specdenoise_kind") != GRID_KIND:
