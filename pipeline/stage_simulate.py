@@ -77,7 +77,7 @@ def _engine(cfg_json: str, grid_path: str):
 
     cfg = json.loads(cfg_json)
     interp = GridInterpolator(grid_path, missing=cfg["missing"])
-    nbytes = interp.n_nodes * interp.wave.size * 4
+    nbytes = int(np.prod(interp.shape)) * interp.wave.size * 4
     if nbytes <= LOAD_WHOLE_GRID_BYTES:
         interp = GridInterpolator(grid_path, missing=cfg["missing"], load=True)
     obs = cfg["observe"]
@@ -101,7 +101,6 @@ def split_key(name: str) -> int:
 def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
                    count: int) -> dict[str, np.ndarray]:
     """Simulate ``count`` spectra of one chunk; a pure function of its arguments."""
-    from specdenoise.simulate.interp import valid_mask
     from specdenoise.simulate.sampling import draw_params
 
     cfg_json = json.dumps(cfg, sort_keys=True)
@@ -115,7 +114,7 @@ def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
                                "distribution for it")
     values = draw_params(
         cfg["params"], rng, count, grid_names=names,
-        valid=lambda p: valid_mask(interp.axes, interp.exists, p),
+        valid=interp.valid,
     )
     grid_params = np.stack([values[g] for g in names], axis=1)
     # interpolate in grid-node order (cache locality), write in drawn order
