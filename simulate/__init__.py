@@ -2,11 +2,17 @@
 
 Layering (each module imports only the ones above it):
 
-1. ``errors``       -- the user-facing exception type
+1. ``errors``, ``constants`` -- the user-facing exception type; physical constants (astropy, once)
 2. ``grids``        -- the grid store on Zarr (read/write, validation, content hash)
-3. ``builtin_grid`` -- the built-in approximate synthetic grid (no downloads)
-4. ``bosz``         -- importers for BOSZ 2017 / 2024 files
+3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads)
+4. ``bosz``         -- readers for BOSZ 2017 / 2024 files
 5. ``interp``       -- multilinear interpolation (Numba kernel + NumPy reference)
+6. ``atmosphere``, ``skylines`` -- airmass, extinction, sky continuum, Moon; OH and O2 lines
+7. ``pfs``          -- the instrument: pixel grid, telescope, fibre, camera, throughput
+8. ``noise``, ``etc_table`` -- the ETC noise model; imported ETC tables
+9. ``lsf``, ``source`` -- line-spread function and pixel integration; Doppler, dust, magnitudes
+10. ``observe``     -- the per-spectrum chain
+11. ``sampling``    -- parameter distributions
 
 Nothing here imports Dask or torch: parallel orchestration lives in ``specdenoise`` (pipeline/).
 """

@@ -1,0 +1,52 @@
+"""Shared fixtures: the reference-data folder and a small real grid store."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+#: ../shared/data beside the repository (CI has it there); tests needing it skip without it
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} not available")
+    return path
+
+
+def toy_grid_flux(axes: dict, wave: np.ndarray) -> np.ndarray:
+    """Smooth model spectra (Planck continuum x Gaussian absorption lines) for test grids.
+
+    Line depths follow Teff and [M/H] so the grid is not trivially linear.
+    """
+    h, c, k = 6.62607015e-27, 2.99792458e10, 1.380649e-16
+    lam_cm = wave * 1e-7
+    mesh = np.meshgrid(*axes.values(), indexing="ij")
+    teff, mh = mesh[0][..., None], mesh[2][..., None]
+    planck = 1.0 / (lam_cm**5 * (np.exp(h * c / (lam_cm * k * teff)) - 1.0))
+    depth = np.zeros(mesh[0].shape + (wave.size,))
+    for centre, strength in ((850.04, 0.6), (854.44, 0.7), (866.45, 0.6), (766.7, 0.3),
+                             (819.7, 0.25), (777.5, 0.2), (720.0, 0.15), (880.9, 0.2)):
+        d = strength * (5000.0 / teff) * 10 ** (0.3 * mh)
+        depth = depth + np.minimum(d, 0.9) * np.exp(-0.5 * ((wave - centre) / 0.08) ** 2)
+    return (planck * np.clip(1 - depth, 0.05, 1) * 1e-30).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def small_grid(tmp_path_factory) -> Path:
+    """A 4-D grid store covering the default parameter ranges at a few nodes, 700-900 nm."""
+    from specdenoise.simulate.grids import write_grid
+
+    axes = {
+        "teff": np.array([3500.0, 5500.0, 7500.0]),
+        "logg": np.array([0.0, 5.0]),
+        "m_h": np.array([-2.5, 0.75]),
+        "a_m": np.array([-0.25, 0.5]),
+    }
+    wave = 700.0 * np.exp(np.arange(int(np.log(900 / 700) * 20000) + 1) / 20000.0)
+    path = tmp_path_factory.mktemp("grid") / "small.zarr"
+    return write_grid(path, toy_grid_flux(axes, wave), axes, wave,
+                      attrs={"source": "test", "resolution": 20000})
