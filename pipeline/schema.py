@@ -77,7 +77,7 @@ UNITS = {
     "field_angle": "deg",
     "moon_zenith": "deg",
     "moon_separation": "deg",
-    "moon_phase": "1 (0 = full, 0.5 = new)",
+    "moon_phase": "1 (0 = new, 0.25 = quarter, 0.5 = full)",
     "exp_time": "s",
     "n_exp": "1",
     "snr": "1 (median over pixels of flux / sigma)",
