@@ -1,0 +1,42 @@
+"""``specdenoise denoise``: run a trained denoiser on a dataset or on spectrum files."""
+
+from __future__ import annotations
+
+import argparse
+
+from specdenoise.simulate.errors import SpecdenoiseError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "denoise",
+        help="denoise a dataset or a FITS/CSV spectrum with a trained model",
+        description=(
+            "Denoise every spectrum of a dataset into a new Zarr store (flux_denoised plus the "
+            "input's coordinates), or one FITS/CSV spectrum file into a CSV."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="RUN_DIR|CKPT",
+                   help="run directory of 'specdenoise train' or its checkpoint.pt")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="IN.zarr", help="dataset to denoise")
+    src.add_argument("--spectrum", metavar="FILE", help="a .fits or .csv spectrum file")
+    p.add_argument("--out", required=True, help="OUT.zarr (with --data) or OUT.csv")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from specdenoise.train import infer
+
+    if args.batch_size < 1:
+        raise SpecdenoiseError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.data is not None:
+        out = infer.denoise_dataset(args.model, args.data, args.out, batch_size=args.batch_size,
+                                    device=args.device, overwrite=args.overwrite)
+    else:
+        out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device)
+    print(f"wrote {out}")
+    return 0

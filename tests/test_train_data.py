@@ -1,0 +1,204 @@
+"""Streaming loader: sharding without duplicates or gaps, augmentation, determinism, bad input.
+
+``make_dataset`` (used by the other test_train_* modules too) writes a small but real dataset
+store through the schema module: smooth continua with Gaussian absorption lines, median 0.5,
+sigma from a per-spectrum S/N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from specdenoise import SpecdenoiseError, schema
+from specdenoise.train import data as tdata
+
+# the schema's ".done" marker folder is not a Zarr node; zarr says so when consolidating
+pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+
+WAVE = 710.0 + 0.042725 * np.arange(4096)
+
+
+def synthetic_spectra(n: int, seed: int = 0, n_wave: int = 4096):
+    """(flux, flux_clean, sigma, snr): continuum + absorption lines, median 0.5, S/N 10-60."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1, 1, n_wave)
+    pix = np.arange(n_wave)
+    clean = np.empty((n, n_wave))
+    for i in range(n):
+        cont = 1 + rng.uniform(-0.3, 0.3) * x + rng.uniform(-0.1, 0.1) * x**2
+        lines = np.zeros(n_wave)
+        for c, d, w in zip(rng.uniform(0, n_wave, 25), rng.uniform(0.05, 0.6, 25),
+                           rng.uniform(1.2, 4.0, 25), strict=True):
+            lines += d * np.exp(-0.5 * ((pix - c) / w) ** 2)
+        clean[i] = cont * np.exp(-lines)
+    clean *= 0.5 / np.median(clean, axis=1, keepdims=True)
+    snr = rng.uniform(10, 60, n)
+    sigma = clean / snr[:, None] + 0.002
+    flux = clean + sigma * rng.standard_normal(clean.shape)
+    return flux.astype(np.float32), clean.astype(np.float32), sigma.astype(np.float32), snr
+
+
+def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int = 4096,
+                 drop: tuple[str, ...] = (), nan_at: int | None = None):
+    """Write a complete dataset store at ``path`` and return the path."""
+    wave = WAVE[:n_wave] if n_wave <= 4096 else 710.0 + 0.042725 * np.arange(n_wave)
+    schema.create_dataset_store(path, n, chunk, wave, attrs={"config_hash": "test"})
+    flux, clean, sigma, snr = synthetic_spectra(n, seed, n_wave)
+    if nan_at is not None:
+        flux[nan_at, 100] = np.nan
+        clean[nan_at, 100] = np.nan
+    rng = np.random.default_rng(seed + 1)
+    for c in range(-(-n // chunk)):
+        sl = slice(c * chunk, min((c + 1) * chunk, n))
+        m = sl.stop - sl.start
+        arrays = {"flux": flux[sl], "flux_clean": clean[sl], "sigma": sigma[sl],
+                  "mask": np.zeros((m, n_wave), np.uint8), "snr": snr[sl].astype(np.float32),
+                  "teff": rng.uniform(3500, 7500, m).astype(np.float32),
+                  "norm": np.ones(m, np.float32)}
+        schema.write_chunk(path, c, chunk, arrays)
+    schema.finalize_dataset(path)
+    if drop:
+        import shutil
+
+        import zarr
+
+        for v in drop:
+            shutil.rmtree(f"{path}/{v}")
+        zarr.consolidate_metadata(str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads and suffer from them on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # 50 spectra in chunks of 16: the last chunk is short
+    return make_dataset(tmp_path_factory.mktemp("data") / "train.zarr", n=50, chunk=16)
+
+
+@pytest.mark.parametrize("n,chunk,n_shards", [(50, 16, 1), (50, 16, 3), (50, 16, 8),
+                                              (7, 3, 5), (100, 100, 4), (5, 2, 9)])
+def test_shard_plan_covers_every_spectrum_once(n, chunk, n_shards):
+    info = tdata.StoreInfo("x", n, chunk, 4096, False)
+    order = tdata.chunk_order(info.n_chunks, seed=3, epoch=1)
+    seen = []
+    sizes = []
+    for s in range(n_shards):
+        idx = [info.chunk_bounds(c)[0] + i
+               for c, lo, hi in tdata.shard_plan(info, order, s, n_shards) for i in range(lo, hi)]
+        seen += idx
+        sizes.append(len(idx))
+    assert sorted(seen) == list(range(n))
+    assert max(sizes) - min(sizes) <= 1
+
+
+def _indices(ds, workers):
+    loader = DataLoader(ds, batch_size=None, num_workers=workers)
+    return [int(i) for b in loader for i in b["index"]]
+
+
+@pytest.mark.parametrize("workers,world", [(0, 1), (2, 1), (2, 2), (0, 3)])
+def test_stream_shards_across_workers_and_ranks(store, workers, world):
+    info = tdata.inspect_store(store)
+    seen = []
+    for rank in range(world):
+        ds = tdata.SpectrumStream(info, batch_size=5, seed=1, shuffle_buffer=12, rank=rank,
+                                  world_size=world)
+        ds.set_epoch(2)
+        seen += _indices(ds, workers)
+    assert len(seen) == len(set(seen)) == 50
+    assert sorted(seen) == list(range(50))
+
+
+def test_stream_is_deterministic_and_fresh_each_epoch(store):
+    info = tdata.inspect_store(store)
+
+    def epoch_batches(epoch, workers):
+        ds = tdata.SpectrumStream(info, batch_size=8, seed=7, shuffle_buffer=20)
+        ds.set_epoch(epoch)
+        batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+        order = torch.cat([b["index"] for b in batches])
+        x = torch.cat([b["x"] for b in batches])[order.argsort()]
+        return order, x
+
+    o1, x1 = epoch_batches(0, 0)
+    o1b, x1b = epoch_batches(0, 0)
+    assert torch.equal(o1, o1b) and torch.equal(x1, x1b)
+    assert not torch.equal(o1, torch.arange(50))  # shuffled
+    # the noise a spectrum gets depends on (seed, epoch, chunk), not on the worker layout
+    _, x1w = epoch_batches(0, 2)
+    assert torch.equal(x1, x1w)
+    o2, x2 = epoch_batches(1, 0)
+    assert not torch.equal(o1, o2)
+    assert not torch.allclose(x1, x2)  # fresh noise realisation
+
+
+def test_augmentation_distortion_and_normalisation():
+    _, clean, sigma, _ = synthetic_spectra(6, seed=3)
+    clean = torch.from_numpy(clean) * 3.0  # any scale: the normalisation removes it
+    zero = torch.zeros_like(clean)
+    gen = torch.Generator().manual_seed(0)
+    a = tdata.augment(clean, zero, gen, distortion_max=0.02)
+    # no noise: input == target (same factor; products associated differently)
+    assert torch.allclose(a["x"], a["y"], rtol=1e-6, atol=0)
+    assert torch.allclose(a["x"].median(dim=1).values, torch.tensor(0.5))
+    ratio = a["y"] / clean  # = distortion / factor
+    distortion = ratio / ratio.mean(dim=1, keepdim=True)
+    assert (distortion.max(1).values / distortion.min(1).values).max() <= 1.02 / 0.98 + 1e-5
+    assert (distortion - 1).abs().max() > 1e-4  # a distortion was applied
+    assert (distortion.diff(dim=1).abs().max() < 1e-4)  # smooth
+
+    sig = torch.from_numpy(sigma) * 3.0
+    gen = torch.Generator().manual_seed(1)
+    b = tdata.augment(clean, sig, gen, distortion_max=0.02, target_distortion=False)
+    r = b["y"] / clean  # target without distortion: one constant per spectrum
+    assert torch.allclose(r, r[:, :1].expand_as(r), rtol=1e-5)
+    assert torch.allclose(b["x"].median(dim=1).values, torch.tensor(0.5))
+    pull = (b["x"] - b["y"]) / b["sigma"]
+    assert 0.9 < pull.std().item() < 1.1  # noise drawn from sigma
+
+
+def test_validation_uses_the_stored_noise(store):
+    info = tdata.inspect_store(store, tdata.VAL_VARS)
+    g = tdata.open_group(store)
+    flux, clean = g["flux"][:], g["flux_clean"][:]
+    runs = []
+    for epoch in (0, 5):
+        ds = tdata.SpectrumStream(info, batch_size=16, mode="val", seed=epoch)
+        ds.set_epoch(epoch)
+        batches = list(ds)
+        runs.append(torch.cat([b["x"] for b in batches]))
+        idx = torch.cat([b["index"] for b in batches])
+        assert torch.equal(idx, torch.arange(50))
+    assert torch.equal(runs[0], runs[1])
+    # torch's median of an even count is the lower of the two middle values
+    factor = np.sort(flux, axis=1)[:, [(flux.shape[1] - 1) // 2]] / 0.5
+    y = torch.cat([b["y"] for b in batches]).numpy()
+    np.testing.assert_allclose(runs[0].numpy(), flux / factor, rtol=1e-6)
+    np.testing.assert_allclose(y, clean / factor, rtol=1e-6)
+
+
+def test_bad_datasets_give_one_line_errors(tmp_path, store):
+    with pytest.raises(SpecdenoiseError, match="does not exist"):
+        tdata.inspect_store(tmp_path / "nope.zarr")
+    short = make_dataset(tmp_path / "short.zarr", n=4, chunk=4, n_wave=2048)
+    with pytest.raises(SpecdenoiseError, match="2048 wavelength pixels"):
+        tdata.inspect_store(short)
+    nosig = make_dataset(tmp_path / "nosig.zarr", n=4, chunk=4, drop=("sigma",))
+    with pytest.raises(SpecdenoiseError, match="lacks variable"):
+        tdata.inspect_store(nosig)
+    nan = make_dataset(tmp_path / "nan.zarr", n=8, chunk=4, nan_at=6)
+    info = tdata.inspect_store(nan)
+    with pytest.raises(SpecdenoiseError, match="NaN .* spectrum 6") as err:
+        list(tdata.SpectrumStream(info, batch_size=4))
+    assert "\n" not in str(err.value)

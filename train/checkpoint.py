@@ -1,0 +1,104 @@
+"""Checkpoints: everything needed to resume a run exactly, or to rebuild its model.
+
+A run directory holds ``checkpoint.pt`` (rewritten atomically after every epoch), ``config.json``
+and ``metrics.csv``. The checkpoint is a plain dict readable with ``torch.load(...,
+weights_only=True)``:
+
+``format``, ``format_version``, ``package_version``, ``epoch`` (epochs completed), ``model``
+(``name``, ``cfg``, ``state``, ``summary``), ``optimizer``, ``scheduler``, ``rng``, ``config``
+(the training configuration), ``normalisation`` (how inputs were scaled and what the target is),
+``wave`` (nm, the model's pixel grid) and ``history`` (per-epoch metrics rows).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from specdenoise import __version__
+from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.train.models import build_model
+
+FORMAT = "specdenoise-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION,
+             "package_version": __version__, **state}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, given either it or its run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise SpecdenoiseError(f"no checkpoint at {path}; pass a run directory or a .pt file "
+                               "written by 'specdenoise train'")
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load and check a checkpoint (file or run directory)."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SpecdenoiseError(f"{path} is not a specdenoise checkpoint")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise SpecdenoiseError(
+            f"{path} was written by a newer specdenoise ({state.get('package_version')}); "
+            "upgrade to read it"
+        )
+    return state
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a trained model in eval mode on ``device`` (default: cuda, mps or cpu).
+
+    Returns ``(model, config)``; ``config`` has the training configuration under ``train``,
+    and ``model`` (name, cfg, summary), ``normalisation``, ``wave``, ``epoch``,
+    ``package_version``, ``history`` and ``path``.
+    """
+    state = read_checkpoint(path)
+    device = torch.device(device) if device is not None else default_device()
+    m = state["model"]
+    model = build_model(m["name"], **m["cfg"])
+    model.load_state_dict(m["state"])
+    model.to(device).eval()
+    config = {
+        "path": str(resolve_checkpoint(path)),
+        "train": state.get("config", {}),
+        "model": {k: m[k] for k in ("name", "cfg", "summary") if k in m},
+        "normalisation": state.get("normalisation", {}),
+        "wave": state.get("wave"),
+        "epoch": state.get("epoch"),
+        "package_version": state.get("package_version"),
+        "history": state.get("history", []),
+    }
+    return model, config

@@ -1,0 +1,240 @@
+"""Inference: denoise arrays, whole datasets (keeping their coordinates) and spectrum files.
+
+Every spectrum is scaled exactly as in training -- divided by median(flux) / 0.5 -- passed
+through the network and multiplied back, so outputs are in the units of the input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.train import data as tdata
+from specdenoise.train.checkpoint import load_model
+
+DENOISED_VAR = "flux_denoised"
+DENOISED_KIND = "specdenoise-denoised"
+_WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
+                  device=None) -> np.ndarray:
+    """Denoise spectra ``flux`` (n, n_wave) float32, any flux units; returns (n, n_wave) float32.
+
+    A 1-D input (n_wave,) gives a 1-D output. ``device``: where to run (default: the model's).
+    """
+    flux = np.asarray(flux, dtype=np.float32)
+    squeeze = flux.ndim == 1
+    flux = np.atleast_2d(flux)
+    n_wave = getattr(model, "n_wave", flux.shape[-1])
+    if flux.ndim != 2 or flux.shape[1] != n_wave:
+        raise SpecdenoiseError(
+            f"spectra have shape {flux.shape}; the model expects (n, {n_wave}) pixels"
+        )
+    if not np.isfinite(flux).all():
+        row = int(np.nonzero(~np.isfinite(flux).all(axis=1))[0][0])
+        raise SpecdenoiseError(f"spectrum {row} has NaN or infinite flux; fill or drop it first")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model_device = _model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    out = np.empty_like(flux)
+    try:
+        for i in range(0, len(flux), batch_size):
+            x = torch.from_numpy(flux[i:i + batch_size]).to(device)
+            factor, xn = tdata.normalise(x)
+            out[i:i + batch_size] = (model(xn).float() * factor).cpu().numpy()
+    finally:
+        model.train(was_training).to(model_device)
+    return out[0] if squeeze else out
+
+
+def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, device=None,
+                    overwrite: bool = False, progress: bool | None = None) -> Path:
+    """Denoise every spectrum's ``flux`` of a dataset into a new store at ``out_zarr``.
+
+    The output holds ``flux_denoised`` (spectrum, wave) float32, chunked like the input, with
+    all of the input's coordinates (``wave`` and the per-spectrum parameters). It is written
+    in a temporary folder and renamed when complete, so an interrupted run leaves nothing that
+    looks finished.
+    """
+    import dask.array as da
+    import xarray as xr
+    import zarr
+    from tqdm.auto import tqdm
+
+    from specdenoise.schema import SPECTRUM_DIM, UNITS, WAVE_DIM
+
+    out = Path(out_zarr)
+    if tdata.is_url(out_zarr):
+        raise SpecdenoiseError(f"cannot write {out_zarr}: denoised output must be a local path")
+    if out.exists() and not overwrite:
+        raise SpecdenoiseError(f"{out} exists; choose another --out or pass --overwrite")
+    model, config = load_model(model_path, device=device)
+    info = tdata.inspect_store(in_zarr, ("flux",), n_wave=model.n_wave)
+    src = xr.open_zarr(str(in_zarr), consolidated=None)
+    coords = {k: v.variable.compute() for k, v in src.coords.items()}
+    n, n_wave = info.n_spectrum, info.n_wave
+    template = xr.Dataset(
+        {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
+                        da.zeros((n, n_wave), dtype=np.float32, chunks=(info.chunk_size, n_wave)),
+                        {"units": UNITS["flux"]})},
+        coords=coords,
+        attrs={
+            "specdenoise_kind": DENOISED_KIND,
+            "complete": False,
+            "source": str(in_zarr),
+            "model": config["path"],
+            "model_name": config["model"]["name"],
+            "model_epoch": config["epoch"],
+            "chunk_size": info.chunk_size,
+        },
+    )
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave)}}
+    for k, v in coords.items():
+        if v.dims == (SPECTRUM_DIM,):
+            encoding[k] = {"chunks": (info.chunk_size,)}
+    try:
+        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
+                         encoding=encoding)
+        src_group = tdata.open_group(info.path, info.storage_options)
+        dst = zarr.open_group(str(tmp), mode="r+")
+        for chunk in tqdm(range(info.n_chunks), desc="denoise", unit="chunk",
+                          disable=None if progress is None else not progress):
+            lo, hi = info.chunk_bounds(chunk)
+            flux = tdata.read_chunk(src_group, info, chunk, ("flux",))["flux"]
+            dst[DENOISED_VAR][lo:hi] = denoise_array(model, flux, batch_size=batch_size)
+        dst.attrs["complete"] = True
+        zarr.consolidate_metadata(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- spectrum files
+
+
+def read_spectrum_file(path) -> tuple[np.ndarray | None, np.ndarray]:
+    """Read ``(wave or None, flux (n, n_pix))`` from a CSV/text or FITS file.
+
+    CSV: a header naming a ``flux`` column (and optionally ``wave``/``wavelength``), or bare
+    numbers: one column = flux, two or more = wave, flux. FITS: the first HDU with data, either
+    a table with those columns (scalar or one vector per row) or a 1-D/2-D image of fluxes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecdenoiseError(f"spectrum file {path} does not exist")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith((".fits", ".fit", ".fits.gz", ".fts")):
+            wave, flux = _read_fits(path)
+        else:
+            wave, flux = _read_csv(path)
+    except SpecdenoiseError:
+        raise
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot read spectrum file {path}: {exc}") from None
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
+    return (None if wave is None else np.asarray(wave, np.float64).ravel()), flux
+
+
+def _read_csv(path: Path):
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise SpecdenoiseError(f"spectrum file {path} is empty")
+    delim = "," if "," in lines[0] else None
+    first = [f.strip() for f in lines[0].split(delim)]
+    try:
+        [float(f) for f in first]
+        header = None
+    except ValueError:
+        header = [f.lower() for f in first]
+        lines = lines[1:]
+    table = np.loadtxt(lines, delimiter=delim, ndmin=2, dtype=np.float64)
+    if header is None:
+        if table.shape[1] == 1:
+            return None, table[:, 0]
+        return table[:, 0], table[:, 1]
+    if "flux" not in header:
+        raise SpecdenoiseError(f"{path}: no 'flux' column (columns: {', '.join(header)})")
+    wave_col = next((header.index(w) for w in _WAVE_NAMES if w in header), None)
+    wave = None if wave_col is None else table[:, wave_col]
+    return wave, table[:, header.index("flux")]
+
+
+def _read_fits(path: Path):
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdul:
+        for hdu in hdul:
+            if hdu.data is None:
+                continue
+            if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                names = {n.lower(): n for n in hdu.columns.names}
+                if "flux" not in names:
+                    raise SpecdenoiseError(
+                        f"{path}: table has no 'flux' column ({', '.join(hdu.columns.names)})")
+                flux = np.asarray(hdu.data[names["flux"]], dtype=np.float64)
+                wname = next((names[w] for w in _WAVE_NAMES if w in names), None)
+                wave = None if wname is None else np.asarray(hdu.data[wname], np.float64)
+                if flux.ndim == 2 and wave is not None and wave.ndim == 2:
+                    wave = wave[0]
+                return wave, flux
+            return None, np.asarray(hdu.data, dtype=np.float64)
+    raise SpecdenoiseError(f"{path}: no HDU with data")
+
+
+def denoise_file(model_path, in_path, out_csv, *, device=None) -> Path:
+    """Denoise the spectrum (or spectra) in a FITS or CSV file; write ``out_csv``.
+
+    Columns: ``wave`` (nm; from the file, else the model's training grid), ``flux`` and
+    ``flux_denoised``; with several spectra a leading ``spectrum`` column numbers them.
+    """
+    model, config = load_model(model_path, device=device)
+    wave, flux = read_spectrum_file(in_path)
+    n_wave = model.n_wave
+    if flux.shape[1] != n_wave:
+        raise SpecdenoiseError(
+            f"{in_path} has {flux.shape[1]} pixels; the model expects {n_wave} "
+            "(PFS red-arm MR pixels); resample it onto the training grid first"
+        )
+    model_wave = config.get("wave")
+    if wave is not None and model_wave is not None:
+        step = abs(model_wave[1] - model_wave[0])
+        if wave.shape != (n_wave,) or np.max(np.abs(wave - np.asarray(model_wave))) > step / 2:
+            raise SpecdenoiseError(
+                f"{in_path}: wavelengths differ from the model's grid "
+                f"({model_wave[0]:.3f}-{model_wave[-1]:.3f} nm, vacuum) by more than half a "
+                "pixel; resample it first"
+            )
+    if wave is None:
+        wave = np.asarray(model_wave if model_wave is not None else np.arange(n_wave), float)
+    den = denoise_array(model, flux)
+    out = Path(out_csv)
+    rows = []
+    many = len(flux) > 1
+    header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
+    for i in range(len(flux)):
+        prefix = f"{i}," if many else ""
+        rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}" for w, f, d in zip(wave, flux[i], den[i],
+                                                                          strict=True)]
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(header + "\n" + "\n".join(rows) + "\n")
+    os.replace(tmp, out)
+    return out

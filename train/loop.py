@@ -1,0 +1,534 @@
+"""The training loop: presets, one epoch of training and validation, checkpoints, DDP.
+
+Exactness: everything random in an epoch is keyed by (seed, epoch[, rank]) -- the data order
+and noise (see :mod:`specdenoise.train.data`) and the global torch generator used by dropout,
+reseeded at the start of each epoch -- and the learning rate is a pure function of the epoch.
+So a run resumed from the checkpoint of epoch k repeats epochs k+1... bit for bit on a CPU.
+
+Multi-GPU: start with ``torchrun --nproc_per_node N -m specdenoise.cli train ...``; each rank
+streams its own share of the spectra (no duplicates, no gaps; shares differ by at most a few
+spectra, handled with DDP's ``Join``). ``--batch-size`` is the global batch, split over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.train import data as tdata
+from specdenoise.train.checkpoint import (
+    CHECKPOINT_NAME,
+    default_device,
+    read_checkpoint,
+    save_checkpoint,
+)
+from specdenoise.train.models import build_model, model_summary
+
+log = logging.getLogger("specdenoise.train")
+
+PRESETS: dict[str, dict] = {
+    # Pál & Dobos (2025): SGD, lr 0.1 -> 0.01 after 20 epochs, batch 100, 50 epochs, MSE
+    "paper": {
+        "epochs": 50, "batch_size": 100, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0,
+        "weight_decay": 0.0, "scheduler": "step", "lr_step_epoch": 20, "lr_gamma": 0.1,
+        "loss": "mse",
+        "model_cfg": {"unet": {}, "dae": {}},
+    },
+    # a small model and a few AdamW epochs: minutes on a laptop CPU
+    "quick": {
+        "epochs": 3, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "momentum": 0.0,
+        "weight_decay": 1e-4, "scheduler": "cosine", "lr_step_epoch": 20, "lr_gamma": 0.1,
+        "loss": "mse",
+        "model_cfg": {"unet": {"depth": 3, "filters": 8}, "dae": {"widths": [512, 128]}},
+    },
+}
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("step", "cosine", "none")
+LOSSES = ("mse", "l1", "chi2", "rel_l1")
+
+#: options that may change when a run is resumed (they do not change the maths)
+RESUME_MAY_CHANGE = ("epochs", "workers", "device", "compile")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint and config.json)."""
+
+    data: str
+    val: str | None
+    out: str
+    model: str = "unet"
+    preset: str = "paper"
+    model_cfg: dict = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 100
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    scheduler: str = "step"
+    lr_step_epoch: int = 20
+    lr_gamma: float = 0.1
+    loss: str = "mse"
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    compile: bool = False
+    amp: bool = True  # bf16 autocast, used on CUDA only
+    target_distortion: bool = True  # True: pure denoising (target keeps the distortion)
+    distortion_max: float = 0.02
+    shuffle_buffer: int = 1024
+    noise: str = "loader"  # or "device": draw noise and distortion on the training device
+    n_wave: int = 4096
+
+
+def make_config(data, val, out, *, model: str = "unet", preset: str = "paper",
+                model_cfg: dict | None = None, **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset; ``None`` overrides keep the preset's value."""
+    if preset not in PRESETS:
+        raise SpecdenoiseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    p = dict(PRESETS[preset])
+    cfg_model = dict(p.pop("model_cfg").get(model, {}))
+    cfg_model.update(model_cfg or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise SpecdenoiseError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    p.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(data=str(data), val=None if val is None else str(val), out=str(out),
+                      model=model, preset=preset, model_cfg=cfg_model, **p)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    for name, value, allowed in (("optimizer", cfg.optimizer, OPTIMIZERS),
+                                 ("scheduler", cfg.scheduler, SCHEDULERS),
+                                 ("loss", cfg.loss, LOSSES), ("noise", cfg.noise,
+                                                              ("loader", "device"))):
+        if value not in allowed:
+            raise SpecdenoiseError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise SpecdenoiseError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise SpecdenoiseError(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.distortion_max < 1:
+        raise SpecdenoiseError(f"distortion_max must be in [0, 1), got {cfg.distortion_max}")
+
+
+def resume_config(out, **overrides) -> TrainConfig:
+    """The configuration of the run in ``out``, with the options a resume may change.
+
+    Any other option given (not None) must equal the stored one.
+    """
+    state = read_checkpoint(Path(out) / CHECKPOINT_NAME)
+    stored = dict(state["config"])
+    cfg = TrainConfig(**stored)
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k in RESUME_MAY_CHANGE:
+            setattr(cfg, k, v)
+        elif k == "model_cfg":
+            if {**cfg.model_cfg, **v} != cfg.model_cfg:
+                raise SpecdenoiseError(f"run {out} was trained with model_cfg {cfg.model_cfg}; "
+                                       "resume with the same options or start a new --out")
+        elif _norm(getattr(cfg, k)) != _norm(v):
+            raise SpecdenoiseError(
+                f"run {out} was trained with {k} = {getattr(cfg, k)!r}, not {v!r}; resume with "
+                "the same options or start a new --out"
+            )
+    check_config(cfg)
+    return cfg
+
+
+def _norm(v):
+    return str(v) if isinstance(v, Path) else v
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: a pure function, so resuming is exact."""
+    if cfg.scheduler == "step":  # the paper's: one drop, by lr_gamma, after lr_step_epoch epochs
+        return cfg.lr * (cfg.lr_gamma if epoch >= cfg.lr_step_epoch else 1.0)
+    if cfg.scheduler == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def masked_mean(values: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+    w = good.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
+
+
+def loss_terms(name: str, pred, target, sigma) -> torch.Tensor:
+    """Per-pixel loss (b, n_wave) in float32."""
+    diff = pred.float() - target
+    if name == "mse":
+        return diff.square()
+    if name == "l1":
+        return diff.abs()
+    if name == "chi2":  # sigma-weighted: residuals in units of the noise
+        return (diff / sigma).square()
+    if name == "rel_l1":  # the evaluation metric |R| itself
+        return diff.abs() / target.abs().clamp_min(1e-3)
+    raise SpecdenoiseError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    started_here: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def _init_distributed(device_pref: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    started = False
+    if not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and not device_pref.startswith(("cpu", "mps"))
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+        started = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                 started)
+
+
+def resolve_device(pref: str, ctx: _Dist | None = None) -> torch.device:
+    ctx = ctx or _Dist()
+    if pref == "auto":
+        dev = default_device()
+    else:
+        try:
+            dev = torch.device(pref)
+        except RuntimeError:
+            raise SpecdenoiseError(f"unknown device {pref!r}; use auto, cpu, cuda or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecdenoiseError("--device cuda asked for, but torch sees no CUDA GPU")
+        if ctx.active and dev.index is None:
+            dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SpecdenoiseError("--device mps asked for, but MPS is not available")
+    return dev
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _loader(ds, workers: int, device: torch.device, seed: int) -> DataLoader:
+    # its own generator, so creating loaders never consumes the global torch RNG
+    return DataLoader(ds, batch_size=None, num_workers=workers,
+                      pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(seed),
+                      prefetch_factor=4 if workers else None)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    nb = device.type == "cuda"
+    return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
+
+
+def _unwrap_loader_error(exc: SpecdenoiseError) -> SpecdenoiseError:
+    """A SpecdenoiseError re-raised by a DataLoader worker carries a traceback; keep its line."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    msg = lines[-1] if lines else str(exc)
+    prefix = "SpecdenoiseError: "
+    return SpecdenoiseError(msg.split(prefix, 1)[1] if prefix in msg else msg)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train (or resume) the run ``cfg.out``; returns the last epoch's metrics row.
+
+    ``progress``: show a tqdm bar (None: only on a terminal, rank 0).
+    """
+    from tqdm.auto import tqdm
+
+    check_config(cfg)
+    ctx = _init_distributed(cfg.device)
+    try:
+        out = Path(cfg.out)
+        ckpt_path = out / CHECKPOINT_NAME
+        if ckpt_path.exists() and not resume:
+            raise SpecdenoiseError(f"{out} already holds a training run; pass --resume to "
+                                   "continue it or choose another --out")
+        if resume and not ckpt_path.exists():
+            raise SpecdenoiseError(f"nothing to resume: {ckpt_path} does not exist")
+        device = resolve_device(cfg.device, ctx)
+        train_info = tdata.inspect_store(cfg.data, tdata.TRAIN_VARS, n_wave=cfg.n_wave)
+        val_info = (tdata.inspect_store(cfg.val, tdata.VAL_VARS, n_wave=cfg.n_wave)
+                    if cfg.val else None)
+        wave = _read_wave(train_info)
+
+        torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
+        model = build_model(cfg.model, n_wave=cfg.n_wave, **cfg.model_cfg)
+        summary = model_summary(model, cfg.n_wave)
+        model.to(device)
+        optimizer = _make_optimizer(cfg, model)
+        history: list[dict] = []
+        start = 0
+        if resume:
+            state = read_checkpoint(ckpt_path, map_location=device)
+            model.load_state_dict(state["model"]["state"])
+            optimizer.load_state_dict(state["optimizer"])
+            _set_rng(state.get("rng", {}))
+            start, history = int(state["epoch"]), list(state.get("history", []))
+        if ctx.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_json(out / "config.json", {"train": dataclasses.asdict(cfg),
+                                              "model_summary": summary})
+            log.info("%s: %s parameters, %.3g GFLOP per spectrum; %d training spectra on %s%s",
+                     cfg.model, f"{summary['parameters']:,}",
+                     summary["flops_per_spectrum"] / 1e9, train_info.n_spectrum, device,
+                     f" x {ctx.world} ranks" if ctx.active else "")
+        if start >= cfg.epochs and ctx.rank == 0:
+            log.info("%s already has %d of %d epochs; nothing to do", out, start, cfg.epochs)
+
+        net = model
+        if ctx.active:
+            ddp_ids = [device.index] if device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+        if cfg.compile:
+            net = torch.compile(net)
+        per_rank_batch = max(1, cfg.batch_size // ctx.world)
+        tb = _tensorboard(out) if ctx.rank == 0 else None
+        show = (None if progress is None else not progress) if ctx.rank == 0 else True
+
+        row = history[-1] if history else {}
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(tdata.key(cfg.seed, epoch, 4, ctx.rank))  # dropout masks
+            lr = lr_at(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ds = tdata.SpectrumStream(
+                train_info, batch_size=per_rank_batch, mode="train", seed=cfg.seed,
+                shuffle_buffer=cfg.shuffle_buffer, rank=ctx.rank, world_size=ctx.world,
+                noise=cfg.noise, distortion_max=cfg.distortion_max,
+                target_distortion=cfg.target_distortion)
+            ds.set_epoch(epoch)
+            bar = tqdm(total=ds.rank_size(cfg.workers), unit="spec", disable=show,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+            try:
+                stats = _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar)
+                vstats = (_validate(cfg, ctx, model, net, val_info, per_rank_batch, device)
+                          if val_info is not None else {})
+            except SpecdenoiseError as exc:
+                raise _unwrap_loader_error(exc) from None
+            finally:
+                bar.close()
+            row = {"epoch": epoch + 1, "lr": lr, **stats, **vstats,
+                   "epoch_time_s": time.perf_counter() - t0}
+            history.append(row)
+            if ctx.rank == 0:
+                save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, summary,
+                                                  wave, history))
+                _write_metrics(out / "metrics.csv", history)
+                if tb is not None:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            tb.add_scalar(k, v, epoch + 1)
+                log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
+                         "  ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k != "epoch"))
+            ctx.barrier()
+        if tb is not None:
+            tb.close()
+        return row
+    finally:
+        if ctx.started_here:
+            dist.destroy_process_group()
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
+    net.train()
+    loader = _loader(ds, cfg.workers, device, tdata.key(cfg.seed, epoch, 5, ctx.rank))
+    gen = (tdata.device_generator(device, cfg.seed, epoch, ctx.rank)
+           if cfg.noise == "device" else None)
+    basis = tdata.distortion_basis(cfg.n_wave).to(device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, n
+    t0 = time.perf_counter()
+    join = contextlib.nullcontext()
+    if ctx.active:
+        from torch.distributed.algorithms.join import Join
+
+        join = Join([getattr(net, "_orig_mod", net)])
+    with join:
+        for step, batch in enumerate(loader):
+            batch = _to(batch, device)
+            if "clean" in batch:
+                batch.update(tdata.augment(batch.pop("clean"), batch["sigma"], gen,
+                                           distortion_max=cfg.distortion_max,
+                                           target_distortion=cfg.target_distortion,
+                                           basis=basis))
+            with _autocast(cfg, device):
+                pred = net(batch["x"])
+            loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]),
+                               batch["good"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(batch["index"])
+            sums += torch.stack([loss.detach().double() * n, torch.tensor(n, device=device,
+                                                                          dtype=torch.float64)])
+            bar.update(n)
+            if step % 10 == 0 and not bar.disable:
+                rate = bar.n / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.4g}", spec_s=f"{rate:.0f}")
+    elapsed = time.perf_counter() - t0
+    ctx.all_sum(sums)
+    n = int(sums[1].item())
+    return {"train_loss": float(sums[0].item() / max(n, 1)), "n_train": n,
+            "spectra_per_s": n / max(elapsed, 1e-9)}
+
+
+@torch.no_grad()
+def _validate(cfg, ctx, model, net, info, batch_size, device) -> dict:
+    """Loss and mean |R| = mean |F_hat - F| / F over unmasked pixels, on the stored noise."""
+    if ctx.active:  # the copy saved is rank 0's; validate with its batch-norm statistics
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+    # the bare module: no DDP collectives, so ranks may run different numbers of batches
+    fwd = model if ctx.active else net
+    model.eval()
+    ds = tdata.SpectrumStream(info, batch_size=batch_size, mode="val", rank=ctx.rank,
+                              world_size=ctx.world)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, n, |R| sum, |R| count
+    for batch in _loader(ds, cfg.workers, device, 0):
+        batch = _to(batch, device)
+        with _autocast(cfg, device):
+            pred = fwd(batch["x"]).float()
+        n = len(batch["index"])
+        loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]), batch["good"])
+        ok = batch["good"] & (batch["y"] > 0)
+        rel = ((pred - batch["y"]).abs() / batch["y"].clamp_min(1e-12))[ok]
+        sums += torch.stack([loss.double() * n, torch.tensor(float(n), device=device).double(),
+                             rel.double().sum(), torch.tensor(float(rel.numel()),
+                                                              device=device).double()])
+    ctx.all_sum(sums)
+    model.train()
+    n = int(sums[1].item())
+    return {"val_loss": float(sums[0].item() / max(n, 1)),
+            "val_mean_abs_rel": float(sums[2].item() / max(sums[3].item(), 1.0)),
+            "n_val": n}
+
+
+def _state(cfg, model, optimizer, epoch, summary, wave, history) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "epoch": epoch,
+        "model": {"name": cfg.model, "cfg": {"n_wave": cfg.n_wave, **cfg.model_cfg},
+                  "state": model.state_dict(), "summary": summary},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"kind": cfg.scheduler, "next_epoch": epoch,
+                      "next_lr": lr_at(cfg, epoch) if epoch < cfg.epochs else None},
+        "rng": rng,
+        "config": dataclasses.asdict(cfg),
+        "normalisation": {
+            "median": tdata.MEDIAN,
+            "method": "input and target divided by median(input) / 0.5, per spectrum",
+            "target_distortion": cfg.target_distortion,
+            "distortion_max": cfg.distortion_max,
+        },
+        "wave": wave,
+        "history": history,
+    }
+
+
+def _set_rng(rng: dict) -> None:
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+
+def _read_wave(info: tdata.StoreInfo) -> list[float] | None:
+    g = tdata.open_group(info.path, info.storage_options)
+    if "wave" not in set(g.array_keys()):
+        return None
+    return np.asarray(g["wave"][:], dtype=np.float64).tolist()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    """Rewrite the per-epoch CSV from the history (so a resumed run never duplicates rows)."""
+    cols: list[str] = []
+    for row in history:
+        cols += [k for k in row if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(history)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
