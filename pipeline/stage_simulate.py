@@ -80,11 +80,15 @@ def _engine(cfg_json: str, grid_path: str):
     nbytes = int(np.prod(interp.shape)) * interp.wave.size * 4
     if nbytes <= LOAD_WHOLE_GRID_BYTES:
         interp = GridInterpolator(grid_path, missing=cfg["missing"], load=True)
+    from specdenoise.simulate.grids import open_grid
+
     obs = cfg["observe"]
+    resolution = open_grid(grid_path).attrs.get("resolution")
     observer = Observer(
         interp.wave,
         make_noise(cfg["noise"]),
         lsf_fwhm_pix=tuple(obs["lsf_fwhm_pix"]),
+        model_resolution=float(resolution) if resolution else None,
         extinction_law=obs["extinction_law"],
         filter_name=obs["filter"],
         distortion=obs["distortion"],

@@ -40,6 +40,7 @@ from numba import njit
 from scipy.special import ndtr
 
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.simulate.pfs import RED_MR_DLAMBDA
 
 #: FWHM / sigma of a Gaussian
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -78,11 +79,15 @@ class LSF:
     includes_pixel : the FWHM is that of a line *as recorded*, i.e. the Gaussian convolved with
         the pixel's box; the Gaussian itself then has ``sigma^2 = (FWHM/2.3548)^2 - 1/12`` pix^2
         (the box's variance), so the recorded profile's second moment matches the FWHM.
+    model_resolution : resolving power R of the model spectra themselves (a grid smoothed to
+        R = 10,000, say), or None for models much sharper than the instrument.  Its Gaussian
+        variance is taken off the kernel's, so model ⊗ kernel has the configured FWHM.
     """
 
     fwhm_pix: tuple[float, float] = (3.1, 3.2)
     wave_nodes: tuple[float, float] = (710.0, 885.0)
     includes_pixel: bool = True
+    model_resolution: float | None = None
 
     def fwhm(self, wave) -> np.ndarray:
         """Configured FWHM in pixels at ``wave`` (nm)."""
@@ -94,7 +99,16 @@ class LSF:
         var = (self.fwhm(wave) / FWHM_PER_SIGMA) ** 2
         if self.includes_pixel:
             var = var - 1.0 / 12.0
+        if self.model_resolution:
+            w = np.asarray(wave, dtype=np.float64)
+            var = var - (w / (self.model_resolution * FWHM_PER_SIGMA) / RED_MR_DLAMBDA) ** 2
         if np.any(var <= 0):
+            if self.model_resolution:
+                raise SpecdenoiseError(
+                    f"the model spectra (R = {self.model_resolution:g}) are not sharper than "
+                    f"the PFS line-spread function (FWHM {self.fwhm_pix} pixels); use a grid "
+                    "of higher resolution"
+                )
             raise SpecdenoiseError(f"LSF FWHM {self.fwhm_pix} pixels is too narrow (need > 0.82)")
         return np.sqrt(var)
 

@@ -393,6 +393,8 @@ class Observer:
     noise : the noise model (module docstring); its ``wave`` is the detector grid.
     lsf_fwhm_pix : line-spread FWHM in pixels (at 710 nm, at 885 nm), the pixel included; or
     lsf : a full :class:`.lsf.LSF` (overrides ``lsf_fwhm_pix``).
+    model_resolution : resolving power of the model spectra (the grid's ``resolution`` attr);
+        the kernel is narrowed so that model ⊗ kernel has the configured FWHM.
     extinction_law : ``"F99"`` or ``"G23"``; ``r_v`` : R_V (3.1).
     filter_name : speclite filter that ``mag`` refers to (``hsc2017-i``).
     distortion : the largest |d - 1| of the calibration distortion (0.02 = 2 %; 0 turns it off).
@@ -410,6 +412,7 @@ class Observer:
         *,
         lsf_fwhm_pix: tuple[float, float] = (3.1, 3.2),
         lsf: LSF | None = None,
+        model_resolution: float | None = None,
         extinction_law: str = "F99",
         r_v: float = 3.1,
         filter_name: str = DEFAULT_FILTER,
@@ -425,7 +428,9 @@ class Observer:
             self._noise_has_backend = False
         self.model_wave = np.asarray(model_wave, dtype=np.float64)
         self.wave = np.asarray(noise.wave, dtype=np.float64)
-        self.lsf = LSF(fwhm_pix=tuple(lsf_fwhm_pix)) if lsf is None else lsf
+        if lsf is None:
+            lsf = LSF(fwhm_pix=tuple(lsf_fwhm_pix), model_resolution=model_resolution)
+        self.lsf = lsf
         self.extinction_law, self.r_v = extinction_law, float(r_v)
         self.bandpass = Bandpass(filter_name)
         if not 0.0 <= distortion < 1.0:

@@ -1,0 +1,182 @@
+"""The Dask simulation stage with real clusters, real worker processes and real Zarr stores.
+
+Every run of one configuration must give a bitwise-identical store: with one or two worker
+processes, through a scheduler reached by address, with a worker killed mid-run, and after a
+SIGINT followed by ``--resume``.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from specdenoise import schema
+from specdenoise.config import load_config
+from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.stage_simulate import simulate
+
+N, CHUNK = 600, 50  # 12 chunks, enough that an interruption lands mid-run
+
+
+def _cfg(grid, out, **kw):
+    return load_config(n=kw.pop("n", N), chunk_size=kw.pop("chunk_size", CHUNK), seed=3,
+                       grid=str(grid), out=str(out), **kw)
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def assert_identical(a: Path, b: Path):
+    fa, fb = store_files(a), store_files(b)
+    assert fa.keys() == fb.keys()
+    diff = [k for k in fa if fa[k] != fb[k]]
+    assert not diff, f"stores differ in {diff[:5]}"
+
+
+@pytest.fixture(scope="module")
+def reference(small_grid, tmp_path_factory):
+    """The store written by one in-process worker: what every other run must reproduce."""
+    from distributed import Client, LocalCluster
+
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        simulate(_cfg(small_grid, out), client=client, progress=False)
+    return out
+
+
+def test_dataset_schema(reference):
+    ds = schema.open_dataset(reference)
+    assert ds.sizes == {"spectrum": N, "wave": 4096}
+    for v in ("flux", "flux_clean", "sigma"):
+        assert ds[v].dtype == np.float32 and ds[v].dims == ("spectrum", "wave")
+    for name in (*schema.PARAMS, *schema.CONDITIONS, "snr", "norm"):
+        assert ds[name].dims == ("spectrum",), name
+        assert "units" in ds[name].attrs
+    assert ds.attrs["seed"] == 3 and "config" in ds.attrs and "package_version" in ds.attrs
+    assert ds.attrs["grid_provenance"]
+    flux = ds["flux"].values
+    assert np.isfinite(flux).all() and np.isfinite(ds["sigma"].values).all()
+    np.testing.assert_allclose(np.median(ds["flux_clean"].values, axis=1), 0.5, rtol=0.05)
+    snr = np.median(flux / ds["sigma"].values, axis=1)
+    np.testing.assert_allclose(ds["snr"].values, snr, rtol=1e-4)
+    # drawn parameters follow the defaults
+    assert ds["teff"].min() >= 3500 and ds["teff"].max() <= 7500
+    assert np.all(ds["n_exp"].values == 4) and np.all(np.abs(ds["rv"].values) <= 600)
+    # opened lazily through plain xarray too
+    lazy = xr.open_zarr(reference)
+    assert lazy["flux"].chunks[0][0] == CHUNK
+
+
+def test_two_local_worker_processes_identical(small_grid, reference, tmp_path):
+    out = tmp_path / "two.zarr"
+    simulate(_cfg(small_grid, out), cluster="local", workers=2, progress=False)
+    assert_identical(reference, out)
+
+
+def test_scheduler_by_address_identical(small_grid, reference, tmp_path):
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen(
+        ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(sched_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        import json
+
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                ["dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+                 "--host", "127.0.0.1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        out = tmp_path / "addr.zarr"
+        simulate(_cfg(small_grid, out), cluster=address, progress=False)
+        assert_identical(reference, out)
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def test_worker_killed_mid_run_identical(small_grid, reference, tmp_path):
+    from distributed import Client, LocalCluster, WorkerPlugin
+
+    class KillOnce(WorkerPlugin):
+        """The first worker to finish its second task kills its own process (SIGKILL)."""
+
+        def __init__(self, flag):
+            self.flag = str(flag)
+            self.finished = 0
+
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "memory" and str(key).startswith("simulate-"):
+                self.finished += 1
+                if self.finished == 2 and not os.path.exists(self.flag):
+                    with open(self.flag, "w") as f:
+                        f.write(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    flag = tmp_path / "killed"
+    out = tmp_path / "killed.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        client.register_plugin(KillOnce(flag), name="kill-once")
+        simulate(_cfg(small_grid, out), client=client, progress=False)
+    assert flag.exists(), "no worker was killed: the test did not test anything"
+    assert_identical(reference, out)
+
+
+def test_sigint_then_resume_identical(small_grid, reference, tmp_path):
+    out = tmp_path / "int.zarr"
+    cmd = [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", str(N), "--chunk-size",
+           str(CHUNK), "--seed", "3", "--grid", str(small_grid), "--out", str(out),
+           "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(schema.done_chunks(out)) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    n_done = len(schema.done_chunks(out))
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert n_done < N // CHUNK, "the run finished before the interrupt"
+    with pytest.raises(SpecdenoiseError, match="incomplete"):
+        schema.open_dataset(out)
+    # without --resume the half-made store is not silently reused
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert_identical(reference, out)
+
+
+def test_split_writes_distinct_sets(small_grid, tmp_path):
+    out = tmp_path / "sets"
+    cfg = _cfg(small_grid, out, n=40, chunk_size=7, split="train=0.5,val=0.25,test=0.25")
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        paths = simulate(cfg, client=client, progress=False)
+    sizes = {p.name: schema.open_dataset(p).sizes["spectrum"] for p in paths}
+    assert sizes == {"train.zarr": 20, "val.zarr": 10, "test.zarr": 10}
+    teff = [schema.open_dataset(p)["teff"].values[:5] for p in paths]
+    assert not np.allclose(teff[0], teff[1]) and not np.allclose(teff[1], teff[2])
