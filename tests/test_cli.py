@@ -54,7 +54,7 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 def test_cluster_show_prints_job_scripts():
     r = run("cluster", "show", "cluster/slurm.yaml")
     assert r.returncode == 0, r.stderr
-    assert "#SBATCH --cpus-per-task=2" in r.stdout and "dask_worker" in r.stdout
+    assert "#SBATCH --cpus-per-task=1" in r.stdout and "dask_worker" in r.stdout
     r = run("cluster", "show", "cluster/pbs.yaml")
     assert r.returncode == 0, r.stderr
     assert "#PBS -l walltime=02:00:00" in r.stdout

@@ -1,0 +1,404 @@
+"""The error cube: every method's relative error at every pixel of a validation dataset.
+
+For each method (trained networks and baselines) the stored noisy ``flux`` of the dataset -- its
+fixed noise, the same for every method -- is denoised to ``D[F_hat]`` and compared with the
+noiseless ``flux_clean`` F::
+
+    rel_err = |D[F_hat] - F| / F
+
+The cube is one xarray Dataset on Zarr with a ``denoiser`` dimension (one entry per method), so
+methods sit side by side and every reduction is a selection or a group-by by name::
+
+    cube = open_cube("eval/cube.zarr")
+    cube.mean_rel_err.groupby_bins("snr", [0, 10, 20, 50]).mean()   # per method and S/N bin
+    cube.rel_err.sel(denoiser="unet").mean("spectrum")              # |R| against wavelength
+
+(The dimension is not called ``method`` because ``.sel(method=...)`` is xarray's own keyword.)
+
+============================  ==========================  ====================================
+variable                      dims                        meaning
+============================  ==========================  ====================================
+``rel_err``                   (denoiser, spectrum, wave)  |D - F| / F, float32; NaN where the
+                                                          method was not run, F <= 0 or the
+                                                          pixel is masked
+``denoised``                  (denoiser, spectrum, wave)  D[F_hat], float32 (normalised like
+                                                          ``flux``)
+``mean_rel_err``              (denoiser, spectrum)        mean of ``rel_err`` over wavelength
+``max_rel_err``               (denoiser, spectrum)        max of ``rel_err`` over wavelength
+``flux``, ``flux_clean``,     (spectrum, wave)            copied from the dataset
+``sigma``
+``seconds``, ``n_denoised``,  (denoiser,)                 wall time spent denoising, spectra
+``spectra_per_s``                                         denoised, and their ratio
+``template_<p>``              (spectrum,)                 template-fit parameters (when run)
+============================  ==========================  ====================================
+
+Coordinates: ``denoiser`` (method names), ``denoiser_kind`` (``network``, ``baseline`` or
+``reference``), ``wave`` and every per-spectrum parameter and condition of the dataset
+(``teff``, ``logg``, ``m_h``, ``a_m``, ``rv``, ``ebv``, ``mag``, ..., ``snr``, ``norm``).
+Attributes keep the dataset's provenance and a JSON description of each method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from specdenoise import __version__, schema
+from specdenoise.simulate.errors import SpecdenoiseError
+
+CUBE_KIND = "specdenoise-error-cube"
+#: the dimension along which methods sit side by side. Not "method": ``DataArray.sel`` has a
+#: ``method=`` keyword of its own, so ``sel(method="unet")`` would silently select nothing.
+METHOD_DIM = "denoiser"
+KINDS = ("network", "baseline", "reference")
+
+#: dataset attributes carried into the cube (and the report) as provenance
+PROVENANCE_ATTRS = ("config", "config_hash", "seed", "package_version", "grid_provenance",
+                    "noise_provenance", "title", "split")
+
+
+@dataclass
+class Method:
+    """One way of denoising, with what the report needs to say about it.
+
+    ``denoise(flux, sigma, mask)`` gets (n, n_wave) float32 arrays of a block of spectra and
+    returns the denoised (n, n_wave) array, or ``(denoised, extras)`` where ``extras`` maps
+    names to (n,) per-spectrum results (stored as ``<method>_<name>``). ``limit`` runs it on
+    the first ``limit`` spectra only (the others stay NaN). ``info`` is provenance (JSON-able).
+    """
+
+    name: str
+    kind: str
+    description: str
+    denoise: Callable
+    limit: int | None = None
+    info: dict = field(default_factory=dict)
+    extras: tuple[str, ...] = ()
+    wave: np.ndarray | None = None  # pixel grid a network was trained on, nm
+
+
+def relative_error(denoised: np.ndarray, clean: np.ndarray,
+                   mask: np.ndarray | None = None) -> np.ndarray:
+    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``."""
+    d = np.asarray(denoised, dtype=np.float64)
+    f = np.asarray(clean, dtype=np.float64)
+    bad = ~(f > 0)
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(d - f) / f
+    r[bad] = np.nan
+    return r.astype(np.float32)
+
+
+def _row_stats(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row nanmean and nanmax, NaN for rows without a finite value (no warnings)."""
+    finite = np.isfinite(rel)
+    count = finite.sum(axis=1)
+    total = np.where(finite, rel, 0).sum(axis=1, dtype=np.float64)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    mx = np.where(count > 0, np.where(finite, rel, -np.inf).max(axis=1), np.nan)
+    return mean.astype(np.float32), mx.astype(np.float32)
+
+
+def _unique_names(methods: Sequence[Method]) -> None:
+    seen = set()
+    for m in methods:
+        if m.name in seen:
+            raise SpecdenoiseError(f"two methods are called {m.name!r}; give them distinct names")
+        if m.kind not in KINDS:
+            raise SpecdenoiseError(f"method {m.name!r} has unknown kind {m.kind!r}")
+        seen.add(m.name)
+
+
+def _attr_json(value):
+    return value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+
+
+def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
+               keep_denoised: bool = True, block: int | None = None,
+               progress: bool | None = None) -> Path:
+    """Denoise the dataset at ``data`` with every method and write the error cube at ``out``.
+
+    The cube is written under a temporary name and renamed when complete, so an interrupted
+    run never leaves a store that looks finished. ``block`` is the number of spectra processed
+    (and stored per chunk) at a time; default: the dataset's chunk size, at most 1024.
+    """
+    from tqdm.auto import tqdm
+
+    if not methods:
+        raise SpecdenoiseError("nothing to evaluate: give at least one --model or baseline")
+    _unique_names(methods)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SpecdenoiseError(f"{out} exists; choose another output or pass --overwrite")
+    ds = schema.open_dataset(data)
+    n, n_wave = ds.sizes[schema.SPECTRUM_DIM], ds.sizes[schema.WAVE_DIM]
+    if block is None:
+        block = min(int(ds.attrs.get("chunk_size") or 256), 1024)
+    block = max(1, min(block, n))
+    n_m = len(methods)
+
+    per_spec = {k: v.variable.compute() for k, v in ds.coords.items()
+                if v.dims == (schema.SPECTRUM_DIM,)}
+    coords = {
+        METHOD_DIM: (METHOD_DIM, np.array([m.name for m in methods], dtype=object)),
+        "denoiser_kind": (METHOD_DIM, np.array([m.kind for m in methods], dtype=object)),
+        schema.WAVE_DIM: ds[schema.WAVE_DIM].variable.compute(),
+        **per_spec,
+    }
+    import dask.array as da
+
+    cube3 = (METHOD_DIM, schema.SPECTRUM_DIM, schema.WAVE_DIM)
+    spec2 = (schema.SPECTRUM_DIM, schema.WAVE_DIM)
+    c3, c2 = (1, block, n_wave), (block, n_wave)
+
+    def lazy(shape, chunks, dtype=np.float32):
+        return da.full(shape, np.nan, dtype=dtype, chunks=chunks)
+
+    data_vars = {
+        "rel_err": (cube3, lazy((n_m, n, n_wave), c3),
+                    {"long_name": "|D[F_hat] - F| / F", "units": "1"}),
+        "mean_rel_err": ((METHOD_DIM, schema.SPECTRUM_DIM), lazy((n_m, n), (1, block)),
+                         {"long_name": "mean over wavelength of rel_err", "units": "1"}),
+        "max_rel_err": ((METHOD_DIM, schema.SPECTRUM_DIM), lazy((n_m, n), (1, block)),
+                        {"long_name": "max over wavelength of rel_err", "units": "1"}),
+        "seconds": ((METHOD_DIM,), np.full(n_m, np.nan), {"units": "s"}),
+        "n_denoised": ((METHOD_DIM,), np.zeros(n_m, np.int64), {"units": "1"}),
+        "spectra_per_s": ((METHOD_DIM,), np.full(n_m, np.nan), {"units": "s-1"}),
+    }
+    if keep_denoised:
+        data_vars["denoised"] = (cube3, lazy((n_m, n, n_wave), c3),
+                                 {"long_name": "D[F_hat]", "units": schema.UNITS["flux"]})
+    for v in ("flux", "flux_clean", "sigma"):
+        data_vars[v] = (spec2, lazy((n, n_wave), c2), {"units": schema.UNITS[v]})
+    for m in methods:
+        for e in m.extras:
+            data_vars[f"{m.name}_{e}"] = ((schema.SPECTRUM_DIM,), lazy((n,), (block,)),
+                                          {"units": schema.UNITS.get(e, "")})
+    attrs = {
+        "specdenoise_kind": CUBE_KIND,
+        "complete": False,
+        "package_version": __version__,
+        "dataset": str(Path(data).resolve()),
+        "n_spectrum": n,
+        "methods": json.dumps({m.name: {"kind": m.kind, "description": m.description,
+                                        "limit": m.limit, **m.info} for m in methods}),
+        "definition": "rel_err = |D[F_hat] - F| / F with F = flux_clean and F_hat = flux "
+                      "(the dataset's fixed noisy spectra)",
+    }
+    for k in PROVENANCE_ATTRS:
+        if k in ds.attrs:
+            attrs[f"dataset_{k}"] = _attr_json(ds.attrs[k])
+    template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    encoding = {name: {"chunks": tuple(ch[0] for ch in var.chunks)}
+                for name, var in template.data_vars.items() if var.chunks is not None}
+    for k in per_spec:
+        encoding[k] = {"chunks": (block,)}
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    seconds = np.zeros(n_m)
+    counts = np.zeros(n_m, dtype=np.int64)
+    try:
+        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
+                         encoding=encoding)
+        g = zarr.open_group(str(tmp), mode="r+")
+        n_blocks = -(-n // block)
+        bar = tqdm(total=n * n_m, desc="evaluate", unit="spec",
+                   disable=None if progress is None else not progress)
+        with bar:
+            for b in range(n_blocks):
+                lo, hi = b * block, min((b + 1) * block, n)
+                part = ds[["flux", "flux_clean", "sigma", "mask"]].isel(
+                    {schema.SPECTRUM_DIM: slice(lo, hi)}).compute()
+                flux = part["flux"].values.astype(np.float32)
+                clean = part["flux_clean"].values
+                sigma = part["sigma"].values.astype(np.float32)
+                mask = part["mask"].values
+                g["flux"][lo:hi] = flux
+                g["flux_clean"][lo:hi] = clean
+                g["sigma"][lo:hi] = sigma
+                for j, m in enumerate(methods):
+                    stop = hi if m.limit is None else min(hi, m.limit)
+                    if stop <= lo:
+                        bar.update(hi - lo)
+                        continue
+                    k = stop - lo
+                    t0 = time.perf_counter()
+                    res = m.denoise(flux[:k], sigma[:k], mask[:k])
+                    seconds[j] += time.perf_counter() - t0
+                    counts[j] += k
+                    den, extras = res if isinstance(res, tuple) else (res, {})
+                    den = np.asarray(den, dtype=np.float32)
+                    if den.shape != (k, n_wave):
+                        raise SpecdenoiseError(f"method {m.name!r} returned shape {den.shape} "
+                                               f"for {k} spectra of {n_wave} pixels")
+                    rel = relative_error(den, clean[:k], mask[:k])
+                    mean, mx = _row_stats(rel)
+                    g["rel_err"][j, lo:stop] = rel
+                    g["mean_rel_err"][j, lo:stop] = mean
+                    g["max_rel_err"][j, lo:stop] = mx
+                    if keep_denoised:
+                        g["denoised"][j, lo:stop] = den
+                    for e in m.extras:
+                        g[f"{m.name}_{e}"][lo:stop] = np.asarray(extras[e], dtype=np.float32)
+                    bar.update(hi - lo)
+        g["seconds"][:] = seconds
+        g["n_denoised"][:] = counts
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g["spectra_per_s"][:] = np.where(seconds > 0, counts / seconds, np.nan)
+        g.attrs["complete"] = True
+        zarr.consolidate_metadata(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def open_cube(path) -> xr.Dataset:
+    """Open an error cube lazily, checking that it is one and that it is complete."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecdenoiseError(f"error cube {path} does not exist")
+    try:
+        cube = xr.open_zarr(path, consolidated=None)
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot open error cube {path}: {exc}".splitlines()[0]) from None
+    if cube.attrs.get("specdenoise_kind") != CUBE_KIND:
+        raise SpecdenoiseError(f"{path} is not a specdenoise error cube")
+    if not cube.attrs.get("complete", False):
+        raise SpecdenoiseError(f"error cube {path} is incomplete; run the evaluation again")
+    return cube
+
+
+def method_info(cube: xr.Dataset) -> dict[str, dict]:
+    """Per-method description and provenance stored in the cube."""
+    return json.loads(cube.attrs.get("methods", "{}"))
+
+
+# --------------------------------------------------------------------------- method factories
+
+
+def network_method(run_dir, *, device=None, batch_size: int = 256,
+                   name: str | None = None) -> Method:
+    """A trained denoiser (run directory or ``checkpoint.pt``) as a :class:`Method`."""
+    from specdenoise.train.checkpoint import load_model
+    from specdenoise.train.infer import denoise_array
+
+    model, config = load_model(run_dir, device=device)
+    m = config.get("model", {})
+    summary = m.get("summary", {})
+    train = config.get("train", {})
+    label = name or m.get("name", "network")
+    n_par = summary.get("parameters")
+    desc = (f"{m.get('name', 'network')} network"
+            + (f", {n_par:,} parameters" if n_par else "")
+            + f", {config.get('epoch')} epochs"
+            + (f", trained on {train.get('data')}" if train.get("data") else ""))
+
+    def denoise(flux, sigma, mask):
+        return denoise_array(model, flux, batch_size=batch_size)
+
+    # one warm-up call, so that the speed measured later is not the first call's set-up
+    n_wave = getattr(model, "n_wave", 4096)
+    denoise_array(model, np.full((1, n_wave), 0.5, dtype=np.float32))
+
+    info = {"checkpoint": config.get("path"), "model": m.get("name"), "model_cfg": m.get("cfg"),
+            "epochs": config.get("epoch"), "parameters": n_par,
+            "device": str(next(model.parameters()).device),
+            "train_data": train.get("data"), "preset": train.get("preset")}
+    wave = config.get("wave")
+    return Method(label, "network", desc, denoise, info=info,
+                  wave=None if wave is None else np.asarray(wave, dtype=np.float64))
+
+
+def check_wave(method: Method, wave: np.ndarray) -> None:
+    """Refuse a network trained on another pixel grid than the dataset's."""
+    mw = method.wave
+    if mw is None:
+        return
+    if mw.shape != wave.shape or np.max(np.abs(mw - wave)) > 0.5 * abs(wave[1] - wave[0]):
+        raise SpecdenoiseError(f"model {method.name!r} was trained on another wavelength grid "
+                               f"({mw.size} pixels) than the dataset ({wave.size} pixels)")
+
+
+def baseline_methods(names: Sequence[str], *, data_attrs=None, train=None, template_n=None,
+                     savgol_window: int = 11, savgol_order: int = 4, gaussian_sigma: float = 1.0,
+                     pca_k: int = 32, template_options: dict | None = None,
+                     progress: bool | None = None) -> list[Method]:
+    """:class:`Method` objects for the named baselines (see :mod:`.baselines`).
+
+    ``train``: path of a training dataset (needed for ``pca``); ``data_attrs``: the evaluated
+    dataset's attributes (needed for ``template``); ``template_n``: fit only that many spectra.
+    """
+    from specdenoise.evaluate import baselines as bl
+
+    unknown = [b for b in names if b not in bl.BASELINES]
+    if unknown:
+        raise SpecdenoiseError(f"unknown baseline {unknown[0]!r}; choose from "
+                               f"{', '.join(bl.BASELINES)}")
+    out = []
+    for b in names:
+        if b == "none":
+            out.append(Method("none", "baseline", bl.DESCRIPTIONS["none"],
+                              lambda f, s, m: bl.no_denoising(f)))
+        elif b == "savgol":
+            bl.savgol(np.ones((1, 64)), savgol_window, savgol_order)  # validate early
+            out.append(Method(
+                "savgol", "baseline",
+                bl.DESCRIPTIONS["savgol"].format(window=savgol_window, polyorder=savgol_order),
+                lambda f, s, m: bl.savgol(f, savgol_window, savgol_order),
+                info={"window": savgol_window, "polyorder": savgol_order}))
+        elif b == "gaussian":
+            bl.gaussian(np.ones((1, 8)), gaussian_sigma)
+            out.append(Method(
+                "gaussian", "baseline",
+                bl.DESCRIPTIONS["gaussian"].format(sigma_pix=gaussian_sigma),
+                lambda f, s, m: bl.gaussian(f, gaussian_sigma),
+                info={"sigma_pix": gaussian_sigma}))
+        elif b == "pca":
+            if train is None:
+                raise SpecdenoiseError("the pca baseline needs a training set: pass --train "
+                                       "TRAIN.zarr (or leave pca out of --baselines)")
+            tds = schema.open_dataset(train, require=("flux_clean",))
+            t0 = time.perf_counter()
+            basis = bl.fit_pca(tds["flux_clean"].values, pca_k)
+            fit_s = time.perf_counter() - t0
+            out.append(Method(
+                "pca", "baseline", bl.DESCRIPTIONS["pca"].format(k=basis.k),
+                lambda f, s, m, basis=basis: basis.project(f),
+                info={"k": basis.k, "train": str(train), "fit_seconds": fit_s,
+                      "n_train": int(tds.sizes[schema.SPECTRUM_DIM]),
+                      "explained_variance": float(basis.explained_variance_ratio.sum())}))
+        elif b == "template":
+            if data_attrs is None:
+                raise SpecdenoiseError("the template baseline needs the dataset's attributes")
+            fitter = bl.template_fitter_for(data_attrs, **(template_options or {}))
+
+            def fit(f, s, m, fitter=fitter):
+                res = fitter.fit(f, s, m, progress=bool(progress))
+                extras = dict(res.params)
+                extras["chi2_red"] = res.chi2_red
+                return res.denoised, extras
+
+            out.append(Method(
+                "template", "reference",
+                bl.DESCRIPTIONS["template"].format(poly_order=fitter.poly_order), fit,
+                limit=template_n,
+                info={"setup_seconds": fitter.setup_seconds, "library_nodes": len(fitter.nodes),
+                      "poly_order": fitter.poly_order, "n_starts": fitter.n_starts,
+                      "rv_range": list(fitter.rv_range)},
+                extras=(*fitter.names, "rv", "ebv", "chi2_red")))
+    return out

@@ -1,0 +1,230 @@
+"""Summaries of an error cube: |R| statistics in bins of S/N and stellar parameters.
+
+For each binning variable (``snr``, ``teff``, ``logg``, ``m_h``, ``a_m`` by default) the pixels
+of all spectra that fall in a bin are pooled, per method, and summarised with xarray's
+``groupby_bins`` (flox underneath)::
+
+    cube.rel_err.groupby_bins("snr", edges).mean(dim=["spectrum", "wave"])
+
+The result is an :class:`xarray.DataTree` with one group per binning variable; group ``snr`` holds
+
+=================  ===================================  ==========================================
+variable           dims                                 meaning
+=================  ===================================  ==========================================
+``mean``           (denoiser, snr_bins)                 mean |R| over the bin's pixels
+``max``            (denoiser, snr_bins)                 largest |R| in the bin
+``quantiles``      (denoiser, snr_bins, quantile)       quantiles of |R| over the bin's pixels
+``n_spectra``      (denoiser, snr_bins)                 spectra in the bin that the method denoised
+=================  ===================================  ==========================================
+
+with coordinates ``snr_bins`` (bin centre), ``snr_lo`` and ``snr_hi`` (edges; a bin holds
+``lo < x <= hi``, the first one also ``x = lo``). It is saved as Zarr (``xr.open_datatree(path,
+engine="zarr")``) and as one long CSV table, a row per (binning variable, method, bin).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from specdenoise import schema
+from specdenoise.evaluate.cube import METHOD_DIM
+from specdenoise.simulate.errors import SpecdenoiseError
+
+DEFAULT_BY = ("snr", "teff", "logg", "m_h", "a_m")
+DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
+DEFAULT_N_BINS = 8
+PIXELS = (schema.SPECTRUM_DIM, schema.WAVE_DIM)
+
+
+def bin_edges(values: np.ndarray, spec: int | Sequence[float] = DEFAULT_N_BINS) -> np.ndarray:
+    """Bin edges for ``values``: ``spec`` equal-width bins over their range, or ``spec`` itself.
+
+    A constant variable gets one bin of width 1 around its value.
+    """
+    if isinstance(spec, (int, np.integer)):
+        if spec < 1:
+            raise SpecdenoiseError(f"the number of bins must be at least 1, got {spec}")
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            raise SpecdenoiseError("cannot bin a variable without finite values")
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            return np.array([lo - 0.5, lo + 0.5])
+        return np.linspace(lo, hi, int(spec) + 1)
+    edges = np.asarray(spec, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
+        raise SpecdenoiseError(f"bin edges must be at least two increasing numbers, got {spec}")
+    return edges
+
+
+def parse_bins(items: Sequence[str] | None) -> dict[str, int | list[float]]:
+    """``--bins`` values: ``N`` (bins for every variable) or ``NAME=N`` or ``NAME=e0,e1,...``.
+
+    The key ``"*"`` holds the default for variables not named.
+    """
+    out: dict[str, int | list[float]] = {}
+    for item in items or ():
+        name, _, text = item.rpartition("=")
+        name = name.strip() or "*"
+        try:
+            parts = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise SpecdenoiseError(
+                f"--bins {item!r}: expected N, NAME=N or NAME=e0,e1,...") from None
+        if len(parts) == 1 and float(parts[0]).is_integer() and "," not in text:
+            out[name] = int(parts[0])
+        elif len(parts) >= 2:
+            out[name] = parts
+        else:
+            raise SpecdenoiseError(f"--bins {item!r}: expected N, NAME=N or NAME=e0,e1,...")
+    return out
+
+
+def _stats(rel: xr.DataArray, done: xr.DataArray, by: str, edges: np.ndarray,
+           quantiles: Sequence[float]) -> xr.Dataset:
+    """Statistics of one method's in-memory ``rel_err`` (spectrum, wave) in bins of ``by``."""
+    g = rel.groupby_bins(by, edges, include_lowest=True)
+    stats = xr.Dataset({
+        "mean": g.mean(dim=PIXELS),
+        "max": g.max(dim=PIXELS),
+        "quantiles": g.quantile(list(quantiles), dim=PIXELS),
+        # an empty bin sums to NaN here, not 0
+        "n_spectra": done.groupby_bins(by, edges, include_lowest=True).sum(
+            dim=schema.SPECTRUM_DIM).fillna(0),
+    })
+    # every bin present (an empty one as NaN), in order; intervals become plain numbers
+    dim = f"{by}_bins"
+    mid = np.array([iv.mid for iv in stats[dim].values])
+    pos = np.clip(np.searchsorted(edges, mid) - 1, 0, edges.size - 2)
+    stats = stats.assign_coords({dim: pos}).reindex({dim: np.arange(edges.size - 1)})
+    stats["n_spectra"] = stats["n_spectra"].fillna(0).astype(np.int64)
+    return stats
+
+
+def _finish(ds: xr.Dataset, by: str, edges: np.ndarray, cube: xr.Dataset) -> xr.Dataset:
+    dim = f"{by}_bins"
+    ds = ds.assign_coords({
+        dim: (dim, 0.5 * (edges[:-1] + edges[1:]), {"long_name": f"{by} bin centre",
+                                                     "units": schema.UNITS.get(by, "")}),
+        f"{by}_lo": (dim, edges[:-1]),
+        f"{by}_hi": (dim, edges[1:]),
+        METHOD_DIM: ds[METHOD_DIM].values.astype(object),
+    })
+    if "denoiser_kind" in cube.coords:  # methods were summarised in the cube's order
+        ds = ds.assign_coords(denoiser_kind=(METHOD_DIM,
+                                             cube["denoiser_kind"].values.astype(object)))
+    ds["mean"].attrs = {"long_name": f"mean |R| over the pixels of the spectra in the {by} bin"}
+    ds["max"].attrs = {"long_name": f"largest |R| in the {by} bin"}
+    ds["quantiles"].attrs = {"long_name": f"quantiles of |R| over the pixels in the {by} bin"}
+    ds["n_spectra"].attrs = {"long_name": "spectra in the bin denoised by the method"}
+    return ds
+
+
+def summarize(cube: xr.Dataset, bins: Mapping[str, int | Sequence[float]] | None = None,
+              by: Sequence[str] = DEFAULT_BY,
+              quantiles: Sequence[float] = DEFAULT_QUANTILES) -> xr.DataTree:
+    """Statistics of |R| per method in bins of each variable of ``by`` (see module docstring).
+
+    ``bins`` maps a variable to a number of bins or to explicit edges; ``"*"`` is the default
+    for the others (``DEFAULT_N_BINS`` equal-width bins over the data's range).
+    """
+    bins = dict(bins or {})
+    unknown = [k for k in bins if k != "*" and k not in by]
+    if unknown:
+        raise SpecdenoiseError(f"--bins names {unknown[0]!r}, which is not summarised; "
+                               f"choose from {', '.join(by)}")
+    q = [float(x) for x in quantiles]
+    if any(not 0 <= x <= 1 for x in q):
+        raise SpecdenoiseError(f"quantiles must lie in [0, 1], got {quantiles}")
+    edges = {}
+    for name in by:
+        if name not in cube.coords:
+            raise SpecdenoiseError(f"the error cube has no per-spectrum coordinate {name!r}")
+        edges[name] = bin_edges(cube[name].values,
+                                bins.get(name, bins.get("*", DEFAULT_N_BINS)))
+    parts: dict[str, list[xr.Dataset]] = {name: [] for name in by}
+    by_coords = {name: cube[name].compute() for name in by}
+    for method in cube[METHOD_DIM].values:
+        # one method in memory at a time, (spectrum, wave) float32, with only the coordinates
+        # binned over (fewer coordinates: less work for every group-by)
+        rel = cube["rel_err"].sel({METHOD_DIM: method}).reset_coords(drop=True).load()
+        rel = rel.assign_coords(by_coords)
+        done = cube["mean_rel_err"].sel({METHOD_DIM: method}).reset_coords(drop=True)
+        done = done.notnull().load().assign_coords(by_coords)
+        for name in by:
+            stats = _stats(rel, done, name, edges[name], q)
+            parts[name].append(stats.expand_dims({METHOD_DIM: [method]}))
+    groups = {name: _finish(xr.concat(parts[name], dim=METHOD_DIM), name, edges[name], cube)
+              for name in by}
+    tree = xr.DataTree.from_dict(groups)
+    tree.attrs = {
+        "definition": "|R| = |D[F_hat] - F| / F; statistics over all pixels of the spectra in "
+                      "a bin",
+        "quantiles": q,
+        "by": list(by),
+        "dataset": cube.attrs.get("dataset", ""),
+    }
+    return tree
+
+
+def to_rows(tree: xr.DataTree) -> list[dict]:
+    """The summary as a long table: one row per (binning variable, method, bin)."""
+    rows = []
+    q = tree.attrs.get("quantiles", [])
+    for by in tree.attrs.get("by", list(tree.children)):
+        ds = tree[by].to_dataset()
+        dim = f"{by}_bins"
+        for name in ds[METHOD_DIM].values:
+            d = ds.sel({METHOD_DIM: name})
+            for i in range(ds.sizes[dim]):
+                row = {
+                    "by": by, "denoiser": str(name),
+                    "bin_lo": float(d[f"{by}_lo"][i]), "bin_hi": float(d[f"{by}_hi"][i]),
+                    "bin_centre": float(d[dim][i]), "n_spectra": int(d["n_spectra"][i]),
+                    "mean": float(d["mean"][i]), "max": float(d["max"][i]),
+                }
+                for j, qq in enumerate(q):
+                    row[f"q{qq * 100:g}"] = float(d["quantiles"][i, j])
+                rows.append(row)
+    return rows
+
+
+def write_summary(tree: xr.DataTree, zarr_path, csv_path, *, overwrite: bool = False) -> None:
+    """Save the summary as Zarr (a DataTree) and as CSV, each written then renamed into place."""
+    zarr_path, csv_path = Path(zarr_path), Path(csv_path)
+    for p in (zarr_path, csv_path):
+        if p.exists() and not overwrite:
+            raise SpecdenoiseError(f"{p} exists; choose another output or pass --overwrite")
+    tmp = zarr_path.with_name(f".{zarr_path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tree.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+        if zarr_path.exists():
+            shutil.rmtree(zarr_path)
+        os.replace(tmp, zarr_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = to_rows(tree)
+    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["by"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp_csv, csv_path)
+
+
+def open_summary(path) -> xr.DataTree:
+    """Open a saved summary (one group per binning variable)."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecdenoiseError(f"summary {path} does not exist")
+    return xr.open_datatree(path, engine="zarr")

@@ -1,0 +1,121 @@
+"""``specdenoise run``: the whole pipeline in one work folder, each stage through its own CLI.
+
+built-in grid -> simulate (local Dask cluster) -> train -> evaluate -> report
+
+Each step is the same command a user would type (printed before it runs), so a run can be
+picked apart and repeated stage by stage. A step whose output is already complete is skipped,
+so re-running after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from specdenoise.simulate.errors import SpecdenoiseError
+
+#: per preset: spectra per split, simulation seed, models to train (name, train preset, extra)
+PRESETS = {
+    # about ten minutes on two CPU cores, built-in grid build included
+    "quick": {
+        "n_train": 3000,
+        "n_val": 300,
+        "chunk_size": 500,
+        "models": [("unet", "quick", [])],
+        "baselines": "none,savgol,gaussian,pca,template",
+        "template_n": 20,
+    },
+    # the paper's set-up: 1000 training and 1000 validation spectra, 50 epochs, U-Net and DAE
+    "paper": {
+        "n_train": 1000,
+        "n_val": 1000,
+        "chunk_size": 250,
+        "models": [("unet", "paper", []), ("dae", "paper", [])],
+        "baselines": "none,savgol,gaussian,pca,template",
+        "template_n": 100,
+    },
+}
+
+
+def _step(title: str, argv: list[str]) -> None:
+    from specdenoise.cli import main
+
+    print(f"\n== {title}\n$ specdenoise {shlex.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    status = main(argv)
+    if status:
+        raise SpecdenoiseError(f"step '{title}' failed (exit status {status}); fix the cause "
+                               "and re-run: finished steps are kept")
+    print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        import zarr
+
+        return bool(zarr.open_group(str(path), mode="r").attrs.get("complete"))
+    except Exception:
+        return False
+
+
+def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed: int = 1,
+        workers: int | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Run every stage; returns the paths of the main outputs."""
+    if preset not in PRESETS:
+        raise SpecdenoiseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    quiet = [] if progress else ["--no-progress"]
+    t0 = time.perf_counter()
+
+    _step("built-in grid", ["grid", "build", "builtin", *quiet])
+
+    data = {}
+    for split, n, split_seed in (("train", p["n_train"], seed), ("val", p["n_val"], seed + 1)):
+        out = work / f"{split}.zarr"
+        data[split] = out
+        if _complete(out):
+            print(f"\n== simulate {split}: {out} is complete, kept")
+            continue
+        argv = ["simulate", "--n", str(n), "--chunk-size", str(p["chunk_size"]), "--seed",
+                str(split_seed), "--out", str(out), *quiet]
+        if out.exists():
+            argv.append("--resume")
+        if workers:
+            argv += ["--workers", str(workers)]
+        _step(f"simulate {split} ({n} spectra, seed {split_seed})", argv)
+
+    runs = []
+    for model, train_preset, extra in p["models"]:
+        run_dir = work / f"run-{model}"
+        runs.append(run_dir)
+        argv = ["train", "--data", str(data["train"]), "--val", str(data["val"]), "--model",
+                model, "--preset", train_preset, "--out", str(run_dir), *extra]
+        if device:
+            argv += ["--device", device]
+        if (run_dir / "checkpoint.pt").exists():
+            argv.append("--resume")
+        _step(f"train {model} ({train_preset} preset)", argv)
+
+    eval_dir = work / "evaluation"
+    argv = ["evaluate"]
+    for r in runs:
+        argv += ["--model", str(r)]
+    argv += ["--data", str(data["val"]), "--train", str(data["train"]), "--out", str(eval_dir),
+             "--baselines", p["baselines"], "--template-n", str(p["template_n"]),
+             "--overwrite"]
+    _step("evaluate", argv)
+
+    outputs = {
+        "train": data["train"],
+        "val": data["val"],
+        **{f"model_{r.name.removeprefix('run-')}": r for r in runs},
+        "evaluation": eval_dir,
+        "report": eval_dir / "report.html",
+    }
+    print(f"\n== done in {time.perf_counter() - t0:.0f} s")
+    for name, path in outputs.items():
+        print(f"   {name:12s} {path}")
+    return outputs
