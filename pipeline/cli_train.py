@@ -53,10 +53,19 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 2)")
-    p.set_defaults(func=run)
+    p.add_argument("--submit", metavar="PROFILE.yaml",
+                   help="run as one batch job instead: write RUN_DIR/train.sbatch from the "
+                        "profile (e.g. cluster/slurm.yaml) and sbatch it; the script resumes "
+                        "from the checkpoint when submitted again (PBS profiles: qsub)")
+    p.set_defaults(func=run, _parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "submit", None):
+        from specdenoise.submit import rebuild_argv, submit
+
+        argv = rebuild_argv(args._parser, args, skip=("submit", "resume"))
+        return submit(args.submit, "train", argv, args.out)
     from specdenoise.train import loop
 
     if not logging.getLogger().handlers:

@@ -202,9 +202,13 @@ def done_chunks(path: str | Path) -> set[int]:
 
 def finalize_dataset(path: str | Path) -> None:
     """Mark a store complete and consolidate its metadata (after every chunk is done)."""
+    import warnings
+
     g = zarr.open_group(str(path), mode="r+")
     g.attrs["complete"] = True
-    zarr.consolidate_metadata(str(path))
+    with warnings.catch_warnings():  # zarr notes the .done/ marker folder is not an array
+        warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+        zarr.consolidate_metadata(str(path))
 
 
 def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:

@@ -22,7 +22,7 @@ PRESETS = {
         "n_train": 3000,
         "n_val": 300,
         "chunk_size": 500,
-        "models": [("unet", "quick", [])],
+        "models": [("unet", "quick", ["--epochs", "6"])],
         "baselines": "none,savgol,gaussian,pca,template",
         "template_n": 20,
     },
