@@ -412,7 +412,7 @@ def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
     Raises :class:`SpecdenoiseError` when the grid is gone or its content changed since.
     """
     from specdenoise.simulate.grids import open_grid
-    from specdenoise.stage_simulate import _engine, resolve_grid
+    from specdenoise.stage_simulate import _engine, engine_key, resolve_grid
 
     cfg = _config_of(attrs)
     prov = attrs.get("grid_provenance") or {}
@@ -427,8 +427,7 @@ def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
     if want and have and want != have:
         raise SpecdenoiseError(f"grid {grid_path} has changed since the dataset was simulated "
                                "(content hash differs); the template fit would use another model")
-    cfg.setdefault("out", "")
-    interp, observer = _engine(json.dumps(cfg, sort_keys=True), str(grid_path))
+    interp, observer = _engine(engine_key(cfg), str(grid_path))
     if not np.all(interp.exists):
         from specdenoise.simulate.interp import GridInterpolator
 

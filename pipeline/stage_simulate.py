@@ -97,6 +97,12 @@ def _engine(cfg_json: str, grid_path: str):
     return interp, observer
 
 
+def engine_key(cfg: Mapping) -> str:
+    """The part of a config that the per-worker interpolator and observer depend on."""
+    return json.dumps({k: cfg[k] for k in ("grid", "noise", "missing", "observe")},
+                      sort_keys=True)
+
+
 def split_key(name: str) -> int:
     """A stable integer for a split name ("" when there is no split)."""
     return zlib.crc32(name.encode()) if name else 0
@@ -107,8 +113,7 @@ def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
     """Simulate ``count`` spectra of one chunk; a pure function of its arguments."""
     from specdenoise.simulate.sampling import draw_params
 
-    cfg_json = json.dumps(cfg, sort_keys=True)
-    interp, observer = _engine(cfg_json, str(grid_path))
+    interp, observer = _engine(engine_key(cfg), str(grid_path))
     ss = np.random.SeedSequence(cfg["seed"], spawn_key=(split_key(split), chunk_index))
     rng = np.random.default_rng(ss)
     names = tuple(interp.names)
