@@ -216,16 +216,10 @@ def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise SpecdenoiseError(f"dataset {path} does not exist")
-    try:
-        ds = xr.open_zarr(path, consolidated=None)
-    except Exception as exc:
-        raise SpecdenoiseError(f"cannot open dataset {path}: {exc}") from None
-    if ds.attrs.get("specdenoise_kind") != DATASET_KIND:
-        raise SpecdenoiseError(f"{path} is not a specdenoise dataset")
-    if not ds.attrs.get("complete", False):
-        raise SpecdenoiseError(
-            f"dataset {path} is incomplete (interrupted run?); re-run with --resume"
-        )
+    from specdenoise.simulate.grids import open_checked
+
+    ds = open_checked(path, DATASET_KIND, "dataset",
+                      f"dataset {path} is incomplete (interrupted run?); re-run with --resume")
     missing = [v for v in require if v not in ds]
     if missing:
         raise SpecdenoiseError(f"dataset {path} lacks variable(s) {', '.join(missing)}")

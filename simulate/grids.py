@@ -287,15 +287,29 @@ def open_grid(path: str | Path) -> xr.Dataset:
                 "re-run the build or import"
             )
         raise SpecdenoiseError(f"grid store {path} does not exist")
+    return open_checked(path, GRID_KIND, "grid store",
+                        f"grid {path} is incomplete; re-run the build or import")
+
+
+def open_checked(path: Path, kind: str, label: str, incomplete: str) -> xr.Dataset:
+    """Open a store of ours lazily after checking its kind and completeness attributes.
+
+    The attributes are read first with zarr, so an interrupted (never consolidated) store is
+    reported as ``incomplete`` rather than opened; a complete one opens from its
+    consolidated metadata in one read.
+    """
     try:
-        ds = xr.open_zarr(path, consolidated=None)
-    except Exception as exc:  # zarr/xarray raise many types for a corrupt store
-        raise SpecdenoiseError(f"cannot open grid store {path}: {exc}") from None
-    if ds.attrs.get("specdenoise_kind") != GRID_KIND:
-        raise SpecdenoiseError(f"{path} is not a specdenoise grid store")
-    if not ds.attrs.get("complete", False):
-        raise SpecdenoiseError(f"grid {path} is incomplete; re-run the build or import")
-    return ds
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as exc:  # zarr raises many types for a corrupt or foreign folder
+        raise SpecdenoiseError(f"cannot open {label} {path}: {exc}") from None
+    if attrs.get("specdenoise_kind") != kind:
+        raise SpecdenoiseError(f"{path} is not a specdenoise {label}")
+    if not attrs.get("complete", False):
+        raise SpecdenoiseError(incomplete)
+    try:
+        return xr.open_zarr(path, consolidated=True)
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot open {label} {path}: {exc}") from None
 
 
 def grid_axes(ds: xr.Dataset) -> dict[str, np.ndarray]:

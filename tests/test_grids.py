@@ -75,7 +75,7 @@ def test_refuses_overwrite_and_foreign_stores(tmp_path):
     with pytest.raises(SpecdenoiseError, match="already exists"):
         write_grid(path, _flux(), AXES, WAVE)
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
-    with pytest.raises(SpecdenoiseError, match="not a specdenoise grid"):
+    with pytest.raises(SpecdenoiseError, match="not a specdenoise grid store"):
         open_grid(tmp_path / "other.zarr")
 
 
