@@ -6,7 +6,10 @@ A spec is one of
   (``workers``, ``threads_per_worker``, ``memory_limit`` override the sizing);
 - ``"tcp://HOST:PORT"`` (or any scheduler address): connect to a running ``dask scheduler``;
 - a path to a YAML profile (``cluster/slurm.yaml``, ``cluster/pbs.yaml``): a dask-jobqueue
-  cluster for SLURM, PBS, SGE or LSF, see :mod:`specdenoise.cluster.profiles`.
+  cluster for SLURM, PBS, SGE or LSF, see :mod:`specdenoise.cluster.profiles`. The scheduler
+  runs in this process; each batch job runs Dask workers that connect back to it. A job that
+  ends early (``scancel``, walltime, preemption) is replaced by a new submission, and its
+  unfinished tasks move to the other workers meanwhile.
 """
 
 from __future__ import annotations
@@ -63,16 +66,30 @@ def connect(
         finally:
             client.close()
     elif spec.endswith((".yaml", ".yml")):
-        from specdenoise.cluster.profiles import build_cluster, load_profile, scale
+        from specdenoise.cluster.profiles import (
+            JobKeeper,
+            build_cluster,
+            check_submit_command,
+            load_profile,
+            scale,
+        )
 
         profile = load_profile(Path(spec))
+        check_submit_command(profile)
         cluster = build_cluster(profile)
-        scale(cluster, profile, workers=workers)
-        client = Client(cluster)
+        keeper = None
         try:
-            yield client
+            scale(cluster, profile, workers=workers)
+            keeper = JobKeeper(cluster)
+            client = Client(cluster)
+            try:
+                yield client
+            finally:
+                keeper.stop()
+                client.close()
         finally:
-            client.close()
+            if keeper is not None:
+                keeper.stop()
             cluster.close()
     else:
         raise SpecdenoiseError(

@@ -4,10 +4,18 @@ A profile is a small YAML mapping; ``kind`` picks the batch system and every oth
 onto a dask-jobqueue argument of the same name. ``jobs`` (a fixed number of jobs) or
 ``adaptive: {minimum, maximum}`` (scale with the work) say how many jobs to run.
 See ``cluster/slurm.yaml`` and ``cluster/pbs.yaml`` for commented examples.
+
+Jobs run this very interpreter (``sys.executable``) unless the profile names another
+``python``: on a cluster whose nodes share the file system with the login node, the workers
+import the same installation of specdenoise as the process that submits them.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -44,6 +52,10 @@ JOBQUEUE_KEYS = (
     "shebang",
 )
 CONTROL_KEYS = ("kind", "jobs", "adaptive")
+#: the command each batch system submits jobs with
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub"}
+
+log = logging.getLogger("specdenoise.cluster")
 
 
 def load_profile(path: Path) -> dict:
@@ -89,6 +101,7 @@ def build_cluster(profile: dict):
     cls = getattr(dask_jobqueue, KINDS[profile["kind"]])
     kwargs = {k: profile[k] for k in JOBQUEUE_KEYS if profile.get(k) is not None}
     kwargs.setdefault("scheduler_options", {"dashboard_address": ":0"})
+    kwargs.setdefault("python", sys.executable)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -111,3 +124,57 @@ def job_script(profile: dict) -> str:
         return cluster.job_script()
     finally:
         cluster.close()
+
+
+def check_submit_command(profile: dict) -> None:
+    """One clear line when the batch system's submit command is not on PATH."""
+    cmd = SUBMIT_COMMANDS[profile["kind"]]
+    if shutil.which(cmd) is None:
+        raise SpecdenoiseError(
+            f"cluster profile {profile['_path']} submits jobs with {cmd!r}, which is not on "
+            f"PATH: run on a login node of your {profile['kind'].upper()} cluster (or use "
+            "--cluster local)")
+
+
+class JobKeeper:
+    """Resubmit batch jobs that ended while the cluster is still in use.
+
+    dask-jobqueue submits each job once. When one ends early (``scancel``, walltime,
+    preemption) its workers leave the scheduler, their unfinished tasks move to the workers
+    that remain, and after ``distributed.deploy.lost-worker-timeout`` (15 s) the cluster
+    forgets the job. This thread notices the forgotten job and asks the cluster to bring its
+    jobs back to the requested number, which submits a replacement. Results do not change:
+    every task is a pure function of its key, whichever worker runs it.
+    """
+
+    def __init__(self, cluster, interval: float = 5.0):
+        self.cluster = cluster
+        self.interval = interval
+        self.replaced = 0
+        self._seen: set = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="specdenoise-job-keeper",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                running = set(self.cluster.workers)
+                wanted = set(self.cluster.worker_spec)
+            except RuntimeError:  # a dict changed size while we copied it; look again later
+                continue
+            lost = (wanted & self._seen) - running
+            self._seen |= running
+            if lost and not self._stop.is_set():
+                self._seen -= lost
+                self.replaced += len(lost)
+                log.warning("batch job(s) of %s ended early; submitting replacement(s)",
+                            ", ".join(sorted(map(str, lost))))
+                # what SpecCluster.scale() does after changing the spec: open what is missing
+                self.cluster.loop.add_callback(self.cluster._correct_state)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.interval + 1)

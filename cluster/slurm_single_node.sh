@@ -12,16 +12,23 @@ set -euo pipefail
 action=${1:?usage: $0 up|down STATE_DIR}
 state=$(realpath -m "${2:?usage: $0 up|down STATE_DIR}")
 
-stop_pidfile() {
-    local f=$1
-    [ -f "$f" ] || return 0
-    local pid; pid=$(cat "$f")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
+stop_pidfiles() {  # SIGTERM each daemon named by a pid file, wait for all, SIGKILL stragglers
+    local f pid pids=()
+    for f in "$@"; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f"); rm -f "$f"
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            pids+=("$pid")
+        fi
+    done
+    for _ in $(seq 100); do
+        local alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && return 0
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
 restore() {  # put back a file we replaced, or remove the one we created
@@ -32,12 +39,16 @@ restore() {  # put back a file we replaced, or remove the one we created
 
 if [ "$action" = down ]; then
     if command -v scancel >/dev/null && [ -f "$state/slurmctld.pid" ]; then
+        # cancel what is left and let slurmd finish it, so no slurmstepd outlives the daemons
         scancel --user=root 2>/dev/null || true
+        for _ in $(seq 100); do
+            [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
+            sleep 0.2
+        done
     fi
-    stop_pidfile "$state/slurmd.pid"
-    stop_pidfile "$state/slurmctld.pid"
-    stop_pidfile "$state/munged.pid"
+    stop_pidfiles "$state/slurmd.pid" "$state/slurmctld.pid" "$state/munged.pid"
     restore /etc/slurm/slurm.conf
+    restore /etc/munge/munge.key
     exit 0
 fi
 
@@ -51,7 +62,9 @@ chmod 755 "$state"
 
 host=$(hostname -s)
 cpus=$(nproc)
-mem_mb=${SLURM_NODE_MEMORY_MB:-20000}
+# at most 20000 MB, and never more than the machine has (slurmd drains a node that has less)
+mem_total_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+mem_mb=${SLURM_NODE_MEMORY_MB:-$(( mem_total_mb < 20000 ? mem_total_mb : 20000 ))}
 
 # munge: a fresh random key when none exists, daemon as the munge user, socket in STATE_DIR
 mkdir -p /etc/munge
@@ -61,6 +74,11 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
 chown munge:munge "$state/munge"; chmod 700 "$state/munge"
+if ! su -s /bin/sh munge -c "test -w '$state/munge'"; then
+    echo "the munge user cannot reach $state/munge (a parent folder is not world-searchable);" \
+         "choose a STATE_DIR such as one under /tmp made with mktemp -d" >&2
+    exit 2
+fi
 mkdir -p /run/munge; chown munge:munge /run/munge
 if ! pgrep -x munged >/dev/null; then
     su -s /bin/sh munge -c "munged --pid-file=$state/munge/munged.pid --log-file=$state/munge/munged.log"

@@ -1,0 +1,436 @@
+"""The HPC path for real: a one-node SLURM cluster, simulate and train through it.
+
+The module fixture ``slurm`` uses a running SLURM when ``sinfo`` answers; otherwise, as root with
+Debian's slurm-wlm and munge installed (``.ci/run`` installs them), it starts one with
+``cluster/slurm_single_node.sh`` and stops exactly what it started afterwards. Elsewhere the
+tests marked ``slurm`` skip and say why; the tests of the job script itself run everywhere.
+
+What is proven on the real cluster:
+
+- ``specdenoise simulate --cluster cluster/slurm.yaml`` gets its workers from ``sbatch`` jobs and
+  writes a store bitwise identical to the in-process reference;
+- ``scancel`` of one worker job mid-run changes nothing in the store, and neither does
+  ``scancel`` of every worker job: replacement jobs are submitted and finish the run;
+- ``specdenoise train --submit cluster/slurm.yaml`` runs as a batch job; after ``scancel`` and
+  a second ``sbatch RUN_DIR/train.sbatch`` the weights equal an uninterrupted run's, bit for bit;
+- ``specdenoise cluster show`` prints the script the worker jobs ran.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from specdenoise import cli, schema
+from specdenoise.config import load_config
+from specdenoise.stage_simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "cluster" / "slurm.yaml"
+SCRIPT = ROOT / "cluster" / "slurm_single_node.sh"
+N, CHUNK, SEED = 400, 25, 3  # 16 chunks: a cancel lands mid-run
+TINY_UNET = '{"depth": 2, "filters": 4}'
+EPOCHS = 12
+
+pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def _sinfo_ok() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                           timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0 and any(s in r.stdout for s in ("idle", "mix", "alloc"))
+
+
+def _pids(state: Path) -> list[int]:
+    pids = []
+    for name in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
+        f = state / name
+        if f.exists() and f.read_text().strip():
+            pids.append(int(f.read_text().strip()))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """SLURM for this module's tests: daemons stop when the module ends, not the session."""
+    if _sinfo_ok():
+        yield "existing"
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no SLURM answers and the tests do not run as root to start one")
+    if not (shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged")):
+        pytest.skip("no SLURM: install Debian's slurm-wlm and munge (.ci/run does)")
+    # not under pytest's basetemp: its folders are private to root and munged runs as munge
+    state = Path(tempfile.mkdtemp(prefix="specdenoise-slurm-"))
+    r = subprocess.run(["bash", str(SCRIPT), "up", str(state)], capture_output=True,
+                       text=True, timeout=120)
+    started = _pids(state)
+    if r.returncode != 0:
+        subprocess.run(["bash", str(SCRIPT), "down", str(state)], timeout=120)
+        pytest.fail(f"could not start SLURM: {r.stderr or r.stdout}")
+    try:
+        yield "started"
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "down", str(state)], timeout=120)
+        left = [p for p in started if _alive(p)]
+        shutil.rmtree(state, ignore_errors=True)
+        assert not left, f"SLURM daemons still running after teardown: {left}"
+
+
+def squeue_jobs() -> list[tuple[str, str, str]]:
+    """(job id, name, state) of every job SLURM still lists."""
+    r = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True,
+                       timeout=30)
+    return [tuple(line.split()) for line in r.stdout.splitlines() if line.strip()]
+
+
+def wait_no_jobs(timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and squeue_jobs():
+        time.sleep(0.5)
+    assert not squeue_jobs(), f"jobs still queued: {squeue_jobs()}"
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class JobWatcher:
+    """Record every job SLURM lists while a command runs, and the batch script of each."""
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.seen: dict[str, str] = {}  # id -> last state
+        self.scripts: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.poll()
+
+    def running(self) -> list[str]:
+        return [j for j, s in self.seen.items() if s == "RUNNING"]
+
+    def poll(self) -> None:
+        for job, name, st in squeue_jobs():
+            if self.name and name != self.name:
+                continue
+            self.seen[job] = st
+            if job not in self.scripts:
+                r = subprocess.run(["scontrol", "write", "batch_script", job, "-"],
+                                   capture_output=True, text=True, timeout=30)
+                if r.returncode == 0:
+                    self.scripts[job] = r.stdout
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except (subprocess.SubprocessError, OSError):
+                pass
+            self._stop.wait(0.3)
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _simulate_cmd(grid: Path, out: Path, cluster: str) -> list[str]:
+    return [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", str(N), "--chunk-size",
+            str(CHUNK), "--seed", str(SEED), "--grid", str(grid), "--out", str(out),
+            "--cluster", cluster, "--no-progress"]
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def assert_identical(a: Path, b: Path):
+    fa, fb = store_files(a), store_files(b)
+    assert fa.keys() == fb.keys()
+    diff = [k for k in fa if fa[k] != fb[k]]
+    assert not diff, f"stores differ in {diff[:5]}"
+
+
+@pytest.fixture(scope="module")
+def reference(small_grid, tmp_path_factory):
+    """The store one in-process worker writes: what every SLURM run must reproduce."""
+    from distributed import Client, LocalCluster
+
+    out = tmp_path_factory.mktemp("slurm-ref") / "ref.zarr"
+    cfg = load_config(n=N, chunk_size=CHUNK, seed=SEED, grid=str(small_grid), out=str(out))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        simulate(cfg, client=client, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def slurm_simulate_run(slurm, small_grid, tmp_path_factory):
+    """One uninterrupted ``simulate --cluster cluster/slurm.yaml``, with the jobs it ran."""
+    wait_no_jobs()
+    cwd = tmp_path_factory.mktemp("slurm-sim")  # sbatch's slurm-%j.out files land here
+    out = cwd / "slurm.zarr"
+    with JobWatcher("dask-worker") as jobs:
+        r = subprocess.run(_simulate_cmd(small_grid, out, str(PROFILE)), cwd=cwd,
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    wait_no_jobs()
+    return {"out": out, "cwd": cwd, "jobs": jobs, "stderr": r.stderr}
+
+
+@pytest.mark.slurm
+def test_simulate_on_slurm_identical(slurm_simulate_run, reference):
+    run = slurm_simulate_run
+    ids = sorted(run["jobs"].seen, key=int)
+    assert len(ids) >= 2, f"expected the profile's 2 worker jobs in squeue, saw {ids}"
+    for job in ids:  # every job's worker reached the scheduler on 127.0.0.1
+        log = (run["cwd"] / f"slurm-{job}.out").read_text()
+        assert re.search(r"Registered to:\s+tcp://127\.0\.0\.1:\d+", log), log[-2000:]
+    assert_identical(reference, run["out"])
+
+
+@pytest.mark.slurm
+def test_cluster_show_prints_the_job_script(slurm_simulate_run):
+    r = subprocess.run([sys.executable, "-m", "specdenoise.cli", "cluster", "show",
+                        str(PROFILE)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    scripts = slurm_simulate_run["jobs"].scripts
+    assert scripts, "no batch script could be read back with scontrol"
+
+    # Two words differ by design: the scheduler's port (each run starts its own scheduler on
+    # a free port) and the worker name (SLURMCluster-0, -1, ... in the jobs).
+    def per_run(text: str) -> str:
+        text = re.sub(r"tcp://127\.0\.0\.1:\d+", "tcp://127.0.0.1:PORT", text)
+        return re.sub(r"--name \S+", "--name NAME", text)
+
+    shown = r.stdout.removesuffix("\n")
+    assert shown.startswith("#!/usr/bin/env bash\n") and "#SBATCH --cpus-per-task=1" in shown
+    assert f"{sys.executable} -m distributed.cli.dask_worker" in shown
+    for job, script in scripts.items():
+        assert per_run(script) == per_run(shown), f"job {job} ran another script:\n{script}"
+
+
+@pytest.mark.slurm
+def test_scancel_one_worker_job_mid_run_identical(slurm, small_grid, reference, tmp_path):
+    wait_no_jobs()
+    out = tmp_path / "cancel.zarr"
+    n_chunks = -(-N // CHUNK)
+    with JobWatcher("dask-worker") as jobs:
+        proc = subprocess.Popen(_simulate_cmd(small_grid, out, str(PROFILE)), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: len(jobs.running()) >= 2 and out.exists()
+                     and len(schema.done_chunks(out)) >= 2, 180,
+                     "two running worker jobs and two written chunks")
+            victim = sorted(jobs.running(), key=int)[0]
+            n_done = len(schema.done_chunks(out))
+            subprocess.run(["scancel", victim], check=True, timeout=30)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert n_done < n_chunks, "the run finished before the cancel: the test tested nothing"
+    assert proc.returncode == 0, err
+    log = (tmp_path / f"slurm-{victim}.out").read_text()
+    assert "CANCELLED" in log, log[-2000:]
+    assert_identical(reference, out)
+    wait_no_jobs()
+
+
+@pytest.mark.slurm
+def test_every_worker_job_lost_is_replaced_identical(slurm, small_grid, reference, tmp_path):
+    """Walltime or preemption can end all jobs at once: new jobs are submitted and finish."""
+    wait_no_jobs()
+    out = tmp_path / "lost.zarr"
+    n_chunks = -(-N // CHUNK)
+    env = {**os.environ, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
+    with JobWatcher("dask-worker") as jobs:
+        proc = subprocess.Popen(_simulate_cmd(small_grid, out, str(PROFILE)), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        try:
+            wait_for(lambda: len(jobs.running()) >= 2 and out.exists()
+                     and len(schema.done_chunks(out)) >= 2, 180,
+                     "two running worker jobs and two written chunks")
+            first = sorted(jobs.seen, key=int)
+            n_done = len(schema.done_chunks(out))
+            subprocess.run(["scancel", *first], check=True, timeout=30)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert n_done < n_chunks, "the run finished before the cancel: the test tested nothing"
+    assert proc.returncode == 0, err
+    assert "submitting replacement" in err
+    replacements = set(jobs.seen) - set(first)
+    assert replacements, f"no replacement job was submitted: {jobs.seen}"
+    assert_identical(reference, out)
+    wait_no_jobs()
+
+
+# --------------------------------------------------------------------------- train
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    from test_train_data import make_dataset
+
+    d = tmp_path_factory.mktemp("slurm-train")
+    return (make_dataset(d / "train.zarr", n=40, chunk=16, seed=0),
+            make_dataset(d / "val.zarr", n=16, chunk=8, seed=1))
+
+
+def _train_args(train_data, out: Path) -> list[str]:
+    return ["train", "--data", str(train_data[0]), "--val", str(train_data[1]), "--model",
+            "unet", "--model-cfg", TINY_UNET, "--preset", "quick", "--out", str(out),
+            "--epochs", str(EPOCHS), "--batch-size", "8", "--workers", "0", "--device", "cpu",
+            "--seed", "3"]
+
+
+def _epoch(run_dir: Path) -> int:
+    from specdenoise.train.checkpoint import read_checkpoint
+
+    if not (run_dir / "checkpoint.pt").exists():
+        return 0
+    return int(read_checkpoint(run_dir)["epoch"])
+
+
+def _submit(args: list[str], capsys) -> str:
+    assert cli.main([*args, "--submit", str(PROFILE)]) == 0
+    printed = capsys.readouterr().out
+    m = re.search(r"submitted batch job (\d+)", printed)
+    assert m, printed
+    return m.group(1)
+
+
+def _job_gone(job: str) -> bool:
+    return job not in {j for j, _, _ in squeue_jobs()}
+
+
+@pytest.mark.slurm
+def test_train_submit_scancel_resubmit_bitwise(slurm, train_data, tmp_path, capsys):
+    from specdenoise.train.checkpoint import read_checkpoint
+
+    wait_no_jobs()
+    run_dir = tmp_path / "run"
+    job = _submit(_train_args(train_data, run_dir), capsys)
+    script = run_dir / "train.sbatch"
+    assert script.exists()
+    wait_for(lambda: _epoch(run_dir) >= 1, 180, "the job's first checkpoint", poll=0.02)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    wait_for(lambda: _job_gone(job), 60, f"job {job} to leave the queue")
+    first = _epoch(run_dir)
+    assert 1 <= first < EPOCHS, f"the job got to epoch {first} before the cancel"
+    assert "CANCELLED" in (run_dir / f"slurm-{job}.out").read_text()
+
+    # resubmit the same script: it resumes from the checkpoint
+    r = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+                       timeout=30, check=True)
+    job2 = r.stdout.strip().split(";")[0]
+    wait_for(lambda: _job_gone(job2), 180, f"job {job2} to finish", poll=0.3)
+    log2 = (run_dir / f"slurm-{job2}.out").read_text()
+    assert f"epoch {EPOCHS}/{EPOCHS}" in log2 and "Traceback" not in log2, log2[-3000:]
+    assert f"epoch {first}/{EPOCHS} " not in log2, "the resubmitted job started over"
+
+    # the same configuration, uninterrupted, in this process (one thread, as in the job)
+    ref_dir = tmp_path / "straight"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(_train_args(train_data, ref_dir)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, b = read_checkpoint(ref_dir), read_checkpoint(run_dir)
+    assert a["epoch"] == b["epoch"] == EPOCHS
+    assert a["model"]["state"].keys() == b["model"]["state"].keys()
+    for k, v in a["model"]["state"].items():
+        assert torch.equal(v, b["model"]["state"][k]), k
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+# --------------------------------------------------------------------------- the job script
+# (no SLURM needed)
+
+
+def test_submit_script_maps_the_profile(tmp_path):
+    from specdenoise.submit import job_script
+
+    profile = {"kind": "slurm", "cores": 4, "memory": "16GB", "walltime": "02:00:00",
+               "queue": "gpu", "account": "pfs", "job_extra_directives": ["--gres=gpu:1"],
+               "job_script_prologue": ["module load cuda"]}
+    text = job_script(profile, ["python", "-m", "specdenoise.cli", "train", "--model-cfg",
+                                '{"depth": 2}'], tmp_path / "run", cwd=tmp_path)
+    run = (tmp_path / "run").resolve()
+    for line in ("#SBATCH --cpus-per-task=4", "#SBATCH --mem=15G", "#SBATCH -t 02:00:00",
+                 "#SBATCH -p gpu", "#SBATCH -A pfs", "#SBATCH --gres=gpu:1",
+                 f"#SBATCH -o {run}/slurm-%j.out", "module load cuda",
+                 f"if [ -f {run}/checkpoint.pt ]; then RESUME=--resume; fi"):
+        assert line in text.splitlines(), line
+    assert text.splitlines()[-1].endswith("""--model-cfg '{"depth": 2}' $RESUME""")
+    pbs = job_script({**profile, "kind": "pbs"}, ["python"], tmp_path / "run", cwd=tmp_path)
+    assert "#PBS -l select=1:ncpus=4:mem=15GB" in pbs and "#PBS -q gpu" in pbs
+
+
+def test_submit_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    out = tmp_path / "run"
+    status = cli.main(["train", "--data", "d.zarr", "--out", str(out), "--epochs", "3",
+                       "--no-amp", "--submit", str(PROFILE)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "sbatch not found" in err and "\n" not in err
+    words = (out / "train.sbatch").read_text().splitlines()[-1].split()
+    assert words[:5] == ["exec", sys.executable, "-m", "specdenoise.cli", "train"]
+    assert words[5:] == ["--data", "d.zarr", "--out", str(out), "--epochs", "3", "--no-amp",
+                         "$RESUME"]
+
+
+def test_profile_without_its_submit_command_is_one_line(small_grid, tmp_path, monkeypatch,
+                                                       capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    status = cli.main(["simulate", "--n", "4", "--chunk-size", "2", "--grid", str(small_grid),
+                       "--out", str(tmp_path / "s.zarr"), "--cluster", str(PROFILE),
+                       "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "'sbatch', which is not on PATH" in err and "\n" not in err
