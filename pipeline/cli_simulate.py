@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="'builtin' (default) or a grid store path")
     p.add_argument("--noise", help="'builtin' (default) or an ETC noise table (Zarr)")
     p.add_argument("--compressor", choices=["zstd", "zstd-bitround", "lz4", "none"],
-                   help="codec of the spectral arrays (default zstd, lossless)")
+                   help="codec of the spectral arrays: zstd-bitround (default; keeps 13 "
+                        "mantissa bits, relative rounding <= 6e-5, set with --set keepbits=N), "
+                        "zstd or lz4 (lossless), none")
     p.add_argument("--split", help="e.g. train=0.8,val=0.1,test=0.1 (writes OUT/NAME.zarr)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config option, e.g. --set params.mag.high=21")

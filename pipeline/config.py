@@ -31,8 +31,8 @@ DEFAULTS: dict = {
     "out": "dataset.zarr",
     "grid": "builtin",
     "noise": "builtin",
-    "compressor": "zstd",
-    "keepbits": 12,
+    "compressor": "zstd-bitround",
+    "keepbits": 13,
     "split": "",
     "missing": "error",
     "observe": {
