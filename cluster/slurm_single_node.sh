@@ -61,7 +61,7 @@ mkdir -p "$state"/{spool/ctld,spool/d,log,backup,created,munge}
 chmod 755 "$state"
 
 host=$(hostname -s)
-cpus=$(nproc)
+cpus=$(nproc --all)  # not plain nproc: the caller may be pinned to fewer CPUs
 # at most 20000 MB, and never more than the machine has (slurmd drains a node that has less)
 mem_total_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mem_mb=${SLURM_NODE_MEMORY_MB:-$(( mem_total_mb < 20000 ? mem_total_mb : 20000 ))}
