@@ -257,11 +257,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
         g["n_denoised"][:] = counts
         with np.errstate(divide="ignore", invalid="ignore"):
             g["spectra_per_s"][:] = np.where(seconds > 0, counts / seconds, np.nan)
-        g.attrs["complete"] = True
-        zarr.consolidate_metadata(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        schema.publish_store(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -211,6 +211,24 @@ def finalize_dataset(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+def publish_store(tmp: str | Path, out: str | Path) -> Path:
+    """Mark a store assembled at ``tmp`` complete, consolidate it and move it to ``out``.
+
+    The rename is the last step, so ``out`` either holds the previous store or the finished
+    new one, never a half-written one.
+    """
+    import os
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    zarr.open_group(str(tmp), mode="r+").attrs["complete"] = True
+    zarr.consolidate_metadata(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
 def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:
     """Open a simulated dataset lazily, checking it is complete and has what is needed."""
     path = Path(path)

@@ -17,6 +17,20 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def store_files(path: Path) -> dict[str, bytes]:
+    """Every file of a store (relative path -> bytes)."""
+    return {p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def assert_identical(a: Path, b: Path):
+    """Two stores are bitwise identical, file by file (metadata included)."""
+    fa, fb = store_files(a), store_files(b)
+    assert fa.keys() == fb.keys()
+    diff = [k for k in fa if fa[k] != fb[k]]
+    assert not diff, f"stores differ in {diff[:5]}"
+
+
 def toy_grid_flux(axes: dict, wave: np.ndarray) -> np.ndarray:
     """Smooth model spectra (Planck continuum x Gaussian absorption lines) for test grids.
 

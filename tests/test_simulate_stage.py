@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import assert_identical
 
 from specdenoise import schema
 from specdenoise.config import load_config
@@ -27,18 +27,6 @@ N, CHUNK = 600, 50  # 12 chunks, enough that an interruption lands mid-run
 def _cfg(grid, out, **kw):
     return load_config(n=kw.pop("n", N), chunk_size=kw.pop("chunk_size", CHUNK), seed=3,
                        grid=str(grid), out=str(out), **kw)
-
-
-def store_files(path: Path) -> dict[str, bytes]:
-    return {p.relative_to(path).as_posix(): p.read_bytes()
-            for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def assert_identical(a: Path, b: Path):
-    fa, fb = store_files(a), store_files(b)
-    assert fa.keys() == fb.keys()
-    diff = [k for k in fa if fa[k] != fb[k]]
-    assert not diff, f"stores differ in {diff[:5]}"
 
 
 @pytest.fixture(scope="module")

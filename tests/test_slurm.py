@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_identical
 
 from specdenoise import cli, schema
 from specdenoise.config import load_config
@@ -177,18 +178,6 @@ def _simulate_cmd(grid: Path, out: Path, cluster: str) -> list[str]:
     return [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", str(N), "--chunk-size",
             str(CHUNK), "--seed", str(SEED), "--grid", str(grid), "--out", str(out),
             "--cluster", cluster, "--no-progress"]
-
-
-def store_files(path: Path) -> dict[str, bytes]:
-    return {p.relative_to(path).as_posix(): p.read_bytes()
-            for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def assert_identical(a: Path, b: Path):
-    fa, fb = store_files(a), store_files(b)
-    assert fa.keys() == fb.keys()
-    diff = [k for k in fa if fa[k] != fb[k]]
-    assert not diff, f"stores differ in {diff[:5]}"
 
 
 @pytest.fixture(scope="module")

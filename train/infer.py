@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specdenoise.schema import publish_store
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
 from specdenoise.train.checkpoint import load_model
@@ -116,11 +117,7 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
             lo, hi = info.chunk_bounds(chunk)
             flux = tdata.read_chunk(src_group, info, chunk, ("flux",))["flux"]
             dst[DENOISED_VAR][lo:hi] = denoise_array(model, flux, batch_size=batch_size)
-        dst.attrs["complete"] = True
-        zarr.consolidate_metadata(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        publish_store(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
