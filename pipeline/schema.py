@@ -221,8 +221,7 @@ def publish_store(tmp: str | Path, out: str | Path) -> Path:
     import shutil
 
     tmp, out = Path(tmp), Path(out)
-    zarr.open_group(str(tmp), mode="r+").attrs["complete"] = True
-    zarr.consolidate_metadata(str(tmp))
+    finalize_dataset(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -72,18 +72,16 @@ def make_noise(spec: str):
 @functools.lru_cache(maxsize=2)
 def _engine(cfg_json: str, grid_path: str):
     """Per-process interpolator and observer (built once per worker, reused by its tasks)."""
+    from specdenoise.simulate.grids import open_grid
     from specdenoise.simulate.interp import GridInterpolator
     from specdenoise.simulate.observe import Observer
 
     cfg = json.loads(cfg_json)
-    interp = GridInterpolator(grid_path, missing=cfg["missing"])
-    nbytes = int(np.prod(interp.shape)) * interp.wave.size * 4
-    if nbytes <= LOAD_WHOLE_GRID_BYTES:
-        interp = GridInterpolator(grid_path, missing=cfg["missing"], load=True)
-    from specdenoise.simulate.grids import open_grid
-
+    grid = open_grid(grid_path)  # metadata only: size decides whether to load it whole
+    load = grid["flux"].size * 4 <= LOAD_WHOLE_GRID_BYTES
+    interp = GridInterpolator(grid_path, missing=cfg["missing"], load=load)
     obs = cfg["observe"]
-    resolution = open_grid(grid_path).attrs.get("resolution")
+    resolution = grid.attrs.get("resolution")
     observer = Observer(
         interp.wave,
         make_noise(cfg["noise"]),
