@@ -102,6 +102,10 @@ def build_cluster(profile: dict):
     kwargs = {k: profile[k] for k in JOBQUEUE_KEYS if profile.get(k) is not None}
     kwargs.setdefault("scheduler_options", {"dashboard_address": ":0"})
     kwargs.setdefault("python", sys.executable)
+    from specdenoise.cluster import env_exports, low_overhead_settings
+
+    kwargs["job_script_prologue"] = [*env_exports(low_overhead_settings()),
+                                     *(kwargs.get("job_script_prologue") or [])]
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

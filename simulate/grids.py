@@ -321,3 +321,104 @@ def grid_settings(ds: xr.Dataset, key: str = "settings") -> dict:
     """A JSON-encoded attribute decoded back to a dict (empty when absent)."""
     raw = ds.attrs.get(key)
     return json.loads(raw) if isinstance(raw, str) and raw.startswith("{") else {}
+
+
+# --------------------------------------------------------------------------- fast node reads
+
+#: the byte-to-byte codecs a node chunk may carry (their frames describe themselves, so the
+#: numcodecs decoder needs none of the codec's configuration)
+_BYTES_CODECS = ("blosc", "zstd", "gzip")
+
+
+def _bytes_decoder(name: str):
+    import numcodecs
+
+    return {"blosc": numcodecs.Blosc, "zstd": numcodecs.Zstd, "gzip": numcodecs.GZip}[name]()
+
+
+class NodeReader:
+    """Read whole node spectra of a local grid array straight from its chunk files.
+
+    Through zarr, every chunk read costs about 0.5-1 ms of Python and asyncio machinery, so a
+    worker loading the built-in grid (10,472 one-node chunks) spent 7-9 s in zarr and 1 s
+    decompressing. This reader handles exactly the layout the grid writers here produce --
+    Zarr v3 on a local directory, a regular chunk grid of one node by the whole wavelength
+    axis, little-endian ``bytes`` then at most one of blosc/zstd/gzip, default chunk keys --
+    and :meth:`open` returns None for anything else (sharded, transposed, remote, other
+    codecs), in which case callers read through zarr. A chunk file that is absent reads as
+    the array's fill value, as in zarr.
+    """
+
+    def __init__(self, array_dir: Path, shape: tuple[int, ...], dtype: np.dtype, decoder,
+                 separator: str, fill_value: float):
+        self.array_dir = array_dir
+        self.node_shape = shape[:-1]
+        self.n_wave = shape[-1]
+        self.dtype = dtype
+        self.decoder = decoder
+        self.separator = separator
+        self.fill_value = fill_value
+
+    @classmethod
+    def open(cls, array_dir: str | Path) -> NodeReader | None:
+        array_dir = Path(array_dir)
+        try:
+            meta = json.loads((array_dir / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return None
+        shape = tuple(meta.get("shape", ()))
+        grid = meta.get("chunk_grid", {})
+        keys = meta.get("chunk_key_encoding", {})
+        codecs = meta.get("codecs", [])
+        if (
+            meta.get("zarr_format") != 3
+            or meta.get("node_type") != "array"
+            or meta.get("storage_transformers")
+            or meta.get("data_type") not in ("float32", "float64")
+            or len(shape) < 2
+            or grid.get("name") != "regular"
+            or tuple(grid.get("configuration", {}).get("chunk_shape", ()))
+            != (*(1,) * (len(shape) - 1), shape[-1])
+            or keys.get("name") != "default"
+            or not codecs
+            or codecs[0].get("name") != "bytes"
+            or codecs[0].get("configuration", {}).get("endian", "little") != "little"
+            or len(codecs) > 2
+            or (len(codecs) == 2 and codecs[1].get("name") not in _BYTES_CODECS)
+        ):
+            return None
+        decoder = _bytes_decoder(codecs[1]["name"]) if len(codecs) == 2 else None
+        fill = meta.get("fill_value")
+        fill = float("nan") if fill in (None, "NaN") else float(fill)
+        separator = keys.get("configuration", {}).get("separator", "/")
+        return cls(array_dir, shape, np.dtype("<" + {"float32": "f4", "float64": "f8"}[
+            meta["data_type"]]), decoder, separator, fill)
+
+    def _chunk_path(self, index: tuple[int, ...]) -> Path:
+        key = self.separator.join(("c", *map(str, index), "0"))
+        return self.array_dir / key
+
+    def read(self, flat: np.ndarray) -> np.ndarray:
+        """(len(flat), n_wave) float32 spectra of the given flat node indices."""
+        flat = np.asarray(flat, dtype=np.int64).reshape(-1)
+        out = np.empty((flat.size, self.n_wave), dtype=np.float32)
+        multi = np.stack(np.unravel_index(flat, self.node_shape), axis=1) if flat.size else ()
+        for j, idx in enumerate(multi):
+            path = self._chunk_path(tuple(int(i) for i in idx))
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                out[j] = self.fill_value
+                continue
+            try:
+                if self.decoder is not None:
+                    raw = self.decoder.decode(raw)
+                values = np.frombuffer(raw, dtype=self.dtype)
+            except Exception as exc:  # numcodecs raises RuntimeError/ValueError on bad frames
+                raise SpecdenoiseError(f"grid chunk {path} cannot be decoded ({exc}); the "
+                                       "grid store is corrupt, rebuild or re-import it") from None
+            if values.size != self.n_wave:
+                raise SpecdenoiseError(f"grid chunk {path} holds {values.size} values, expected "
+                                       f"{self.n_wave}; the grid store is corrupt")
+            out[j] = values
+        return out

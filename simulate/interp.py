@@ -55,7 +55,7 @@ import zarr
 from numba import njit
 
 from specdenoise.simulate.errors import SpecdenoiseError
-from specdenoise.simulate.grids import grid_axes, open_grid
+from specdenoise.simulate.grids import NodeReader, grid_axes, open_grid
 
 MISSING_POLICIES = ("error", "renormalize", "nearest")
 
@@ -432,12 +432,13 @@ class GridInterpolator:
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._flux_array = None  # zarr array, opened on first use
+        self._reader = None  # NodeReader on first use, False when the layout needs zarr
         self._all_nodes = None  # (N_nodes, n_wave) float32 when load=True
         self.nodes_read = 0  # node spectra fetched from the store by this instance
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_lock", "_cache", "_flux_array", "_all_nodes", "nodes_read"):
+        for key in ("_lock", "_cache", "_flux_array", "_reader", "_all_nodes", "nodes_read"):
             state.pop(key)
         return state
 
@@ -491,7 +492,10 @@ class GridInterpolator:
     def _load_all(self) -> np.ndarray:
         with self._lock:
             if self._all_nodes is None:
-                if self._source is not None:
+                reader = self._node_reader()
+                if reader is not None:
+                    flux = reader.read(np.arange(int(np.prod(self.shape))))
+                elif self._source is not None:
                     flux = self._zarr_flux()[...]
                 else:
                     flux = self._ds["flux"].values
@@ -499,6 +503,13 @@ class GridInterpolator:
                 self._all_nodes = flux.reshape(-1, self.wave.size)
                 self.nodes_read += self._all_nodes.shape[0]
             return self._all_nodes
+
+    def _node_reader(self) -> NodeReader | None:
+        """The direct chunk reader of a local store, or None (then zarr reads the nodes)."""
+        if self._reader is None:
+            ok = self._source is not None
+            self._reader = (ok and NodeReader.open(Path(self._source) / "flux")) or False
+        return self._reader or None
 
     def _zarr_flux(self):
         if self._flux_array is None:
@@ -531,6 +542,9 @@ class GridInterpolator:
         return out
 
     def _read(self, flat: np.ndarray) -> np.ndarray:
+        reader = self._node_reader()
+        if reader is not None:
+            return reader.read(flat)
         multi = np.stack(np.unravel_index(flat, self.shape), axis=1)
         if self._source is not None:
             arr = self._zarr_flux()

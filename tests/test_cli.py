@@ -1,5 +1,6 @@
 """The command line: one command, help on every level, one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -55,6 +56,13 @@ def test_cluster_show_prints_job_scripts():
     r = run("cluster", "show", "cluster/slurm.yaml")
     assert r.returncode == 0, r.stderr
     assert "#SBATCH --cpus-per-task=1" in r.stdout and "dask_worker" in r.stdout
+    # batch workers get the low-overhead Dask settings unless the job's environment has its own
+    assert 'export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="${DASK_DISTRIBUTED__WORKER__' \
+           'PROFILE__ENABLED:-False}"' in r.stdout
+    env = {**os.environ, "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "100ms"}
+    r = subprocess.run([sys.executable, "-m", "specdenoise.cli", "cluster", "show",
+                        "cluster/slurm.yaml"], capture_output=True, text=True, env=env, timeout=120)
+    assert "TICK__INTERVAL" not in r.stdout and "PROFILE__ENABLED" in r.stdout
     r = run("cluster", "show", "cluster/pbs.yaml")
     assert r.returncode == 0, r.stderr
     assert "#PBS -l walltime=02:00:00" in r.stdout

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specdenoise.simulate.errors import SpecdenoiseError
-from specdenoise.simulate.grids import open_grid, write_grid
+from specdenoise.simulate.grids import NodeReader, open_grid, write_grid
 from specdenoise.simulate.interp import (
     GridInterpolator,
     corner_weights,
@@ -283,3 +283,65 @@ def test_grid_interpolator_missing_nodes_in_store(tmp_path):
     assert GridInterpolator(path).valid(p).tolist() == [False]
     with pytest.raises(SpecdenoiseError, match="parameter 'logg' is missing"):
         GridInterpolator(path)({"teff": [0.5]})
+
+
+# --- direct chunk reads (NodeReader) ------------------------------------------------------
+
+
+def _zarr_nodes(path):
+    import zarr
+
+    flux = zarr.open_array(str(path / "flux"), mode="r")[...]
+    return flux.reshape(-1, flux.shape[-1])
+
+
+def test_node_reader_equals_zarr_including_absent_chunks(grid_path):
+    path, flux = grid_path
+    # drop one node's chunk file: both readers must give the fill value (NaN) for it
+    reader = NodeReader.open(path / "flux")
+    assert reader is not None
+    missing = (2, 1, 0, 1)
+    reader._chunk_path(missing).unlink()
+    expect = _zarr_nodes(path)
+    flat = np.ravel_multi_index(missing, flux.shape[:-1])
+    assert np.isnan(expect[flat]).all()
+    got = reader.read(np.arange(expect.shape[0]))
+    np.testing.assert_array_equal(got, expect)  # NaNs compare equal here
+    picks = np.array([5, flat, 0, 5])
+    np.testing.assert_array_equal(reader.read(picks), expect[picks])
+
+
+def test_interpolator_falls_back_to_zarr_for_other_layouts(grid_path, tmp_path):
+    import shutil
+
+    import zarr
+
+    path, flux = grid_path
+    p = _inside(np.random.default_rng(8), AXES, 30)
+    expect = interpolate_numpy(flux, AXES, p)
+    # rewrite flux sharded (several one-node chunks per file): the direct reader declines
+    sharded = tmp_path / "sharded.zarr"
+    shutil.copytree(path, sharded)
+    shutil.rmtree(sharded / "flux")
+    arr = zarr.create_array(str(sharded / "flux"), shape=flux.shape, dtype="float32",
+                            chunks=(1, 1, 1, 1, WAVE.size), shards=(1, 3, 3, 2, WAVE.size),
+                            fill_value=np.nan, dimension_names=(*NAMES, "wave"))
+    arr[...] = flux
+    zarr.consolidate_metadata(str(sharded))
+    assert NodeReader.open(sharded / "flux") is None
+    for load in (False, True):
+        gi = GridInterpolator(sharded, load=load)
+        np.testing.assert_allclose(gi(p), expect, rtol=1e-6)
+        assert gi._node_reader() is None
+        direct = GridInterpolator(path, load=load)
+        np.testing.assert_allclose(direct(p), expect, rtol=1e-6)
+        assert direct._node_reader() is not None
+
+
+def test_node_reader_corrupt_chunk_is_one_clear_error(grid_path):
+    path, _ = grid_path
+    reader = NodeReader.open(path / "flux")
+    reader._chunk_path((0, 0, 0, 0)).write_bytes(b"not a blosc frame")
+    gi = GridInterpolator(path, load=True)
+    with pytest.raises(SpecdenoiseError, match=r"c/0/0/0/0/0 .*corrupt"):
+        gi(np.array([[3500.0, 0.0, -1.0, 0.0]]))

@@ -168,3 +168,22 @@ def test_split_writes_distinct_sets(small_grid, tmp_path):
     assert sizes == {"train.zarr": 20, "val.zarr": 10, "test.zarr": 10}
     teff = [schema.open_dataset(p)["teff"].values[:5] for p in paths]
     assert not np.allclose(teff[0], teff[1]) and not np.allclose(teff[1], teff[2])
+
+
+def test_local_cluster_workers_get_low_overhead_settings_but_user_values_win():
+    import dask
+
+    from specdenoise.cluster import LOW_OVERHEAD, connect
+
+    def settings():
+        return {k: dask.config.get(k) for k in LOW_OVERHEAD}
+
+    with connect("local", workers=1) as client:
+        (got,) = client.run(settings).values()
+    assert got == {k: ours for k, (_, ours) in LOW_OVERHEAD.items()}
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # restored here
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}), \
+            connect("local", workers=1) as client:
+        (got,) = client.run(settings).values()
+    assert got["distributed.admin.tick.interval"] == "50ms"
+    assert got["distributed.worker.profile.enabled"] is False
