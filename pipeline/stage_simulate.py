@@ -146,12 +146,46 @@ def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
     return {k: (v.astype(np.float32) if k not in ("mask",) else v) for k, v in arrays.items()}
 
 
+#: glibc mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 1024**2  # glibc's upper limit for this setting on 64-bit
+TRIM_THRESHOLD = 256 * 1024**2
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory of freed large arrays instead of returning it.
+
+    A chunk allocates and frees many 4-40 MB arrays. Dask's nanny starts workers with
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's mmap threshold at 128 KiB:
+    every such array is then a fresh ``mmap``, page-faulted and zeroed by the kernel, then
+    unmapped. On a 2-core VM that was 40 % of a worker's CPU time in the kernel
+    (6.5-6.9 s system vs 10.7 s user for 10,000 spectra). Raising both thresholds keeps the
+    arrays in the heap (system time 1.1-1.4 s). A worker then keeps about one chunk's working
+    set between tasks: at 1000 spectra per chunk, resident 1.25 GB instead of 0.55 GB, peak
+    0.99 GB instead of 0.73 GB. Returns whether the settings took (glibc only; elsewhere
+    this does nothing).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 def run_chunk(store: str, cfg: Mapping, grid_path: str, split: str, chunk_index: int,
               chunk_size: int, count: int) -> tuple[int, float]:
     """Worker task: simulate one chunk and write it (marker last). Returns (index, seconds)."""
     import numcodecs.blosc
 
     numcodecs.blosc.set_nthreads(1)  # one task per worker thread: no hidden oversubscription
+    keep_freed_memory()
     t0 = time.perf_counter()
     arrays = simulate_chunk(cfg, grid_path, split, chunk_index, count)
     schema.write_chunk(store, chunk_index, chunk_size, arrays)

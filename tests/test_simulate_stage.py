@@ -187,3 +187,46 @@ def test_local_cluster_workers_get_low_overhead_settings_but_user_values_win():
         (got,) = client.run(settings).values()
     assert got["distributed.admin.tick.interval"] == "50ms"
     assert got["distributed.worker.profile.enabled"] is False
+
+
+_MALLINFO = """
+import ctypes, sys
+import numpy as np
+from specdenoise.stage_simulate import keep_freed_memory
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+tuned = keep_freed_memory() if sys.argv[1] == "on" else None
+a = np.empty((1000, 5000), dtype=np.float32)  # 20 MB, like one chunk's arrays
+mapped = libc.mallinfo2().hblkhd  # bytes in blocks that came from their own mmap
+del a
+kept = libc.mallinfo2().fordblks  # freed bytes the heap keeps for the next array
+print(tuned, mapped, kept)
+"""
+
+
+def test_workers_reuse_freed_array_memory():
+    """Under Dask's MALLOC_TRIM_THRESHOLD_, every large array is a fresh mmap that is
+    page-faulted in and unmapped again, unless keep_freed_memory() has run in the process
+    (as run_chunk does): then it comes from the heap, which keeps it after it is freed."""
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}  # what the Dask nanny sets
+
+    def mallinfo(mode):
+        r = subprocess.run([sys.executable, "-c", _MALLINFO, mode], env=env,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            pytest.skip(f"no glibc mallinfo2 here: {r.stderr.strip().splitlines()[-1]}")
+        tuned, mapped, kept = r.stdout.split()
+        return tuned, int(mapped), int(kept)
+
+    tuned, mapped, kept = mallinfo("on")
+    if tuned != "True":
+        pytest.skip("not glibc: malloc thresholds cannot be tuned here")
+    size = 1000 * 5000 * 4
+    assert mapped < size and kept >= size
+    _, mapped, kept = mallinfo("off")
+    assert mapped >= size and kept < size
