@@ -387,9 +387,11 @@ class NodeReader:
             or (len(codecs) == 2 and codecs[1].get("name") not in _BYTES_CODECS)
         ):
             return None
+        try:  # numbers, "NaN" and "Infinity" here; hex-encoded bit patterns go through zarr
+            fill = float(meta.get("fill_value"))
+        except (TypeError, ValueError):
+            return None
         decoder = _bytes_decoder(codecs[1]["name"]) if len(codecs) == 2 else None
-        fill = meta.get("fill_value")
-        fill = float("nan") if fill in (None, "NaN") else float(fill)
         separator = keys.get("configuration", {}).get("separator", "/")
         return cls(array_dir, shape, np.dtype("<" + {"float32": "f4", "float64": "f8"}[
             meta["data_type"]]), decoder, separator, fill)
