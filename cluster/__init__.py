@@ -67,19 +67,16 @@ def connect(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     memory_limit: str | None = None,
-    quiet: bool = False,
 ) -> Iterator:
     """Context manager yielding a connected ``distributed.Client``; closes what it started."""
     import dask
 
     spec = str(spec or "local")
-    if _is_address(spec):  # someone else's cluster: its settings are theirs
-        with _connect(spec, workers, threads_per_worker, memory_limit) as client:
-            yield client
-    else:
-        with dask.config.set(low_overhead_settings()), \
-                _connect(spec, workers, threads_per_worker, memory_limit) as client:
-            yield client
+    # a cluster reached by address is someone else's: its settings are theirs
+    settings = {} if _is_address(spec) else low_overhead_settings()
+    with dask.config.set(settings), \
+            _connect(spec, workers, threads_per_worker, memory_limit) as client:
+        yield client
 
 
 @contextlib.contextmanager

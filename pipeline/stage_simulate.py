@@ -79,7 +79,7 @@ def _engine(cfg_json: str, grid_path: str):
     cfg = json.loads(cfg_json)
     grid = open_grid(grid_path)  # metadata only: size decides whether to load it whole
     load = grid["flux"].size * 4 <= LOAD_WHOLE_GRID_BYTES
-    interp = GridInterpolator(grid_path, missing=cfg["missing"], load=load)
+    interp = GridInterpolator(grid, missing=cfg["missing"], load=load)
     obs = cfg["observe"]
     resolution = grid.attrs.get("resolution")
     observer = Observer(

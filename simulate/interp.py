@@ -507,8 +507,8 @@ class GridInterpolator:
     def _node_reader(self) -> NodeReader | None:
         """The direct chunk reader of a local store, or None (then zarr reads the nodes)."""
         if self._reader is None:
-            ok = self._source is not None
-            self._reader = (ok and NodeReader.open(Path(self._source) / "flux")) or False
+            reader = NodeReader.open(Path(self._source) / "flux") if self._source else None
+            self._reader = reader or False
         return self._reader or None
 
     def _zarr_flux(self):

@@ -244,21 +244,21 @@ def test_cluster_show_prints_the_job_script(slurm_simulate_run):
         assert per_run(script) == per_run(shown), f"job {job} ran another script:\n{script}"
 
 
-@pytest.mark.slurm
-def test_scancel_one_worker_job_mid_run_identical(slurm, small_grid, reference, tmp_path):
-    wait_no_jobs()
-    out = tmp_path / "cancel.zarr"
+def _simulate_and_scancel(small_grid, out, tmp_path, victims, env=None):
+    """Run ``simulate`` on the SLURM profile; once two worker jobs run and two chunks are
+    written, scancel ``victims(jobs)``. Returns (jobs, cancelled ids, stderr)."""
     n_chunks = -(-N // CHUNK)
     with JobWatcher("dask-worker") as jobs:
         proc = subprocess.Popen(_simulate_cmd(small_grid, out, str(PROFILE)), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
         try:
             wait_for(lambda: len(jobs.running()) >= 2 and out.exists()
                      and len(schema.done_chunks(out)) >= 2, 180,
                      "two running worker jobs and two written chunks")
-            victim = sorted(jobs.running(), key=int)[0]
+            cancelled = victims(jobs)
             n_done = len(schema.done_chunks(out))
-            subprocess.run(["scancel", victim], check=True, timeout=30)
+            subprocess.run(["scancel", *cancelled], check=True, timeout=30)
             _, err = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
@@ -266,6 +266,15 @@ def test_scancel_one_worker_job_mid_run_identical(slurm, small_grid, reference, 
                 proc.wait()
     assert n_done < n_chunks, "the run finished before the cancel: the test tested nothing"
     assert proc.returncode == 0, err
+    return jobs, cancelled, err
+
+
+@pytest.mark.slurm
+def test_scancel_one_worker_job_mid_run_identical(slurm, small_grid, reference, tmp_path):
+    wait_no_jobs()
+    out = tmp_path / "cancel.zarr"
+    _, (victim,), _ = _simulate_and_scancel(
+        small_grid, out, tmp_path, lambda jobs: sorted(jobs.running(), key=int)[:1])
     log = (tmp_path / f"slurm-{victim}.out").read_text()
     assert "CANCELLED" in log, log[-2000:]
     assert_identical(reference, out)
@@ -277,26 +286,9 @@ def test_every_worker_job_lost_is_replaced_identical(slurm, small_grid, referenc
     """Walltime or preemption can end all jobs at once: new jobs are submitted and finish."""
     wait_no_jobs()
     out = tmp_path / "lost.zarr"
-    n_chunks = -(-N // CHUNK)
     env = {**os.environ, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
-    with JobWatcher("dask-worker") as jobs:
-        proc = subprocess.Popen(_simulate_cmd(small_grid, out, str(PROFILE)), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
-        try:
-            wait_for(lambda: len(jobs.running()) >= 2 and out.exists()
-                     and len(schema.done_chunks(out)) >= 2, 180,
-                     "two running worker jobs and two written chunks")
-            first = sorted(jobs.seen, key=int)
-            n_done = len(schema.done_chunks(out))
-            subprocess.run(["scancel", *first], check=True, timeout=30)
-            _, err = proc.communicate(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert n_done < n_chunks, "the run finished before the cancel: the test tested nothing"
-    assert proc.returncode == 0, err
+    jobs, first, err = _simulate_and_scancel(
+        small_grid, out, tmp_path, lambda jobs: sorted(jobs.seen, key=int), env=env)
     assert "submitting replacement" in err
     replacements = set(jobs.seen) - set(first)
     assert replacements, f"no replacement job was submitted: {jobs.seen}"
