@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numpy.polynomial import legendre
 from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import least_squares
 from scipy.signal import savgol_filter
 
+from specdenoise.simulate import calibration
 from specdenoise.simulate.errors import SpecdenoiseError
 
 C_KMS = 299792.458
@@ -233,9 +233,9 @@ class TemplateFitter:
         self.axes = tuple(np.asarray(a, dtype=np.float64) for a in interp.axes)
         self.poly_order, self.n_starts, self.max_nfev = int(poly_order), int(n_starts), max_nfev
         self.wave = np.asarray(observer.wave, dtype=np.float64)
-        x = 2.0 * (self.wave - self.wave[0]) / (self.wave[-1] - self.wave[0]) - 1.0
-        self.basis = np.stack([legendre.legval(x, np.eye(self.poly_order + 1)[o])
-                               for o in range(self.poly_order + 1)])
+        # the chain's distortion basis plus a constant (the constant absorbs the normalisation)
+        self.basis = calibration.legendre_basis(calibration.detector_x(self.wave),
+                                                self.poly_order, constant=True)
         self.pairs = (self.basis[:, None, :] * self.basis[None, :, :]).reshape(
             (self.poly_order + 1) ** 2, -1)
         self.rv_range = (float(rv_range[0]), float(rv_range[1]))

@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                "--out train.zarr --cluster local --workers 2",
     )
     p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--preset", choices=("default", "paper"), default=None,
+                   help="starting point under --config and --set: default (HSC-i 19-22.5), "
+                        "paper (HSC-i 16.0-22.5: our reading of the papers' 6-7 magnitude "
+                        "range at one exposure time)")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective configuration as TOML and exit")
     p.add_argument("--n", type=int, help="number of spectra (default 1000)")
@@ -55,6 +59,7 @@ def _run(args) -> int:
     cfg = load_config(
         args.config,
         args.set,
+        preset=args.preset,
         n=args.n,
         chunk_size=args.chunk_size,
         seed=args.seed,

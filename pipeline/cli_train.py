@@ -48,8 +48,17 @@ def register(subparsers) -> None:
                         "the loader workers")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                   help="no bf16 autocast on CUDA")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="arithmetic of the network: bf16 autocast (the output head and the "
+                        "loss stay float32) or fp32; auto (default) = bf16 on CUDA GPUs and on "
+                        "CPUs with native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere")
+    p.add_argument("--distortion", choices=("stored", "fresh"), default=None,
+                   help="the calibration distortion the network sees, one per spectrum: "
+                        "stored (default) = the simulation's, as in the dataset; fresh = "
+                        "replaced by a new draw every epoch, of amplitude up to "
+                        "--distortion-max")
+    p.add_argument("--distortion-max", type=float, default=None,
+                   help="largest |d - 1| of the fresh distortion draws (default 0.02)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 2)")
@@ -73,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     opts = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "optimizer": args.optimizer, "loss": args.loss, "device": args.device,
-        "compile": args.compile, "amp": args.amp, "seed": args.seed, "workers": args.workers,
-        "target_distortion": args.target_distortion,
+        "compile": args.compile, "precision": args.precision, "seed": args.seed,
+        "workers": args.workers,
+        "target_distortion": args.target_distortion, "distortion": args.distortion,
+        "distortion_max": args.distortion_max,
         "noise": "device" if args.noise_on_device else None,
     }
     model_cfg = None

@@ -13,10 +13,13 @@ variable          dims                   dtype      meaning
 ``mask``          (spectrum, wave)       uint8      0 = good pixel; bit flags in ``MASK_BITS``
 ``wave``          (wave,)                float64    vacuum wavelength, nm
 per-spectrum      (spectrum,)            float32    ``PARAMS`` + ``CONDITIONS`` + ``snr``, ``norm``
+``calib_c1..L``   (spectrum,)            float32    the calibration distortion's coefficients
 ================  =====================  =========  ==============================================
 
 ``norm`` is the factor the physical flux (erg s-1 cm-2 Hz-1) was divided by:
 ``f_nu = flux * norm``. The same factor divides ``flux``, ``flux_clean`` and ``sigma``.
+``flux``, ``flux_clean`` and ``sigma`` carry the one calibration distortion
+``d = 1 + sum_l calib_c<l> P_l(x)`` (:mod:`specdenoise.simulate.calibration`).
 
 Writing follows one rule so that a resumed or re-run simulation is bitwise identical: each chunk
 of ``chunk_size`` spectra is written by one task, and a chunk is recorded as done (an empty marker
@@ -60,6 +63,15 @@ CONDITIONS = (
 )
 #: derived per-spectrum quantities
 DERIVED = ("snr", "norm")
+
+#: per-spectrum coefficients of the calibration distortion: CALIB_PREFIX + "1" ... + "L"
+#: (Legendre orders 1..L, see :mod:`specdenoise.simulate.calibration`)
+CALIB_PREFIX = "calib_c"
+
+
+def calib_names(order: int) -> tuple[str, ...]:
+    return tuple(f"{CALIB_PREFIX}{k}" for k in range(1, order + 1))
+
 
 #: variables with dims (spectrum, wave)
 SPECTRAL_VARS = ("flux", "flux_clean", "sigma", "mask")
@@ -128,6 +140,7 @@ def create_dataset_store(
                     old.attrs.get("config_hash") == (attrs or {}).get("config_hash")
                     and old["flux"].shape == (n_spectrum, wave.size)
                     and old["flux"].chunks[0] == chunk_size
+                    and all(name in old for name in extra_coords)
                 )
             except Exception:
                 same = False

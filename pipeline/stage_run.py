@@ -19,6 +19,7 @@ from specdenoise.simulate.errors import SpecdenoiseError
 PRESETS = {
     # about ten minutes on two CPU cores, built-in grid build included
     "quick": {
+        "sim_preset": "default",
         "n_train": 3000,
         "n_val": 300,
         "chunk_size": 500,
@@ -26,14 +27,16 @@ PRESETS = {
         "baselines": "none,savgol,gaussian,pca,template",
         "template_n": 20,
     },
-    # the paper's set-up: 1000 training and 1000 validation spectra, 50 epochs, U-Net and DAE
+    # the paper's set-up: 1000 training and 1000 validation spectra, 50 epochs, U-Net and DAE,
+    # targets over 6.5 magnitudes (the simulation's paper preset)
     "paper": {
+        "sim_preset": "paper",
         "n_train": 1000,
         "n_val": 1000,
         "chunk_size": 250,
         "models": [("unet", "paper", []), ("dae", "paper", [])],
         "baselines": "none,savgol,gaussian,pca,template",
-        "template_n": 100,
+        "template_n": 200,
     },
 }
 
@@ -79,8 +82,8 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
         if _complete(out):
             print(f"\n== simulate {split}: {out} is complete, kept")
             continue
-        argv = ["simulate", "--n", str(n), "--chunk-size", str(p["chunk_size"]), "--seed",
-                str(split_seed), "--out", str(out), *quiet]
+        argv = ["simulate", "--preset", p["sim_preset"], "--n", str(n), "--chunk-size",
+                str(p["chunk_size"]), "--seed", str(split_seed), "--out", str(out), *quiet]
         if out.exists():
             argv.append("--resume")
         if workers:

@@ -24,6 +24,7 @@ import numpy as np
 
 from specdenoise import __version__, schema
 from specdenoise.config import config_hash, parse_split
+from specdenoise.simulate import calibration
 from specdenoise.simulate.errors import SpecdenoiseError
 
 #: grids smaller than this are loaded whole into each worker; larger ones are read lazily
@@ -143,6 +144,9 @@ def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
         arrays["mask"] = np.asarray(out["mask"], dtype=np.uint8)[inverse]
     for k in (*schema.PARAMS, *schema.CONDITIONS):
         arrays[k] = values[k]
+    for name, col in zip(schema.calib_names(observer.calib_order), out["calib_coef"][inverse].T,
+                         strict=True):
+        arrays[name] = col
     return {k: (v.astype(np.float32) if k not in ("mask",) else v) for k, v in arrays.items()}
 
 
@@ -268,6 +272,7 @@ def simulate(
         schema.create_dataset_store(
             path, n, cfg["chunk_size"], wave,
             attrs={**attrs, "split": split or "all"},
+            extra_coords=schema.calib_names(calibration.ORDER),
             compressors=compressors, filters=filters, overwrite=overwrite,
         )
         done = schema.done_chunks(path)

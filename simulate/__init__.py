@@ -2,7 +2,8 @@
 
 Layering (each module imports only the ones above it):
 
-1. ``errors``, ``constants`` -- the user-facing exception type; physical constants (astropy, once)
+1. ``errors``, ``constants`` -- the user-facing exception type; physical constants (astropy, once);
+   ``calibration`` -- the flux-calibration distortion and the median normalisation (NumPy)
 2. ``grids``        -- the grid store on Zarr (read/write, validation, content hash)
 3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads)
 4. ``bosz``         -- readers for BOSZ 2017 / 2024 files

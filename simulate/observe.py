@@ -39,8 +39,8 @@ import inspect
 
 import numpy as np
 from numba import njit
-from numpy.polynomial import legendre
 
+from specdenoise.simulate import calibration
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS, C_NM_PER_S, MAG_TO_TAU
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.lsf import LSF, build_resampling_table, resample_one
@@ -353,19 +353,11 @@ def finish_numba(fnu, conversion, var_noise, n_exp, noise, noise_is_z, raw_coef,
 def finish_numpy(fnu, conversion, var_noise, n_exp, noise, noise_is_z, raw_coef, amp, basis,
                  flux, flux_clean, sigma, norm, snr, coef):
     """NumPy reference of :func:`finish_numba` (same arguments and result)."""
-    poly = raw_coef @ basis
-    peak = np.max(np.abs(poly), axis=1)
-    c = np.where(peak > 0, amp / np.where(peak > 0, peak, 1.0), 0.0)
-    coef[:] = raw_coef * c[:, None]
-    d = 1.0 + c[:, None] * poly
+    coef[:], d = calibration.scale(raw_coef, amp, basis)
     counts = fnu * conversion
     s = np.sqrt((var_noise + np.maximum(counts, 0.0)) / n_exp[:, None]) / conversion
     noisy = d * (fnu + (noise * s if noise_is_z else noise))
-    med = np.median(noisy, axis=1)
-    bad = ~(med > 0)
-    if bad.any():
-        med[bad] = np.median(d[bad] * fnu[bad], axis=1)
-    norm[:] = 2.0 * med
+    norm[:] = calibration.norm_factor(noisy, fallback=d * fnu)
     flux[:] = noisy / norm[:, None]
     flux_clean[:] = d * fnu / norm[:, None]
     sigma[:] = d * s / norm[:, None]
@@ -417,7 +409,7 @@ class Observer:
         r_v: float = 3.1,
         filter_name: str = DEFAULT_FILTER,
         distortion: float = 0.02,
-        distortion_order: int = 3,
+        distortion_order: int = calibration.ORDER,
         noise_kind: str = "gaussian",
         n_shift: int = 64,
     ):
@@ -483,12 +475,8 @@ class Observer:
             win[side] = ia[0], ia[-1] + 1, ib[0], ib[-1] + 1, lw[a].mean(), lw[b].mean()
         self.edge_windows = win
 
-        x = 2.0 * (self.wave - self.wave[0]) / (self.wave[-1] - self.wave[0]) - 1.0
-        self.calib_x = x
-        self.calib_basis = np.stack(
-            [legendre.legval(x, np.eye(self.calib_order + 1)[l])
-             for l in range(1, self.calib_order + 1)]
-        ) if self.calib_order > 0 else np.zeros((0, x.size))
+        self.calib_x = calibration.detector_x(self.wave)
+        self.calib_basis = calibration.legendre_basis(self.calib_x, self.calib_order)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -526,12 +514,11 @@ class Observer:
 
         The kernels scale each row so that max |d - 1| over the detector equals its amplitude.
         """
-        return (rng.standard_normal((n, self.calib_order)),
-                rng.uniform(0.0, self.calib_amplitude, size=n))
+        return calibration.draw(rng, n, self.calib_order, self.calib_amplitude)
 
     def distortion(self, coef: np.ndarray) -> np.ndarray:
         """Calibration factor d (n, n_det) from coefficients (n, calib_order)."""
-        return 1.0 + np.asarray(coef) @ self.calib_basis
+        return calibration.distortion(coef, self.calib_basis)
 
     # -- the chain ---------------------------------------------------------------------------
 

@@ -230,3 +230,34 @@ def test_workers_reuse_freed_array_memory():
     assert mapped < size and kept >= size
     _, mapped, kept = mallinfo("off")
     assert mapped >= size and kept < size
+
+
+def test_stored_calibration_coefficients_describe_the_one_distortion(small_grid, tmp_path):
+    """calib_c1..3 are the distortion in flux_clean: with it off, the same draws differ by d."""
+    from distributed import Client, LocalCluster
+
+    from specdenoise.simulate import calibration
+
+    stores = {}
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        for amp in (0.02, 0.0):
+            cfg = _cfg(small_grid, tmp_path / f"d{amp}.zarr", n=30, chunk_size=15,
+                       compressor="zstd")
+            cfg["observe"]["distortion"] = amp
+            stores[amp] = schema.open_dataset(simulate(cfg, client=client, progress=False)[0])
+    ds, flat = stores[0.02], stores[0.0]
+    coef = np.stack([ds[k].values for k in schema.calib_names(3)], axis=1).astype(np.float64)
+    d = calibration.distortion(coef, calibration.distortion_basis(ds["wave"].values))
+    assert 0.001 < np.abs(d - 1).max() <= 0.02 + 1e-6
+    assert not np.any([flat[k].values for k in schema.calib_names(3)])  # none drawn
+    ratio = ds["flux_clean"].values / flat["flux_clean"].values / d  # one factor per spectrum
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1], ratio.shape), rtol=2e-5)
+
+
+def test_paper_preset_spans_six_and_a_half_magnitudes():
+    cfg = load_config(preset="paper", n=10)
+    assert cfg["params"]["mag"] == {"dist": "uniform", "low": 16.0, "high": 22.5}
+    assert load_config()["params"]["mag"]["low"] == 19.0
+    with pytest.raises(SpecdenoiseError, match="unknown simulation preset"):
+        load_config(preset="nope")

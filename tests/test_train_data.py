@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from specdenoise import SpecdenoiseError, schema
+from specdenoise.train import calibration as tcal
 from specdenoise.train import data as tdata
 
 # the schema's ".done" marker folder is not a Zarr node; zarr says so when consolidating
@@ -42,11 +43,23 @@ def synthetic_spectra(n: int, seed: int = 0, n_wave: int = 4096):
 
 
 def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int = 4096,
-                 drop: tuple[str, ...] = (), nan_at: int | None = None):
-    """Write a complete dataset store at ``path`` and return the path."""
+                 drop: tuple[str, ...] = (), nan_at: int | None = None, calib: bool = True):
+    """Write a complete dataset store at ``path`` and return the path.
+
+    Like a simulated store, the spectra carry a calibration distortion of up to 2 % whose
+    coefficients are recorded (``calib_c1..3``; ``calib=False``: an older store without them).
+    """
+    from specdenoise.simulate import calibration as ref
+
     wave = WAVE[:n_wave] if n_wave <= 4096 else 710.0 + 0.042725 * np.arange(n_wave)
-    schema.create_dataset_store(path, n, chunk, wave, attrs={"config_hash": "test"})
+    names = schema.calib_names(ref.ORDER) if calib else ()
+    schema.create_dataset_store(path, n, chunk, wave, attrs={"config_hash": "test"},
+                                extra_coords=names)
     flux, clean, sigma, snr = synthetic_spectra(n, seed, n_wave)
+    basis = ref.distortion_basis(wave)
+    coef, d = ref.scale(*ref.draw(np.random.default_rng(seed + 2), n, ref.ORDER, 0.02), basis)
+    if calib:
+        flux, clean, sigma = (a * d.astype(np.float32) for a in (flux, clean, sigma))
     if nan_at is not None:
         flux[nan_at, 100] = np.nan
         clean[nan_at, 100] = np.nan
@@ -58,6 +71,7 @@ def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int 
                   "mask": np.zeros((m, n_wave), np.uint8), "snr": snr[sl].astype(np.float32),
                   "teff": rng.uniform(3500, 7500, m).astype(np.float32),
                   "norm": np.ones(m, np.float32)}
+        arrays.update({k: coef[sl, i].astype(np.float32) for i, k in enumerate(names)})
         schema.write_chunk(path, c, chunk, arrays)
     schema.finalize_dataset(path)
     if drop:
@@ -143,29 +157,82 @@ def test_stream_is_deterministic_and_fresh_each_epoch(store):
     assert not torch.allclose(x1, x2)  # fresh noise realisation
 
 
-def test_augmentation_distortion_and_normalisation():
-    _, clean, sigma, _ = synthetic_spectra(6, seed=3)
-    clean = torch.from_numpy(clean) * 3.0  # any scale: the normalisation removes it
-    zero = torch.zeros_like(clean)
-    gen = torch.Generator().manual_seed(0)
-    a = tdata.augment(clean, zero, gen, distortion_max=0.02)
-    # no noise: input == target (same factor; products associated differently)
-    assert torch.allclose(a["x"], a["y"], rtol=1e-6, atol=0)
-    assert torch.allclose(a["x"].median(dim=1).values, torch.tensor(0.5))
-    ratio = a["y"] / clean  # = distortion / factor
-    distortion = ratio / ratio.mean(dim=1, keepdim=True)
-    assert (distortion.max(1).values / distortion.min(1).values).max() <= 1.02 / 0.98 + 1e-5
-    assert (distortion - 1).abs().max() > 1e-4  # a distortion was applied
-    assert (distortion.diff(dim=1).abs().max() < 1e-4)  # smooth
+def _stored_distortion(n: int, seed: int, amplitude: float = 0.02):
+    """A simulation-style distortion (n, 4096) and its basis, from the NumPy definition."""
+    from specdenoise.simulate import calibration as ref
 
-    sig = torch.from_numpy(sigma) * 3.0
-    gen = torch.Generator().manual_seed(1)
-    b = tdata.augment(clean, sig, gen, distortion_max=0.02, target_distortion=False)
-    r = b["y"] / clean  # target without distortion: one constant per spectrum
+    basis = ref.distortion_basis(WAVE)
+    raw, amp = ref.draw(np.random.default_rng(seed), n, basis.shape[0], amplitude)
+    _, d = ref.scale(raw, amp, basis)
+    return torch.as_tensor(d, dtype=torch.float32)
+
+
+def test_augmentation_keeps_the_one_stored_distortion():
+    _, clean, sigma, _ = synthetic_spectra(6, seed=3)
+    d_sim = _stored_distortion(6, seed=5)
+    clean = torch.from_numpy(clean) * 3.0 * d_sim  # as stored: any scale, distortion included
+    zero = torch.zeros_like(clean)
+    basis = tcal.basis(WAVE)
+    gen = torch.Generator().manual_seed(0)
+    a = tdata.augment(clean, zero, gen, basis=basis)  # distortion "stored": nothing added
+    # no noise: input == target == the stored spectrum over one factor per row
+    assert torch.allclose(a["x"], a["y"], rtol=1e-6, atol=0)
+    assert torch.allclose(tcal.median(a["x"]), torch.tensor(0.5))
+    r = a["y"] / clean
     assert torch.allclose(r, r[:, :1].expand_as(r), rtol=1e-5)
-    assert torch.allclose(b["x"].median(dim=1).values, torch.tensor(0.5))
-    pull = (b["x"] - b["y"]) / b["sigma"]
-    assert 0.9 < pull.std().item() < 1.1  # noise drawn from sigma
+
+    # target without distortion: the stored one divided out, noise drawn from sigma
+    sig = torch.from_numpy(sigma) * 3.0 * d_sim
+    gen = torch.Generator().manual_seed(1)
+    b = tdata.augment(clean, sig, gen, basis=basis, stored=d_sim, target_distortion=False)
+    r = b["y"] * d_sim / clean
+    assert torch.allclose(r, r[:, :1].expand_as(r), rtol=1e-5)
+    assert torch.allclose(tcal.median(b["x"]), torch.tensor(0.5))
+    pull = (b["x"] - b["y"] * d_sim) / b["sigma"]
+    assert 0.9 < pull.std().item() < 1.1
+
+
+def test_fresh_distortion_replaces_the_stored_one():
+    """The network never sees two distortions: 'fresh' swaps d_sim for one new draw <= max."""
+    _, clean, _, _ = synthetic_spectra(64, seed=4)
+    clean = torch.from_numpy(clean)
+    d_sim = _stored_distortion(64, seed=6)
+    basis = tcal.basis(WAVE)
+    gen = torch.Generator().manual_seed(2)
+    a = tdata.augment(clean * d_sim, torch.zeros_like(clean), gen, basis=basis,
+                      distortion_mode="fresh", distortion_max=0.02, stored=d_sim)
+    seen = a["x"] / clean  # = d_new / factor
+    d_new = seen / seen.mean(dim=1, keepdim=True)
+    worst = (d_new.amax(1) / d_new.amin(1)).max().item()
+    assert worst <= 1.02 / 0.98 + 1e-5  # one distortion of at most 2 %, not two of 2 % each
+    assert worst > 1.01  # a fresh one was drawn (64 draws: some close to the maximum)
+    assert not torch.allclose(d_new, d_sim / d_sim.mean(dim=1, keepdim=True), rtol=1e-3)
+    with pytest.raises(SpecdenoiseError, match="does not record its calibration distortion"):
+        tdata.augment(clean, torch.zeros_like(clean), gen, basis=basis, distortion_mode="fresh")
+
+
+def test_torch_calibration_matches_the_numpy_definition():
+    """One definition: the loader's torch maths reproduces simulate.calibration on one input."""
+    from specdenoise.simulate import calibration as ref
+
+    rng = np.random.default_rng(11)
+    basis = ref.distortion_basis(WAVE)
+    raw, amp = ref.draw(rng, 9, 3, 0.02)
+    coef, d_ref = ref.scale(raw, amp, basis)
+    tb = tcal.basis(WAVE)
+    d_t = tcal.scale(torch.as_tensor(raw, dtype=torch.float32),
+                     torch.as_tensor(amp, dtype=torch.float32), tb)
+    np.testing.assert_allclose(d_t.numpy(), d_ref, rtol=0, atol=2e-7)
+    d_c = tcal.distortion(torch.as_tensor(coef, dtype=torch.float32), tb)
+    np.testing.assert_allclose(d_c.numpy(), ref.distortion(coef, basis), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(np.abs(d_ref - 1).max(axis=1), amp, rtol=1e-12)
+    # normalisation: numpy's median (even pixel count: mean of the two middle values)
+    flux = rng.normal(0.3, 1.0, (7, 4096)).astype(np.float32)
+    flux[2] -= 5.0  # median not positive: the clean fallback is used
+    clean = np.abs(rng.normal(1.0, 0.1, (7, 4096))).astype(np.float32)
+    f_ref = ref.norm_factor(flux.astype(np.float64), clean.astype(np.float64))
+    f_t = tcal.norm_factor(torch.from_numpy(flux), torch.from_numpy(clean))[:, 0]
+    np.testing.assert_allclose(f_t.numpy(), f_ref, rtol=1e-6)
 
 
 def test_validation_uses_the_stored_noise(store):
@@ -181,8 +248,8 @@ def test_validation_uses_the_stored_noise(store):
         idx = torch.cat([b["index"] for b in batches])
         assert torch.equal(idx, torch.arange(50))
     assert torch.equal(runs[0], runs[1])
-    # torch's median of an even count is the lower of the two middle values
-    factor = np.sort(flux, axis=1)[:, [(flux.shape[1] - 1) // 2]] / 0.5
+    # the normalisation of simulate.calibration: NumPy's median (mean of the two middle values)
+    factor = np.median(flux.astype(np.float64), axis=1, keepdims=True) / 0.5
     y = torch.cat([b["y"] for b in batches]).numpy()
     np.testing.assert_allclose(runs[0].numpy(), flux / factor, rtol=1e-6)
     np.testing.assert_allclose(y, clean / factor, rtol=1e-6)

@@ -7,20 +7,23 @@ One epoch, seen from the whole job:
    equal pieces, one per (DDP rank, DataLoader worker) shard. Every spectrum belongs to exactly
    one shard; each shard reads only its own chunks (plus at most two it shares at its ends).
 2. A shard reads a chunk and augments all of it at once with a generator keyed by
-   (seed, epoch, chunk): a fresh noise realisation ``flux_clean + sigma * N(0, 1)``, a smooth
-   multiplicative calibration distortion of at most ``distortion_max``, then division of input
-   and target by one factor per spectrum that brings the noisy input's median to 0.5. So what
-   a spectrum looks like in an epoch does not depend on how many ranks or workers ran.
+   (seed, epoch, chunk): a fresh noise realisation ``flux_clean + sigma * N(0, 1)``, the one
+   calibration distortion (the simulation's, as stored, or a fresh draw replacing it: see
+   :mod:`specdenoise.train.calibration`), then division of input and target by one factor per
+   spectrum that brings the noisy input's median to 0.5. So what a spectrum looks like in an
+   epoch does not depend on how many ranks or workers ran.
 3. Augmented spectra go through a bounded shuffle buffer and come out as ready batches (the
    DataLoader runs with ``batch_size=None``: batching here avoids per-spectrum Python work).
 
-Validation streams the stored ``flux`` (one fixed noise realisation) with ``flux_clean`` as the
-target, in order, normalised the same way. With ``noise="device"`` the loader yields the clean
-spectra and the training loop calls :func:`augment` on the GPU instead.
+Validation streams the stored ``flux`` (one fixed noise realisation and the simulation's
+distortion) with ``flux_clean`` as the target, in order, normalised the same way. With
+``noise="device"`` the loader yields the clean spectra and the training loop calls
+:func:`augment` on the GPU instead.
 
 Batches are dicts of tensors: ``x`` input, ``y`` target, ``sigma`` (all float32, (b, n_wave),
 normalised), ``good`` (bool, (b, n_wave), False for masked pixels) and ``index`` (int64, (b,),
-row in the store); raw batches carry ``clean`` instead of ``x`` and ``y``.
+row in the store); raw batches carry ``clean`` instead of ``x`` and ``y``, and ``calib``
+(b, L), the stored distortion's coefficients, where the dataset records them.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ import torch
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
-from specdenoise.schema import DATASET_KIND, SPECTRUM_DIM, WAVE_DIM
+from specdenoise.schema import CALIB_PREFIX, DATASET_KIND, SPECTRUM_DIM, WAVE_DIM
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.train import calibration
+from specdenoise.train.calibration import augment, norm_factor, normalise  # noqa: F401
 
 TRAIN_VARS = ("flux_clean", "sigma")
 VAL_VARS = ("flux", "flux_clean", "sigma")
-MEDIAN = 0.5  # the normalisation of every spectrum the networks see
+MEDIAN = calibration.MEDIAN  # the normalisation of every spectrum the networks see
 
 
 # --------------------------------------------------------------------------- store access
@@ -76,6 +81,7 @@ class StoreInfo:
     n_wave: int
     has_mask: bool
     storage_options: dict | None = None
+    calib_order: int = 0  # orders of the stored calibration distortion (0: not recorded)
 
     @property
     def n_chunks(self) -> int:
@@ -119,6 +125,9 @@ def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
         shape = arr.shape
     if shape[0] == 0:
         raise SpecdenoiseError(f"dataset {path} holds no spectra")
+    calib_order = 0
+    while f"{CALIB_PREFIX}{calib_order + 1}" in members:
+        calib_order += 1
     return StoreInfo(
         path=str(path),
         n_spectrum=int(shape[0]),
@@ -126,6 +135,7 @@ def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
         n_wave=int(shape[1]),
         has_mask="mask" in members,
         storage_options=storage_options,
+        calib_order=calib_order,
     )
 
 
@@ -162,7 +172,26 @@ def read_chunk(group: zarr.Group, info: StoreInfo, chunk: int, names) -> dict[st
             )
         out["sigma"][~good] = 1.0
     out["good"] = good
+    if info.calib_order:
+        out["calib"] = np.stack([np.asarray(group[f"{CALIB_PREFIX}{k}"][lo:hi], np.float32)
+                                 for k in range(1, info.calib_order + 1)], axis=1)
     return out
+
+
+def read_wave(info: StoreInfo) -> np.ndarray | None:
+    """The dataset's pixel wavelengths (nm), or None if it stores none."""
+    g = open_group(info.path, info.storage_options)
+    if "wave" not in set(g.array_keys()):
+        return None
+    return np.asarray(g["wave"][:], dtype=np.float64)
+
+
+def bases(info: StoreInfo) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(basis of the stored distortion or None, basis for fresh draws), over the store's pixels."""
+    wave = read_wave(info)
+    pixels = wave if wave is not None else info.n_wave
+    stored = calibration.basis(pixels, info.calib_order) if info.calib_order else None
+    return stored, calibration.basis(pixels)
 
 
 # --------------------------------------------------------------------------- epoch plan
@@ -210,68 +239,6 @@ def shard_plan(info: StoreInfo, order, shard: int, n_shards: int) -> list[tuple[
 # --------------------------------------------------------------------------- augmentation
 
 
-def distortion_basis(n_wave: int, order: int = 3) -> torch.Tensor:
-    """Legendre polynomials P_1..P_order over the arm, shape (order, n_wave)."""
-    x = np.linspace(-1.0, 1.0, n_wave)
-    basis = [np.polynomial.legendre.Legendre.basis(k)(x) for k in range(1, order + 1)]
-    return torch.as_tensor(np.array(basis), dtype=torch.float32)
-
-
-def norm_factor(x: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row factor (b, 1) that brings the median of ``x`` to 0.5.
-
-    Rows whose median is not positive (pure noise around zero) use the median of ``fallback``
-    (computed only for those rows) when given, else 1.
-    """
-    med = x.median(dim=1, keepdim=True).values
-    bad = med <= 0
-    if fallback is not None and bool(bad.any()):
-        rows = bad[:, 0]
-        med[rows] = fallback[rows].median(dim=1, keepdim=True).values
-        bad = med <= 0
-    return torch.where(bad, torch.ones_like(med), med / MEDIAN)
-
-
-def normalise(x: torch.Tensor, *others: torch.Tensor, fallback: torch.Tensor | None = None):
-    """Divide ``x`` and ``others`` by the factor that brings each row of ``x`` to median 0.5.
-
-    Returns ``(factor (b, 1), x / factor, *others / factor)``; see :func:`norm_factor`.
-    """
-    factor = norm_factor(x, fallback)
-    return (factor, x / factor, *(o / factor for o in others))
-
-
-def augment(clean: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator, *,
-            distortion_max: float = 0.02, target_distortion: bool = True,
-            basis: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """One training view of clean spectra: fresh noise, calibration distortion, renormalisation.
-
-    ``clean`` and ``sigma`` are (b, n_wave) float32 on the generator's device. The distortion
-    is ``1 + a * s(lambda)`` with ``a ~ U(0, distortion_max)`` and ``s`` a random combination of
-    low-order Legendre polynomials scaled to max |s| = 1. The observation is
-    ``(clean + sigma * noise) * distortion``; the target is ``clean * distortion`` (pure
-    denoising, ``target_distortion=True``) or ``clean`` (denoising plus calibration correction).
-    Input, target and sigma are divided by the same per-spectrum factor (input median -> 0.5).
-    """
-    b, n_wave = clean.shape
-    dev = clean.device
-    if basis is None:
-        basis = distortion_basis(n_wave)
-    basis = basis.to(dev)
-    noise = torch.randn(clean.shape, generator=generator, device=dev)
-    amp = torch.rand((b, 1), generator=generator, device=dev) * distortion_max
-    coef = torch.randn((b, basis.shape[0]), generator=generator, device=dev)
-    shape = coef @ basis
-    shape.mul_(amp / shape.abs().amax(dim=1, keepdim=True).clamp_min(1e-12))
-    distortion = shape.add_(1.0)
-    observed = torch.addcmul(clean, sigma, noise, out=noise).mul_(distortion)
-    factor = norm_factor(observed, fallback=clean * distortion)
-    inv = factor.reciprocal()
-    scale = distortion.mul_(inv)  # distortion / factor, one multiply per pixel below
-    y = clean * (scale if target_distortion else inv)
-    return {"x": observed.mul_(inv), "y": y, "sigma": sigma * scale}
-
-
 def device_generator(device, seed: int, epoch: int, rank: int) -> torch.Generator:
     """Generator for augmentation on the training device (``noise="device"``)."""
     return torch.Generator(device=device).manual_seed(key(seed, epoch, _NOISE, rank, 1))
@@ -305,8 +272,9 @@ class SpectrumStream(IterableDataset):
 
     def __init__(self, info: StoreInfo, *, batch_size: int, mode: str = "train", seed: int = 0,
                  shuffle_buffer: int = 1024, rank: int = 0, world_size: int = 1,
-                 noise: str = "loader", distortion_max: float = 0.02,
-                 target_distortion: bool = True, drop_last: bool = False):
+                 noise: str = "loader", distortion: str = "stored",
+                 distortion_max: float = 0.02, target_distortion: bool = True,
+                 drop_last: bool = False):
         super().__init__()
         if mode not in ("train", "val"):
             raise ValueError(f"mode must be train or val, not {mode!r}")
@@ -319,8 +287,17 @@ class SpectrumStream(IterableDataset):
         self.shuffle_buffer = int(shuffle_buffer)
         self.rank, self.world_size = int(rank), int(world_size)
         self.noise = noise
+        if distortion not in calibration.DISTORTIONS:
+            raise SpecdenoiseError(f"distortion must be one of {calibration.DISTORTIONS}, "
+                                   f"not {distortion!r}")
+        self.distortion = distortion
         self.distortion_max = float(distortion_max)
         self.target_distortion = bool(target_distortion)
+        if not info.calib_order and (distortion == "fresh" or not target_distortion):
+            raise SpecdenoiseError(
+                f"dataset {info.path} does not record its calibration distortion (calib_c* "
+                "coordinates; simulated before version 0.2?): re-simulate it, or train with "
+                "--distortion stored and the distortion kept in the target")
         self.drop_last = bool(drop_last)
         self.epoch = 0
 
@@ -350,23 +327,28 @@ class SpectrumStream(IterableDataset):
         order = chunk_order(self.info.n_chunks, self.seed, self.epoch, shuffle=train)
         group = open_group(self.info.path, self.info.storage_options)
         names = TRAIN_VARS if train else VAL_VARS
-        basis = distortion_basis(self.info.n_wave)
+        stored_basis, fresh_basis = bases(self.info)
         for chunk, lo, hi in shard_plan(self.info, order, shard, n_shards):
             arrays = read_chunk(group, self.info, chunk, names)
             c0, _ = self.info.chunk_bounds(chunk)
             t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            d_sim = (calibration.distortion(t["calib"], stored_basis)
+                     if stored_basis is not None else None)
             if not train:
-                _, x, y, s = normalise(t["flux"], t["flux_clean"], t["sigma"],
-                                       fallback=t["flux_clean"])
+                clean = t["flux_clean"] if self.target_distortion else t["flux_clean"] / d_sim
+                _, x, y, s = normalise(t["flux"], clean, t["sigma"], fallback=t["flux_clean"])
                 out = {"x": x, "y": y, "sigma": s}
             elif self.noise == "device":
                 out = {"clean": t["flux_clean"], "sigma": t["sigma"]}
+                if "calib" in t:
+                    out["calib"] = t["calib"]
             else:
                 # noise for the whole chunk, so a spectrum's draw does not depend on the shards
                 gen = torch.Generator().manual_seed(key(self.seed, self.epoch, _NOISE, chunk))
-                out = augment(t["flux_clean"], t["sigma"], gen,
-                              distortion_max=self.distortion_max,
-                              target_distortion=self.target_distortion, basis=basis)
+                out = augment(t["flux_clean"], t["sigma"], gen, basis=fresh_basis,
+                              distortion_mode=self.distortion,
+                              distortion_max=self.distortion_max, stored=d_sim,
+                              target_distortion=self.target_distortion)
             out["good"] = t["good"]
             out["index"] = torch.arange(c0, c0 + t["good"].shape[0], dtype=torch.int64)
             yield {k: v[lo:hi] for k, v in out.items()}

@@ -61,6 +61,7 @@ PRESETS: dict[str, dict] = {
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine", "none")
 LOSSES = ("mse", "l1", "chi2", "rel_l1")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 #: options that may change when a run is resumed (they do not change the maths)
 RESUME_MAY_CHANGE = ("epochs", "workers", "device", "compile")
@@ -90,9 +91,10 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     compile: bool = False
-    amp: bool = True  # bf16 autocast, used on CUDA only
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; head and loss stay float32)
     target_distortion: bool = True  # True: pure denoising (target keeps the distortion)
-    distortion_max: float = 0.02
+    distortion: str = "stored"  # stored: the simulation's; fresh: a new draw every epoch
+    distortion_max: float = 0.02  # amplitude of the fresh draws
     shuffle_buffer: int = 1024
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
     n_wave: int = 4096
@@ -120,8 +122,10 @@ def make_config(data, val, out, *, model: str = "unet", preset: str = "paper",
 def check_config(cfg: TrainConfig) -> None:
     for name, value, allowed in (("optimizer", cfg.optimizer, OPTIMIZERS),
                                  ("scheduler", cfg.scheduler, SCHEDULERS),
-                                 ("loss", cfg.loss, LOSSES), ("noise", cfg.noise,
-                                                              ("loader", "device"))):
+                                 ("loss", cfg.loss, LOSSES),
+                                 ("noise", cfg.noise, ("loader", "device")),
+                                 ("precision", cfg.precision, PRECISIONS),
+                                 ("distortion", cfg.distortion, tdata.calibration.DISTORTIONS)):
         if value not in allowed:
             raise SpecdenoiseError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
     for name in ("epochs", "batch_size"):
@@ -139,8 +143,7 @@ def resume_config(out, **overrides) -> TrainConfig:
     Any other option given (not None) must equal the stored one.
     """
     state = read_checkpoint(Path(out) / CHECKPOINT_NAME)
-    stored = dict(state["config"])
-    cfg = TrainConfig(**stored)
+    cfg = TrainConfig(**upgrade_config(state["config"]))
     for k, v in overrides.items():
         if v is None:
             continue
@@ -157,6 +160,14 @@ def resume_config(out, **overrides) -> TrainConfig:
             )
     check_config(cfg)
     return cfg
+
+
+def upgrade_config(stored: dict) -> dict:
+    """A stored training configuration in today's terms (older checkpoints say ``amp``)."""
+    stored = dict(stored)
+    if "amp" in stored:  # before 0.2: bf16 autocast on CUDA only, switched by amp
+        stored.setdefault("precision", "auto" if stored.pop("amp") else "fp32")
+    return stored
 
 
 def _norm(v):
@@ -342,8 +353,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             ds = tdata.SpectrumStream(
                 train_info, batch_size=per_rank_batch, mode="train", seed=cfg.seed,
                 shuffle_buffer=cfg.shuffle_buffer, rank=ctx.rank, world_size=ctx.world,
-                noise=cfg.noise, distortion_max=cfg.distortion_max,
-                target_distortion=cfg.target_distortion)
+                noise=cfg.noise, distortion=cfg.distortion,
+                distortion_max=cfg.distortion_max, target_distortion=cfg.target_distortion)
             ds.set_epoch(epoch)
             bar = tqdm(total=ds.rank_size(cfg.workers), unit="spec", disable=show,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
@@ -362,6 +373,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
                 save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, summary,
                                                   wave, history))
                 _write_metrics(out / "metrics.csv", history)
+                plot_learning_curve(history, out / "learning_curve.png")
                 if tb is not None:
                     for k, v in row.items():
                         if k != "epoch":
@@ -381,6 +393,30 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX): autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(pref: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``pref`` on ``device`` (``auto``: bf16 where it is fast)."""
+    if pref != "auto":
+        return pref
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
 def _make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -389,8 +425,9 @@ def _make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where the run's precision says so (the models' heads leave it)."""
+    if resolve_precision(cfg.precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -399,7 +436,9 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
     loader = _loader(ds, cfg.workers, device, tdata.key(cfg.seed, epoch, 5, ctx.rank))
     gen = (tdata.device_generator(device, cfg.seed, epoch, ctx.rank)
            if cfg.noise == "device" else None)
-    basis = tdata.distortion_basis(cfg.n_wave).to(device)
+    stored_basis, fresh_basis = tdata.bases(ds.info)
+    stored_basis = None if stored_basis is None else stored_basis.to(device)
+    fresh_basis = fresh_basis.to(device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, n
     t0 = time.perf_counter()
     join = contextlib.nullcontext()
@@ -411,10 +450,13 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
         for step, batch in enumerate(loader):
             batch = _to(batch, device)
             if "clean" in batch:
+                calib = batch.pop("calib", None)
+                d_sim = (None if calib is None
+                         else tdata.calibration.distortion(calib, stored_basis))
                 batch.update(tdata.augment(batch.pop("clean"), batch["sigma"], gen,
-                                           distortion_max=cfg.distortion_max,
-                                           target_distortion=cfg.target_distortion,
-                                           basis=basis))
+                                           basis=fresh_basis, distortion_mode=cfg.distortion,
+                                           distortion_max=cfg.distortion_max, stored=d_sim,
+                                           target_distortion=cfg.target_distortion))
             with _autocast(cfg, device):
                 pred = net(batch["x"])
             loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]),
@@ -446,7 +488,7 @@ def _validate(cfg, ctx, model, net, info, batch_size, device) -> dict:
     fwd = model if ctx.active else net
     model.eval()
     ds = tdata.SpectrumStream(info, batch_size=batch_size, mode="val", rank=ctx.rank,
-                              world_size=ctx.world)
+                              world_size=ctx.world, target_distortion=cfg.target_distortion)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, n, |R| sum, |R| count
     for batch in _loader(ds, cfg.workers, device, 0):
         batch = _to(batch, device)
@@ -484,6 +526,7 @@ def _state(cfg, model, optimizer, epoch, summary, wave, history) -> dict:
             "median": tdata.MEDIAN,
             "method": "input and target divided by median(input) / 0.5, per spectrum",
             "target_distortion": cfg.target_distortion,
+            "distortion": cfg.distortion,
             "distortion_max": cfg.distortion_max,
         },
         "wave": wave,
@@ -500,10 +543,8 @@ def _set_rng(rng: dict) -> None:
 
 
 def _read_wave(info: tdata.StoreInfo) -> list[float] | None:
-    g = tdata.open_group(info.path, info.storage_options)
-    if "wave" not in set(g.array_keys()):
-        return None
-    return np.asarray(g["wave"][:], dtype=np.float64).tolist()
+    wave = tdata.read_wave(info)
+    return None if wave is None else wave.tolist()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -524,6 +565,38 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)
+
+
+def plot_learning_curve(history: list[dict], path: Path) -> Path:
+    """Training loss and validation mean |R| against epoch, written next to metrics.csv."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, color="C0",
+            label="training loss")
+    if any("val_loss" in r for r in history):
+        ax.plot(epochs, [r.get("val_loss", np.nan) for r in history], "s--", ms=3, color="C0",
+                alpha=0.6, label="validation loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="C0")
+    handles, labels = ax.get_legend_handles_labels()
+    if any("val_mean_abs_rel" in r for r in history):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [100 * r.get("val_mean_abs_rel", np.nan) for r in history], "o-",
+                 ms=3, color="C3", label="validation mean |R|")
+        ax2.set_ylabel("validation mean |R| (%)", color="C3")
+        ax2.set_yscale("log")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="upper right", fontsize="small")
+    ax.set_title(f"{len(history)} epochs", fontsize="medium")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
 
 
 def _tensorboard(out: Path):
