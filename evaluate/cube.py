@@ -305,11 +305,12 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
             + (f", trained on {train.get('data')}" if train.get("data") else ""))
 
     def denoise(flux, sigma, mask):
-        return denoise_array(model, flux, batch_size=batch_size)
+        return denoise_array(model, flux, batch_size=batch_size, sigma=sigma)
 
     # one warm-up call, so that the speed measured later is not the first call's set-up
     n_wave = getattr(model, "n_wave", 4096)
-    denoise_array(model, np.full((1, n_wave), 0.5, dtype=np.float32))
+    denoise_array(model, np.full((1, n_wave), 0.5, dtype=np.float32),
+                  sigma=np.full((1, n_wave), 0.05, dtype=np.float32))
 
     info = {"checkpoint": config.get("path"), "model": m.get("name"), "model_cfg": m.get("cfg"),
             "epochs": config.get("epoch"), "parameters": n_par,

@@ -7,6 +7,7 @@ import json
 import logging
 
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.train.presets import MODEL_NAMES, PRESET_HELP, PRESETS
 
 
 def register(subparsers) -> None:
@@ -21,22 +22,32 @@ def register(subparsers) -> None:
     )
     p.add_argument("--data", required=True, help="training dataset (Zarr path or fsspec URL)")
     p.add_argument("--val", help="validation dataset (its stored noisy flux is used as is)")
-    p.add_argument("--model", choices=("unet", "dae"), default=None,
+    p.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="network (default unet)")
     p.add_argument("--model-cfg", metavar="JSON", default=None,
                    help='model options over the preset\'s, e.g. \'{"depth": 3, "filters": 16, '
                         '"kernel_size": 5}\' (unet: depth, filters, bottleneck_filters, '
-                        'kernel_size, dropout, out_activation; dae: widths, batch_norm, dropout, '
-                        'out_activation)')
-    p.add_argument("--preset", choices=("paper", "quick"), default=None,
-                   help="paper: SGD lr 0.1, x0.1 after 20 epochs, batch 100, 50 epochs, MSE "
-                        "(default); quick: small model, 3 AdamW epochs")
+                        'kernel_size, dropout, out_activation, in_channels, residual; dae: '
+                        'widths, batch_norm, dropout, out_activation, in_channels, residual). '
+                        'in_channels 2 feeds sigma beside the flux; residual predicts a '
+                        'correction to the noisy input (with out_activation "identity")')
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch (split over DDP ranks)")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=("sgd", "adamw"),
-                   help="sgd (step schedule) or adamw (cosine schedule)")
+                   help="sgd (with the step schedule unless --scheduler) or adamw (with the "
+                        "cosine schedule unless --scheduler)")
+    p.add_argument("--scheduler", choices=("step", "cosine", "onecycle", "none"),
+                   help="learning-rate schedule: step (x lr_gamma after 20 epochs), cosine, "
+                        "onecycle (warm-up over the first quarter, then cosine decay, per "
+                        "step), none")
+    p.add_argument("--epoch-size", type=int, metavar="N",
+                   help="spectra per epoch, drawn in turn from a larger training store so "
+                        "that no spectrum is seen twice before the whole store was seen "
+                        "(default: the whole store every epoch)")
     p.add_argument("--loss", choices=("mse", "l1", "chi2", "rel_l1"),
                    help="chi2: residuals in units of sigma; rel_l1: |F_hat - F| / F")
     p.add_argument("--no-target-distortion", dest="target_distortion", action="store_false",
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "compile": args.compile, "precision": args.precision, "seed": args.seed,
         "workers": args.workers,
         "target_distortion": args.target_distortion, "distortion": args.distortion,
-        "distortion_max": args.distortion_max,
+        "distortion_max": args.distortion_max, "epoch_size": args.epoch_size,
         "noise": "device" if args.noise_on_device else None,
     }
     model_cfg = None
@@ -96,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             raise SpecdenoiseError(f"--model-cfg is not valid JSON: {exc}") from None
         if not isinstance(model_cfg, dict):
             raise SpecdenoiseError("--model-cfg must be a JSON object, e.g. '{\"depth\": 3}'")
-    if args.optimizer is not None:  # each optimizer comes with its schedule
+    if args.scheduler is not None:
+        opts["scheduler"] = args.scheduler
+    elif args.optimizer is not None:  # each optimizer comes with its schedule
         opts["scheduler"] = "step" if args.optimizer == "sgd" else "cosine"
     if args.resume:
         given = {"model": args.model, "preset": args.preset, "data": args.data, "val": args.val,

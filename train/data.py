@@ -204,13 +204,26 @@ def key(*parts: int) -> int:
 
 
 # stream labels mixed into keys so that draws for different purposes never coincide
-_ORDER, _NOISE, _BUFFER = 1, 2, 3
+_ORDER, _NOISE, _BUFFER, _POOL = 1, 2, 3, 7
 
 
 def chunk_order(n_chunks: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     if not shuffle:
         return np.arange(n_chunks)
     return np.random.default_rng(key(seed, epoch, _ORDER)).permutation(n_chunks)
+
+
+def pool_order(n_chunks: int, per_epoch: int, seed: int, epoch: int) -> np.ndarray:
+    """The ``per_epoch`` chunks of ``epoch`` when epochs walk through a large pool.
+
+    Each pass through the pool puts its chunks in a new random order and cuts it into
+    ``n_chunks // per_epoch`` epochs of ``per_epoch`` distinct chunks (the few chunks left over
+    wait for a later pass). So within a pass no spectrum is seen twice.
+    """
+    per_pass = n_chunks // per_epoch
+    cycle, slot = divmod(epoch, per_pass)
+    perm = np.random.default_rng(key(seed, cycle, _POOL)).permutation(n_chunks)
+    return perm[slot * per_epoch: (slot + 1) * per_epoch]
 
 
 def shard_plan(info: StoreInfo, order, shard: int, n_shards: int) -> list[tuple[int, int, int]]:
@@ -220,7 +233,7 @@ def shard_plan(info: StoreInfo, order, shard: int, n_shards: int) -> list[tuple[
     positions ``[s * N // n_shards, (s + 1) * N // n_shards)``. Shards are disjoint, cover all
     spectra and differ in size by at most one.
     """
-    n = info.n_spectrum
+    n = sum(hi - lo for lo, hi in (info.chunk_bounds(int(c)) for c in order))
     first, last = shard * n // n_shards, (shard + 1) * n // n_shards
     pieces = []
     pos = 0
@@ -274,7 +287,7 @@ class SpectrumStream(IterableDataset):
                  shuffle_buffer: int = 1024, rank: int = 0, world_size: int = 1,
                  noise: str = "loader", distortion: str = "stored",
                  distortion_max: float = 0.02, target_distortion: bool = True,
-                 drop_last: bool = False):
+                 epoch_size: int = 0, drop_last: bool = False):
         super().__init__()
         if mode not in ("train", "val"):
             raise ValueError(f"mode must be train or val, not {mode!r}")
@@ -300,6 +313,9 @@ class SpectrumStream(IterableDataset):
                 "--distortion stored and the distortion kept in the target")
         self.drop_last = bool(drop_last)
         self.epoch = 0
+        # chunks per epoch when streaming from a pool larger than an epoch (0: all chunks)
+        per = math.ceil(epoch_size / info.chunk_size) if epoch_size > 0 else 0
+        self.chunks_per_epoch = per if 0 < per < info.n_chunks and mode == "train" else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -310,10 +326,23 @@ class SpectrumStream(IterableDataset):
         wid, nw = (w.id, w.num_workers) if w is not None else (0, 1)
         return self.rank * nw + wid, self.world_size * nw
 
+    def order(self) -> np.ndarray:
+        """The chunks of this epoch, in the order they are laid end to end."""
+        if self.chunks_per_epoch:
+            return pool_order(self.info.n_chunks, self.chunks_per_epoch, self.seed, self.epoch)
+        return chunk_order(self.info.n_chunks, self.seed, self.epoch,
+                           shuffle=self.mode == "train")
+
+    def epoch_spectra(self) -> int:
+        """Spectra in one epoch, over all ranks."""
+        if not self.chunks_per_epoch:
+            return self.info.n_spectrum
+        return sum(hi - lo for lo, hi in map(self.info.chunk_bounds, self.order()))
+
     def rank_size(self, num_workers: int = 0) -> int:
         """Spectra this rank yields per epoch (for progress bars)."""
         nw = max(num_workers, 1)
-        n = self.info.n_spectrum
+        n = self.epoch_spectra()
         shards = range(self.rank * nw, (self.rank + 1) * nw)
         total = self.world_size * nw
         return sum((s + 1) * n // total - s * n // total for s in shards)
@@ -324,7 +353,7 @@ class SpectrumStream(IterableDataset):
         """Yield dicts of arrays for this shard's pieces, augmented (train) or as stored (val)."""
         shard, n_shards = self.shard()
         train = self.mode == "train"
-        order = chunk_order(self.info.n_chunks, self.seed, self.epoch, shuffle=train)
+        order = self.order()
         group = open_group(self.info.path, self.info.storage_options)
         names = TRAIN_VARS if train else VAL_VARS
         stored_basis, fresh_basis = bases(self.info)

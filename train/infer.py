@@ -17,6 +17,7 @@ from specdenoise.schema import publish_store
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
 from specdenoise.train.checkpoint import load_model
+from specdenoise.train.models import model_input
 
 DENOISED_VAR = "flux_denoised"
 DENOISED_KIND = "specdenoise-denoised"
@@ -29,14 +30,24 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
-                  device=None) -> np.ndarray:
+                  device=None, sigma=None) -> np.ndarray:
     """Denoise spectra ``flux`` (n, n_wave) float32, any flux units; returns (n, n_wave) float32.
 
     A 1-D input (n_wave,) gives a 1-D output. ``device``: where to run (default: the model's).
+    ``sigma``: the 1-sigma noise of ``flux`` in the same units, for models that take it
+    (``in_channels`` 2); ignored by the others.
     """
     flux = np.asarray(flux, dtype=np.float32)
     squeeze = flux.ndim == 1
     flux = np.atleast_2d(flux)
+    needs_sigma = getattr(model, "in_channels", 1) == 2
+    if needs_sigma:
+        if sigma is None:
+            raise SpecdenoiseError("this model also takes the noise sigma of every pixel; "
+                                   "give sigma with the flux")
+        sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float32))
+        if sigma.shape != flux.shape:
+            raise SpecdenoiseError(f"sigma has shape {sigma.shape}, flux {flux.shape}")
     n_wave = getattr(model, "n_wave", flux.shape[-1])
     if flux.ndim != 2 or flux.shape[1] != n_wave:
         raise SpecdenoiseError(
@@ -54,7 +65,10 @@ def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
         for i in range(0, len(flux), batch_size):
             x = torch.from_numpy(flux[i:i + batch_size]).to(device)
             factor, xn = tdata.normalise(x)
-            out[i:i + batch_size] = (model(xn).float() * factor).cpu().numpy()
+            sn = (torch.from_numpy(sigma[i:i + batch_size]).to(device) / factor
+                  if needs_sigma else None)
+            out[i:i + batch_size] = (model(model_input(model, xn, sn)).float()
+                                     * factor).cpu().numpy()
     finally:
         model.train(was_training).to(model_device)
     return out[0] if squeeze else out
@@ -82,7 +96,8 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
     if out.exists() and not overwrite:
         raise SpecdenoiseError(f"{out} exists; choose another --out or pass --overwrite")
     model, config = load_model(model_path, device=device)
-    info = tdata.inspect_store(in_zarr, ("flux",), n_wave=model.n_wave)
+    needs = ("flux", "sigma") if getattr(model, "in_channels", 1) == 2 else ("flux",)
+    info = tdata.inspect_store(in_zarr, needs, n_wave=model.n_wave)
     src = xr.open_zarr(str(in_zarr), consolidated=None)
     coords = {k: v.variable.compute() for k, v in src.coords.items()}
     n, n_wave = info.n_spectrum, info.n_wave
@@ -115,8 +130,10 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
         for chunk in tqdm(range(info.n_chunks), desc="denoise", unit="chunk",
                           disable=None if progress is None else not progress):
             lo, hi = info.chunk_bounds(chunk)
-            flux = tdata.read_chunk(src_group, info, chunk, ("flux",))["flux"]
-            dst[DENOISED_VAR][lo:hi] = denoise_array(model, flux, batch_size=batch_size)
+            arrays = tdata.read_chunk(src_group, info, chunk, needs)
+            dst[DENOISED_VAR][lo:hi] = denoise_array(model, arrays["flux"],
+                                                     batch_size=batch_size,
+                                                     sigma=arrays.get("sigma"))
         publish_store(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,29 +37,13 @@ from specdenoise.train.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from specdenoise.train.models import build_model, model_summary
+from specdenoise.train.models import build_model, model_input, model_summary
+from specdenoise.train.presets import PRESETS
 
 log = logging.getLogger("specdenoise.train")
 
-PRESETS: dict[str, dict] = {
-    # Pál & Dobos (2025): SGD, lr 0.1 -> 0.01 after 20 epochs, batch 100, 50 epochs, MSE
-    "paper": {
-        "epochs": 50, "batch_size": 100, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0,
-        "weight_decay": 0.0, "scheduler": "step", "lr_step_epoch": 20, "lr_gamma": 0.1,
-        "loss": "mse",
-        "model_cfg": {"unet": {}, "dae": {}},
-    },
-    # a small model and a few AdamW epochs: minutes on a laptop CPU
-    "quick": {
-        "epochs": 3, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "momentum": 0.0,
-        "weight_decay": 1e-4, "scheduler": "cosine", "lr_step_epoch": 20, "lr_gamma": 0.1,
-        "loss": "mse",
-        "model_cfg": {"unet": {"depth": 3, "filters": 8}, "dae": {"widths": [512, 128]}},
-    },
-}
-
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("step", "cosine", "none")
+SCHEDULERS = ("step", "cosine", "onecycle", "none")
 LOSSES = ("mse", "l1", "chi2", "rel_l1")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -96,6 +80,7 @@ class TrainConfig:
     distortion: str = "stored"  # stored: the simulation's; fresh: a new draw every epoch
     distortion_max: float = 0.02  # amplitude of the fresh draws
     shuffle_buffer: int = 1024
+    epoch_size: int = 0  # spectra per epoch from the training pool (0: all of it every epoch)
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
     n_wave: int = 4096
 
@@ -133,6 +118,9 @@ def check_config(cfg: TrainConfig) -> None:
             raise SpecdenoiseError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if not cfg.lr > 0:
         raise SpecdenoiseError(f"lr must be positive, got {cfg.lr}")
+    if cfg.epoch_size < 0:
+        raise SpecdenoiseError(f"epoch_size must be 0 (the whole store) or more, got "
+                               f"{cfg.epoch_size}")
     if not 0 <= cfg.distortion_max < 1:
         raise SpecdenoiseError(f"distortion_max must be in [0, 1), got {cfg.distortion_max}")
 
@@ -174,8 +162,24 @@ def _norm(v):
     return str(v) if isinstance(v, Path) else v
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of (0-based) ``epoch``: a pure function, so resuming is exact."""
+#: one-cycle schedule: fraction of the run spent warming up, start and end as fractions of lr
+ONECYCLE_WARMUP, ONECYCLE_START, ONECYCLE_END = 0.25, 0.04, 1e-3
+
+
+def lr_at(cfg: TrainConfig, epoch: int, frac: float = 0.0) -> float:
+    """Learning rate ``frac`` of the way through (0-based) ``epoch``.
+
+    A pure function of the position in the run, so resuming is exact. Only ``onecycle``
+    changes within an epoch: a cosine warm-up from ``ONECYCLE_START * lr`` to ``lr`` over the
+    first quarter of the run, then a cosine decay to ``ONECYCLE_END * lr``.
+    """
+    if cfg.scheduler == "onecycle":
+        t = min(max((epoch + frac) / cfg.epochs, 0.0), 1.0)
+        if t < ONECYCLE_WARMUP:
+            lo, hi, u = ONECYCLE_START, 1.0, t / ONECYCLE_WARMUP
+        else:
+            lo, hi, u = 1.0, ONECYCLE_END, (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)
+        return cfg.lr * (hi + (lo - hi) * 0.5 * (1.0 + math.cos(math.pi * u)))
     if cfg.scheduler == "step":  # the paper's: one drop, by lr_gamma, after lr_step_epoch epochs
         return cfg.lr * (cfg.lr_gamma if epoch >= cfg.lr_step_epoch else 1.0)
     if cfg.scheduler == "cosine":
@@ -354,7 +358,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
                 train_info, batch_size=per_rank_batch, mode="train", seed=cfg.seed,
                 shuffle_buffer=cfg.shuffle_buffer, rank=ctx.rank, world_size=ctx.world,
                 noise=cfg.noise, distortion=cfg.distortion,
-                distortion_max=cfg.distortion_max, target_distortion=cfg.target_distortion)
+                distortion_max=cfg.distortion_max, target_distortion=cfg.target_distortion,
+                epoch_size=cfg.epoch_size)
             ds.set_epoch(epoch)
             bar = tqdm(total=ds.rank_size(cfg.workers), unit="spec", disable=show,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
@@ -387,6 +392,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     finally:
         if ctx.started_here:
             dist.destroy_process_group()
+
+
+def model_of(net: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a compiled and/or DDP wrapper."""
+    net = getattr(net, "_orig_mod", net)
+    return getattr(net, "module", net)
 
 
 def _fmt(v) -> str:
@@ -440,6 +451,7 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
     stored_basis = None if stored_basis is None else stored_basis.to(device)
     fresh_basis = fresh_basis.to(device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, n
+    seen, total = 0, max(ds.rank_size(cfg.workers), 1)
     t0 = time.perf_counter()
     join = contextlib.nullcontext()
     if ctx.active:
@@ -457,14 +469,18 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
                                            basis=fresh_basis, distortion_mode=cfg.distortion,
                                            distortion_max=cfg.distortion_max, stored=d_sim,
                                            target_distortion=cfg.target_distortion))
+            if cfg.scheduler == "onecycle":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, epoch, seen / total)
             with _autocast(cfg, device):
-                pred = net(batch["x"])
+                pred = net(model_input(model_of(net), batch["x"], batch["sigma"]))
             loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]),
                                batch["good"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             n = len(batch["index"])
+            seen += n
             sums += torch.stack([loss.detach().double() * n, torch.tensor(n, device=device,
                                                                           dtype=torch.float64)])
             bar.update(n)
@@ -493,7 +509,7 @@ def _validate(cfg, ctx, model, net, info, batch_size, device) -> dict:
     for batch in _loader(ds, cfg.workers, device, 0):
         batch = _to(batch, device)
         with _autocast(cfg, device):
-            pred = fwd(batch["x"]).float()
+            pred = fwd(model_input(model, batch["x"], batch["sigma"])).float()
         n = len(batch["index"])
         loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]), batch["good"])
         ok = batch["good"] & (batch["y"] > 0)

@@ -1,7 +1,10 @@
 """Denoising networks: the paper's 1-D U-Net and the earlier dense denoising autoencoder.
 
 Both map a batch of normalised noisy spectra, shape (batch, n_wave) float32 with median 0.5, to
-an estimate of the noiseless spectrum in the same normalisation, shape (batch, n_wave).
+an estimate of the noiseless spectrum in the same normalisation, shape (batch, n_wave). With
+``in_channels=2`` the input is (batch, 2, n_wave): the flux and its sigma in the same
+normalisation (:func:`model_input` builds it), so the network knows which pixels sit on sky
+lines. With ``residual=True`` the network predicts a correction added to the noisy input.
 
 Models are chosen by name through :func:`build_model`; everything that defines a model's shape
 is a keyword argument, so ``build_model(name, **cfg)`` with the ``cfg`` stored in a checkpoint
@@ -41,17 +44,47 @@ class _Head(nn.Module):
     """Last projection and output activation, always in float32.
 
     Under bf16 autocast a sigmoid output would be quantised to ~0.4 %, coarser than the ~1 %
-    errors we want to measure, so the head leaves autocast.
+    errors we want to measure, so the head leaves autocast. A residual head adds its output to
+    the noisy flux (also in float32).
     """
 
-    def __init__(self, in_features: int, layer: nn.Module, activation: str):
+    def __init__(self, in_features: int, layer: nn.Module, activation: str,
+                 residual: bool = False):
         super().__init__()
+        if residual and activation not in ("identity", "none"):
+            raise SpecdenoiseError("a residual output needs out_activation 'identity' (the "
+                                   f"correction can have either sign), not {activation!r}")
         self.layer = layer
         self.activation = _activation(activation)
+        self.residual = bool(residual)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, flux: torch.Tensor) -> torch.Tensor:
         with torch.autocast(h.device.type, enabled=False):
-            return self.activation(self.layer(h.float()))
+            out = self.activation(self.layer(h.float()))
+            if self.residual:
+                out = out + flux.float().reshape(out.shape)
+            return out
+
+
+def _split_input(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(network input (b, c, n), noisy flux (b, n)) from (b, n) or (b, c, n)."""
+    if x.ndim == 2:
+        x = x.unsqueeze(1)
+    if x.ndim != 3 or x.shape[1] != in_channels:
+        raise SpecdenoiseError(f"the model takes {in_channels} input channel(s) of shape "
+                               f"(batch, {in_channels}, n_wave); got {tuple(x.shape)}")
+    return x, x[:, 0]
+
+
+def model_input(model: nn.Module, x: torch.Tensor,
+                sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """The input ``model`` takes: ``x`` (b, n) alone, or stacked with ``sigma`` (b, 2, n)."""
+    if getattr(model, "in_channels", 1) == 1:
+        return x
+    if sigma is None:
+        raise SpecdenoiseError("this model also takes the noise sigma of every pixel "
+                               "(in_channels 2): pass sigma with the flux")
+    return torch.stack([x, sigma.to(x.dtype)], dim=1)
 
 
 def _conv_block(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
@@ -86,6 +119,10 @@ class UNet(nn.Module):
         Dropout probability, applied only at the bottleneck (paper: 0.3).
     out_activation
         ``sigmoid`` (paper), ``identity``, ``relu`` or ``softplus``.
+    in_channels
+        1: the noisy flux (paper); 2: flux and sigma.
+    residual
+        Predict a correction to the noisy flux (needs ``out_activation="identity"``).
     """
 
     def __init__(
@@ -97,6 +134,8 @@ class UNet(nn.Module):
         dropout: float = 0.3,
         out_activation: str = "sigmoid",
         n_wave: int = N_WAVE,
+        in_channels: int = 1,
+        residual: bool = False,
     ):
         super().__init__()
         if isinstance(filters, int):
@@ -109,10 +148,13 @@ class UNet(nn.Module):
             raise SpecdenoiseError(f"U-Net kernel_size must be odd, got {kernel_size}")
         if n_wave % 2**depth:
             raise SpecdenoiseError(f"n_wave {n_wave} is not divisible by 2**depth = {2**depth}")
+        if in_channels not in (1, 2):
+            raise SpecdenoiseError(f"in_channels must be 1 (flux) or 2 (flux, sigma), "
+                                   f"got {in_channels}")
         bottleneck_filters = int(bottleneck_filters or 2 * filters[-1])
-        self.n_wave = n_wave
+        self.n_wave, self.in_channels = n_wave, int(in_channels)
         self.encoders = nn.ModuleList()
-        c_in = 1
+        c_in = self.in_channels
         for f in filters:
             self.encoders.append(_conv_block(c_in, f, kernel_size))
             c_in = f
@@ -127,10 +169,10 @@ class UNet(nn.Module):
             self.upsamples.append(nn.ConvTranspose1d(c_in, f, kernel_size=2, stride=2))
             self.decoders.append(_conv_block(2 * f, f, kernel_size))
             c_in = f
-        self.head = _Head(c_in, nn.Conv1d(c_in, 1, kernel_size=1), out_activation)
+        self.head = _Head(c_in, nn.Conv1d(c_in, 1, kernel_size=1), out_activation, residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.unsqueeze(1)
+        h, flux = _split_input(x, self.in_channels)
         skips = []
         for enc in self.encoders:
             h = enc(h)
@@ -139,7 +181,7 @@ class UNet(nn.Module):
         h = self.bottleneck(h)
         for up, dec, skip in zip(self.upsamples, self.decoders, reversed(skips), strict=True):
             h = dec(torch.cat([up(h), skip], dim=1))
-        return self.head(h).squeeze(1)
+        return self.head(h, flux).squeeze(1)
 
 
 class DAE(nn.Module):
@@ -156,13 +198,18 @@ class DAE(nn.Module):
         dropout: float = 0.0,
         out_activation: str = "sigmoid",
         n_wave: int = N_WAVE,
+        in_channels: int = 1,
+        residual: bool = False,
     ):
         super().__init__()
         widths = [int(w) for w in widths]
         if not widths:
             raise SpecdenoiseError("DAE needs at least one hidden width")
-        self.n_wave = n_wave
-        sizes = [n_wave, *widths, *reversed(widths[:-1])]
+        if in_channels not in (1, 2):
+            raise SpecdenoiseError(f"in_channels must be 1 (flux) or 2 (flux, sigma), "
+                                   f"got {in_channels}")
+        self.n_wave, self.in_channels = n_wave, int(in_channels)
+        sizes = [n_wave * self.in_channels, *widths, *reversed(widths[:-1])]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers.append(nn.Linear(a, b, bias=not batch_norm))
@@ -172,10 +219,11 @@ class DAE(nn.Module):
             if dropout:
                 layers.append(nn.Dropout(dropout))
         self.body = nn.Sequential(*layers)
-        self.head = _Head(sizes[-1], nn.Linear(sizes[-1], n_wave), out_activation)
+        self.head = _Head(sizes[-1], nn.Linear(sizes[-1], n_wave), out_activation, residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        h, flux = _split_input(x, self.in_channels)
+        return self.head(self.body(h.flatten(1)), flux)
 
 
 MODELS = {"unet": UNet, "dae": DAE}
@@ -225,7 +273,8 @@ def flops_per_spectrum(model: nn.Module, n_wave: int = N_WAVE) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.full((1, n_wave), 0.5, device=device))
+            model(torch.full((1, getattr(model, "in_channels", 1), n_wave), 0.5,
+                             device=device))
     finally:
         model.train(was_training)
         for h in hooks:
