@@ -5,7 +5,8 @@ Writes a temporary dataset of synthetic spectra, then measures
 - spectra/s delivered by the training loader (fresh noise, distortion, renormalisation, shuffle
   buffer, batching) with 0 and ``--workers`` DataLoader workers, for one epoch after a warm-up;
 - training samples/s (forward + backward + SGD step) for the paper U-Net, the quick-preset
-  U-Net and the paper DAE on the CPU;
+  U-Net, the best-preset U-Net and the paper DAE on the CPU, in float32 and under bf16
+  autocast side by side (and with ``--compile`` also bf16 + ``torch.compile``);
 
 and prints the ratios. Targets: loader >= 5,000 spectra/s on 2 cores and >= 10x the CPU
 training-step rate of the paper U-Net. The last line is one JSON object.
@@ -16,6 +17,7 @@ training-step rate of the paper U-Net. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader
 from specdenoise import schema
 from specdenoise.train import data as tdata
 from specdenoise.train.loop import PRESETS
-from specdenoise.train.models import build_model, model_summary
+from specdenoise.train.models import build_model, model_input, model_summary
 
 
 def write_dataset(path: Path, n: int, chunk: int, seed: int = 0) -> Path:
@@ -76,23 +78,34 @@ def loader_rate(info, workers: int, batch_size: int, shuffle_buffer: int) -> flo
     return rate
 
 
-def train_rate(name: str, cfg: dict, batch_size: int, steps: int) -> dict:
-    """Training samples/s on the CPU: forward, MSE, backward, SGD step (after one warm-up)."""
+def train_rate(name: str, cfg: dict, batch_size: int, steps: int, precision: str = "fp32",
+               compile: bool = False) -> dict:
+    """Training samples/s on the CPU: forward, MSE, backward, SGD step (after warm-up).
+
+    ``precision``: fp32, or bf16 autocast as training runs it (the head and loss in fp32).
+    """
     torch.manual_seed(0)
     model = build_model(name, **cfg)
     summary = model_summary(model)
+    net = torch.compile(model) if compile else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.rand(batch_size, 4096) * 0.2 + 0.4
     y = x.clone()
+    inp = model_input(model, x, x * 0.05)
+    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+            else contextlib.nullcontext())
     times = []
-    for _ in range(steps + 1):
+    for _ in range(steps + (3 if compile else 1)):
         t0 = time.perf_counter()
-        loss = torch.nn.functional.mse_loss(model(x), y)
+        with cast:
+            pred = net(inp)
+        loss = torch.nn.functional.mse_loss(pred.float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    return {"samples_per_s": batch_size / float(np.median(times[1:])), **summary}
+    warm = 3 if compile else 1
+    return {"samples_per_s": batch_size / float(np.median(times[warm:])), **summary}
 
 
 def main(argv=None) -> int:
@@ -104,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--shuffle-buffer", type=int, default=1024)
     p.add_argument("--train-batch", type=int, default=16, help="batch for the training steps")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time bf16 + torch.compile (compiling takes a minute or more)")
     a = p.parse_args(argv)
 
     print(f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, "
@@ -121,15 +136,25 @@ def main(argv=None) -> int:
     models = {
         "unet_paper": ("unet", PRESETS["paper"]["model_cfg"]["unet"]),
         "unet_quick": ("unet", PRESETS["quick"]["model_cfg"]["unet"]),
+        "unet_best": ("unet", PRESETS["best"]["model_cfg"]["unet"]),
         "dae_paper": ("dae", PRESETS["paper"]["model_cfg"]["dae"]),
     }
-    training = {}
+    variants = {"fp32": ("fp32", False), "bf16": ("bf16", False)}
+    if a.compile:
+        variants["bf16_compile"] = ("bf16", True)
+    rates: dict[str, dict[str, dict]] = {}
+    print(f"{'training samples/s':19s}" + "".join(f"{v:>14s}" for v in variants)
+          + "   bf16/fp32", file=sys.stderr)
     for key, (name, cfg) in models.items():
-        training[key] = train_rate(name, cfg, a.train_batch, a.steps)
-        r = training[key]
-        print(f"train {key:11s} {r['samples_per_s']:8.1f} samples/s  "
-              f"({r['parameters']:,} parameters, {r['flops_per_spectrum'] / 1e9:.3f} GFLOP "
-              f"per spectrum forward)", file=sys.stderr)
+        rates[key] = {v: train_rate(name, cfg, a.train_batch, a.steps, prec, comp)
+                      for v, (prec, comp) in variants.items()}
+        r = rates[key]
+        print(f"{key:19s}" + "".join(f"{r[v]['samples_per_s']:14.1f}" for v in variants)
+              + f"   {r['bf16']['samples_per_s'] / r['fp32']['samples_per_s']:8.2f}x  "
+              f"({r['fp32']['parameters']:,} parameters, "
+              f"{r['fp32']['flops_per_spectrum'] / 1e9:.3f} GFLOP/spectrum)", file=sys.stderr)
+    # the loader must outrun the fastest way each model trains
+    training = {k: max(r.values(), key=lambda x: x["samples_per_s"]) for k, r in rates.items()}
     best_loader = max(loader0, loader_w)
     ratios = {f"loader_over_{k}": best_loader / v["samples_per_s"] for k, v in training.items()}
     for k, v in ratios.items():
@@ -139,7 +164,10 @@ def main(argv=None) -> int:
         "loader_spectra_per_s_in_process": round(loader0, 1),
         "loader_spectra_per_s_workers": round(loader_w, 1),
         "loader_target_5000_met": best_loader >= 5000,
-        "train_samples_per_s": {k: round(v["samples_per_s"], 2) for k, v in training.items()},
+        "train_samples_per_s": {k: {v: round(x["samples_per_s"], 2) for v, x in r.items()}
+                                for k, r in rates.items()},
+        "bf16_over_fp32": {k: round(r["bf16"]["samples_per_s"] / r["fp32"]["samples_per_s"], 2)
+                           for k, r in rates.items()},
         **{k: round(v, 1) for k, v in ratios.items()},
         "loader_10x_unet_paper_met": ratios["loader_over_unet_paper"] >= 10,
     }

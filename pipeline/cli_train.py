@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--init-from", metavar="RUN", default=None,
+                   help="chain: train --model on the outputs of the trained run RUN (kept "
+                        "frozen), e.g. a DAE refining a U-Net; the result denoises on its own")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch (split over DDP ranks)")
     p.add_argument("--lr", type=float)
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "target_distortion": args.target_distortion, "distortion": args.distortion,
         "distortion_max": args.distortion_max, "epoch_size": args.epoch_size,
+        "init_from": args.init_from,
         "noise": "device" if args.noise_on_device else None,
     }
     model_cfg = None

@@ -137,3 +137,32 @@ def test_learning_curve_figure_and_best_preset_cli(datasets, tmp_path, capsys):
     assert set(PRESETS) >= {"paper", "quick", "best"}
     for name in MODEL_NAMES:
         build_model(name, **PRESETS["best"]["model_cfg"][name])
+
+
+def test_chain_trains_a_second_network_on_the_first_ones_outputs(datasets, tmp_path):
+    first = tmp_path / "unet"
+    loop.train(tiny_config(datasets, first, epochs=1))
+    unet_state = read_checkpoint(first)["model"]["state"]
+    cfg = tiny_config(datasets, tmp_path / "chain", epochs=1, model="dae",
+                      model_cfg={"widths": [64, 16], "residual": True,
+                                 "out_activation": "identity"}, init_from=str(first))
+    row = loop.train(cfg)
+    assert math.isfinite(row["val_mean_abs_rel"])
+    state = read_checkpoint(tmp_path / "chain")
+    assert state["model"]["name"] == "chain"
+    assert state["model"]["cfg"]["second"]["name"] == "dae"
+    for k, v in unet_state.items():  # the first network stayed as trained
+        assert torch.equal(state["model"]["state"][f"first.{k}"], v), k
+    # the chain stands on its own: the first run may go away
+    import shutil
+
+    shutil.rmtree(first)
+    model, config = load_model(tmp_path / "chain", device="cpu")
+    flux = np.full((2, 4096), 3.0, np.float32)
+    out = denoise_array(model, flux)
+    assert out.shape == (2, 4096) and np.isfinite(out).all()
+    # resuming does not need the first run either
+    loop.train(loop.resume_config(tmp_path / "chain", epochs=2), resume=True)
+    assert read_checkpoint(tmp_path / "chain")["epoch"] == 2
+    with pytest.raises(SpecdenoiseError, match="no checkpoint"):
+        loop.train(tiny_config(datasets, tmp_path / "c2", model="dae", init_from=str(first)))

@@ -82,6 +82,7 @@ class TrainConfig:
     shuffle_buffer: int = 1024
     epoch_size: int = 0  # spectra per epoch from the training pool (0: all of it every epoch)
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
+    init_from: str | None = None  # a trained run: train `model` on its outputs (a chain)
     n_wave: int = 4096
 
 
@@ -314,7 +315,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         wave = _read_wave(train_info)
 
         torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
-        model = build_model(cfg.model, n_wave=cfg.n_wave, **cfg.model_cfg)
+        spec_name, spec_cfg, first_state = _model_spec(cfg, ckpt_path if resume else None)
+        model = build_model(spec_name, **spec_cfg)
+        if first_state is not None:  # a new chain: the trained first network's weights
+            model.first.load_state_dict(first_state)
         summary = model_summary(model, cfg.n_wave)
         model.to(device)
         optimizer = _make_optimizer(cfg, model)
@@ -376,7 +380,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             history.append(row)
             if ctx.rank == 0:
                 save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, summary,
-                                                  wave, history))
+                                                  wave, history, (spec_name, spec_cfg)))
                 _write_metrics(out / "metrics.csv", history)
                 plot_learning_curve(history, out / "learning_curve.png")
                 if tb is not None:
@@ -428,11 +432,36 @@ def resolve_precision(pref: str, device: torch.device) -> str:
     return "fp32"
 
 
+def _model_spec(cfg: TrainConfig, resume_from: Path | None = None):
+    """(name, build_model kwargs, first network's state or None) of the run's model.
+
+    With ``init_from`` the model is a :class:`~specdenoise.train.models.Chain` whose first
+    network is the trained run's, described in full so the checkpoint stands on its own.
+    """
+    if resume_from is not None:
+        m = read_checkpoint(resume_from)["model"]
+        return m["name"], dict(m["cfg"]), None
+    if not cfg.init_from:
+        return cfg.model, {"n_wave": cfg.n_wave, **cfg.model_cfg}, None
+    first = read_checkpoint(cfg.init_from)["model"]
+    first_cfg = {k: v for k, v in first["cfg"].items() if k != "n_wave"}
+    if first["cfg"].get("n_wave", cfg.n_wave) != cfg.n_wave:
+        raise SpecdenoiseError(f"{cfg.init_from} was trained on {first['cfg']['n_wave']} "
+                               f"pixels, not {cfg.n_wave}")
+    if first["name"] == "chain":
+        raise SpecdenoiseError(f"{cfg.init_from} is already a chain; start from a single "
+                               "network")
+    spec = {"n_wave": cfg.n_wave, "first": {"name": first["name"], "cfg": first_cfg},
+            "second": {"name": cfg.model, "cfg": dict(cfg.model_cfg)}}
+    return "chain", spec, first["state"]
+
+
 def _make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]  # a chain's first is frozen
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -525,14 +554,15 @@ def _validate(cfg, ctx, model, net, info, batch_size, device) -> dict:
             "n_val": n}
 
 
-def _state(cfg, model, optimizer, epoch, summary, wave, history) -> dict:
+def _state(cfg, model, optimizer, epoch, summary, wave, history, spec) -> dict:
+    spec_name, spec_cfg = spec
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "epoch": epoch,
-        "model": {"name": cfg.model, "cfg": {"n_wave": cfg.n_wave, **cfg.model_cfg},
-                  "state": model.state_dict(), "summary": summary},
+        "model": {"name": spec_name, "cfg": spec_cfg, "state": model.state_dict(),
+                  "summary": summary},
         "optimizer": optimizer.state_dict(),
         "scheduler": {"kind": cfg.scheduler, "next_epoch": epoch,
                       "next_lr": lr_at(cfg, epoch) if epoch < cfg.epochs else None},

@@ -226,7 +226,42 @@ class DAE(nn.Module):
         return self.head(self.body(h.flatten(1)), flux)
 
 
-MODELS = {"unet": UNet, "dae": DAE}
+class Chain(nn.Module):
+    """A trained denoiser followed by a second one trained on its outputs (Pál & Dobos 2025's
+    proposal: a U-Net, then a dense autoencoder refining what it leaves).
+
+    ``first`` and ``second`` are ``{"name": ..., "cfg": {...}}`` as :func:`build_model` takes
+    them. The first network is frozen: no gradients, always in eval mode (batch-norm
+    statistics and dropout as trained). The second takes the first's output and, if its
+    ``in_channels`` is 2, the input's sigma channel.
+    """
+
+    def __init__(self, first: dict, second: dict, n_wave: int = N_WAVE):
+        super().__init__()
+        self.first = build_model(first["name"], **{"n_wave": n_wave, **first.get("cfg", {})})
+        self.second = build_model(second["name"],
+                                  **{"n_wave": n_wave, **second.get("cfg", {})})
+        if self.second.in_channels > self.first.in_channels:
+            raise SpecdenoiseError("the second network of a chain can take sigma only when "
+                                   "the first one does (in_channels 2)")
+        for p in self.first.parameters():
+            p.requires_grad_(False)
+        self.n_wave, self.in_channels = n_wave, self.first.in_channels
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.first.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = self.first(x).float()
+        if self.second.in_channels == 2:
+            y = torch.stack([y, x[:, 1].to(y.dtype)], dim=1)
+        return self.second(y)
+
+
+MODELS = {"unet": UNet, "dae": DAE, "chain": Chain}
 
 
 def build_model(name: str, **cfg) -> nn.Module:
