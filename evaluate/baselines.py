@@ -411,8 +411,9 @@ def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
 
     Raises :class:`SpecdenoiseError` when the grid is gone or its content changed since.
     """
+    from specdenoise.simulate.engine import forward_model
     from specdenoise.simulate.grids import open_grid
-    from specdenoise.stage_simulate import _engine, engine_key, resolve_grid
+    from specdenoise.stage_simulate import resolve_grid
 
     cfg = _config_of(attrs)
     prov = attrs.get("grid_provenance") or {}
@@ -427,7 +428,7 @@ def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
     if want and have and want != have:
         raise SpecdenoiseError(f"grid {grid_path} has changed since the dataset was simulated "
                                "(content hash differs); the template fit would use another model")
-    interp, observer = _engine(engine_key(cfg), str(grid_path))
+    interp, observer = forward_model(cfg, grid_path)
     if not np.all(interp.exists):
         from specdenoise.simulate.interp import GridInterpolator
 

@@ -173,7 +173,8 @@ def _ab_mag(lam_nm, flam, filter_name, path) -> float:
 
 
 def run_calc(args) -> int:
-    from specdenoise.simulate.noise import BuiltinNoise, snr
+    from specdenoise.simulate import engine
+    from specdenoise.simulate.noise import snr
 
     suffix = args.out.suffix.lower()
     if suffix not in (".npz", ".csv"):
@@ -181,11 +182,7 @@ def run_calc(args) -> int:
     c = _conditions(args, defaults=True)
     if c["n_exp"] < 1 or c["exp_time"] <= 0 or c["seeing"] <= 0:
         raise SpecdenoiseError("--n-exp must be >= 1, --exp-time and --seeing positive")
-    if args.table is not None:
-        from specdenoise.simulate.etc_table import TableNoise
-        model = TableNoise(args.table)
-    else:
-        model = BuiltinNoise()
+    model = engine.noise_model("builtin" if args.table is None else str(args.table))
     res = model.evaluate(c["seeing"], c["zenith"], c["field_angle"], c["moon_zenith"],
                          c["moon_separation"], c["moon_phase"], c["exp_time"], c["n_exp"])
     wave = model.wave

@@ -14,7 +14,6 @@ locality for large grids) and written back in drawn order.
 from __future__ import annotations
 
 import functools
-import json
 import time
 import zlib
 from collections.abc import Mapping
@@ -24,12 +23,8 @@ import numpy as np
 
 from specdenoise import __version__, schema
 from specdenoise.config import config_hash, parse_split
-from specdenoise.simulate import calibration
+from specdenoise.simulate import calibration, engine
 from specdenoise.simulate.errors import SpecdenoiseError
-
-#: grids smaller than this are loaded whole into each worker; larger ones are read lazily
-LOAD_WHOLE_GRID_BYTES = 1_500_000_000
-
 
 # --------------------------------------------------------------------------- resolution
 
@@ -58,48 +53,11 @@ def grid_provenance(path: Path, spec: str) -> dict:
 
 
 def make_noise(spec: str):
-    if spec == "builtin":
-        from specdenoise.simulate.noise import BuiltinNoise
-
-        return BuiltinNoise()
-    from specdenoise.simulate.etc_table import TableNoise
-
-    return TableNoise(spec)
+    """The noise model a config names (see :mod:`specdenoise.simulate.engine`)."""
+    return engine.noise_model(spec)
 
 
 # --------------------------------------------------------------------------- worker side
-
-
-@functools.lru_cache(maxsize=2)
-def _engine(cfg_json: str, grid_path: str):
-    """Per-process interpolator and observer (built once per worker, reused by its tasks)."""
-    from specdenoise.simulate.grids import open_grid
-    from specdenoise.simulate.interp import GridInterpolator
-    from specdenoise.simulate.observe import Observer
-
-    cfg = json.loads(cfg_json)
-    grid = open_grid(grid_path)  # metadata only: size decides whether to load it whole
-    load = grid["flux"].size * 4 <= LOAD_WHOLE_GRID_BYTES
-    interp = GridInterpolator(grid, missing=cfg["missing"], load=load)
-    obs = cfg["observe"]
-    resolution = grid.attrs.get("resolution")
-    observer = Observer(
-        interp.wave,
-        make_noise(cfg["noise"]),
-        lsf_fwhm_pix=tuple(obs["lsf_fwhm_pix"]),
-        model_resolution=float(resolution) if resolution else None,
-        extinction_law=obs["extinction_law"],
-        filter_name=obs["filter"],
-        distortion=obs["distortion"],
-        noise_kind=obs["noise_kind"],
-    )
-    return interp, observer
-
-
-def engine_key(cfg: Mapping) -> str:
-    """The part of a config that the per-worker interpolator and observer depend on."""
-    return json.dumps({k: cfg[k] for k in ("grid", "noise", "missing", "observe")},
-                      sort_keys=True)
 
 
 def split_key(name: str) -> int:
@@ -112,7 +70,7 @@ def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
     """Simulate ``count`` spectra of one chunk; a pure function of its arguments."""
     from specdenoise.simulate.sampling import draw_params
 
-    interp, observer = _engine(engine_key(cfg), str(grid_path))
+    interp, observer = engine.forward_model(cfg, grid_path)
     ss = np.random.SeedSequence(cfg["seed"], spawn_key=(split_key(split), chunk_index))
     rng = np.random.default_rng(ss)
     names = tuple(interp.names)

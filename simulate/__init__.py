@@ -14,6 +14,8 @@ Layering (each module imports only the ones above it):
 9. ``lsf``, ``source`` -- line-spread function and pixel integration; Doppler, dust, magnitudes
 10. ``observe``     -- the per-spectrum chain
 11. ``sampling``    -- parameter distributions
+12. ``engine``      -- the forward model assembled from a config: interpolator + observer + noise
+    model (the one place that does it; a registry of noise models)
 
 Nothing here imports Dask or torch: parallel orchestration lives in ``specdenoise`` (pipeline/).
 """
