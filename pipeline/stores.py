@@ -216,7 +216,7 @@ def refuse_unsafe_target(out: str | Path, inputs: Iterable[str | Path] = (), *,
             raise SpecdenoiseError(f"--out {out} is the input {inp}; write to another path")
         if out_abs in in_abs.parents and not outputs_folder:
             raise SpecdenoiseError(f"--out {out} holds the input {inp}; write to another path")
-        if in_abs in out_abs.parents:
+        if in_abs in out_abs.parents and (in_abs / "zarr.json").exists():
             raise SpecdenoiseError(f"--out {out} lies inside the input {inp}; write to another "
                                    "path")
 
