@@ -322,12 +322,17 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
 
 def check_wave(method: Method, wave: np.ndarray) -> None:
     """Refuse a network trained on another pixel grid than the dataset's."""
+    from specdenoise.train.guards import describe_grid, grid_mismatch
+
     mw = method.wave
     if mw is None:
         return
-    if mw.shape != wave.shape or np.max(np.abs(mw - wave)) > 0.5 * abs(wave[1] - wave[0]):
-        raise SpecdenoiseError(f"model {method.name!r} was trained on another wavelength grid "
-                               f"({mw.size} pixels) than the dataset ({wave.size} pixels)")
+    off = grid_mismatch(mw, wave)
+    if off is not None:
+        raise SpecdenoiseError(
+            f"model {method.name!r} was trained on another wavelength grid "
+            f"({describe_grid(mw)}) than the dataset ({describe_grid(wave)}; they differ by "
+            f"up to {off:.3g} pixels); evaluate it on data simulated on its grid")
 
 
 def baseline_methods(names: Sequence[str], *, data_attrs=None, train=None, template_n=None,

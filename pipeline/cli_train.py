@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 
 def register(subparsers) -> None:
@@ -52,7 +52,9 @@ def register(subparsers) -> None:
                    help="no bf16 autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 2)")
+    p.add_argument("--workers", type=int,
+                   help="DataLoader worker processes (default 2); the batches depend on it, so "
+                        "a resumed run keeps the number it started with")
     p.add_argument("--submit", metavar="PROFILE.yaml",
                    help="run as one batch job instead: write RUN_DIR/train.sbatch from the "
                         "profile (e.g. cluster/slurm.yaml) and sbatch it; the script resumes "

@@ -115,6 +115,15 @@ def is_complete(attrs: dict) -> bool:
     return bool(attrs.get("complete", False))
 
 
+def check_attrs(attrs: dict, path, kind: Kind, *, not_kind: str | None = None,
+                incomplete: str | None = None) -> None:
+    """Refuse attributes that are not those of a complete store of ``kind``."""
+    if kind_of(attrs) != kind.name:
+        raise SpecdenoiseError(not_kind or f"{path} is not a specdenoise {kind.label}")
+    if not is_complete(attrs):
+        raise SpecdenoiseError(incomplete or f"{kind.label} {path} is incomplete; {kind.redo}")
+
+
 def open_store(path: str | Path, kind: Kind, *, not_kind: str | None = None,
                incomplete: str | None = None, missing: str | None = None,
                consolidated: bool | None = True) -> xr.Dataset:
@@ -134,10 +143,7 @@ def open_store(path: str | Path, kind: Kind, *, not_kind: str | None = None,
             attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception as exc:
         raise SpecdenoiseError(f"cannot open {kind.label} {path}: {exc}".splitlines()[0]) from None
-    if kind_of(attrs) != kind.name:
-        raise SpecdenoiseError(not_kind or f"{path} is not a specdenoise {kind.label}")
-    if not is_complete(attrs):
-        raise SpecdenoiseError(incomplete or f"{kind.label} {path} is incomplete; {kind.redo}")
+    check_attrs(attrs, path, kind, not_kind=not_kind, incomplete=incomplete)
     try:
         return xr.open_zarr(path, consolidated=consolidated)
     except Exception as exc:

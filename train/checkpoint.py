@@ -27,7 +27,17 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Refuses a model whose weights are not all finite: it would replace the last good
+    checkpoint with one that denoises everything to NaN.
+    """
+    from specdenoise.train.guards import finite_state
+
+    bad = finite_state(state.get("model", {}).get("state", {}))
+    if bad is not None:
+        raise SpecdenoiseError(f"not writing {path}: weight {bad} is NaN or infinite; the "
+                               "last checkpoint is kept")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION,
