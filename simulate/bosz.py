@@ -396,7 +396,8 @@ def read_resampled(
     out = degrade_and_resample(
         wave, np.stack([flux, cont]), wave_out, f.resolution, resolution_out, f.path.name
     )
-    flux32, cont32 = out[0].astype(np.float32), out[1].astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        flux32, cont32 = out[0].astype(np.float32), out[1].astype(np.float32)
     if not (np.isfinite(flux32).all() and np.isfinite(cont32).all()):
         raise SpecdenoiseError(f"{f.path.name}: non-finite flux in the wave range (or beyond "
                                "float32, ~3e38)")
