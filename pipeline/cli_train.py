@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 
 from specdenoise.errors import SpecdenoiseError
 
@@ -100,7 +102,13 @@ def run(args: argparse.Namespace) -> int:
                                preset=args.preset or "paper", model_cfg=model_cfg, **opts)
     if cfg.workers < 0:
         raise SpecdenoiseError(f"--workers must be 0 or more, got {cfg.workers}")
-    row = loop.train(cfg, resume=args.resume)
+    from specdenoise import stores
+
+    # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
+    lock = (stores.locked(cfg.out) if int(os.environ.get("RANK", "0")) == 0
+            else contextlib.nullcontext())
+    with lock:
+        row = loop.train(cfg, resume=args.resume)
     if "val_mean_abs_rel" in row:
         print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
               f"checkpoint in {cfg.out}")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 #: resolving power of SYNTHE's native wavelength grid (BOSZ 2017)
 SYNTHE_R = 300_000

@@ -12,13 +12,12 @@ weights_only=True)``:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from specdenoise import __version__
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import __version__, stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.train.models import build_model
 
 FORMAT = "specdenoise-checkpoint"
@@ -42,13 +41,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION,
              "package_version": __version__, **state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return stores.write_file(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
