@@ -41,6 +41,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -396,13 +397,40 @@ def _read_lock(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _stale(holder: dict | None) -> bool:
+#: a live writer touches its lock this often (seconds) ...
+HEARTBEAT_S = 30.0
+#: ... so a lock untouched for this long belongs to a writer that is gone (killed by the batch
+#: system on another node, say), whatever its host
+STALE_AFTER_S = 600.0
+
+
+def _stale(holder: dict | None, path: Path | None = None) -> bool:
     if holder is None:  # unreadable: not written by this module's atomic link
         return True
+    if path is not None:
+        try:
+            if time.time() - path.stat().st_mtime > STALE_AFTER_S:
+                return True
+        except OSError:
+            return True
     if holder.get("host") != socket.gethostname():
-        return False  # cannot tell whether a process on another host lives
+        return False  # a process on another host: only its heartbeat tells
     pid = holder.get("pid")
     return not isinstance(pid, int) or not _alive(pid)
+
+
+class _Heartbeat(threading.Thread):
+    """Touch the lock file every :data:`HEARTBEAT_S` seconds while the writer runs."""
+
+    def __init__(self, path: Path):
+        super().__init__(name="specdenoise-lock-heartbeat", daemon=True)
+        self.path = path
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
 
 
 @contextlib.contextmanager
@@ -411,8 +439,10 @@ def locked(out: str | Path) -> Iterator[Path]:
 
     The lock file (``.<name>.lock`` beside ``out``) holds the writer's pid, host and start
     time; it appears atomically with its content (written to a unique temporary, then hard
-    linked to its name, which fails if the name exists). A lock whose process no longer runs
-    on this host is reclaimed.
+    linked to its name, which fails if the name exists), and the writer touches it every
+    :data:`HEARTBEAT_S` seconds. A lock whose process no longer runs on this host, or that
+    nobody touched for :data:`STALE_AFTER_S` seconds (a writer killed on another node), is
+    reclaimed.
     """
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,7 +458,7 @@ def locked(out: str | Path) -> Iterator[Path]:
                 break
             except FileExistsError:
                 holder = _read_lock(path)
-                if not _stale(holder):
+                if not _stale(holder, path):
                     raise SpecdenoiseError(
                         f"{out} is being written by process {holder.get('pid')} on "
                         f"{holder.get('host')} (lock {path}); wait for it to finish, or delete "
@@ -438,9 +468,12 @@ def locked(out: str | Path) -> Iterator[Path]:
             raise SpecdenoiseError(f"cannot take the lock {path}; try again")
     finally:
         os.unlink(name)
+    beat = _Heartbeat(path)
+    beat.start()
     try:
         yield path
     finally:
+        beat.done.set()
         if (_read_lock(path) or {}).get("token") == me["token"]:
             path.unlink(missing_ok=True)
 
@@ -452,7 +485,7 @@ def _reclaim(path: Path, holder: dict | None) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    if _read_lock(aside) != holder and not _stale(_read_lock(aside)):
+    if _read_lock(aside) != holder and not _stale(_read_lock(aside), aside):
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
     aside.unlink(missing_ok=True)

@@ -246,6 +246,23 @@ def test_a_second_writer_is_refused_and_a_stale_lock_reclaimed(small_grid, tmp_p
     assert schema.open_dataset(out).sizes["spectrum"] == 4 and not lock.exists()
 
 
+def test_a_lock_of_another_host_expires_without_its_heartbeat(tmp_path):
+    import time
+
+    from specdenoise import stores
+
+    out = tmp_path / "x.zarr"
+    lock = _lock(out, 1)
+    lock.write_text(json.dumps({"pid": 1, "host": "another-node"}))  # e.g. a batch node
+    with pytest.raises(SpecdenoiseError, match="another-node"), stores.locked(out):
+        pass
+    old = time.time() - stores.STALE_AFTER_S - 1  # the job was killed long ago
+    os.utime(lock, (old, old))
+    with stores.locked(out) as held:
+        assert json.loads(held.read_text())["host"] == socket.gethostname()
+    assert not lock.exists()
+
+
 def test_two_grid_imports_never_share_a_temporary_folder(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
