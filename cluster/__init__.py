@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 #: Dask setting -> (Dask's default, the value used for the clusters started here)
 LOW_OVERHEAD = {
@@ -60,6 +60,29 @@ def _is_address(spec: str) -> bool:
     return "://" in spec
 
 
+def check_local_options(spec, workers=None, threads_per_worker=None, memory_limit=None) -> None:
+    """One-line errors for execution options that would hang or crash the cluster start.
+
+    ``workers`` (processes, or jobs for a profile) and ``threads_per_worker`` must be at least
+    1 when given; ``memory_limit`` must be a size such as ``4GB``, or ``auto``.
+    """
+    if workers is not None and workers < 1:
+        raise SpecdenoiseError(f"--workers must be at least 1, got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise SpecdenoiseError(f"--threads-per-worker must be at least 1, got "
+                               f"{threads_per_worker}")
+    if memory_limit is not None and str(memory_limit) != "auto":
+        from dask.utils import parse_bytes
+
+        try:
+            ok = parse_bytes(str(memory_limit)) > 0
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise SpecdenoiseError(f"--memory-limit {memory_limit!r} is not a size; give "
+                                   "e.g. 4GB or 500MiB (or auto)")
+
+
 @contextlib.contextmanager
 def connect(
     spec: str = "local",
@@ -72,6 +95,7 @@ def connect(
     import dask
 
     spec = str(spec or "local")
+    check_local_options(spec, workers, threads_per_worker, memory_limit)
     # a cluster reached by address is someone else's: its settings are theirs
     settings = {} if _is_address(spec) else low_overhead_settings()
     with dask.config.set(settings), \

@@ -13,6 +13,7 @@ import the same installation of specdenoise as the process that submits them.
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 KINDS = {
     "slurm": "SLURMCluster",
@@ -84,10 +85,84 @@ def load_profile(path: Path) -> dict:
             problems.append("'adaptive' must be {minimum: N, maximum: M}")
     if "jobs" in data and (not isinstance(data["jobs"], int) or data["jobs"] < 0):
         problems.append("'jobs' must be a non-negative integer")
+    problems += value_problems(data)
     if problems:
         raise SpecdenoiseError(f"cluster profile {path}: " + "; ".join(problems))
     data["_path"] = str(path)
     return data
+
+
+#: keys whose value is one word on a directive line (no spaces, quotes or shell characters)
+WORD_KEYS = ("walltime", "queue", "account", "project", "job_name", "interface")
+#: keys holding a list of lines (directives, shell lines, worker options)
+LIST_KEYS = ("job_extra_directives", "job_script_prologue", "job_directives_skip",
+             "worker_extra_args")
+#: paths written into the job script, shell-quoted there
+PATH_KEYS = ("local_directory", "python", "log_directory", "shebang")
+
+
+def _is_positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def value_problems(data: dict) -> list[str]:
+    """What is wrong with a profile's values (they end up in a batch script: every value is
+    one line; words are words; counts are positive)."""
+    problems = []
+
+    def one_line(key, v) -> bool:
+        if isinstance(v, str) and any(c in v for c in "\n\r\0"):
+            problems.append(f"'{key}' must be one line (it would inject lines into the job "
+                            "script)")
+            return False
+        return True
+
+    for key, v in data.items():
+        if isinstance(v, list):
+            for item in v:
+                if not one_line(key, item):
+                    break
+        elif isinstance(v, dict):
+            for item in v.values():
+                if not one_line(key, item):
+                    break
+        else:
+            one_line(key, v)
+    for key in ("cores", "processes"):
+        if key in data and not _is_positive_int(data[key]):
+            problems.append(f"'{key}' must be a positive integer, got {data[key]!r}")
+    if "memory" in data:
+        from dask.utils import parse_bytes
+
+        try:
+            ok = parse_bytes(str(data["memory"])) > 0
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            problems.append(f"'memory' must be a size such as 4GB, got {data['memory']!r}")
+    for key in WORD_KEYS:
+        v = data.get(key)
+        if v is not None and (not isinstance(v, str | int) or
+                              any(c.isspace() or c in "\"'`$;&|<>()\\" for c in str(v))):
+            problems.append(f"'{key}' must be one word without spaces or shell characters, "
+                            f"got {v!r}")
+    for key in LIST_KEYS:
+        v = data.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str | int | float)
+                                                              for x in v)):
+            problems.append(f"'{key}' must be a list of strings")
+    for key in PATH_KEYS:
+        v = data.get(key)
+        if v is not None and not isinstance(v, str):
+            problems.append(f"'{key}' must be a path (a string)")
+    if "death_timeout" in data and not (isinstance(data["death_timeout"], int | float)
+                                        and data["death_timeout"] > 0):
+        problems.append("'death_timeout' must be a positive number of seconds")
+    if "adaptive" in data and isinstance(data["adaptive"], dict):
+        for k, v in data["adaptive"].items():
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                problems.append(f"'adaptive.{k}' must be a non-negative integer")
+    return problems
 
 
 def build_cluster(profile: dict):
@@ -102,6 +177,10 @@ def build_cluster(profile: dict):
     kwargs = {k: profile[k] for k in JOBQUEUE_KEYS if profile.get(k) is not None}
     kwargs.setdefault("scheduler_options", {"dashboard_address": ":0"})
     kwargs.setdefault("python", sys.executable)
+    # dask-jobqueue pastes these into the worker's command line: quote them for the shell
+    for key in ("python", "local_directory"):
+        if key in kwargs:
+            kwargs[key] = shlex.quote(str(kwargs[key]))
     from specdenoise.cluster import env_exports, low_overhead_settings
 
     kwargs["job_script_prologue"] = [*env_exports(low_overhead_settings()),

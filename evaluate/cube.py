@@ -41,7 +41,6 @@ Attributes keep the dataset's provenance and a JSON description of each method.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -52,10 +51,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import __version__, schema
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import __version__, schema, stores
+from specdenoise.errors import SpecdenoiseError
 
-CUBE_KIND = "specdenoise-error-cube"
+CUBE_KIND = stores.CUBE.name
 #: the dimension along which methods sit side by side. Not "method": ``DataArray.sel`` has a
 #: ``method=`` keyword of its own, so ``sel(method="unet")`` would silently select nothing.
 METHOD_DIM = "denoiser"
@@ -132,16 +131,29 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
     The cube is written under a temporary name and renamed when complete, so an interrupted
     run never leaves a store that looks finished. ``block`` is the number of spectra processed
     (and stored per chunk) at a time; default: the dataset's chunk size, at most 1024.
+    ``overwrite`` replaces only an error cube, and the dataset's chunks are checked first.
     """
-    from tqdm.auto import tqdm
-
     if not methods:
         raise SpecdenoiseError("nothing to evaluate: give at least one --model or baseline")
     _unique_names(methods)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SpecdenoiseError(f"{out} exists; choose another output or pass --overwrite")
+    stores.check_output(out, stores.CUBE, overwrite=overwrite, inputs=(data,))
     ds = schema.open_dataset(data)
+    check_dataset_chunks(data)
+    with stores.locked(out):
+        return _build_cube(ds, data, out, methods, overwrite=overwrite,
+                           keep_denoised=keep_denoised, block=block, progress=progress)
+
+
+def check_dataset_chunks(data) -> None:
+    """Refuse a dataset that lost chunk files of the arrays or coordinates evaluated."""
+    stores.check_chunks(data, ("flux", "flux_clean", "sigma"),
+                        optional=(schema.WAVE_DIM, *schema.per_spectrum_names()))
+
+
+def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, progress) -> Path:
+    from tqdm.auto import tqdm
+
     n, n_wave = ds.sizes[schema.SPECTRUM_DIM], ds.sizes[schema.WAVE_DIM]
     if block is None:
         block = min(int(ds.attrs.get("chunk_size") or 256), 1024)
@@ -205,8 +217,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
     for k in per_spec:
         encoding[k] = {"chunks": (block,)}
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = stores.temp_dir(out)
     seconds = np.zeros(n_m)
     counts = np.zeros(n_m, dtype=np.int64)
     try:
@@ -257,7 +268,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
         g["n_denoised"][:] = counts
         with np.errstate(divide="ignore", invalid="ignore"):
             g["spectra_per_s"][:] = np.where(seconds > 0, counts / seconds, np.nan)
-        schema.publish_store(tmp, out)
+        schema.publish_store(tmp, out, stores.CUBE, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -265,18 +276,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
 
 def open_cube(path) -> xr.Dataset:
     """Open an error cube lazily, checking that it is one and that it is complete."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecdenoiseError(f"error cube {path} does not exist")
-    try:
-        cube = xr.open_zarr(path, consolidated=None)
-    except Exception as exc:
-        raise SpecdenoiseError(f"cannot open error cube {path}: {exc}".splitlines()[0]) from None
-    if cube.attrs.get("specdenoise_kind") != CUBE_KIND:
-        raise SpecdenoiseError(f"{path} is not a specdenoise error cube")
-    if not cube.attrs.get("complete", False):
-        raise SpecdenoiseError(f"error cube {path} is incomplete; run the evaluation again")
-    return cube
+    return stores.open_store(path, stores.CUBE, consolidated=None)
 
 
 def method_info(cube: xr.Dataset) -> dict[str, dict]:
@@ -323,12 +323,17 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
 
 def check_wave(method: Method, wave: np.ndarray) -> None:
     """Refuse a network trained on another pixel grid than the dataset's."""
+    from specdenoise.train.guards import describe_grid, grid_mismatch
+
     mw = method.wave
     if mw is None:
         return
-    if mw.shape != wave.shape or np.max(np.abs(mw - wave)) > 0.5 * abs(wave[1] - wave[0]):
-        raise SpecdenoiseError(f"model {method.name!r} was trained on another wavelength grid "
-                               f"({mw.size} pixels) than the dataset ({wave.size} pixels)")
+    off = grid_mismatch(mw, wave)
+    if off is not None:
+        raise SpecdenoiseError(
+            f"model {method.name!r} was trained on another wavelength grid "
+            f"({describe_grid(mw)}) than the dataset ({describe_grid(wave)}; they differ by "
+            f"up to {off:.3g} pixels); evaluate it on data simulated on its grid")
 
 
 def baseline_methods(names: Sequence[str], *, data_attrs=None, train=None, template_n=None,

@@ -25,7 +25,6 @@ engine="zarr")``) and as one long CSV table, a row per (binning variable, method
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from specdenoise import schema
+from specdenoise import schema, stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.cube import METHOD_DIM
-from specdenoise.simulate.errors import SpecdenoiseError
 
 DEFAULT_BY = ("snr", "teff", "logg", "m_h", "a_m")
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
@@ -198,28 +197,31 @@ def to_rows(tree: xr.DataTree) -> list[dict]:
 
 
 def write_summary(tree: xr.DataTree, zarr_path, csv_path, *, overwrite: bool = False) -> None:
-    """Save the summary as Zarr (a DataTree) and as CSV, each written then renamed into place."""
+    """Save the summary as Zarr (a DataTree) and as CSV, each written then renamed into place.
+
+    ``overwrite`` replaces only an earlier summary store and a CSV file.
+    """
     zarr_path, csv_path = Path(zarr_path), Path(csv_path)
-    for p in (zarr_path, csv_path):
-        if p.exists() and not overwrite:
-            raise SpecdenoiseError(f"{p} exists; choose another output or pass --overwrite")
-    tmp = zarr_path.with_name(f".{zarr_path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    stores.check_output(zarr_path, stores.SUMMARY, overwrite=overwrite)
+    stores.check_output(csv_path, None, overwrite=overwrite)
+    tree = tree.copy()
+    tree.attrs = {**tree.attrs, stores.KIND_ATTR: stores.SUMMARY.name, "complete": True}
+    tmp = stores.temp_dir(zarr_path)
     try:
         tree.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-        if zarr_path.exists():
-            shutil.rmtree(zarr_path)
-        os.replace(tmp, zarr_path)
+        stores.publish(tmp, zarr_path, stores.SUMMARY, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = to_rows(tree)
-    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["by"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp_csv, csv_path)
+
+    def write_csv(tmp_csv: Path) -> None:
+        with open(tmp_csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["by"])
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+    stores.write_file(csv_path, write_csv, overwrite=overwrite)
 
 
 def open_summary(path) -> xr.DataTree:

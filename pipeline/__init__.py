@@ -17,7 +17,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from specdenoise.simulate.errors import SpecdenoiseError  # noqa: E402
+from specdenoise.errors import SpecdenoiseError  # noqa: E402
 
 # Zarr warns on every consolidated v3 store; consolidation is what makes opening a store one read.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")

@@ -2,17 +2,21 @@
 
 Each stage lives in its own ``cli_<stage>`` module exposing ``register(subparsers)``, which adds
 its parser and sets ``func`` (called with the parsed namespace; returns an exit status or None).
-A :class:`~specdenoise.SpecdenoiseError` ends the program with its one-line message and status 2.
+A :class:`~specdenoise.SpecdenoiseError` ends the program with its one-line message and status 2,
+and so do the failures a user's environment or files cause (an unwritable or full disk, a
+missing folder, too little memory, a chunk that cannot be decoded): see :func:`known_failure`.
+``--debug`` (anywhere on the command line) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from specdenoise import __version__
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 #: stage modules, in the order they appear in ``--help``
 STAGES = ("grid", "etc", "simulate", "train", "denoise", "evaluate", "run", "cluster")
@@ -37,15 +41,52 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # stage not built yet
         module.register(sub)
+    _add_debug(parser, top=True)
     return parser
+
+
+DEBUG_HELP = "show the full traceback of an error instead of one line"
+
+
+def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``--debug`` on every (sub)command; only the top level sets its default."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP,
+                        default=False if top else argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child)
+
+
+#: messages of decoder failures (zarr / numcodecs raise RuntimeError or ValueError for them)
+_CORRUPT = re.compile(r"decompress|decod|codec|checksum|crc32c", re.IGNORECASE)
+
+
+def known_failure(exc: BaseException) -> str | None:
+    """One line for a failure the user's files or machine cause, or None for a bug."""
+    if isinstance(exc, OSError):
+        what = exc.strerror or type(exc).__name__
+        where = exc.filename if exc.filename is not None else ""
+        return f"{what}: {where}" if where else f"{what} ({exc})".splitlines()[0]
+    if isinstance(exc, MemoryError):
+        return "out of memory; use smaller chunks or batches, or a machine with more memory"
+    if isinstance(exc, RuntimeError | ValueError):
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        if lines and _CORRUPT.search(lines[-1]):  # a DataLoader worker's error ends with it
+            return (f"a data chunk cannot be decoded ({lines[-1]}); the store is corrupt: "
+                    "re-create or re-copy it")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
         status = args.func(args)
     except SpecdenoiseError as exc:
+        if debug:
+            raise
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -55,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception as exc:
+        message = None if debug else known_failure(exc)
+        if message is None:
+            raise
+        print(f"specdenoise {args.command}: error: {message} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 2
     return int(status or 0)
 
 

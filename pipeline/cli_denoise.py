@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="OUT.zarr (with --data) or OUT.csv")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT.zarr (a denoised store only) or OUT.csv")
     p.set_defaults(func=run)
 
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         out = infer.denoise_dataset(args.model, args.data, args.out, batch_size=args.batch_size,
                                     device=args.device, overwrite=args.overwrite)
     else:
-        out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device)
+        out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device,
+                                 overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0

@@ -22,13 +22,13 @@ applied -- give a spectrum at PFS resolution).  ``--moon-zenith`` >= 90 turns mo
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS, C_NM_PER_S
-from specdenoise.simulate.errors import SpecdenoiseError
 
 #: arrays written by ``specdenoise etc``, in this order (names are a public interface)
 COLUMNS = ("wavelength", "signal", "sky", "variance", "conversion", "snr")
@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     cond.add_argument("--moon-separation", type=float, default=None,
                       help="Moon-target angle, deg (60)")
     cond.add_argument("--moon-phase", type=float, default=None,
-                      help="0 new, 0.25 quarter, 0.5 full (0)")
+                      help="fraction of the lunar cycle since new Moon, 0..0.5: 0 new, 0.25 "
+                           "quarter, 0.5 full (waning phases give the same light) (0)")
     cond.add_argument("--exp-time", type=float, default=None, help="seconds per exposure (900)")
     cond.add_argument("--n-exp", type=int, default=None, help="number of exposures (4)")
     src = p.add_argument_group("source")
@@ -72,7 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="OUT.npz or OUT.csv; TABLE.zarr "
                    "for `import`")
     p.add_argument("--plot", type=Path, help="also draw signal, sky and S/N to this PNG")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT.npz/OUT.csv, or an existing ETC table")
     p.set_defaults(func=run)
 
 
@@ -91,10 +93,16 @@ def run(args) -> int:
 
 
 def _conditions(args, defaults: bool) -> dict:
+    """The observing conditions given (and the defaults), each checked against its range."""
+    from specdenoise.config import range_problem
+
     out = {}
     for k, d in DEFAULTS.items():
         v = getattr(args, k)
         if v is not None:
+            problem = range_problem(k, float(v))
+            if problem:
+                raise SpecdenoiseError(f"--{k.replace('_', '-')}: {problem}")
             out[k] = float(v)
         elif defaults:
             out[k] = float(d)
@@ -180,8 +188,15 @@ def run_calc(args) -> int:
     if suffix not in (".npz", ".csv"):
         raise SpecdenoiseError(f"--out must end in .npz or .csv, not {args.out.name}")
     c = _conditions(args, defaults=True)
-    if c["n_exp"] < 1 or c["exp_time"] <= 0 or c["seeing"] <= 0:
-        raise SpecdenoiseError("--n-exp must be >= 1, --exp-time and --seeing positive")
+    if args.mag is not None:
+        from specdenoise.config import range_problem
+
+        problem = range_problem("mag", args.mag)
+        if problem:
+            raise SpecdenoiseError(f"--mag: {problem}")
+    stores.check_output(args.out, None, overwrite=args.overwrite)
+    if args.plot is not None:
+        stores.check_output(args.plot, None, overwrite=args.overwrite)
     model = engine.noise_model("builtin" if args.table is None else str(args.table))
     res = model.evaluate(c["seeing"], c["zenith"], c["field_angle"], c["moon_zenith"],
                          c["moon_separation"], c["moon_phase"], c["exp_time"], c["n_exp"])
@@ -191,26 +206,30 @@ def run_calc(args) -> int:
               "variance": res["variance"][0]}
     arrays["signal"] = arrays["conversion"] * fnu
     arrays["snr"] = snr(arrays["signal"], arrays["variance"], c["n_exp"])
-    _write(args.out, {k: arrays[k] for k in COLUMNS})
+    if not np.isfinite(arrays["snr"]).all():  # a spectrum file with NaN, say
+        raise SpecdenoiseError("the S/N is not finite at some pixels; check --spectrum "
+                               "and the conditions")
+    _write(args.out, {k: arrays[k] for k in COLUMNS}, overwrite=args.overwrite)
     _summary(arrays, c, args)
     if args.plot is not None:
         _plot(args.plot, arrays, c, args)
     return 0
 
 
-def _write(path: Path, arrays: dict) -> None:
+def _write(path: Path, arrays: dict, overwrite: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+
+    def write(tmp: Path) -> None:
         if path.suffix.lower() == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
         else:
             np.savetxt(tmp, np.column_stack(list(arrays.values())), delimiter=",",
                        header=",".join(arrays), comments="", fmt="%.8g")
-        os.replace(tmp, path)
+
+    try:
+        stores.write_file(path, write, overwrite=overwrite)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SpecdenoiseError(f"cannot write {path}: {exc.strerror}") from None
 
 

@@ -7,11 +7,13 @@ the command line.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 
 ALL_BASELINES = ("none", "savgol", "gaussian", "pca", "template")
 DEFAULT_TEMPLATE_N = 100
@@ -35,7 +37,11 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     from specdenoise.evaluate import plots, report, summary
 
     out = Path(out)
+    # EVAL_DIR is a folder of named outputs, never deleted as a whole: the working directory
+    # may hold them, but not an input
+    stores.refuse_unsafe_target(out, inputs=(data, train), outputs_folder=True)
     ds = schema.open_dataset(data)  # one-line error if missing or incomplete
+    cube_mod.check_dataset_chunks(data)  # a lost chunk would silently drop spectra
     bin_spec = summary.parse_bins(bins)
     targets = {
         "cube": out / "cube.zarr",
@@ -45,9 +51,10 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         "report_md": out / "report.md",
         "report_html": out / "report.html",
     }
-    existing = [p for p in targets.values() if p.exists()]
+    existing = [p for p in targets.values() if os.path.lexists(p)]
     if existing and not overwrite:
         raise SpecdenoiseError(f"{existing[0]} exists; choose another --out or pass --overwrite")
+    _check_replaceable_outputs(targets)
     if template_n is not None and template_n < 1:
         raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got {template_n}")
 
@@ -85,6 +92,32 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         savgol_window=savgol_window, gaussian_sigma=gaussian_sigma, progress=progress)
 
     out.mkdir(parents=True, exist_ok=True)
+    with stores.locked(out):
+        return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
+                              bin_spec, overwrite, progress, log)
+
+
+def _check_replaceable_outputs(targets: dict[str, Path]) -> None:
+    """With --overwrite: each existing output must be what evaluate writes there."""
+    for name, kind in (("cube", stores.CUBE), ("summary", stores.SUMMARY)):
+        if os.path.lexists(targets[name]):
+            stores.check_replaceable(targets[name], kind)
+    for name in ("summary_csv", "report_md", "report_html"):
+        p = targets[name]
+        if os.path.lexists(p) and (p.is_dir() or p.is_symlink()):
+            raise SpecdenoiseError(f"{p} is a folder or a link, not the {p.name} evaluate "
+                                   "writes; nothing was replaced")
+    figures = targets["figures"]
+    if os.path.lexists(figures):
+        others = ([figures.name] if figures.is_symlink() or not figures.is_dir() else
+                  [p.name for p in figures.iterdir() if p.suffix != ".png" or not p.is_file()])
+        if others:
+            raise SpecdenoiseError(f"{figures} holds {others[0]!r}, which evaluate did not "
+                                   "write; nothing was replaced")
+
+
+def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets, bin_spec,
+                   overwrite, progress, log) -> dict[str, Path]:
     if overwrite and targets["figures"].exists():
         shutil.rmtree(targets["figures"])
     cube_mod.build_cube(data, targets["cube"], methods, overwrite=overwrite, progress=progress)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.train.presets import MODEL_NAMES, PRESET_HELP, PRESETS
 
 
@@ -75,7 +77,9 @@ def register(subparsers) -> None:
                    help="largest |d - 1| of the fresh distortion draws (default 0.02)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 2)")
+    p.add_argument("--workers", type=int,
+                   help="DataLoader worker processes (default 2); the batches depend on it, so "
+                        "a resumed run keeps the number it started with")
     p.add_argument("--submit", metavar="PROFILE.yaml",
                    help="run as one batch job instead: write RUN_DIR/train.sbatch from the "
                         "profile (e.g. cluster/slurm.yaml) and sbatch it; the script resumes "
@@ -126,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
                                preset=args.preset or "paper", model_cfg=model_cfg, **opts)
     if cfg.workers < 0:
         raise SpecdenoiseError(f"--workers must be 0 or more, got {cfg.workers}")
-    row = loop.train(cfg, resume=args.resume)
+    from specdenoise import stores
+
+    # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
+    lock = (stores.locked(cfg.out) if int(os.environ.get("RANK", "0")) == 0
+            else contextlib.nullcontext())
+    with lock:
+        row = loop.train(cfg, resume=args.resume)
     if "val_mean_abs_rel" in row:
         print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
               f"checkpoint in {cfg.out}")

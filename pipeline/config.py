@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CONDITIONS, PARAMS
-from specdenoise.simulate.errors import SpecdenoiseError
 
 DEFAULTS: dict = {
     "n": 1000,
@@ -77,6 +78,45 @@ DIST_KEYS = {
     "normal": ("mean", "std", "low", "high"),
     "beta": ("a", "b", "low", "high"),
 }
+#: the values each parameter and condition may take: (low, high, low included, high included,
+#: what the quantity is). Checked where numbers enter (configs and ``specdenoise etc``), so that
+#: nonsense is refused before any store is created instead of turning into NaN spectra.
+RANGES = {
+    "teff": (0.0, math.inf, False, False, "K"),
+    "rv": (-299792.458, 299792.458, False, False, "km/s, below the speed of light"),
+    "ebv": (0.0, 10.0, True, True, "mag"),
+    "mag": (-30.0, 50.0, True, True, "AB mag"),
+    "seeing": (0.0, 10.0, False, True, "arcsec FWHM"),
+    "zenith": (0.0, 90.0, True, False, "deg, below the horizon is not observable"),
+    "field_angle": (0.0, 0.7, True, True, "deg from the PFS field centre (field radius 0.65)"),
+    "moon_zenith": (0.0, 180.0, True, True, "deg; >= 90 puts the Moon below the horizon"),
+    "moon_separation": (0.0, 180.0, True, True, "deg"),
+    # the noise model's phase is the fraction of the lunar cycle since new Moon and mirrors
+    # about full Moon (alpha = 360 |phase - 0.5|): 0..0.5 covers every brightness, and a 1
+    # meant as "full" would silently be a new Moon
+    "moon_phase": (0.0, 0.5, True, True, "0 new, 0.25 quarter, 0.5 full"),
+    "exp_time": (0.0, 1e6, False, True, "s"),
+    "n_exp": (1.0, 1e4, True, True, "exposures"),
+}
+
+
+def range_problem(name: str, value) -> str | None:
+    """Why ``value`` cannot be a ``name`` (NaN, infinite or out of :data:`RANGES`), or None."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"{name} must be a number, got {value!r}"
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if name not in RANGES:
+        return None
+    lo, hi, lo_in, hi_in, what = RANGES[name]
+    ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+    if ok:
+        return None
+    lo_s = f"{'[' if lo_in else '('}{lo:g}"
+    hi_s = f"{hi:g}{']' if hi_in else ')'}"
+    return f"{name} = {value:g} is outside {lo_s}, {hi_s} ({what})"
+
+
 COMPRESSORS = ("zstd", "zstd-bitround", "lz4", "none")
 NOISE_KINDS = ("gaussian", "poisson")
 EXTINCTION_LAWS = ("F99", "G23")
@@ -170,8 +210,8 @@ def validate(cfg: dict) -> list[str]:
         errors.append("'missing' must be 'error' or 'renormalize'")
     obs = cfg["observe"]
     fw = obs.get("lsf_fwhm_pix")
-    if not (isinstance(fw, list) and len(fw) == 2 and all(isinstance(x, int | float) and x > 0
-                                                           for x in fw)):
+    if not (isinstance(fw, list) and len(fw) == 2
+            and all(isinstance(x, int | float) and 0 < x < math.inf for x in fw)):
         errors.append("'observe.lsf_fwhm_pix' must be [fwhm_at_710nm, fwhm_at_885nm] in pixels")
     d = obs.get("distortion")
     if not isinstance(d, int | float) or not 0 <= d <= 0.2:
@@ -190,6 +230,15 @@ def validate(cfg: dict) -> list[str]:
         for k in need:
             if not isinstance(dist.get(k), int | float) or isinstance(dist.get(k), bool):
                 errors.append(f"'params.{name}.{k}' must be a number for dist = \"{kind}\"")
+            elif not math.isfinite(dist[k]):
+                errors.append(f"'params.{name}.{k}' must be a finite number, got {dist[k]!r}")
+        # every value the distribution can draw lies in [low, high] (or is ``value``)
+        for k in ("value", "low", "high"):
+            v = dist.get(k)
+            if k in need and isinstance(v, int | float) and math.isfinite(v):
+                problem = range_problem(name, v)
+                if problem:
+                    errors.append(f"'params.{name}.{k}': {problem}")
         extra = set(dist) - set(need) - {"dist"}
         if extra:
             errors.append(f"'params.{name}' has keys {sorted(extra)} not used by "

@@ -11,8 +11,10 @@
    into the partial store (one chunk per node, so tasks never touch the same chunk);
 5. record skipped files, then finalize (check, hash, rename into place).
 
-Any failure, Ctrl-C included, deletes ``<out>.partial``: there is never a store at ``out``
-that looks complete but is not.
+The store is assembled in a uniquely named temporary folder beside ``out`` while ``out`` is
+locked (:mod:`specdenoise.stores`), so two imports to one ``out`` never share a folder: the
+second is refused. Any failure, Ctrl-C included, deletes the temporary folder: there is never a
+store at ``out`` that looks complete but is not.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from specdenoise import __version__
+from specdenoise import __version__, stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import bosz
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import AXES, create_grid_store, finalize_grid_store, write_nodes
 
 log = logging.getLogger(__name__)
@@ -264,9 +266,14 @@ def import_bosz(
         raise SpecdenoiseError(
             f"--wave-range must be two increasing wavelengths in nm, got {lo:g} {hi:g}"
         )
-    if out.exists() and not overwrite:
-        raise SpecdenoiseError(f"{out} already exists; pass --overwrite to replace it")
+    stores.check_output(out, stores.GRID, overwrite=overwrite, inputs=(src_dir,))
+    with stores.locked(out):
+        return _import_locked(src_dir, out, lo, hi, resolution, skip_bad, overwrite, client,
+                              progress)
 
+
+def _import_locked(src_dir, out, lo, hi, resolution, skip_bad, overwrite, client,
+                   progress) -> Path:
     files = scan_bosz_dir(src_dir)
     source = _one_value(files, "BOSZ releases", lambda f: f.source)
     r_in = _one_value(files, "resolutions R =", lambda f: f.resolution)
@@ -315,14 +322,14 @@ def import_bosz(
     }
     todo = [(f, idx) for f, idx in jobs if str(f.path) not in dict(bad)]
 
-    tmp = create_grid_store(
-        out, axes, wave, exists=exists, with_cont=True, flux_unit=bosz.FLUX_UNIT, attrs=attrs
-    )
+    tmp = stores.temp_dir(out)
     try:
+        create_grid_store(out, axes, wave, exists=exists, with_cont=True,
+                          flux_unit=bosz.FLUX_UNIT, attrs=attrs, tmp=tmp)
         bad += _run(todo, (str(tmp), wave, resolution, skip_bad), client, progress)
         if bad:
             _mark_skipped(tmp, files, index, exists, bad, progress)
-        return finalize_grid_store(tmp, out, overwrite=overwrite)
+        return finalize_grid_store(tmp, out, overwrite=overwrite, keep_failed=False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,9 +37,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 
-DATASET_KIND = "specdenoise-dataset"
+DATASET_KIND = stores.DATASET.name
 SCHEMA_VERSION = 1
 
 SPECTRUM_DIM = "spectrum"
@@ -127,17 +128,20 @@ def create_dataset_store(
 
     When the store already exists with the same shape, chunking and ``attrs["config_hash"]``,
     it is left as it is (that is how ``--resume`` works); otherwise it is an error unless
-    ``overwrite``. ``compressors`` and ``filters`` are Zarr v3 codecs for the float variables.
+    ``overwrite``, which replaces only a dataset store (:func:`specdenoise.stores.remove_store`).
+    ``compressors`` and ``filters`` are Zarr v3 codecs for the float variables.
     """
     import dask.array as da  # only to declare lazy empty arrays
 
     path = Path(path)
+    stores.refuse_unsafe_target(path)
     if path.exists():
         if not overwrite:
             try:
                 old = zarr.open_group(str(path), mode="r")
                 same = (
-                    old.attrs.get("config_hash") == (attrs or {}).get("config_hash")
+                    stores.kind_of(dict(old.attrs)) == DATASET_KIND
+                    and old.attrs.get("config_hash") == (attrs or {}).get("config_hash")
                     and old["flux"].shape == (n_spectrum, wave.size)
                     and old["flux"].chunks[0] == chunk_size
                     and all(name in old for name in extra_coords)
@@ -150,9 +154,7 @@ def create_dataset_store(
                 f"{path} exists and was made with other settings; choose another --out "
                 "or pass --overwrite"
             )
-        import shutil
-
-        shutil.rmtree(path)
+        stores.remove_store(path, stores.DATASET)
     n_wave = int(np.size(wave))
     if compressors is None:
         compressors = [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
@@ -224,32 +226,22 @@ def finalize_dataset(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def publish_store(tmp: str | Path, out: str | Path) -> Path:
+def publish_store(tmp: str | Path, out: str | Path, kind: stores.Kind, *,
+                  overwrite: bool = False) -> Path:
     """Mark a store assembled at ``tmp`` complete, consolidate it and move it to ``out``.
 
-    The rename is the last step, so ``out`` either holds the previous store or the finished
-    new one, never a half-written one.
+    The rename is the last step (:func:`specdenoise.stores.publish`), so ``out`` either holds
+    the previous store of ``kind`` or the finished new one, never a half-written one.
     """
-    import os
-    import shutil
-
-    tmp, out = Path(tmp), Path(out)
     finalize_dataset(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return stores.publish(tmp, out, kind, overwrite=overwrite)
 
 
 def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:
     """Open a simulated dataset lazily, checking it is complete and has what is needed."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecdenoiseError(f"dataset {path} does not exist")
-    from specdenoise.simulate.grids import open_checked
-
-    ds = open_checked(path, DATASET_KIND, "dataset",
-                      f"dataset {path} is incomplete (interrupted run?); re-run with --resume")
+    ds = stores.open_store(
+        path, stores.DATASET,
+        incomplete=f"dataset {path} is incomplete (interrupted run?); re-run with --resume")
     missing = [v for v in require if v not in ds]
     if missing:
         raise SpecdenoiseError(f"dataset {path} lacks variable(s) {', '.join(missing)}")

@@ -13,7 +13,7 @@ import shlex
 import time
 from pathlib import Path
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 #: per preset: spectra per split, simulation seed, models to train (name, train preset, extra)
 PRESETS = {

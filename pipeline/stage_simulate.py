@@ -13,6 +13,7 @@ locality for large grids) and written back in drawn order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import zlib
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specdenoise import __version__, schema
+from specdenoise import __version__, schema, stores
 from specdenoise.config import config_hash, parse_split
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import calibration, engine
-from specdenoise.simulate.errors import SpecdenoiseError
 
 # --------------------------------------------------------------------------- resolution
 
@@ -50,6 +51,26 @@ def grid_provenance(path: Path, spec: str) -> dict:
         "source": ds.attrs.get("source"),
         "content_hash": ds.attrs.get("content_hash"),
     }
+
+
+def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
+    """Refuse parameter distributions that reach beyond the grid's axes (before any store is
+    created): they would fail inside the workers, or be silently cut to the grid."""
+    from specdenoise.simulate.grids import grid_axes, open_grid
+
+    problems = []
+    for name, nodes in grid_axes(open_grid(grid_path)).items():
+        dist = cfg["params"].get(name)
+        if dist is None:
+            continue
+        lo, hi = ((dist["value"], dist["value"]) if dist["dist"] == "fixed"
+                  else (dist["low"], dist["high"]))
+        if lo < nodes[0] or hi > nodes[-1]:
+            problems.append(f"params.{name} spans {lo:g}..{hi:g} but the grid covers "
+                            f"{nodes[0]:g}..{nodes[-1]:g}")
+    if problems:
+        raise SpecdenoiseError(f"{'; '.join(problems)} (grid {cfg['grid']}); narrow the "
+                               "distribution(s) with --set or use a grid that covers them")
 
 
 def make_noise(spec: str):
@@ -203,10 +224,30 @@ def simulate(
     client=None,
 ) -> list[Path]:
     """Run the simulation stage; returns the written store paths."""
+    from specdenoise.cluster import check_local_options
+
+    # every check before any store is created or a worker started
+    if client is None:
+        check_local_options(cluster, workers, threads_per_worker, memory_limit)
+    for _split, path, _n in plan(cfg):
+        if path.exists() and not (resume or overwrite):
+            raise SpecdenoiseError(f"{path} exists; pass --resume to finish it or --overwrite "
+                                   "to start again")
+        stores.check_output(path, stores.DATASET, overwrite=overwrite, allow_existing=resume)
+    grid_path = resolve_grid(cfg["grid"])
+    check_params_on_grid(cfg, grid_path)
+    make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
+    with contextlib.ExitStack() as held:
+        for _split, path, _n in plan(cfg):
+            held.enter_context(stores.locked(path))  # one writer per store
+        return _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker,
+                         memory_limit, overwrite, progress)
+
+
+def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
+              overwrite, progress) -> list[Path]:
     from specdenoise.cluster import connect
 
-    grid_path = resolve_grid(cfg["grid"])
-    make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
     stored_cfg = {k: v for k, v in cfg.items() if k != "out"}
     chash = config_hash(cfg)
     attrs = {
@@ -224,9 +265,6 @@ def simulate(
     wave = pixel_wave()
     jobs = []
     for split, path, n in plan(cfg):
-        if path.exists() and not (resume or overwrite):
-            raise SpecdenoiseError(f"{path} exists; pass --resume to finish it or --overwrite "
-                                   "to start again")
         schema.create_dataset_store(
             path, n, cfg["chunk_size"], wave,
             attrs={**attrs, "split": split or "all"},
@@ -281,8 +319,10 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
             except SpecdenoiseError:
                 raise
             except Exception as exc:
-                raise SpecdenoiseError(f"a simulation task failed: {type(exc).__name__}: {exc}"
-                                       " (finished chunks are kept; fix and --resume)") from exc
+                raise SpecdenoiseError(
+                    f"a simulation task failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                    + " (finished chunks are kept: fix the cause and re-run with --resume, or "
+                    "with --overwrite if the configuration changes)") from exc
             done_spectra += sizes[fut.key]
             bar.update(sizes[fut.key])
             bar.set_postfix(rate=f"{done_spectra / (time.perf_counter() - t0):.0f}/s")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -35,7 +35,7 @@ def rebuild_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """
     words: list[str] = []
     for action in parser._actions:
-        if not action.option_strings or action.dest in skip or action.dest == "help":
+        if not action.option_strings or action.dest in skip or action.dest in ("help", "debug"):
             continue
         value = getattr(args, action.dest, action.default)
         if value == action.default:
@@ -67,6 +67,16 @@ def _skip(directives: list[str], profile: dict) -> list[str]:
     return [d for d in directives if not any(s in d for s in skips)]
 
 
+def _directive_path(path: str) -> str:
+    """A path as one argument of an ``#SBATCH``/``#PBS`` line: as it is when it is one plain
+    word, else double-quoted (the batch systems' directive parsers strip double quotes, not
+    single ones)."""
+    if any(c in path for c in '"\n\r\0'):
+        raise SpecdenoiseError(f"the run directory {path!r} holds a quote or a line break; "
+                               "choose a plainer --out")
+    return path if shlex.quote(path) == path else f'"{path}"'
+
+
 def job_script(profile: dict, command: list[str], run_dir: Path, *, name: str = "specdenoise",
                cwd: Path | None = None) -> str:
     """The batch script that runs ``command`` (plus ``--resume`` once a checkpoint exists)."""
@@ -74,10 +84,16 @@ def job_script(profile: dict, command: list[str], run_dir: Path, *, name: str = 
     run_dir = Path(run_dir).resolve()
     cwd = Path(cwd or os.getcwd()).resolve()
     q = shlex.quote
+    from specdenoise.cluster.profiles import value_problems
+
+    problems = value_problems(profile)
+    if problems:
+        raise SpecdenoiseError(f"cluster profile {profile.get('_path', '')}: "
+                               + "; ".join(problems))
     cores = int(profile.get("cores") or 1)
     if kind == "slurm":
         prefix = "#SBATCH"
-        directives = [f"-J {name}", f"-o {run_dir}/slurm-%j.out", "-n 1",
+        directives = [f"-J {name}", f"-o {_directive_path(f'{run_dir}/slurm-%j.out')}", "-n 1",
                       f"--cpus-per-task={cores}"]
         if profile.get("memory"):
             directives.append(f"--mem={_mem(profile['memory'])}")
@@ -90,7 +106,7 @@ def job_script(profile: dict, command: list[str], run_dir: Path, *, name: str = 
         threads = f"${{SLURM_CPUS_PER_TASK:-{cores}}}"
     elif kind == "pbs":
         prefix = "#PBS"
-        directives = [f"-N {name}", f"-o {run_dir}/pbs.out", "-j oe"]
+        directives = [f"-N {name}", f"-o {_directive_path(f'{run_dir}/pbs.out')}", "-j oe"]
         spec = profile.get("resource_spec")
         if not spec:
             spec = f"select=1:ncpus={cores}"

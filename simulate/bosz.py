@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 #: resolving power of SYNTHE's native wavelength grid (BOSZ 2017)
 SYNTHE_R = 300_000
@@ -250,10 +250,43 @@ def read_bosz2017_ascii(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nd
     return data[:, 0], data[:, 1], data[:, 2]
 
 
+#: BOSZ 2024 wavelength files are log-uniform to printing precision (0.11 % in the R=5000
+#: file); a file whose log step varies more was shifted or edited
+LOG_STEP_TOLERANCE = 0.01
+#: no model atmosphere reaches below this (Å); a file starting lower is not in Å
+MIN_WAVE_A = 100.0
+
+
 @lru_cache(maxsize=8)
 def _bosz2024_wave(path: str, mtime_ns: int) -> np.ndarray:
+    name = Path(path).name
     with open(path) as fh:
-        return _read_columns(fh, Path(path).name, 1)[:, 0]
+        wave = _read_columns(fh, name, 1)[:, 0]
+    check_wave_column(wave, name)
+    return wave
+
+
+def check_wave_column(wave_a: np.ndarray, name: str) -> None:
+    """Refuse a BOSZ 2024 wavelength column that is not in Å, not increasing or not the
+    log-uniform grid the models are sampled on (e.g. shifted by a constant)."""
+    if wave_a.size < 2:
+        raise SpecdenoiseError(f"{name}: fewer than 2 wavelengths")
+    if not np.all(np.diff(wave_a) > 0):
+        i = int(np.nonzero(~(np.diff(wave_a) > 0))[0][0])
+        raise SpecdenoiseError(f"{name}: wavelengths are not strictly increasing (row {i + 2}: "
+                               f"{wave_a[i + 1]:g} after {wave_a[i]:g})")
+    if not wave_a[0] > MIN_WAVE_A:
+        raise SpecdenoiseError(f"{name}: the first wavelength is {wave_a[0]:g}, below "
+                               f"{MIN_WAVE_A:g} Å; BOSZ 2024 wavelength files are in Å (this one "
+                               "looks like nm or µm)")
+    step = np.diff(np.log(wave_a))
+    dev = np.abs(step / np.median(step) - 1)
+    if dev.max() > LOG_STEP_TOLERANCE:
+        i = int(np.argmax(dev))
+        raise SpecdenoiseError(
+            f"{name}: wavelengths are not log-uniform (the step at {wave_a[i]:g} Å is "
+            f"{dev[i]:.1%} off the median); the file was shifted or edited, restore the "
+            "original")
 
 
 def bosz2024_wave_file(path: str | Path, resolution: int) -> Path:
@@ -363,6 +396,14 @@ def read_resampled(
     out = degrade_and_resample(
         wave, np.stack([flux, cont]), wave_out, f.resolution, resolution_out, f.path.name
     )
-    if not np.isfinite(out).all():
-        raise SpecdenoiseError(f"{f.path.name}: non-finite flux in the wave range")
-    return out[0].astype(np.float32), out[1].astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        flux32, cont32 = out[0].astype(np.float32), out[1].astype(np.float32)
+    if not (np.isfinite(flux32).all() and np.isfinite(cont32).all()):
+        raise SpecdenoiseError(f"{f.path.name}: non-finite flux in the wave range (or beyond "
+                               "float32, ~3e38)")
+    if flux32.min() < 0 or cont32.min() < 0:
+        raise SpecdenoiseError(f"{f.path.name}: negative flux in the wave range; model "
+                               "surface fluxes are positive")
+    if not flux32.max() > 0 or not cont32.max() > 0:
+        raise SpecdenoiseError(f"{f.path.name}: flux is zero throughout the wave range")
+    return flux32, cont32

@@ -61,12 +61,12 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.grids import (
     create_grid_store,
     finalize_grid_store,
     open_grid,
-    partial_path,
     write_nodes,
 )
 from specdenoise.simulate.linelist import (
@@ -709,6 +709,14 @@ def _complete_store(path: Path, key: str) -> bool:
     return ds.attrs.get("settings_hash") == key
 
 
+def _is_grid(path: Path) -> bool:
+    try:
+        stores.check_replaceable(path, stores.GRID)
+    except SpecdenoiseError:
+        return False
+    return True
+
+
 def _store_attrs(s: Mapping, key: str) -> dict:
     return {
         "source": "builtin",
@@ -738,8 +746,9 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
         cache).
     progress : show a tqdm progress bar over nodes.
 
-    The store is assembled under ``<out>.partial`` and only renamed into place when every node
-    was written (:func:`specdenoise.simulate.grids.finalize_grid_store`). With ``out`` given and
+    The store is assembled in a unique temporary folder beside it while the destination is
+    locked (:mod:`specdenoise.stores`) and only renamed into place when every node was
+    written (:func:`specdenoise.simulate.grids.finalize_grid_store`). With ``out`` given and
     a complete cached store for the same settings, the cache is copied.
     """
     s = _resolve_settings(settings)
@@ -751,22 +760,34 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
             return target
         if out is not None:
             raise SpecdenoiseError(f"{target} already exists; pass --overwrite to replace it")
-    if out is not None and target.resolve() != cache.resolve() and _complete_store(cache, key):
-        tmp = partial_path(target)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        shutil.copytree(cache, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(target)
-        return target
+    if os.path.lexists(target):  # replaced below
+        if out is None and not _is_grid(target):
+            shutil.rmtree(target)  # our own cache folder, damaged: rebuilt
+        else:
+            stores.check_replaceable(target, stores.GRID)  # a user's path: only a grid
+    stores.refuse_unsafe_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with stores.locked(target):
+        if out is None and not overwrite and _complete_store(target, key):
+            return target  # another process built it while we waited for nothing
+        tmp = stores.temp_dir(target)
+        try:
+            if (out is not None and target.resolve() != cache.resolve()
+                    and _complete_store(cache, key)):
+                shutil.copytree(cache, tmp, dirs_exist_ok=True)
+                return stores.publish(tmp, target, stores.GRID, overwrite=True)
+            _generate(s, key, target, tmp, progress)
+            return finalize_grid_store(tmp, target, overwrite=True, keep_failed=False)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _generate(s: Mapping, key: str, target: Path, tmp: Path, progress: bool) -> None:
+    """Render every node of the grid into the empty store folder ``tmp``."""
     axes = builtin_axes(s)
     gen = _generator(s)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = create_grid_store(target, axes, gen.wave, with_cont=True, flux_unit=FLUX_UNIT,
-                            attrs=_store_attrs(s, key))
+    create_grid_store(target, axes, gen.wave, with_cont=True, flux_unit=FLUX_UNIT,
+                      attrs=_store_attrs(s, key), tmp=tmp)
     teff, logg, m_h, a_m = axes.values()
     shape = (teff.size, logg.size, m_h.size, a_m.size)
     n_nodes = int(np.prod(shape))
@@ -789,4 +810,3 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
     finally:
         if bar is not None:
             bar.close()
-    return finalize_grid_store(tmp, target, overwrite=True)

@@ -1,10 +1,9 @@
-"""The one exception type a user can cause.
+"""Re-export of :class:`specdenoise.errors.SpecdenoiseError` (its home before the contracts layer).
 
-Everything a user can get wrong (a bad option, a missing or corrupt file, parameters off the grid)
-raises :class:`SpecdenoiseError` with a one-line message that names the thing and what to do.
-The CLI prints that line and exits with status 2, without a traceback.
+Kept so that ``from specdenoise.simulate.errors import SpecdenoiseError`` goes on working; new
+code imports it from :mod:`specdenoise.errors`.
 """
 
+from specdenoise.errors import SpecdenoiseError
 
-class SpecdenoiseError(Exception):
-    """A user-facing error; its message is one line meant for the person at the terminal."""
+__all__ = ["SpecdenoiseError"]

@@ -37,13 +37,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import atmosphere, pfs
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.noise import BuiltinNoise, broadcast_conditions, etc_variance
 
 #: condition axes a table can vary over (the names of ``evaluate``'s arguments)
 AXES = ("seeing", "zenith", "field_angle", "moon_zenith", "moon_separation", "moon_phase")
-TABLE_KIND = "specdenoise-etc-table"
+TABLE_KIND = stores.ETC_TABLE.name
 #: ETC parameter names -> ours
 ETC_PARAM_NAMES = {
     "seeing": "seeing", "zenith_ang": "zenith", "field_ang": "field_angle",
@@ -314,39 +315,42 @@ def runs_to_dataset(runs: list[dict], source: str = "") -> xr.Dataset:
          "exp_time": (tuple(axes), t_arr, {"units": "s"}),
          "n_exp": (tuple(axes), n_arr)},
         coords={a: np.array(values[a]) for a in axes} | {"wave": ("wave", wave, {"units": "nm"})},
-        attrs={"kind": TABLE_KIND, "source": source,
+        attrs={stores.KIND_ATTR: TABLE_KIND, "source": source,
                "fixed": json.dumps({a: values[a][0] for a in AXES if a not in axes})},
     )
     return ds
 
 
 def write_table(ds: xr.Dataset, path, overwrite: bool = False) -> Path:
-    """Write the table to Zarr (v3) at ``path``, assembled under ``<path>.partial`` first."""
+    """Write the table to Zarr (v3) at ``path``, assembled under a unique temporary first.
+
+    ``overwrite`` replaces only an ETC table (:func:`specdenoise.stores.publish`).
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise SpecdenoiseError(f"{path} exists; remove it or choose another --out")
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    stores.check_output(path, stores.ETC_TABLE, overwrite=overwrite)
+    with stores.locked(path):
+        tmp = stores.temp_dir(path)
+        try:
+            ds = ds.copy()
+            ds.attrs = {**ds.attrs, stores.KIND_ATTR: TABLE_KIND, "complete": True}
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+            stores.publish(tmp, path, stores.ETC_TABLE, overwrite=overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
 def open_table(path) -> xr.Dataset:
-    """Open an ETC table store, refusing anything else."""
+    """Open an ETC table store, refusing anything else (tables of older versions included)."""
     path = Path(path)
-    if not path.exists():
-        raise SpecdenoiseError(f"ETC table {path} does not exist; create it with "
-                               "`specdenoise etc import`")
+    ds = stores.open_store(
+        path, stores.ETC_TABLE, consolidated=False,
+        missing=f"ETC table {path} does not exist; create it with `specdenoise etc import`",
+        not_kind=f"{path}: not a specdenoise ETC table")
     try:
-        ds = xr.open_zarr(path, consolidated=False).load()
+        return ds.load()
     except Exception as exc:
         raise SpecdenoiseError(f"{path}: not a readable ETC table ({exc})") from None
-    if ds.attrs.get("kind") != TABLE_KIND:
-        raise SpecdenoiseError(f"{path}: not a specdenoise ETC table")
-    return ds
 
 
 class TableNoise:

@@ -12,10 +12,11 @@ coordinates ``teff`` (K), ``logg`` (dex, cgs), ``m_h``, ``a_m``, ``c_m`` (dex),
 interpolates fetches only the corner spectra it needs.
 
 Writing is two-phase so an interrupted build or import never leaves a store that looks complete:
-everything is written under ``<out>.partial``; :func:`finalize_grid_store` checks that every node
-marked as existing was written, records a content hash, consolidates metadata, sets
-``attrs["complete"] = True`` and only then renames the store into place. :func:`open_grid`
-refuses a store that is not complete.
+everything is written under a temporary folder (``<out>.partial`` by default, a unique name from
+:func:`specdenoise.stores.temp_dir` for the CLI stages); :func:`finalize_grid_store` checks that
+every node marked as existing was written, records a content hash, consolidates metadata, sets
+``attrs["complete"] = True`` and only then publishes the store (:func:`specdenoise.stores.publish`).
+:func:`open_grid` refuses a store that is not complete.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 
 #: Parameter axes a grid may have, in storage order.
 AXES = ("teff", "logg", "m_h", "a_m", "c_m")
@@ -42,7 +44,7 @@ AXIS_LONG_NAMES = {
     "a_m": "alpha enhancement [alpha/M]",
     "c_m": "carbon enhancement [C/M]",
 }
-GRID_KIND = "specdenoise-grid"
+GRID_KIND = stores.GRID.name
 GRID_SCHEMA_VERSION = 1
 
 
@@ -84,8 +86,9 @@ def create_grid_store(
     with_cont: bool = False,
     flux_unit: str = "erg s-1 cm-2 nm-1 (surface flux)",
     attrs: Mapping | None = None,
+    tmp: str | Path | None = None,
 ) -> Path:
-    """Create an empty grid store under ``partial_path(path)`` and return that path.
+    """Create an empty grid store under ``tmp`` (default ``partial_path(path)``); return it.
 
     Parameters
     ----------
@@ -96,6 +99,9 @@ def create_grid_store(
     with_cont : also create a ``cont`` variable.
     flux_unit : unit string stored in ``flux.attrs["units"]``.
     attrs : global attributes (source, resolution, sampling, settings...).
+    tmp : where to assemble the store: an empty folder of the caller's (a unique name from
+        :func:`specdenoise.stores.temp_dir`, so two writers never share it); by default the
+        fixed ``<path>.partial``, replaced if present.
 
     Node spectra are then written with :func:`write_nodes`; unwritten chunks read as NaN.
     """
@@ -110,9 +116,11 @@ def create_grid_store(
     if exists.shape != shape:
         raise SpecdenoiseError(f"'exists' has shape {exists.shape}, expected {shape}")
 
-    tmp = partial_path(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if tmp is None:
+        tmp = partial_path(path)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    tmp = Path(tmp)
     dims = (*axes, "wave")
     coords = {
         n: (n, v, {"units": AXIS_UNITS[n], "long_name": AXIS_LONG_NAMES[n]})
@@ -222,26 +230,25 @@ def _content_hash(g: zarr.Group, names: Sequence[str]) -> tuple[str, int]:
     return h.hexdigest(), bad
 
 
-def finalize_grid_store(store: str | Path, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Check, hash, consolidate and atomically move a partial store to ``path``."""
+def finalize_grid_store(store: str | Path, path: str | Path, *, overwrite: bool = False,
+                        keep_failed: bool = True) -> Path:
+    """Check, hash, consolidate and atomically move a partial store to ``path``.
+
+    ``keep_failed``: a store that fails the check is left where it is for inspection (and the
+    message says where); the importers pass False and delete it.
+    """
     store, path = Path(store), Path(path)
     g = zarr.open_group(str(store), mode="r+")
     names = [n for n in AXES if n in g]
     digest, bad = _content_hash(g, names)
     if bad:
+        where = f"; the partial store is left at {store}" if keep_failed else ""
         raise SpecdenoiseError(
-            f"{bad} grid node(s) marked as existing were never written or are not finite; "
-            f"the partial store is left at {store}"
+            f"{bad} grid node(s) marked as existing were never written or are not finite{where}"
         )
     g.attrs.update({"content_hash": f"sha256:{digest}", "complete": True})
     zarr.consolidate_metadata(str(store))
-    if path.exists():
-        if not overwrite:
-            raise SpecdenoiseError(f"{path} already exists; pass --overwrite to replace it")
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store.rename(path)
-    return path
+    return stores.publish(store, path, stores.GRID, overwrite=overwrite)
 
 
 def write_grid(
@@ -262,15 +269,18 @@ def write_grid(
     flux = np.asarray(flux, dtype=np.float32)
     if flux.shape != (*shape, np.size(wave)):
         raise SpecdenoiseError(f"flux has shape {flux.shape}, expected {(*shape, np.size(wave))}")
-    tmp = create_grid_store(
-        path, axes, wave, exists=exists, with_cont=cont is not None, flux_unit=flux_unit,
-        attrs=attrs,
-    )
-    g = zarr.open_group(str(tmp), mode="r+")
-    g["flux"][...] = flux
-    if cont is not None:
-        g["cont"][...] = np.asarray(cont, dtype=np.float32)
-    return finalize_grid_store(tmp, path, overwrite=overwrite)
+    stores.check_output(path, stores.GRID, overwrite=overwrite)
+    tmp = stores.temp_dir(path)
+    try:
+        create_grid_store(path, axes, wave, exists=exists, with_cont=cont is not None,
+                          flux_unit=flux_unit, attrs=attrs, tmp=tmp)
+        g = zarr.open_group(str(tmp), mode="r+")
+        g["flux"][...] = flux
+        if cont is not None:
+            g["cont"][...] = np.asarray(cont, dtype=np.float32)
+        return finalize_grid_store(tmp, path, overwrite=overwrite, keep_failed=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def open_grid(path: str | Path) -> xr.Dataset:
@@ -287,29 +297,8 @@ def open_grid(path: str | Path) -> xr.Dataset:
                 "re-run the build or import"
             )
         raise SpecdenoiseError(f"grid store {path} does not exist")
-    return open_checked(path, GRID_KIND, "grid store",
-                        f"grid {path} is incomplete; re-run the build or import")
-
-
-def open_checked(path: Path, kind: str, label: str, incomplete: str) -> xr.Dataset:
-    """Open a store of ours lazily after checking its kind and completeness attributes.
-
-    The attributes are read first with zarr, so an interrupted (never consolidated) store is
-    reported as ``incomplete`` rather than opened; a complete one opens from its
-    consolidated metadata in one read.
-    """
-    try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception as exc:  # zarr raises many types for a corrupt or foreign folder
-        raise SpecdenoiseError(f"cannot open {label} {path}: {exc}") from None
-    if attrs.get("specdenoise_kind") != kind:
-        raise SpecdenoiseError(f"{path} is not a specdenoise {label}")
-    if not attrs.get("complete", False):
-        raise SpecdenoiseError(incomplete)
-    try:
-        return xr.open_zarr(path, consolidated=True)
-    except Exception as exc:
-        raise SpecdenoiseError(f"cannot open {label} {path}: {exc}") from None
+    return stores.open_store(path, stores.GRID,
+                             incomplete=f"grid {path} is incomplete; re-run the build or import")
 
 
 def grid_axes(ds: xr.Dataset) -> dict[str, np.ndarray]:

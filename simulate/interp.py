@@ -54,7 +54,7 @@ import xarray as xr
 import zarr
 from numba import njit
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.grids import NodeReader, grid_axes, open_grid
 
 MISSING_POLICIES = ("error", "renormalize", "nearest")

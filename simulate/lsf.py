@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit
 from scipy.special import ndtr
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.pfs import RED_MR_DLAMBDA
 
 #: FWHM / sigma of a Gaussian

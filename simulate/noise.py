@@ -35,9 +35,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import atmosphere, pfs, skylines
 from specdenoise.simulate.constants import C_NM_PER_S, CM2_PER_M2, MAG_TO_TAU, PHOTONS_PER_ERG_1NM
-from specdenoise.simulate.errors import SpecdenoiseError
 
 #: sky-subtraction systematic floor per exposure (fraction of the local sky)
 SKY_SUB_FLOOR = 0.01

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import j1
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.constants import ARCSEC_PER_URAD
-from specdenoise.simulate.errors import SpecdenoiseError
 
 #: red-arm medium-resolution grid: first pixel (nm), last edge (nm), pixel count
 RED_MR_LMIN = 710.0

@@ -34,8 +34,8 @@ import functools
 
 import numpy as np
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS, C_KM_PER_S, C_NM_PER_S
-from specdenoise.simulate.errors import SpecdenoiseError
 
 EXTINCTION_LAWS = ("F99", "G23")
 DEFAULT_FILTER = "hsc2017-i"

@@ -12,13 +12,12 @@ weights_only=True)``:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from specdenoise import __version__
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise import __version__, stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.train.models import build_model
 
 FORMAT = "specdenoise-checkpoint"
@@ -27,18 +26,22 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Refuses a model whose weights are not all finite: it would replace the last good
+    checkpoint with one that denoises everything to NaN.
+    """
+    from specdenoise.train.guards import finite_state
+
+    bad = finite_state(state.get("model", {}).get("state", {}))
+    if bad is not None:
+        raise SpecdenoiseError(f"not writing {path}: weight {bad} is NaN or infinite; the "
+                               "last checkpoint is kept")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION,
              "package_version": __version__, **state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return stores.write_file(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -38,9 +38,10 @@ import torch
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
-from specdenoise.schema import CALIB_PREFIX, DATASET_KIND, SPECTRUM_DIM, WAVE_DIM
+from specdenoise import stores
+from specdenoise.schema import CALIB_PREFIX, SPECTRUM_DIM, WAVE_DIM
 from specdenoise.simulate.errors import SpecdenoiseError
-from specdenoise.train import calibration
+from specdenoise.train import calibration, guards
 from specdenoise.train.calibration import augment, norm_factor, normalise  # noqa: F401
 
 TRAIN_VARS = ("flux_clean", "sigma")
@@ -96,13 +97,11 @@ def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
                   storage_options: dict | None = None) -> StoreInfo:
     """Check a dataset can feed a model with ``n_wave`` pixels; raise a one-line error if not."""
     g = open_group(path, storage_options)
-    attrs = dict(g.attrs)
-    if attrs.get("specdenoise_kind") != DATASET_KIND:
-        raise SpecdenoiseError(f"{path} is not a specdenoise dataset (no specdenoise_kind attr)")
-    if not attrs.get("complete", False):
-        raise SpecdenoiseError(
-            f"dataset {path} is incomplete (interrupted simulation?); finish it with --resume"
-        )
+    stores.check_attrs(
+        dict(g.attrs), path, stores.DATASET,
+        not_kind=f"{path} is not a specdenoise dataset (no specdenoise_kind attr)",
+        incomplete=f"dataset {path} is incomplete (interrupted simulation?); finish it with "
+                   "--resume")
     members = set(g.array_keys())
     missing = [v for v in require if v not in members]
     if missing:
@@ -171,6 +170,7 @@ def read_chunk(group: zarr.Group, info: StoreInfo, chunk: int, names) -> dict[st
                 f"dataset {info.path}: sigma is not positive in unmasked pixels (spectrum {row})"
             )
         out["sigma"][~good] = 1.0
+    guards.check_chunk_values(out, good, info.path, lo)
     out["good"] = good
     if info.calib_order:
         out["calib"] = np.stack([np.asarray(group[f"{CALIB_PREFIX}{k}"][lo:hi], np.float32)

@@ -6,22 +6,27 @@ through the network and multiplied back, so outputs are in the units of the inpu
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import publish_store
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
 from specdenoise.train.checkpoint import load_model
 from specdenoise.train.models import model_input
 
 DENOISED_VAR = "flux_denoised"
-DENOISED_KIND = "specdenoise-denoised"
+DENOISED_KIND = stores.DENOISED.name
 _WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
+
+
+def _inputs(model: torch.nn.Module) -> tuple[str, ...]:
+    """The dataset variables ``model`` denoises from."""
+    return ("flux", "sigma") if getattr(model, "in_channels", 1) == 2 else ("flux",)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -71,6 +76,10 @@ def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
                                      * factor).cpu().numpy()
     finally:
         model.train(was_training).to(model_device)
+    if not np.isfinite(out).all():
+        row = int(np.nonzero(~np.isfinite(out).all(axis=1))[0][0])
+        raise SpecdenoiseError(f"the model gives NaN or infinite flux for spectrum {row}; its "
+                               "weights are damaged (retrain, or use an earlier checkpoint)")
     return out[0] if squeeze else out
 
 
@@ -81,8 +90,27 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
     The output holds ``flux_denoised`` (spectrum, wave) float32, chunked like the input, with
     all of the input's coordinates (``wave`` and the per-spectrum parameters). It is written
     in a temporary folder and renamed when complete, so an interrupted run leaves nothing that
-    looks finished.
+    looks finished; ``overwrite`` replaces only a denoised store, never the input.
     """
+    from specdenoise.schema import per_spectrum_names
+
+    out = Path(out_zarr)
+    if tdata.is_url(out_zarr):
+        raise SpecdenoiseError(f"cannot write {out_zarr}: denoised output must be a local path")
+    stores.check_output(out, stores.DENOISED, overwrite=overwrite, inputs=(in_zarr,))
+    model, config = load_model(model_path, device=device)
+    needs = _inputs(model)
+    info = tdata.inspect_store(in_zarr, needs, n_wave=model.n_wave)
+    if not tdata.is_url(in_zarr):
+        # a lost chunk would read as fill values: refuse rather than denoise them
+        stores.check_chunks(in_zarr, needs, optional=("wave", *per_spectrum_names()))
+    with stores.locked(out):
+        return _denoise_dataset(model, config, in_zarr, out, info, batch_size=batch_size,
+                                overwrite=overwrite, progress=progress)
+
+
+def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, overwrite,
+                     progress) -> Path:
     import dask.array as da
     import xarray as xr
     import zarr
@@ -90,14 +118,6 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
 
     from specdenoise.schema import SPECTRUM_DIM, UNITS, WAVE_DIM
 
-    out = Path(out_zarr)
-    if tdata.is_url(out_zarr):
-        raise SpecdenoiseError(f"cannot write {out_zarr}: denoised output must be a local path")
-    if out.exists() and not overwrite:
-        raise SpecdenoiseError(f"{out} exists; choose another --out or pass --overwrite")
-    model, config = load_model(model_path, device=device)
-    needs = ("flux", "sigma") if getattr(model, "in_channels", 1) == 2 else ("flux",)
-    info = tdata.inspect_store(in_zarr, needs, n_wave=model.n_wave)
     src = xr.open_zarr(str(in_zarr), consolidated=None)
     coords = {k: v.variable.compute() for k, v in src.coords.items()}
     n, n_wave = info.n_spectrum, info.n_wave
@@ -116,8 +136,7 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
             "chunk_size": info.chunk_size,
         },
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = stores.temp_dir(out)
     encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave)}}
     for k, v in coords.items():
         if v.dims == (SPECTRUM_DIM,):
@@ -130,11 +149,11 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
         for chunk in tqdm(range(info.n_chunks), desc="denoise", unit="chunk",
                           disable=None if progress is None else not progress):
             lo, hi = info.chunk_bounds(chunk)
-            arrays = tdata.read_chunk(src_group, info, chunk, needs)
+            arrays = tdata.read_chunk(src_group, info, chunk, _inputs(model))
             dst[DENOISED_VAR][lo:hi] = denoise_array(model, arrays["flux"],
                                                      batch_size=batch_size,
                                                      sigma=arrays.get("sigma"))
-        publish_store(tmp, out)
+        publish_store(tmp, out, stores.DENOISED, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -210,16 +229,48 @@ def _read_fits(path: Path):
                 if flux.ndim == 2 and wave is not None and wave.ndim == 2:
                     wave = wave[0]
                 return wave, flux
-            return None, np.asarray(hdu.data, dtype=np.float64)
+            data = np.asarray(hdu.data, dtype=np.float64)
+            if data.ndim > 2 or (data.ndim == 2 and data.shape[0] >= data.shape[1]):
+                raise SpecdenoiseError(
+                    f"{path}: HDU {hdu.name or 0} is a {' x '.join(map(str, data.shape))} "
+                    "image, not spectra; give one spectrum (1-D) or fewer spectra than "
+                    "pixels as rows of a 2-D array, or a table with a 'flux' column")
+            return None, data
     raise SpecdenoiseError(f"{path}: no HDU with data")
 
 
-def denoise_file(model_path, in_path, out_csv, *, device=None) -> Path:
+def check_spectra(flux: np.ndarray, name) -> None:
+    """Refuse data that cannot be a flux spectrum: each row needs a positive median.
+
+    The denoiser divides a spectrum by median / 0.5; a row of zeros or of mostly negative
+    values has no such scale and would come out as a plausible-looking but invented spectrum.
+    """
+    if not np.isfinite(flux).all():
+        row = int(np.nonzero(~np.isfinite(flux).all(axis=1))[0][0])
+        raise SpecdenoiseError(f"{name}: spectrum {row} has NaN or infinite flux; fill or drop "
+                               "it first")
+    med = np.median(flux, axis=1)
+    bad = np.nonzero(~(med > 0))[0]
+    if bad.size:
+        row = int(bad[0])
+        what = ("all zero" if not np.any(flux[row]) else
+                "mostly negative" if med[row] < 0 else "zero in at least half its pixels")
+        raise SpecdenoiseError(f"{name}: spectrum {row} is {what}; the denoiser needs flux "
+                               "with a positive median (a sky-subtracted or background-only "
+                               "spectrum cannot be denoised)")
+
+
+def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool = False) -> Path:
     """Denoise the spectrum (or spectra) in a FITS or CSV file; write ``out_csv``.
 
     Columns: ``wave`` (nm; from the file, else the model's training grid), ``flux`` and
     ``flux_denoised``; with several spectra a leading ``spectrum`` column numbers them.
+    An existing ``out_csv`` is replaced only with ``overwrite``.
     """
+    out = Path(out_csv)
+    stores.check_output(out, None, overwrite=overwrite, inputs=(in_path,))
+    if not out.parent.is_dir():
+        raise SpecdenoiseError(f"cannot write {out}: folder {out.parent} does not exist")
     model, config = load_model(model_path, device=device)
     wave, flux = read_spectrum_file(in_path)
     n_wave = model.n_wave
@@ -239,8 +290,8 @@ def denoise_file(model_path, in_path, out_csv, *, device=None) -> Path:
             )
     if wave is None:
         wave = np.asarray(model_wave if model_wave is not None else np.arange(n_wave), float)
+    check_spectra(flux, in_path)
     den = denoise_array(model, flux)
-    out = Path(out_csv)
     rows = []
     many = len(flux) > 1
     header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
@@ -248,7 +299,6 @@ def denoise_file(model_path, in_path, out_csv, *, device=None) -> Path:
         prefix = f"{i}," if many else ""
         rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}" for w, f, d in zip(wave, flux[i], den[i],
                                                                           strict=True)]
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(header + "\n" + "\n".join(rows) + "\n")
-    os.replace(tmp, out)
-    return out
+    text = header + "\n" + "\n".join(rows) + "\n"
+    return stores.write_file(out, lambda tmp: tmp.write_text(text), overwrite=overwrite,
+                             inputs=(in_path,))

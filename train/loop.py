@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
+from specdenoise.train import guards
 from specdenoise.train.checkpoint import (
     CHECKPOINT_NAME,
     default_device,
@@ -47,8 +48,10 @@ SCHEDULERS = ("step", "cosine", "onecycle", "none")
 LOSSES = ("mse", "l1", "chi2", "rel_l1")
 PRECISIONS = ("auto", "fp32", "bf16")
 
-#: options that may change when a run is resumed (they do not change the maths)
-RESUME_MAY_CHANGE = ("epochs", "workers", "device", "compile")
+#: options that may change when a run is resumed (they do not change the maths). Not
+#: ``workers``: the DataLoader workers split each epoch into shards with shuffle buffers of
+#: their own, so the batches (and losses) depend on their number.
+RESUME_MAY_CHANGE = ("epochs", "device", "compile")
 
 
 @dataclass
@@ -313,6 +316,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         val_info = (tdata.inspect_store(cfg.val, tdata.VAL_VARS, n_wave=cfg.n_wave)
                     if cfg.val else None)
         wave = _read_wave(train_info)
+        if val_info is not None:
+            guards.check_same_wave(wave, _read_wave(val_info), cfg.data, cfg.val)
+        identity = {"train": guards.data_identity(train_info),
+                    "val": guards.data_identity(val_info) if val_info else None}
 
         torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
         spec_name, spec_cfg, first_state = _model_spec(cfg, ckpt_path if resume else None)
@@ -326,6 +333,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         start = 0
         if resume:
             state = read_checkpoint(ckpt_path, map_location=device)
+            guards.check_same_data(state.get("data_identity"), identity, str(out))
             model.load_state_dict(state["model"]["state"])
             optimizer.load_state_dict(state["optimizer"])
             _set_rng(state.get("rng", {}))
@@ -375,12 +383,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
                 raise _unwrap_loader_error(exc) from None
             finally:
                 bar.close()
+            guards.check_weights(model, epoch)
             row = {"epoch": epoch + 1, "lr": lr, **stats, **vstats,
                    "epoch_time_s": time.perf_counter() - t0}
             history.append(row)
             if ctx.rank == 0:
-                save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, summary,
-                                                  wave, history, (spec_name, spec_cfg)))
+                save_checkpoint(ckpt_path, {**_state(cfg, model, optimizer, epoch + 1, summary,
+                                                     wave, history, (spec_name, spec_cfg)),
+                                            "data_identity": identity})
                 _write_metrics(out / "metrics.csv", history)
                 plot_learning_curve(history, out / "learning_curve.png")
                 if tb is not None:
@@ -513,11 +523,14 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
             sums += torch.stack([loss.detach().double() * n, torch.tensor(n, device=device,
                                                                           dtype=torch.float64)])
             bar.update(n)
+            if step % 10 == 9 and not ctx.active:  # DDP ranks check together below
+                guards.check_loss_sum(sums[0], epoch, step)
             if step % 10 == 0 and not bar.disable:
                 rate = bar.n / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.4g}", spec_s=f"{rate:.0f}")
     elapsed = time.perf_counter() - t0
     ctx.all_sum(sums)
+    guards.check_loss_sum(sums[0], epoch)
     n = int(sums[1].item())
     return {"train_loss": float(sums[0].item() / max(n, 1)), "n_train": n,
             "spectra_per_s": n / max(elapsed, 1e-9)}

@@ -1,0 +1,491 @@
+"""Store kinds and the one guarded way to create, open and publish them (contracts layer).
+
+specdenoise writes five kinds of xarray-on-Zarr store. Each carries its kind in the attribute
+``specdenoise_kind`` and ``complete = True`` once finished:
+
+==============  ============================  ================================================
+kind            written by                    arrays that a store of the kind always holds
+==============  ============================  ================================================
+grid            ``grid build`` / ``import``   ``flux``, ``exists``
+dataset         ``simulate``                  ``flux``, ``flux_clean``, ``sigma``
+ETC table       ``etc import``                ``sky_rate``, ``variance``
+error cube      ``evaluate``                  ``rel_err``
+denoised        ``denoise --data``            ``flux_denoised``
+==============  ============================  ================================================
+
+(ETC tables written before this module carry their kind in ``kind`` and no ``complete``
+attribute; they are still read.)
+
+Every write of an output goes through this module:
+
+- :func:`check_output` decides whether ``out`` may be written: a path that does not exist, or,
+  with ``--overwrite``, a store *of the expected kind* (kind attribute and layout checked). It
+  never lets a stage replace a folder holding anything else, its own input or a folder
+  containing that input, the working directory or one of its parents.
+- :func:`locked` holds ``.<name>.lock`` beside the output while it is written: a second writer
+  is refused while the first lives; a lock left by a process that died is reclaimed.
+- :func:`temp_dir` / :func:`write_file` assemble outputs under unique temporary names created
+  with ``O_EXCL`` (never followed through a symbolic link), and :func:`publish` renames the
+  finished store into place (the previous store, if any, is removed only after the rename).
+- :func:`open_store` opens a store after checking its kind and completeness;
+  :func:`check_chunks` refuses a store whose arrays lost chunk files.
+
+Imports only numpy, zarr and xarray (and the standard library).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import xarray as xr
+import zarr
+
+from specdenoise.errors import SpecdenoiseError
+
+KIND_ATTR = "specdenoise_kind"
+#: attribute under which ETC tables written before this module recorded their kind
+LEGACY_KIND_ATTR = "kind"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One store kind: its attribute value, words for messages and the arrays it holds."""
+
+    name: str
+    label: str
+    arrays: tuple[str, ...]
+    redo: str  # what to do about an incomplete store of this kind
+    #: extra top-level entries a store of this kind may hold besides Zarr nodes
+    extra_entries: tuple[str, ...] = ()
+
+
+GRID = Kind("specdenoise-grid", "grid store", ("flux", "exists"),
+            "re-run the build or import")
+DATASET = Kind("specdenoise-dataset", "dataset", ("flux", "flux_clean", "sigma"),
+               "re-run with --resume", extra_entries=(".done",))
+ETC_TABLE = Kind("specdenoise-etc-table", "ETC table", ("sky_rate", "variance"),
+                 "import it again")
+CUBE = Kind("specdenoise-error-cube", "error cube", ("rel_err",), "run the evaluation again")
+DENOISED = Kind("specdenoise-denoised", "denoised store", ("flux_denoised",),
+                "run denoise again")
+#: the evaluation summary (a DataTree); older ones carry no kind attribute
+SUMMARY = Kind("specdenoise-summary", "evaluation summary", (), "run the evaluation again")
+KINDS = {k.name: k for k in (GRID, DATASET, ETC_TABLE, CUBE, DENOISED, SUMMARY)}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_attrs(path: str | Path) -> dict | None:
+    """The root attributes of a Zarr store, or None when ``path`` is not a readable Zarr group."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+            return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # zarr raises many types for a folder that is not a store
+        return None
+
+
+def kind_of(attrs: dict | None) -> str | None:
+    """The store kind recorded in ``attrs`` (the legacy ETC-table attribute included)."""
+    if not attrs:
+        return None
+    kind = attrs.get(KIND_ATTR)
+    if kind is None and attrs.get(LEGACY_KIND_ATTR) == ETC_TABLE.name:
+        return ETC_TABLE.name
+    return kind
+
+
+def is_complete(attrs: dict) -> bool:
+    """Finished stores say ``complete = True``; legacy ETC tables were only ever renamed in
+    when finished and carry no such attribute."""
+    if KIND_ATTR not in attrs and attrs.get(LEGACY_KIND_ATTR) == ETC_TABLE.name:
+        return True
+    return bool(attrs.get("complete", False))
+
+
+def check_attrs(attrs: dict, path, kind: Kind, *, not_kind: str | None = None,
+                incomplete: str | None = None) -> None:
+    """Refuse attributes that are not those of a complete store of ``kind``."""
+    if kind_of(attrs) != kind.name:
+        raise SpecdenoiseError(not_kind or f"{path} is not a specdenoise {kind.label}")
+    if not is_complete(attrs):
+        raise SpecdenoiseError(incomplete or f"{kind.label} {path} is incomplete; {kind.redo}")
+
+
+def open_store(path: str | Path, kind: Kind, *, not_kind: str | None = None,
+               incomplete: str | None = None, missing: str | None = None,
+               consolidated: bool | None = True) -> xr.Dataset:
+    """Open a store of ``kind`` lazily after checking its kind and completeness attributes.
+
+    The attributes are read first with zarr, so an interrupted (never consolidated) store is
+    reported as incomplete rather than opened. ``not_kind``, ``incomplete`` and ``missing`` are
+    the messages for a foreign store, an unfinished one and an absent path (defaults name the
+    kind). Raises :class:`SpecdenoiseError` with one line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SpecdenoiseError(missing or f"{kind.label} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot open {kind.label} {path}: {exc}".splitlines()[0]) from None
+    check_attrs(attrs, path, kind, not_kind=not_kind, incomplete=incomplete)
+    try:
+        return xr.open_zarr(path, consolidated=consolidated)
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot open {kind.label} {path}: {exc}".splitlines()[0]) from None
+
+
+def missing_chunks(group: zarr.Group, name: str) -> int:
+    """How many chunks of array ``name`` have no chunk object in the store."""
+    arr = group[name]
+    return int(arr.nchunks) - int(arr.nchunks_initialized)
+
+
+def check_chunks(path: str | Path, names: Iterable[str], *, optional: Iterable[str] = (),
+                 label: str = "dataset") -> None:
+    """Refuse a store in which any of ``names`` lost chunk files.
+
+    A missing chunk reads as the fill value, so a store with a lost file would quietly give
+    NaN or zero spectra. ``optional`` arrays are checked only when at least one of their
+    chunks was written (a coordinate a writer never filled is absent, not damaged). Arrays
+    whose chunks may legitimately be absent because they hold only the fill value (``mask``)
+    must not be named.
+    """
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise SpecdenoiseError(f"cannot open {label} {path}: {exc}".splitlines()[0]) from None
+    members = set(g.array_keys())
+    for name in names:
+        if name in members and missing_chunks(g, name):
+            n = missing_chunks(g, name)
+            raise SpecdenoiseError(
+                f"{label} {path}: {n} of {g[name].nchunks} chunk(s) of {name} are missing "
+                "from the store (deleted or never copied); re-create or re-copy it")
+    for name in optional:
+        if name in members and 0 < g[name].nchunks_initialized < g[name].nchunks:
+            n = missing_chunks(g, name)
+            raise SpecdenoiseError(
+                f"{label} {path}: {n} of {g[name].nchunks} chunk(s) of {name} are missing "
+                "from the store (deleted or never copied); re-create or re-copy it")
+
+
+# --------------------------------------------------------------------------- checking outputs
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def _real(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path
+
+
+def refuse_unsafe_target(out: str | Path, inputs: Iterable[str | Path] = (), *,
+                         outputs_folder: bool = False) -> None:
+    """Refuse an output that is the working directory, a parent of it, the home or root
+    folder, an input, a folder holding an input, or a path inside an input.
+
+    ``outputs_folder``: ``out`` is a folder that receives named outputs and is never deleted
+    as a whole (``evaluate --out``); it may be the working directory or hold an input.
+    """
+    out_abs = _real(_resolved(out))
+    cwd = _real(Path.cwd())
+    if not outputs_folder and (out_abs == cwd or out_abs in cwd.parents):
+        raise SpecdenoiseError(f"refusing to write to {out}: it is the working directory or a "
+                               "folder above it; name a new path such as OUT.zarr")
+    if not outputs_folder and out_abs in (_real(Path.home()), Path(out_abs.anchor)):
+        raise SpecdenoiseError(f"refusing to write to {out}: it is the home or root folder")
+    for inp in inputs:
+        if inp is None or "://" in str(inp):
+            continue
+        in_abs = _real(_resolved(inp))
+        if out_abs == in_abs:
+            raise SpecdenoiseError(f"--out {out} is the input {inp}; write to another path")
+        if out_abs in in_abs.parents and not outputs_folder:
+            raise SpecdenoiseError(f"--out {out} holds the input {inp}; write to another path")
+        if in_abs in out_abs.parents and (in_abs / "zarr.json").exists():
+            raise SpecdenoiseError(f"--out {out} lies inside the input {inp}; write to another "
+                                   "path")
+
+
+def _zarr_layout_problem(path: Path, kind: Kind) -> str | None:
+    """Why the folder ``path`` is not laid out as a Zarr store of ``kind`` (None if it is)."""
+    allowed = {"zarr.json", *kind.extra_entries}
+    for entry in sorted(os.listdir(path)):
+        p = path / entry
+        if entry in allowed:
+            continue
+        if p.is_dir() and not p.is_symlink() and (p / "zarr.json").is_file():
+            continue
+        return f"it holds {entry!r}, which is not part of a {kind.label}"
+    try:
+        members = set(zarr.open_group(str(path), mode="r").array_keys())
+    except Exception:
+        return f"it is not a readable {kind.label}"
+    lacking = [a for a in kind.arrays if a not in members]
+    if lacking:
+        return f"it lacks {', '.join(lacking)}, which every {kind.label} holds"
+    return None
+
+
+def check_replaceable(path: str | Path, kind: Kind) -> None:
+    """Refuse unless ``path`` is a store of ``kind`` that may be deleted to be replaced."""
+    path = Path(path)
+    if path.is_symlink():
+        raise SpecdenoiseError(f"{path} is a symbolic link; not replaced (remove it yourself)")
+    if not path.is_dir():
+        raise SpecdenoiseError(f"{path} is not a {kind.label} (it is a file); not replaced "
+                               "(choose another --out)")
+    attrs = read_attrs(path)
+    found = kind_of(attrs)
+    unmarked_summary = kind is SUMMARY and attrs is not None and found is None
+    if found != kind.name and not unmarked_summary:
+        what = (f"a {KINDS[found].label}" if found in KINDS else
+                "not a specdenoise store" if attrs is None or found is None else f"a {found}")
+        raise SpecdenoiseError(f"--overwrite replaces only a {kind.label}, and {path} is "
+                               f"{what}; nothing was deleted (choose another --out)")
+    problem = _zarr_layout_problem(path, kind)
+    if problem:
+        raise SpecdenoiseError(f"--overwrite refused: {path} is marked as a {kind.label} but "
+                               f"{problem}; nothing was deleted")
+
+
+def check_output(out: str | Path, kind: Kind | None, *, overwrite: bool,
+                 inputs: Iterable[str | Path] = (), allow_existing: bool = False) -> None:
+    """May ``out`` be written as a store of ``kind`` (``None``: a plain file)?
+
+    Refuses unsafe targets (:func:`refuse_unsafe_target`); an existing path without
+    ``overwrite`` (unless ``allow_existing``, e.g. for ``--resume``); with ``overwrite``
+    anything but a store of ``kind`` (or, for a file, anything but a regular file).
+    """
+    out = Path(out)
+    refuse_unsafe_target(out, inputs)
+    if not os.path.lexists(out):
+        return
+    if kind is None:
+        if out.is_dir() and not out.is_symlink():
+            raise SpecdenoiseError(f"{out} is a folder; give a file name for --out")
+        if not overwrite:
+            raise SpecdenoiseError(f"{out} already exists; choose another --out or pass "
+                                   "--overwrite to replace it")
+        return
+    if allow_existing and not overwrite:
+        return
+    if not overwrite:
+        raise SpecdenoiseError(f"{out} already exists; choose another --out or pass "
+                               "--overwrite to replace it")
+    check_replaceable(out, kind)
+
+
+def remove_store(path: str | Path, kind: Kind) -> None:
+    """Delete an existing store of ``kind`` (checked first); nothing else is ever deleted."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    check_replaceable(path, kind)
+    trash = _trash_name(path)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- temporaries
+
+
+def _trash_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
+
+
+def temp_dir(out: str | Path) -> Path:
+    """A new, empty, uniquely named folder beside ``out`` to assemble it in (``mkdir`` never
+    follows a symbolic link, and the name is new)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def publish(tmp: str | Path, out: str | Path, kind: Kind, *, overwrite: bool) -> Path:
+    """Rename the finished store ``tmp`` to ``out``.
+
+    An existing ``out`` is replaced only with ``overwrite`` and only when it is a store of
+    ``kind``; it is moved aside first and deleted after the rename, so ``out`` holds the old
+    store or the new one at every moment.
+    """
+    tmp, out = Path(tmp), Path(out)
+    if os.path.lexists(out):
+        if not overwrite:
+            raise SpecdenoiseError(f"{out} already exists; choose another --out or pass "
+                                   "--overwrite to replace it")
+        check_replaceable(out, kind)
+        trash = _trash_name(out)
+        os.rename(out, trash)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, out)
+    return out
+
+
+def write_file(out: str | Path, write: Callable[[Path], None], *, overwrite: bool,
+               inputs: Iterable[str | Path] = ()) -> Path:
+    """Write a plain file through a unique temporary beside it, then rename it into place.
+
+    ``write(tmp_path)`` fills the temporary (created with ``O_EXCL``, so never a symlink).
+    An existing ``out`` is replaced only with ``overwrite`` (a symlink there is replaced, its
+    target is not written).
+    """
+    out = Path(out)
+    check_output(out, None, overwrite=overwrite, inputs=inputs)
+    if not out.parent.is_dir():
+        raise SpecdenoiseError(f"cannot write {out}: folder {out.parent} does not exist")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        if not overwrite and os.path.lexists(out):
+            raise SpecdenoiseError(f"{out} appeared while it was written; not replaced")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def lock_path(out: str | Path) -> Path:
+    out = _resolved(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+#: a live writer touches its lock this often (seconds) ...
+HEARTBEAT_S = 30.0
+#: ... so a lock untouched for this long belongs to a writer that is gone (killed by the batch
+#: system on another node, say), whatever its host
+STALE_AFTER_S = 600.0
+
+
+def _stale(holder: dict | None, path: Path | None = None) -> bool:
+    if holder is None:  # unreadable: not written by this module's atomic link
+        return True
+    if path is not None:
+        try:
+            if time.time() - path.stat().st_mtime > STALE_AFTER_S:
+                return True
+        except OSError:
+            return True
+    if holder.get("host") != socket.gethostname():
+        return False  # a process on another host: only its heartbeat tells
+    pid = holder.get("pid")
+    return not isinstance(pid, int) or not _alive(pid)
+
+
+class _Heartbeat(threading.Thread):
+    """Touch the lock file every :data:`HEARTBEAT_S` seconds while the writer runs."""
+
+    def __init__(self, path: Path):
+        super().__init__(name="specdenoise-lock-heartbeat", daemon=True)
+        self.path = path
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+
+@contextlib.contextmanager
+def locked(out: str | Path) -> Iterator[Path]:
+    """Hold the lock of ``out`` while the block runs (refused while another writer lives).
+
+    The lock file (``.<name>.lock`` beside ``out``) holds the writer's pid, host and start
+    time; it appears atomically with its content (written to a unique temporary, then hard
+    linked to its name, which fails if the name exists), and the writer touches it every
+    :data:`HEARTBEAT_S` seconds. A lock whose process no longer runs on this host, or that
+    nobody touched for :data:`STALE_AFTER_S` seconds (a writer killed on another node), is
+    reclaimed.
+    """
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+          "token": uuid.uuid4().hex}
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".new", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        for _ in range(5):
+            try:
+                os.link(name, path)
+                break
+            except FileExistsError:
+                holder = _read_lock(path)
+                if not _stale(holder, path):
+                    raise SpecdenoiseError(
+                        f"{out} is being written by process {holder.get('pid')} on "
+                        f"{holder.get('host')} (lock {path}); wait for it to finish, or delete "
+                        "the lock file if that process is gone") from None
+                _reclaim(path, holder)
+        else:
+            raise SpecdenoiseError(f"cannot take the lock {path}; try again")
+    finally:
+        os.unlink(name)
+    beat = _Heartbeat(path)
+    beat.start()
+    try:
+        yield path
+    finally:
+        beat.done.set()
+        if (_read_lock(path) or {}).get("token") == me["token"]:
+            path.unlink(missing_ok=True)
+
+
+def _reclaim(path: Path, holder: dict | None) -> None:
+    """Move a stale lock aside; if it was replaced by a live one meanwhile, put that back."""
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _read_lock(aside) != holder and not _stale(_read_lock(aside), aside):
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
