@@ -51,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Mapping
 from copy import deepcopy
@@ -76,6 +75,7 @@ from specdenoise.simulate.linelist import (
     HELIUM,
     MOLECULAR_BANDS,
 )
+from specdenoise.simulate.usercache import cache_dir
 
 #: Bumped whenever the generated spectra change; part of the cache key.
 GENERATOR_VERSION = "1"
@@ -202,14 +202,6 @@ def builtin_wave(settings: Mapping | None = None) -> np.ndarray:
 def _settings_key(s: Mapping) -> str:
     blob = json.dumps({"settings": s, "generator": GENERATOR_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    """``$SPECDENOISE_CACHE``, else ``$XDG_CACHE_HOME``, else ``~/.cache``."""
-    for var in ("SPECDENOISE_CACHE", "XDG_CACHE_HOME"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    return Path.home() / ".cache"
 
 
 def builtin_grid_path(settings: Mapping | None = None) -> Path:
