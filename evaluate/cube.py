@@ -52,7 +52,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import __version__, schema
+from specdenoise import __version__, codecs, schema
 from specdenoise.simulate.errors import SpecdenoiseError
 
 CUBE_KIND = "specdenoise-error-cube"
@@ -148,8 +148,9 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
     block = max(1, min(block, n))
     n_m = len(methods)
 
-    per_spec = {k: v.variable.compute() for k, v in ds.coords.items()
-                if v.dims == (schema.SPECTRUM_DIM,)}
+    with codecs.reading(data):
+        per_spec = {k: v.variable.compute() for k, v in ds.coords.items()
+                    if v.dims == (schema.SPECTRUM_DIM,)}
     coords = {
         METHOD_DIM: (METHOD_DIM, np.array([m.name for m in methods], dtype=object)),
         "denoiser_kind": (METHOD_DIM, np.array([m.kind for m in methods], dtype=object)),
@@ -204,6 +205,9 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
                 for name, var in template.data_vars.items() if var.chunks is not None}
     for k in per_spec:
         encoding[k] = {"chunks": (block,)}
+    for name in (*template.data_vars, *template.coords):
+        if template[name].dtype != object:  # strings keep zarr's own codec
+            encoding.setdefault(name, {})["compressors"] = codecs.default_compressors()
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -219,8 +223,9 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
         with bar:
             for b in range(n_blocks):
                 lo, hi = b * block, min((b + 1) * block, n)
-                part = ds[["flux", "flux_clean", "sigma", "mask"]].isel(
-                    {schema.SPECTRUM_DIM: slice(lo, hi)}).compute()
+                names = ["flux", "flux_clean", "sigma", "mask"]
+                with codecs.reading(data, names, rows=(lo, hi)):
+                    part = ds[names].isel({schema.SPECTRUM_DIM: slice(lo, hi)}).compute()
                 flux = part["flux"].values.astype(np.float32)
                 clean = part["flux_clean"].values
                 sigma = part["sigma"].values.astype(np.float32)
@@ -370,7 +375,9 @@ def baseline_methods(names: Sequence[str], *, data_attrs=None, train=None, templ
                                        "TRAIN.zarr (or leave pca out of --baselines)")
             tds = schema.open_dataset(train, require=("flux_clean",))
             t0 = time.perf_counter()
-            basis = bl.fit_pca(tds["flux_clean"].values, pca_k)
+            with codecs.reading(train, ["flux_clean"]):
+                clean = tds["flux_clean"].values
+            basis = bl.fit_pca(clean, pca_k)
             fit_s = time.perf_counter() - t0
             out.append(Method(
                 "pca", "baseline", bl.DESCRIPTIONS["pca"].format(k=basis.k),

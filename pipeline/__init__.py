@@ -21,7 +21,5 @@ from specdenoise.simulate.errors import SpecdenoiseError  # noqa: E402
 
 # Zarr warns on every consolidated v3 store; consolidation is what makes opening a store one read.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-# Datasets use numcodecs' bit rounding, which zarr-python reads; the warning would repeat per array.
-warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
 __all__ = ["SpecdenoiseError", "__version__"]

@@ -13,6 +13,7 @@ locality for large grids) and written back in drawn order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -195,23 +196,18 @@ def run_chunk(store: str, cfg: Mapping, grid_path: str, split: str, chunk_index:
 # --------------------------------------------------------------------------- orchestration
 
 
-def compressors_for(cfg: Mapping) -> tuple[list, list]:
-    """(compressors, filters) for the spectral float variables."""
-    import zarr
+def compressors_for(cfg: Mapping) -> tuple[list, int | None]:
+    """(compressors, keepbits) of the spectral float variables.
+
+    ``zstd-bitround`` keeps ``keepbits`` mantissa bits of the noisy float32 numbers (whose low
+    bits are noise and do not compress; relative rounding error <= 2**-(keepbits+1), 6e-5 at
+    the default 13), rounded by the writer before encoding.
+    """
+    from specdenoise import codecs
 
     kind = cfg["compressor"]
-    if kind == "none":
-        return [], []
-    if kind == "lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")], []
-    if kind == "zstd-bitround":
-        # noisy float32 mantissas do not compress: keep ``keepbits`` of them (relative
-        # rounding error <= 2**-(keepbits+1), 6e-5 at the default 13) and compress lightly
-        from zarr.codecs.numcodecs import BitRound
-
-        comp = [zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")]
-        return comp, [BitRound(keepbits=cfg["keepbits"])]
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")], []
+    keepbits = cfg["keepbits"] if kind == "zstd-bitround" else None
+    return codecs.spectral_compressors(kind), keepbits
 
 
 def plan(cfg: Mapping) -> list[tuple[str, Path, int]]:
@@ -256,34 +252,40 @@ def simulate(
         "noise_provenance": {"noise": cfg["noise"]},
         "title": "specdenoise simulated PFS MR red-arm spectra",
     }
-    compressors, filters = compressors_for(cfg)
+    compressors, keepbits = compressors_for(cfg)
     from specdenoise.simulate.pfs import pixel_wave
 
     wave = pixel_wave()
-    jobs = []
-    for split, path, n in plan(cfg):
+    pending = False
+    for _split, path, n in plan(cfg):  # refusals that cost nothing come before any cluster
         if path.exists() and not (resume or overwrite):
             raise SpecdenoiseError(f"{path} exists; pass --resume to finish it or --overwrite "
                                    "to start again")
-        schema.create_dataset_store(
-            path, n, cfg["chunk_size"], wave,
-            attrs={**attrs, "split": split or "all"},
-            compressors=compressors, filters=filters, overwrite=overwrite,
-        )
-        done = schema.done_chunks(path)
         n_chunks = -(-n // cfg["chunk_size"])
-        for c in range(n_chunks):
-            if c not in done:
-                count = min(cfg["chunk_size"], n - c * cfg["chunk_size"])
-                jobs.append((split, path, c, count))
+        pending |= overwrite or not path.exists() or len(schema.done_chunks(path)) < n_chunks
     paths = [p for _, p, _ in plan(cfg)]
-    if jobs:
-        if client is not None:
+    with contextlib.ExitStack() as stack:
+        if pending and client is None:
+            # connect before any store is created: a scheduler that cannot be reached (or a
+            # cluster that does not start) leaves no partial store that would demand --resume
+            client = stack.enter_context(connect(
+                cluster, workers=workers, threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit))
+        jobs = []
+        for split, path, n in plan(cfg):
+            schema.create_dataset_store(
+                path, n, cfg["chunk_size"], wave,
+                attrs={**attrs, "split": split or "all"},
+                compressors=compressors, keepbits=keepbits, overwrite=overwrite,
+            )
+            done = schema.done_chunks(path)
+            n_chunks = -(-n // cfg["chunk_size"])
+            for c in range(n_chunks):
+                if c not in done:
+                    count = min(cfg["chunk_size"], n - c * cfg["chunk_size"])
+                    jobs.append((split, path, c, count))
+        if jobs:
             _execute(client, jobs, cfg, grid_path, chash, progress)
-        else:
-            with connect(cluster, workers=workers, threads_per_worker=threads_per_worker,
-                         memory_limit=memory_limit) as c:
-                _execute(c, jobs, cfg, grid_path, chash, progress)
     for _split, path, n in plan(cfg):
         n_chunks = -(-n // cfg["chunk_size"])
         missing = set(range(n_chunks)) - schema.done_chunks(path)

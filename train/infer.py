@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specdenoise import codecs
 from specdenoise.schema import publish_store
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
@@ -83,8 +84,9 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
         raise SpecdenoiseError(f"{out} exists; choose another --out or pass --overwrite")
     model, config = load_model(model_path, device=device)
     info = tdata.inspect_store(in_zarr, ("flux",), n_wave=model.n_wave)
-    src = xr.open_zarr(str(in_zarr), consolidated=None)
-    coords = {k: v.variable.compute() for k, v in src.coords.items()}
+    with codecs.quiet_legacy(), codecs.reading(in_zarr):
+        src = xr.open_zarr(str(in_zarr), consolidated=None)
+        coords = {k: v.variable.compute() for k, v in src.coords.items()}
     n, n_wave = info.n_spectrum, info.n_wave
     template = xr.Dataset(
         {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
@@ -103,10 +105,12 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
     )
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave)}}
+    encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave),
+                               "compressors": codecs.default_compressors()}}
     for k, v in coords.items():
+        encoding[k] = {"compressors": codecs.default_compressors()}
         if v.dims == (SPECTRUM_DIM,):
-            encoding[k] = {"chunks": (info.chunk_size,)}
+            encoding[k]["chunks"] = (info.chunk_size,)
     try:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
                          encoding=encoding)
