@@ -133,7 +133,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
     run never leaves a store that looks finished. ``block`` is the number of spectra processed
     (and stored per chunk) at a time; default: the dataset's chunk size, at most 1024.
     """
-    from tqdm.auto import tqdm
+    from specdenoise.simulate.progress import bar as progress_bar
 
     if not methods:
         raise SpecdenoiseError("nothing to evaluate: give at least one --model or baseline")
@@ -218,8 +218,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
                          encoding=encoding)
         g = zarr.open_group(str(tmp), mode="r+")
         n_blocks = -(-n // block)
-        bar = tqdm(total=n * n_m, desc="evaluate", unit="spec",
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(n * n_m, "evaluate", "spec", enabled=progress)
         with bar:
             for b in range(n_blocks):
                 lo, hi = b * block, min((b + 1) * block, n)

@@ -298,7 +298,8 @@ def simulate(
 
 def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
     from distributed import as_completed
-    from tqdm.auto import tqdm
+
+    from specdenoise.simulate.progress import bar as progress_bar
 
     if progress:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
@@ -313,7 +314,7 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
     sizes = {f.key: j[3] for f, j in zip(futures, jobs, strict=True)}
     t0 = time.perf_counter()
     done_spectra = 0
-    with tqdm(total=n_spectra, unit="spec", disable=not progress, desc="simulate") as bar:
+    with progress_bar(n_spectra, "simulate", "spec", enabled=progress) as bar:
         for fut in as_completed(futures):
             try:
                 fut.result()

@@ -2,8 +2,9 @@
 
 Layering (each module imports only the ones above it):
 
-1. ``errors``, ``constants``, ``usercache`` -- the user-facing exception type; physical constants
-   (astropy, once); the user cache folder, where Numba's kernel cache goes (never the package)
+1. ``errors``, ``constants``, ``usercache``, ``progress`` -- the user-facing exception type;
+   physical constants (astropy, once); the user cache folder, where Numba's kernel cache goes
+   (never the package); the progress bars every stage draws
 2. ``grids``        -- the grid store on Zarr (read/write, validation, content hash)
 3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads)
 4. ``bosz``         -- readers for BOSZ 2017 / 2024 files

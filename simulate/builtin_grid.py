@@ -75,6 +75,7 @@ from specdenoise.simulate.linelist import (
     HELIUM,
     MOLECULAR_BANDS,
 )
+from specdenoise.simulate.progress import bar as progress_bar
 from specdenoise.simulate.usercache import cache_dir
 
 #: Bumped whenever the generated spectra change; part of the cache key.
@@ -728,7 +729,7 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
     settings : overrides of :data:`DEFAULT_SETTINGS` (axes, wavelengths, sampling...).
     overwrite : replace an existing store at the destination (for ``out=None``: rebuild the
         cache).
-    progress : show a tqdm progress bar over nodes.
+    progress : show a progress bar over nodes (:func:`specdenoise.simulate.progress.bar`).
 
     The store is assembled under ``<out>.partial`` and only renamed into place when every node
     was written (:func:`specdenoise.simulate.grids.finalize_grid_store`). With ``out`` given and
@@ -762,11 +763,7 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
     teff, logg, m_h, a_m = axes.values()
     shape = (teff.size, logg.size, m_h.size, a_m.size)
     n_nodes = int(np.prod(shape))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_nodes, unit="node", desc="built-in grid")
+    bar = progress_bar(n_nodes, "built-in grid", "node") if progress else None
     try:
         for i in range(shape[0]):
             for j in range(shape[1]):

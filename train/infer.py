@@ -73,9 +73,9 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
     import dask.array as da
     import xarray as xr
     import zarr
-    from tqdm.auto import tqdm
 
     from specdenoise.schema import SPECTRUM_DIM, UNITS, WAVE_DIM
+    from specdenoise.simulate.progress import iterate
 
     out = Path(out_zarr)
     if tdata.is_url(out_zarr):
@@ -116,8 +116,7 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
                          encoding=encoding)
         src_group = tdata.open_group(info.path, info.storage_options)
         dst = zarr.open_group(str(tmp), mode="r+")
-        for chunk in tqdm(range(info.n_chunks), desc="denoise", unit="chunk",
-                          disable=None if progress is None else not progress):
+        for chunk in iterate(range(info.n_chunks), "denoise", "chunk", enabled=progress):
             lo, hi = info.chunk_bounds(chunk)
             flux = tdata.read_chunk(src_group, info, chunk, ("flux",))["flux"]
             dst[DENOISED_VAR][lo:hi] = denoise_array(model, flux, batch_size=batch_size)
