@@ -17,7 +17,7 @@ from specdenoise.simulate.errors import SpecdenoiseError
 
 #: per preset: spectra per split, simulation seed, models to train (name, train preset, extra)
 PRESETS = {
-    # about ten minutes on two CPU cores, built-in grid build included
+    # 6.6 minutes on two CPU cores, built-in grid build included (README)
     "quick": {
         "n_train": 3000,
         "n_val": 300,
