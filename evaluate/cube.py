@@ -148,7 +148,7 @@ def build_cube(data, out, methods: Sequence[Method], *, overwrite: bool = False,
     block = max(1, min(block, n))
     n_m = len(methods)
 
-    with codecs.reading(data):
+    with codecs.reading(data, list(ds.coords)):
         per_spec = {k: v.variable.compute() for k, v in ds.coords.items()
                     if v.dims == (schema.SPECTRUM_DIM,)}
     coords = {

@@ -2,7 +2,8 @@
 
 Import map (one namespace, several root folders, see ``pyproject.toml``):
 
-- ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, stage orchestration.
+- ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, chunk codecs and checks
+  (``codecs``), stage orchestration.
 - ``specdenoise.simulate`` (``simulate/``): physics kernels.
 - ``specdenoise.train`` (``train/``): PyTorch models and training.
 - ``specdenoise.evaluate`` (``evaluate/``): error cubes, baselines, figures, report.

@@ -90,11 +90,11 @@ def bitround(values: np.ndarray, keepbits: int) -> np.ndarray:
 # --------------------------------------------------------------------------- reading
 
 
-def corrupt(store, var: str, chunk: int, why: str = "") -> SpecdenoiseError:
+def corrupt(store, var: str, chunk: int, why: str = "",
+            advice: str = "the store is damaged: write it again or restore it") -> SpecdenoiseError:
     """The one-line error for a chunk that cannot be read back as written."""
     tail = f" ({why})" if why else ""
-    return SpecdenoiseError(f"corrupt chunk {chunk} of {var} in {store}{tail}; the store is "
-                            "damaged: write it again (or restore it)")
+    return SpecdenoiseError(f"corrupt chunk {chunk} of {var} in {store}{tail}; {advice}")
 
 
 def _array_dirs(store: Path, names: Sequence[str] | None) -> Iterator[tuple[str, Path, dict]]:

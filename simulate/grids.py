@@ -431,8 +431,8 @@ class NodeReader:
         return out
 
     def _corrupt(self, number: int, why: str) -> SpecdenoiseError:
-        return codecs.corrupt(self.array_dir.parent, self.array_dir.name, number,
-                              why + "; rebuild or re-import the grid")
+        return codecs.corrupt(self.array_dir.parent, self.array_dir.name, number, why,
+                              "the grid store is damaged: rebuild or re-import it")
 
     def _decode(self, raw: bytes, number: int) -> np.ndarray:
         """One node's values from its chunk file's bytes; a one-line error if they are bad."""

@@ -208,11 +208,15 @@ def test_denoise_cli_refuses_a_corrupt_chunk_and_leaves_nothing(run, new_store, 
     assert list(out_dir.iterdir()) == [], "a (hidden) temporary store was left behind"
 
 
-def test_evaluate_cli_refuses_a_corrupt_chunk(new_store, tmp_path):
-    bad = damaged_copy(new_store, tmp_path, "sigma", 3, flip_byte)
-    proc = _cli(["evaluate", "--data", str(bad), "--baselines", "none", "--out",
+@pytest.mark.parametrize("var,chunk", [("sigma", 3), ("teff", 2)])
+def test_evaluate_cli_refuses_a_corrupt_chunk(new_store, tmp_path, var, chunk):
+    copy = tmp_path / new_store.name
+    shutil.copytree(new_store, copy)
+    path = copy / var / "c" / str(chunk)
+    flip_byte(path / "0" if path.is_dir() else path)
+    proc = _cli(["evaluate", "--data", str(copy), "--baselines", "none", "--out",
                  str(tmp_path / "eval")])
-    _one_line_error(proc, r"^specdenoise evaluate: error: corrupt chunk 3 of sigma in ")
+    _one_line_error(proc, rf"^specdenoise evaluate: error: corrupt chunk {chunk} of {var} in ")
     assert not any((tmp_path / "eval").glob(".*"))
 
 

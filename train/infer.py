@@ -84,8 +84,9 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
         raise SpecdenoiseError(f"{out} exists; choose another --out or pass --overwrite")
     model, config = load_model(model_path, device=device)
     info = tdata.inspect_store(in_zarr, ("flux",), n_wave=model.n_wave)
-    with codecs.quiet_legacy(), codecs.reading(in_zarr):
+    with codecs.quiet_legacy():
         src = xr.open_zarr(str(in_zarr), consolidated=None)
+    with codecs.reading(in_zarr, list(src.coords)):
         coords = {k: v.variable.compute() for k, v in src.coords.items()}
     n, n_wave = info.n_spectrum, info.n_wave
     template = xr.Dataset(
