@@ -113,8 +113,11 @@ def _pooled_by_spectrum(cube: xr.Dataset, name: str, idx: np.ndarray) -> tuple:
 
 
 def _ratio_pct(a: float, b: float) -> str:
-    """How much larger ``b`` is than ``a``, in percent."""
-    return f"{100 * (b / a - 1):.0f} %" if a > 0 and np.isfinite(b) else "n/a"
+    """How much larger ``b`` is than ``a``: "12 % higher", or "3.5 times as high" from 2x."""
+    if not (a > 0 and np.isfinite(b)):
+        return "n/a"
+    r = b / a
+    return f"{r:.2g} times as high" if r >= 2 else f"{100 * (r - 1):.0f} % higher"
 
 
 def comparison(cube: xr.Dataset, tree: xr.DataTree) -> dict:
@@ -221,7 +224,7 @@ def answer(comp: Mapping) -> list[str]:
                 f"{best['n_spectra']} spectra")
         if second is not None:
             text += (f"; next {second['method']} {_pct(second['mean'])} "
-                     f"({_ratio_pct(best['mean'], second['mean'])} higher)")
+                     f"({_ratio_pct(best['mean'], second['mean'])})")
         med = min(_candidates(comp["stats"]), key=lambda r: r["median"])
         if med["method"] != best["method"]:
             text += (f". By the median |R| {med['method']} is best ({_pct(med['median'])} "
@@ -235,7 +238,7 @@ def answer(comp: Mapping) -> list[str]:
         name, mean, runner, rmean = b
         part = f"S/N {label} ({n} spectra): **{name}** {_pct(mean)}"
         if runner is not None:
-            part += f", next {runner} {_pct(rmean)} ({_ratio_pct(mean, rmean)} higher)"
+            part += f", next {runner} {_pct(rmean)} ({_ratio_pct(mean, rmean)})"
         per_bin.append(part)
     if per_bin:
         lines.append("Best by S/N: " + "; ".join(per_bin) + ".")

@@ -312,8 +312,6 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
         for split, path, c, count in jobs
     ]
     sizes = {f.key: j[3] for f, j in zip(futures, jobs, strict=True)}
-    t0 = time.perf_counter()
-    done_spectra = 0
     with progress_bar(n_spectra, "simulate", "spec", enabled=progress) as bar:
         for fut in as_completed(futures):
             try:
@@ -323,6 +321,4 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
             except Exception as exc:
                 raise SpecdenoiseError(f"a simulation task failed: {type(exc).__name__}: {exc}"
                                        " (finished chunks are kept; fix and --resume)") from exc
-            done_spectra += sizes[fut.key]
-            bar.update(sizes[fut.key])
-            bar.set_postfix(rate=f"{done_spectra / (time.perf_counter() - t0):.0f}/s")
+            bar.update(sizes[fut.key])  # the bar shows the rate itself
