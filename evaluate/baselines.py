@@ -383,10 +383,10 @@ class TemplateFitter:
         params = np.empty((n, len(self.axes) + 2))
         chi2 = np.empty(n)
         nfev = np.empty(n, dtype=np.int64)
-        from tqdm.auto import tqdm
+        from specdenoise.simulate.progress import iterate
 
         t0 = time.perf_counter()
-        for i in tqdm(range(n), desc="template fit", unit="spec", disable=not progress):
+        for i in iterate(range(n), "template fit", "spec", enabled=progress):
             good = None if mask is None else np.asarray(mask[i]) == 0
             den[i], params[i], chi2[i], nfev[i] = self.fit_one(flux[i], sigma[i], good)
         seconds = time.perf_counter() - t0

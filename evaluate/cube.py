@@ -51,7 +51,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import __version__, schema, stores
+from specdenoise import __version__, codecs, schema, stores
 from specdenoise.errors import SpecdenoiseError
 
 CUBE_KIND = stores.CUBE.name
@@ -152,7 +152,7 @@ def check_dataset_chunks(data) -> None:
 
 
 def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, progress) -> Path:
-    from tqdm.auto import tqdm
+    from specdenoise.simulate.progress import bar as progress_bar
 
     n, n_wave = ds.sizes[schema.SPECTRUM_DIM], ds.sizes[schema.WAVE_DIM]
     if block is None:
@@ -160,8 +160,9 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
     block = max(1, min(block, n))
     n_m = len(methods)
 
-    per_spec = {k: v.variable.compute() for k, v in ds.coords.items()
-                if v.dims == (schema.SPECTRUM_DIM,)}
+    with codecs.reading(data, list(ds.coords)):
+        per_spec = {k: v.variable.compute() for k, v in ds.coords.items()
+                    if v.dims == (schema.SPECTRUM_DIM,)}
     coords = {
         METHOD_DIM: (METHOD_DIM, np.array([m.name for m in methods], dtype=object)),
         "denoiser_kind": (METHOD_DIM, np.array([m.kind for m in methods], dtype=object)),
@@ -216,6 +217,9 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
                 for name, var in template.data_vars.items() if var.chunks is not None}
     for k in per_spec:
         encoding[k] = {"chunks": (block,)}
+    for name in (*template.data_vars, *template.coords):
+        if template[name].dtype != object:  # strings keep zarr's own codec
+            encoding.setdefault(name, {})["compressors"] = codecs.default_compressors()
 
     tmp = stores.temp_dir(out)
     seconds = np.zeros(n_m)
@@ -225,13 +229,13 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
                          encoding=encoding)
         g = zarr.open_group(str(tmp), mode="r+")
         n_blocks = -(-n // block)
-        bar = tqdm(total=n * n_m, desc="evaluate", unit="spec",
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(n * n_m, "evaluate", "spec", enabled=progress)
         with bar:
             for b in range(n_blocks):
                 lo, hi = b * block, min((b + 1) * block, n)
-                part = ds[["flux", "flux_clean", "sigma", "mask"]].isel(
-                    {schema.SPECTRUM_DIM: slice(lo, hi)}).compute()
+                names = ["flux", "flux_clean", "sigma", "mask"]
+                with codecs.reading(data, names, rows=(lo, hi)):
+                    part = ds[names].isel({schema.SPECTRUM_DIM: slice(lo, hi)}).compute()
                 flux = part["flux"].values.astype(np.float32)
                 clean = part["flux_clean"].values
                 sigma = part["sigma"].values.astype(np.float32)
@@ -376,7 +380,9 @@ def baseline_methods(names: Sequence[str], *, data_attrs=None, train=None, templ
                                        "TRAIN.zarr (or leave pca out of --baselines)")
             tds = schema.open_dataset(train, require=("flux_clean",))
             t0 = time.perf_counter()
-            basis = bl.fit_pca(tds["flux_clean"].values, pca_k)
+            with codecs.reading(train, ["flux_clean"]):
+                clean = tds["flux_clean"].values
+            basis = bl.fit_pca(clean, pca_k)
             fit_s = time.perf_counter() - t0
             out.append(Method(
                 "pca", "baseline", bl.DESCRIPTIONS["pca"].format(k=basis.k),

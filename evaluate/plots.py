@@ -1,13 +1,17 @@
 """Figures of an evaluation (matplotlib, Agg backend: no display needed).
 
-- :func:`plot_error_vs_parameters` -- like Fig. 2 of Pal & Dobos (2025): mean (solid) and maximum
-  (dashed) |R| against S/N, Teff, log g and [M/H], one panel each, methods overlaid;
+- :func:`plot_error_vs_snr` -- mean |R| against S/N, every denoiser and the template fit in one
+  panel (log axes);
+- :func:`plot_error_vs_parameters` -- like Fig. 2 of Pal & Dobos (2025): mean |R| (top row) and
+  maximum |R| (bottom row, its own panels) against S/N, Teff, log g, [M/H] and [alpha/M];
 - :func:`plot_examples` -- like their Fig. 1: noisy, noiseless and denoised spectra of a few
   stars and the relative residual of each method, over the whole arm and around the Ca II
   triplet;
 - :func:`plot_error_vs_wavelength` -- mean |R| over the spectra at each pixel.
 
-Every method keeps one colour in every figure (:func:`method_colors`).
+Every method keeps one colour in every figure (:func:`method_colors`); the noiseless truth is
+black and no method shares its colour. Flux and residual axes span percentiles of what they
+show, so one noise spike does not flatten everything else.
 """
 
 from __future__ import annotations
@@ -26,29 +30,50 @@ from specdenoise.evaluate.cube import METHOD_DIM  # noqa: E402
 
 #: axis labels of the binning variables
 LABELS = {
-    "snr": "S/N (median flux / sigma)",
+    "snr": "S/N (median over pixels of flux / sigma)",
     "teff": "Teff [K]",
     "logg": "log g [dex]",
     "m_h": "[M/H] [dex]",
     "a_m": "[alpha/M] [dex]",
 }
+#: plain words for the curves that are not methods
+TRUTH_LABEL, NOISY_LABEL = "truth (noiseless)", "noisy input"
 #: the zoom of the example figure: the Ca II infrared triplet, nm (vacuum)
 ZOOM_NM = (848.0, 868.0)
+#: colours kept for the truth and the template fit (no method takes them)
+TRUTH_COLOR, TEMPLATE_COLOR, NOISY_COLOR = "k", "#b8860b", "0.6"
 
 
 def method_colors(names: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per method: grey for ``none``, black for ``template``, tab10 for others."""
-    cycle = plt.get_cmap("tab10").colors
+    """A fixed colour per method: grey for ``none``, dark gold for ``template``, tab10 (without
+    its grey) for the others; black stays the truth's."""
+    cycle = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
     out, k = {}, 0
     for name in names:
         if name == "none":
-            out[name] = "0.6"
+            out[name] = NOISY_COLOR
         elif name == "template":
-            out[name] = "k"
+            out[name] = TEMPLATE_COLOR
         else:
             out[name] = matplotlib.colors.to_hex(cycle[k % len(cycle)])
             k += 1
     return out
+
+
+def method_label(name: str) -> str:
+    """Legend words: 'none' is the noisy input, 'template' the template fit."""
+    return {"none": "none (noisy input)", "template": "template fit"}.get(name, name)
+
+
+def robust_limits(*arrays, lo: float = 0.5, hi: float = 99.5, pad: float = 0.08):
+    """(bottom, top) spanning the ``lo``-``hi`` percentiles of the finite values, padded."""
+    v = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    a, b = np.percentile(v, [lo, hi])
+    span = (b - a) or abs(a) or 1.0
+    return a - pad * span, b + pad * span
 
 
 def _save(fig, path: Path) -> Path:
@@ -59,34 +84,65 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_error_vs_parameters(tree: xr.DataTree, path,
-                             by: Sequence[str] = ("snr", "teff", "logg", "m_h")) -> Path:
-    """Mean and max |R| per bin against each variable of ``by`` (one panel each)."""
-    by = [b for b in by if b in tree.children]
-    ncol = 2 if len(by) > 1 else 1
-    nrow = -(-len(by) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.6 * nrow), squeeze=False)
-    names = [str(n) for n in tree[by[0]].to_dataset()[METHOD_DIM].values] if by else []
+def _names(tree: xr.DataTree, by: str) -> list[str]:
+    return [str(n) for n in tree[by].to_dataset()[METHOD_DIM].values]
+
+
+def plot_error_vs_snr(tree: xr.DataTree, path, template_n: int | None = None) -> Path:
+    """Mean |R| per S/N bin, every method and the template fit in one panel (log axes)."""
+    ds = tree["snr"].to_dataset()
+    names = _names(tree, "snr")
     colors = method_colors(names)
-    for ax, b in zip(axes.flat, by, strict=False):
+    x = ds["snr_bins"].values
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name in names:
+        y = ds["mean"].sel({METHOD_DIM: name}).values
+        ok = np.isfinite(y) & (x > 0)
+        label = method_label(name)
+        if name == "template" and template_n:
+            label += f" (on its {template_n} spectra)"
+        ax.plot(x[ok], y[ok], marker="o", color=colors[name], ms=4,
+                ls="--" if name == "template" else "-", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(LABELS["snr"])
+    ax.set_ylabel("mean |R| = |D - F| / F")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_error_vs_parameters(tree: xr.DataTree, path,
+                             by: Sequence[str] = ("snr", "teff", "logg", "m_h", "a_m")) -> Path:
+    """Mean |R| (top row) and max |R| (bottom row) per bin against each variable of ``by``."""
+    by = [b for b in by if b in tree.children]
+    ncol = max(len(by), 1)
+    fig, axes = plt.subplots(2, ncol, figsize=(3.6 * ncol, 6.4), squeeze=False,
+                             sharey="row")
+    names = _names(tree, by[0]) if by else []
+    colors = method_colors(names)
+    for col, b in enumerate(by):
         ds = tree[b].to_dataset()
         x = ds[f"{b}_bins"].values
-        for name in names:
-            d = ds.sel({METHOD_DIM: name})
-            ax.plot(x, d["mean"].values, "o-", color=colors[name], label=f"{name} mean", ms=3)
-            ax.plot(x, d["max"].values, "--", color=colors[name], lw=1, alpha=0.8)
-        ax.set_yscale("log")
-        ax.set_xlabel(LABELS.get(b, b))
-        ax.set_ylabel("|R| = |D - F| / F")
-        ax.grid(alpha=0.3, which="both")
-    for ax in list(axes.flat)[len(by):]:
-        ax.set_visible(False)
+        for row, stat in enumerate(("mean", "max")):
+            ax = axes[row, col]
+            for name in names:
+                y = ds[stat].sel({METHOD_DIM: name}).values
+                ax.plot(x, y, "o-", color=colors[name], ms=3, lw=1.2 if row == 0 else 0.9)
+            ax.set_yscale("log")
+            if b == "snr" and np.all(x > 0):
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3, which="both")
+            if row == 1:
+                ax.set_xlabel(LABELS.get(b, b))
+            if col == 0:
+                ax.set_ylabel(f"{stat} |R| in the bin")
     if by:
-        handles = [plt.Line2D([], [], color=colors[n], marker="o", ms=3, label=n) for n in names]
-        handles += [plt.Line2D([], [], color="0.3", ls="-", label="mean |R|"),
-                    plt.Line2D([], [], color="0.3", ls="--", label="max |R|")]
-        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5),
-                   bbox_to_anchor=(0.5, 1.0 + 0.04 * (1 + len(handles) // 5)), frameon=False)
+        handles = [plt.Line2D([], [], color=colors[n], marker="o", ms=3, label=method_label(n))
+                   for n in names]
+        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 7),
+                   bbox_to_anchor=(0.5, 1.0 + 0.03 * (1 + len(handles) // 7)), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -106,7 +162,8 @@ def pick_examples(cube: xr.Dataset, n: int = 3) -> list[int]:
 
 def plot_examples(cube: xr.Dataset, path, spectra: Sequence[int] | None = None,
                   methods: Sequence[str] | None = None) -> Path:
-    """Noisy, clean and denoised flux and the relative residual (D - F) / F of a few spectra.
+    """Noisy input, truth and denoised flux and the relative residual (D - F) / F of a few
+    spectra (y ranges: 1-99 percentiles of what the panel shows).
 
     Left: the whole arm; right: the Ca II triplet. ``methods`` default: the networks, ``pca`` and
     ``template`` (all but ``none`` when there is none of those).
@@ -131,15 +188,25 @@ def plot_examples(cube: xr.Dataset, path, spectra: Sequence[int] | None = None,
                  f"log g {float(s['logg']):.2f}, [M/H] {float(s['m_h']):+.2f}")
         for col, sel in enumerate((slice(None), zoom)):
             top, bottom = axes[2 * k, col], axes[2 * k + 1, col]
-            top.plot(wave[sel], flux[sel], color="0.75", lw=0.6, label="noisy F_hat")
-            top.plot(wave[sel], clean[sel], color="k", lw=1.0, label="clean F")
+            top.plot(wave[sel], flux[sel], color="0.8", lw=0.6, label=NOISY_LABEL)
+            top.plot(wave[sel], clean[sel], color=TRUTH_COLOR, lw=1.0, label=TRUTH_LABEL)
+            residuals = []
             for m in methods:
                 den = s["denoised"].sel({METHOD_DIM: m}).values if "denoised" in s else None
                 if den is None or not np.isfinite(den).any():
                     continue
-                top.plot(wave[sel], den[sel], color=colors[m], lw=0.8, label=m)
-                bottom.plot(wave[sel], (den[sel] - clean[sel]) / clean[sel], color=colors[m],
-                            lw=0.6)
+                top.plot(wave[sel], den[sel], color=colors[m], lw=0.8, label=method_label(m))
+                res = (den[sel] - clean[sel]) / clean[sel]
+                residuals.append(res)
+                bottom.plot(wave[sel], res, color=colors[m], lw=0.6)
+            # percentiles, not extremes: a noise spike or a line core must not flatten the rest
+            lim = robust_limits(clean[sel], flux[sel], lo=1, hi=99)
+            if lim is not None:
+                top.set_ylim(*lim)
+            lim = robust_limits(*residuals, lo=1, hi=99) if residuals else None
+            if lim is not None:
+                half = max(abs(lim[0]), abs(lim[1]))
+                bottom.set_ylim(-half, half)
             bottom.axhline(0, color="k", lw=0.5)
             bottom.set_ylabel("(D - F) / F")
             top.set_ylabel("normalised flux")
@@ -159,10 +226,16 @@ def plot_error_vs_wavelength(cube: xr.Dataset, path) -> Path:
     colors = method_colors(names)
     fig, ax = plt.subplots(figsize=(11, 3.8))
     wave = cube["wave"].values
+    curves = []
     for name in names:
         mean = cube["rel_err"].sel({METHOD_DIM: name}).mean("spectrum", skipna=True).values
-        ax.plot(wave, mean, color=colors[name], lw=0.7, label=name)
+        curves.append(mean)
+        ax.plot(wave, mean, color=colors[name], lw=0.7, label=method_label(name))
     ax.set_yscale("log")
+    v = np.concatenate(curves)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size:  # a few line cores and sky lines reach far up: show them cut, not the rest squeezed
+        ax.set_ylim(0.7 * np.percentile(v, 0.5), 1.5 * np.percentile(v, 99.8))
     ax.set_xlabel("wavelength [nm, vacuum]")
     ax.set_ylabel("mean |R| over spectra")
     ax.grid(alpha=0.3, which="both")
@@ -174,7 +247,14 @@ def plot_error_vs_wavelength(cube: xr.Dataset, path) -> Path:
 def make_figures(cube: xr.Dataset, tree: xr.DataTree, out_dir) -> dict[str, Path]:
     """All figures as PNG files in ``out_dir``; returns name -> path."""
     out_dir = Path(out_dir)
+    figures = {}
+    if "snr" in tree.children:
+        done = cube["mean_rel_err"].notnull().sum("spectrum")
+        names = [str(x) for x in cube[METHOD_DIM].values]
+        n_t = int(done.sel({METHOD_DIM: "template"})) if "template" in names else None
+        figures["error_vs_snr"] = plot_error_vs_snr(tree, out_dir / "error_vs_snr.png", n_t)
     return {
+        **figures,
         "error_vs_parameters": plot_error_vs_parameters(tree, out_dir / "error_vs_parameters.png"),
         "examples": plot_examples(cube, out_dir / "examples.png"),
         "error_vs_wavelength": plot_error_vs_wavelength(cube, out_dir / "error_vs_wavelength.png"),

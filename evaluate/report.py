@@ -23,6 +23,11 @@ from specdenoise.evaluate.cube import METHOD_DIM, method_info
 #: above this many spectra, pixel quantiles in the methods table come from an even subsample
 MAX_TABLE_SPECTRA = 5000
 
+#: the S/N of a spectrum, as the dataset defines it (``snr``)
+SNR_DEFINITION = (
+    "S/N is the signal-to-noise ratio of a whole spectrum: the median over its pixels of the "
+    "noisy flux divided by its noise sigma (the dataset's 'snr'), after all exposures.")
+
 HOW_TO_READ = [
     "Each method gets the same noisy spectra (the validation set's stored noise) and returns "
     "its estimate of the noiseless spectrum. Its error at a pixel is the relative error "
@@ -32,16 +37,20 @@ HOW_TO_READ = [
     "'none' is the noisy spectrum itself: its |R| is simply the noise level, the number every "
     "denoiser has to beat. 'template' fits the very model that generated the spectra, so it is "
     "close to the best any method can do with this noise; a network near it has little left to "
-    "gain. Smoothing filters (Savitzky-Golay, Gaussian) remove noise but also fill in narrow "
-    "absorption lines; PCA can only produce spectra that look like its training set.",
+    "gain. It is slow, so it may run on the first spectra only: every comparison with it uses "
+    "exactly those spectra. Smoothing filters (Savitzky-Golay, Gaussian) remove noise but also "
+    "fill in narrow absorption lines; PCA can only produce spectra that look like its training "
+    "set.",
+    SNR_DEFINITION + " Its bins (0-2, 2-5, 5-10, 10-20, 20-50, above 50 by default) widen with "
+    "S/N because the values spread over orders of magnitude.",
     "Mean |R| summarises the typical error; the median and the 90th percentile show the spread "
     "over pixels (a few bad pixels, such as line cores or sky-line residuals, raise the mean and "
     "the 90 % value but not the median). Speed is spectra per second on this machine (networks: "
     "on the device named in the table).",
-    "In the parameter figure each panel groups the spectra into bins of one quantity (S/N, "
-    "effective temperature, surface gravity, metallicity); solid lines are the mean |R| of all "
-    "pixels in a bin and dashed lines the single worst pixel. Expect errors to fall as S/N "
-    "rises. Empty bins are left out.",
+    "In the parameter figure each column groups the spectra into bins of one quantity (S/N, "
+    "effective temperature, surface gravity, metallicity, alpha enhancement); the top row is "
+    "the mean |R| of all pixels in a bin, the bottom row the single worst pixel (its own panel: "
+    "it is tens of times larger). Expect errors to fall as S/N rises. Empty bins are left out.",
 ]
 
 
@@ -87,6 +96,193 @@ def method_stats(cube: xr.Dataset, spectra: Sequence[int] | None = None) -> list
     return rows
 
 
+# --------------------------------------------------------------------------- comparison
+
+
+def _candidates(stats: Sequence[dict]) -> list[dict]:
+    """Methods that compete for 'best': networks and baselines, not 'none' nor the reference."""
+    return [r for r in stats if r["kind"] != "reference" and r["method"] != "none"
+            and np.isfinite(r["mean"])]
+
+
+def _pooled_by_spectrum(cube: xr.Dataset, name: str, idx: np.ndarray) -> tuple:
+    """Per spectrum of ``idx``: sum and count of the finite |R| of method ``name``."""
+    rel = cube["rel_err"].sel({METHOD_DIM: name}).isel(spectrum=idx).values
+    finite = np.isfinite(rel)
+    return np.where(finite, rel, 0).sum(axis=1, dtype=np.float64), finite.sum(axis=1)
+
+
+def _ratio_pct(a: float, b: float) -> str:
+    """How much larger ``b`` is than ``a``: "12 % higher", or "3.5 times as high" from 2x."""
+    if not (a > 0 and np.isfinite(b)):
+        return "n/a"
+    r = b / a
+    return f"{r:.2g} times as high" if r >= 2 else f"{100 * (r - 1):.0f} % higher"
+
+
+def comparison(cube: xr.Dataset, tree: xr.DataTree) -> dict:
+    """Every number the report's answer and the terminal table need.
+
+    Keys: ``stats`` (:func:`method_stats`), ``bins`` (labels of the S/N bins), ``counts``
+    (spectra per S/N bin), ``by_bin`` (method -> mean |R| per S/N bin, over the spectra the
+    method denoised), ``best`` (overall: best and runner-up rows), ``best_by_bin`` (per bin:
+    None or (best, mean, runner-up, mean)), ``template`` (None or a dict: ``n`` spectra, their
+    indices ``subset``, ``ratio`` method -> mean |R| / template's on those spectra,
+    ``ratio_by_bin`` method -> per-bin ratio, ``counts`` template spectra per bin).
+    """
+    from specdenoise.evaluate.summary import bin_label
+
+    stats = method_stats(cube)
+    names = [r["method"] for r in stats]
+    out: dict = {"stats": stats, "bins": [], "counts": [], "by_bin": {}, "best_by_bin": []}
+    cands = sorted(_candidates(stats), key=lambda r: r["mean"])
+    out["best"] = (cands[0] if cands else None, cands[1] if len(cands) > 1 else None)
+    edges = None
+    if "snr" in tree.children:
+        ds = tree["snr"].to_dataset()
+        lo, hi = ds["snr_lo"].values, ds["snr_hi"].values
+        edges = np.append(lo, hi[-1])
+        out["bins"] = [bin_label(a, b) for a, b in zip(lo, hi, strict=True)]
+        counts = ds["n_spectra"].max(METHOD_DIM).values
+        out["counts"] = [int(c) for c in counts]
+        for m in names:
+            out["by_bin"][m] = [float(x) for x in ds["mean"].sel({METHOD_DIM: m}).values]
+        competing = [r["method"] for r in cands]
+        for i in range(len(lo)):
+            vals = sorted((out["by_bin"][m][i], m) for m in competing
+                          if np.isfinite(out["by_bin"][m][i]))
+            out["best_by_bin"].append(
+                None if not vals else (vals[0][1], vals[0][0],
+                                       *(vals[1][::-1] if len(vals) > 1 else (None, np.nan))))
+    out["template"] = None
+    if "template" in names:
+        subset = np.flatnonzero(np.isfinite(
+            cube["mean_rel_err"].sel({METHOD_DIM: "template"}).values))
+        if subset.size:
+            subset = subset[:MAX_TABLE_SPECTRA]
+            snr = cube["snr"].values[subset]
+            which = (np.clip(np.searchsorted(edges, snr, side="left") - 1, 0, edges.size - 2)
+                     if edges is not None else np.zeros(subset.size, np.int64))
+            n_bins = 1 if edges is None else edges.size - 1
+            sums = {m: _pooled_by_spectrum(cube, m, subset) for m in names}
+
+            def mean_of(m, sel):
+                s, c = sums[m][0][sel].sum(), sums[m][1][sel].sum()
+                return s / c if c else np.nan
+
+            t_all = mean_of("template", slice(None))
+            t_bin = [mean_of("template", which == i) for i in range(n_bins)]
+            out["template"] = {
+                "n": int(subset.size), "subset": subset, "mean": float(t_all),
+                "counts": [int((which == i).sum()) for i in range(n_bins)],
+                "ratio": {m: float(mean_of(m, slice(None)) / t_all) for m in names},
+                "ratio_by_bin": {m: [float(mean_of(m, which == i) / t_bin[i])
+                                     if t_bin[i] > 0 else np.nan for i in range(n_bins)]
+                                 for m in names},
+            }
+    return out
+
+
+def _order(stats: Sequence[dict]) -> list[dict]:
+    """Networks, then baselines, then the reference, each by mean |R|."""
+    rank = {"network": 0, "baseline": 1, "reference": 2}
+    return sorted(stats, key=lambda r: (rank.get(r["kind"], 1), r["method"] == "none",
+                                        r["mean"] if np.isfinite(r["mean"]) else np.inf))
+
+
+def comparison_table(comp: Mapping) -> tuple[list[str], list[list[str]]]:
+    """One table, every method and the template fit: mean |R| overall and per S/N bin, and its
+    distance from the template fit on the spectra the template fit ran on."""
+    tmpl = comp["template"]
+    header = ["method", "kind", "spectra", "mean |R|", *[f"S/N {b}" for b in comp["bins"]]]
+    if tmpl:
+        header.append(f"x template ({tmpl['n']} spectra)")
+    rows = []
+    for r in _order(comp["stats"]):
+        m = r["method"]
+        row = [m, r["kind"], str(r["n_spectra"]), _pct(r["mean"])]
+        row += [_pct(x) if np.isfinite(x) else "-" for x in comp["by_bin"].get(m, [])]
+        if tmpl:
+            row.append(f"{tmpl['ratio'][m]:.3g}" if np.isfinite(tmpl["ratio"][m]) else "n/a")
+        rows.append(row)
+    if comp["bins"]:
+        rows.append(["spectra in bin", "", "", "", *[str(c) for c in comp["counts"]],
+                     *([""] if tmpl else [])])
+    return header, rows
+
+
+def answer(comp: Mapping) -> list[str]:
+    """The report's answer in sentences: best overall and per S/N bin, by how much, and how
+    far each method is from the template-fit reference."""
+    lines = []
+    best, second = comp["best"]
+    stats = {r["method"]: r for r in comp["stats"]}
+    if best is None:
+        lines.append("No denoiser was run (only the noisy input or the reference).")
+    else:
+        text = (f"Best overall: **{best['method']}**, mean |R| {_pct(best['mean'])} over "
+                f"{best['n_spectra']} spectra")
+        if second is not None:
+            text += (f"; next {second['method']} {_pct(second['mean'])} "
+                     f"({_ratio_pct(best['mean'], second['mean'])})")
+        med = min(_candidates(comp["stats"]), key=lambda r: r["median"])
+        if med["method"] != best["method"]:
+            text += (f". By the median |R| {med['method']} is best ({_pct(med['median'])} "
+                     f"against {best['method']}'s {_pct(best['median'])}): {best['method']}'s "
+                     "lower mean comes from fewer large errors")
+        lines.append(text + ".")
+    per_bin = []
+    for label, n, b in zip(comp["bins"], comp["counts"], comp["best_by_bin"], strict=True):
+        if b is None or n == 0:
+            continue
+        name, mean, runner, rmean = b
+        part = f"S/N {label} ({n} spectra): **{name}** {_pct(mean)}"
+        if runner is not None:
+            part += f", next {runner} {_pct(rmean)} ({_ratio_pct(mean, rmean)})"
+        per_bin.append(part)
+    if per_bin:
+        lines.append("Best by S/N: " + "; ".join(per_bin) + ".")
+    if "none" in stats:
+        lines.append(f"Without denoising the mean |R| is {_pct(stats['none']['mean'])}.")
+    tmpl = comp["template"]
+    if tmpl:
+        n_all = max(r["n_spectra"] for r in comp["stats"])
+        where = ("all" if tmpl["n"] == n_all else f"the first {tmpl['n']} of the {n_all}")
+        others = [r["method"] for r in _order(comp["stats"])
+                  if r["method"] not in ("template",) and np.isfinite(tmpl["ratio"][r["method"]])]
+        dist = ", ".join(f"{m} {tmpl['ratio'][m]:.3g}x" for m in others)
+        lines.append(f"The template-fit reference (the simulation's own model fitted to each "
+                     f"spectrum) ran on {where} spectra: mean |R| {_pct(tmpl['mean'])}. On those "
+                     f"same spectra each method's mean |R| is a multiple of it: {dist}.")
+    elif "template" not in stats:
+        lines.append("The template-fit reference was not run.")
+    return lines
+
+
+def format_text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with aligned columns (first column left, the others right)."""
+    cols = list(zip(header, *rows, strict=True))
+    widths = [max(len(c) for c in col) for col in cols]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths),
+                      *(line(r) for r in rows)])
+
+
+def terminal_summary(cube: xr.Dataset, tree: xr.DataTree) -> str:
+    """What ``evaluate`` and ``run`` print last: the answer and the comparison table."""
+    import re
+
+    comp = comparison(cube, tree)
+    text = [re.sub(r"\*\*(.+?)\*\*", r"\1", ln) for ln in answer(comp)]
+    header, rows = comparison_table(comp)
+    return "\n".join(["Mean |R| = |D - F| / F by method and S/N. " + SNR_DEFINITION,
+                      "", format_text_table(header, rows), "", *text])
+
+
 # --------------------------------------------------------------------------- blocks
 
 
@@ -97,32 +293,39 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple:
 def _blocks(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path],
             outputs: Mapping[str, Path]) -> list[tuple]:
     info = method_info(cube)
-    stats = method_stats(cube)
+    comp = comparison(cube, tree)
+    stats = comp["stats"]
     by_name = {r["method"]: r for r in stats}
     n = cube.sizes["spectrum"]
     b: list[tuple] = [("h1", "specdenoise evaluation report")]
 
-    # headline
-    nets = [r for r in stats if r["kind"] == "network"]
-    lines = []
-    if nets:
-        best = min(nets, key=lambda r: r["mean"])
-        lines.append(f"Best network: **{best['method']}**, mean |R| = {_pct(best['mean'])} "
-                     f"over {best['n_spectra']} spectra.")
-    if "none" in by_name:
-        lines.append(f"Without denoising the mean |R| is {_pct(by_name['none']['mean'])}.")
+    # the answer first: which method is best, overall and by S/N, and how far from the reference
+    b.append(("h2", "Which denoiser is best"))
+    b += [("p", t) for t in answer(comp)]
+    b.append(("p", SNR_DEFINITION + " Every method and the template fit, mean |R| over all "
+                   "pixels (the template fit: over the spectra it ran on); the last column "
+                   "divides each method's mean |R| by the template fit's on exactly the spectra "
+                   "the template fit ran on (1 = as good as the reference):"))
+    header, rows = comparison_table(comp)
+    b.append(_table(header, rows))
     tmpl = by_name.get("template")
-    if tmpl and tmpl["n_spectra"]:
-        lines.append(f"The template-fit reference reaches {_pct(tmpl['mean'])} "
-                     f"(first {tmpl['n_spectra']} spectra) at {_rate(tmpl['spectra_per_s'])} "
-                     "fits per second.")
-        if nets:
-            fast = max(nets, key=lambda r: r["spectra_per_s"])
-            ratio = fast["spectra_per_s"] / tmpl["spectra_per_s"]
-            lines.append(f"Network {fast['method']} denoises {_rate(fast['spectra_per_s'])} "
-                         f"spectra per second ({fast['device']}), {ratio:,.0f} times the "
-                         "template fit's rate.")
-    b.append(("p", " ".join(lines) or "No method was run."))
+    nets = [r for r in stats if r["kind"] == "network"]
+    if tmpl and tmpl["n_spectra"] and nets and tmpl["spectra_per_s"] > 0:
+        fast = max(nets, key=lambda r: r["spectra_per_s"])
+        ratio = fast["spectra_per_s"] / tmpl["spectra_per_s"]
+        b.append(("p", f"Speed: network {fast['method']} denoises "
+                       f"{_rate(fast['spectra_per_s'])} spectra per second ({fast['device']}), "
+                       f"{ratio:,.0f} times the template fit's "
+                       f"{_rate(tmpl['spectra_per_s'])} fits per second."))
+    if comp["template"] and any(c for c in comp["template"]["counts"]) and comp["bins"]:
+        t = comp["template"]
+        b.append(("p", f"Distance from the template fit by S/N, on the {t['n']} spectra it ran "
+                       "on (mean |R| of the method / mean |R| of the template fit in the bin):"))
+        rows = [[r["method"], *[(f"{x:.3g}" if np.isfinite(x) else "") for x in
+                                t["ratio_by_bin"][r["method"]]]]
+                for r in _order(stats) if r["method"] != "template"]
+        rows.append(["template spectra in bin", *[str(c) for c in t["counts"]]])
+        b.append(_table(["method", *[f"S/N {x}" for x in comp["bins"]]], rows))
 
     b.append(("h2", "How to read this report"))
     b += [("p", t) for t in HOW_TO_READ]
@@ -149,29 +352,21 @@ def _blocks(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path],
 
     b.append(("h2", "Figures"))
     captions = {
-        "error_vs_parameters": "Mean (solid) and maximum (dashed) |R| in bins of S/N, Teff, "
-                               "log g and [M/H], as in Fig. 2 of Pal & Dobos (2025).",
-        "examples": "Example spectra from low to high S/N: noisy input (grey), noiseless truth "
-                    "(black) and denoised estimates, with the relative residual (D - F) / F "
-                    "below; right: the Ca II triplet.",
+        "error_vs_snr": "Mean |R| against S/N for every method and the template fit (dashed; "
+                        "on the spectra it ran on), one point per S/N bin at the mean S/N of "
+                        "its spectra.",
+        "error_vs_parameters": "Mean |R| (top row) and the largest |R| (bottom row) in bins of "
+                               "S/N, Teff, log g, [M/H] and [alpha/M], as in Fig. 2 of Pal & "
+                               "Dobos (2025).",
+        "examples": "Example spectra from low to high S/N: noisy input (light grey), noiseless "
+                    "truth (black) and denoised estimates (the template fit in dark gold), "
+                    "with the relative residual (D - F) / F below; right: the Ca II triplet. "
+                    "Y ranges span the 1-99 percentiles, so rare spikes run off the panel.",
         "error_vs_wavelength": "Mean |R| over all spectra at each pixel: where in the arm "
                                "each method struggles (sky lines, strong stellar lines, edges).",
     }
     for key, path in figures.items():
         b.append(("fig", Path(path), captions.get(key, key)))
-
-    if "snr" in tree.children:
-        ds = tree["snr"].to_dataset()
-        names = [str(x) for x in ds[METHOD_DIM].values]
-        rows = []
-        for i in range(ds.sizes["snr_bins"]):
-            lo, hi = float(ds["snr_lo"][i]), float(ds["snr_hi"][i])
-            cells = [f"{lo:.3g} - {hi:.3g}",
-                     str(int(ds["n_spectra"].sel({METHOD_DIM: names[0]})[i]))]
-            cells += [_pct(float(ds["mean"].sel({METHOD_DIM: m})[i])) for m in names]
-            rows.append(cells)
-        b.append(("h2", "Mean |R| by S/N"))
-        b.append(_table(["S/N", "spectra", *names], rows))
 
     b.append(("h2", "Dataset and provenance"))
     cfg = _json_attr(cube.attrs.get("dataset_config"))

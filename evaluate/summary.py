@@ -17,8 +17,11 @@ variable           dims                                 meaning
 ``n_spectra``      (denoiser, snr_bins)                 spectra in the bin that the method denoised
 =================  ===================================  ==========================================
 
-with coordinates ``snr_bins`` (bin centre), ``snr_lo`` and ``snr_hi`` (edges; a bin holds
-``lo < x <= hi``, the first one also ``x = lo``). It is saved as Zarr (``xr.open_datatree(path,
+with coordinates ``snr_bins`` (bin centre; for an open-ended bin such as S/N > 50 the mean of
+the values in it), ``snr_lo`` and ``snr_hi`` (edges; a bin holds ``lo < x <= hi``, the first one
+also ``x = lo``). S/N is spread over orders of magnitude, so its default bins are
+``SNR_EDGES`` (0, 2, 5, 10, 20, 50, infinity); the stellar parameters, drawn uniformly, get
+``DEFAULT_N_BINS`` equal-width bins over their range. It is saved as Zarr (``xr.open_datatree(path,
 engine="zarr")``) and as one long CSV table, a row per (binning variable, method, bin).
 """
 
@@ -39,6 +42,10 @@ from specdenoise.evaluate.cube import METHOD_DIM
 DEFAULT_BY = ("snr", "teff", "logg", "m_h", "a_m")
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
 DEFAULT_N_BINS = 8
+#: default S/N bin edges: S/N is roughly log-distributed (equal-width bins put 130 of 300
+#: spectra in the first bin and 2-3 in the last ones)
+SNR_EDGES = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, np.inf)
+DEFAULT_EDGES = {"snr": SNR_EDGES}
 PIXELS = (schema.SPECTRUM_DIM, schema.WAVE_DIM)
 
 
@@ -62,6 +69,41 @@ def bin_edges(values: np.ndarray, spec: int | Sequence[float] = DEFAULT_N_BINS) 
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
         raise SpecdenoiseError(f"bin edges must be at least two increasing numbers, got {spec}")
     return edges
+
+
+def default_edges(name: str, values: np.ndarray) -> np.ndarray | int:
+    """The default binning of ``name``: fixed edges (S/N) widened to hold every value, or a
+    number of equal-width bins."""
+    if name not in DEFAULT_EDGES:
+        return DEFAULT_N_BINS
+    edges = np.array(DEFAULT_EDGES[name], dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size and v.min() < edges[0]:  # a noisy spectrum may have a negative median S/N
+        edges[0] = -np.inf
+    return edges
+
+
+def bin_label(lo: float, hi: float) -> str:
+    """``"2-5"``, ``"> 50"`` or ``"<= 2"`` for a bin ``lo < x <= hi``."""
+    if np.isinf(hi):
+        return f"> {lo:g}"
+    if np.isinf(lo):
+        return f"<= {hi:g}"
+    return f"{lo:g}-{hi:g}"
+
+
+def bin_centres(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin midpoints; an open-ended bin gets the mean of its values (else its finite edge)."""
+    lo, hi = edges[:-1], edges[1:]
+    with np.errstate(invalid="ignore"):
+        centre = 0.5 * (lo + hi)
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    for i in np.flatnonzero(~np.isfinite(centre)):
+        inside = v[((v > lo[i]) | ((i == 0) & (v == lo[i]))) & (v <= hi[i])]
+        centre[i] = inside.mean() if inside.size else (lo[i] if np.isfinite(lo[i]) else hi[i])
+    return centre
 
 
 def parse_bins(items: Sequence[str] | None) -> dict[str, int | list[float]]:
@@ -111,8 +153,8 @@ def _stats(rel: xr.DataArray, done: xr.DataArray, by: str, edges: np.ndarray,
 def _finish(ds: xr.Dataset, by: str, edges: np.ndarray, cube: xr.Dataset) -> xr.Dataset:
     dim = f"{by}_bins"
     ds = ds.assign_coords({
-        dim: (dim, 0.5 * (edges[:-1] + edges[1:]), {"long_name": f"{by} bin centre",
-                                                     "units": schema.UNITS.get(by, "")}),
+        dim: (dim, bin_centres(cube[by].values, edges),
+              {"long_name": f"{by} bin centre", "units": schema.UNITS.get(by, "")}),
         f"{by}_lo": (dim, edges[:-1]),
         f"{by}_hi": (dim, edges[1:]),
         METHOD_DIM: ds[METHOD_DIM].values.astype(object),
@@ -133,7 +175,8 @@ def summarize(cube: xr.Dataset, bins: Mapping[str, int | Sequence[float]] | None
     """Statistics of |R| per method in bins of each variable of ``by`` (see module docstring).
 
     ``bins`` maps a variable to a number of bins or to explicit edges; ``"*"`` is the default
-    for the others (``DEFAULT_N_BINS`` equal-width bins over the data's range).
+    for the others (otherwise :func:`default_edges`: ``SNR_EDGES`` for S/N, ``DEFAULT_N_BINS``
+    equal-width bins over the data's range for the rest).
     """
     bins = dict(bins or {})
     unknown = [k for k in bins if k != "*" and k not in by]
@@ -147,8 +190,9 @@ def summarize(cube: xr.Dataset, bins: Mapping[str, int | Sequence[float]] | None
     for name in by:
         if name not in cube.coords:
             raise SpecdenoiseError(f"the error cube has no per-spectrum coordinate {name!r}")
-        edges[name] = bin_edges(cube[name].values,
-                                bins.get(name, bins.get("*", DEFAULT_N_BINS)))
+        values = cube[name].values
+        spec = bins.get(name, bins.get("*", default_edges(name, values)))
+        edges[name] = bin_edges(values, spec)
     parts: dict[str, list[xr.Dataset]] = {name: [] for name in by}
     by_coords = {name: cube[name].compute() for name in by}
     for method in cube[METHOD_DIM].values:

@@ -2,7 +2,8 @@
 
 Import map (one namespace, several root folders, see ``pyproject.toml``):
 
-- ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, stage orchestration.
+- ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, chunk codecs and checks
+  (``codecs``), stage orchestration.
 - ``specdenoise.simulate`` (``simulate/``): physics kernels.
 - ``specdenoise.train`` (``train/``): PyTorch models and training.
 - ``specdenoise.evaluate`` (``evaluate/``): error cubes, baselines, figures, report.
@@ -21,7 +22,5 @@ from specdenoise.errors import SpecdenoiseError  # noqa: E402
 
 # Zarr warns on every consolidated v3 store; consolidation is what makes opening a store one read.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-# Datasets use numcodecs' bit rounding, which zarr-python reads; the warning would repeat per array.
-warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
 __all__ = ["SpecdenoiseError", "__version__"]

@@ -22,6 +22,20 @@ from specdenoise.errors import SpecdenoiseError
 STAGES = ("grid", "etc", "simulate", "train", "denoise", "evaluate", "run", "cluster")
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an option it does not know is reported with its own usage.
+
+    argparse hands a subcommand's unknown arguments back to the top-level parser, which then
+    printed the top-level usage for ``specdenoise simulate --nn``.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specdenoise",
@@ -31,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"specdenoise {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=_SubcommandParser)
     sub.required = True
     for stage in STAGES:
         try:

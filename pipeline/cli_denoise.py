@@ -20,8 +20,20 @@ def register(subparsers) -> None:
                    help="run directory of 'specdenoise train' or its checkpoint.pt")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="IN.zarr", help="dataset to denoise")
-    src.add_argument("--spectrum", metavar="FILE", help="a .fits or .csv spectrum file")
-    p.add_argument("--out", required=True, help="OUT.zarr (with --data) or OUT.csv")
+    src.add_argument("--spectrum", metavar="FILE",
+                     help="a spectrum file on the model's pixel grid (4096 PFS red-arm MR "
+                          "pixels; wavelengths, when given, in nm, vacuum, within half a pixel "
+                          "of the grid). FITS (.fits, .fit, .fts, .fits.gz): the first HDU with "
+                          "data, either a table with a 'flux' column (one pixel per row, or one "
+                          "spectrum per row as a vector) and optionally a 'wave', 'wavelength' "
+                          "or 'lambda' column, or a 1-D (one spectrum) or 2-D (one per row) "
+                          "image of fluxes. Text/CSV (any other name): comma- or space-"
+                          "separated, '#' lines ignored, either a header naming 'flux' (and "
+                          "optionally 'wave'/'wavelength') or bare numbers: one column = flux, "
+                          "two or more = wave, flux. Any flux unit")
+    p.add_argument("--out", required=True,
+                   help="OUT.zarr (with --data) or OUT.csv (with --spectrum: columns wave, flux, "
+                        "flux_denoised, and a leading 'spectrum' column for several spectra)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--overwrite", action="store_true",

@@ -213,6 +213,7 @@ def run_calc(args) -> int:
     _summary(arrays, c, args)
     if args.plot is not None:
         _plot(args.plot, arrays, c, args)
+        print(f"  wrote the plot (signal, sky, S/N) to {args.plot}")
     return 0
 
 

@@ -27,7 +27,9 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     """Evaluate trained models (run directories) and baselines on the dataset ``data``.
 
     Writes into ``out``: ``cube.zarr``, ``summary.zarr``, ``summary.csv``, ``figures/*.png``,
-    ``report.md`` and ``report.html``; returns name -> path. ``baselines=None`` means all that
+    ``report.md`` and ``report.html``, then logs the comparison table (every method and the
+    template fit by S/N, :func:`specdenoise.evaluate.report.terminal_summary`); returns name ->
+    path. ``baselines=None`` means all that
     can run (``pca`` needs ``train``; ``template`` needs a dataset written by ``specdenoise
     simulate``); naming one that cannot run is an error. ``template_n``: fit only the first
     that many spectra (None: all).
@@ -132,6 +134,7 @@ def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets
         "cube": targets["cube"], "summary": targets["summary"],
         "summary CSV": targets["summary_csv"]})
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
+    log("\n" + report.terminal_summary(cube, tree))
     return targets
 
 
@@ -170,7 +173,9 @@ def register(subparsers) -> None:
                         f"{DEFAULT_TEMPLATE_N}; about 0.1-0.5 s per spectrum)")
     p.add_argument("--bins", action="append", default=[], metavar="SPEC",
                    help="summary bins: N (for every variable), NAME=N or NAME=e0,e1,... "
-                        "(e.g. --bins snr=0,5,10,20,50); repeatable")
+                        "(e.g. --bins snr=0,5,10,20,50,inf); repeatable. Default: S/N "
+                        "0,2,5,10,20,50,inf (it is log-distributed), 8 equal-width bins over "
+                        "the range of Teff, log g, [M/H] and [alpha/M]")
     p.add_argument("--pca-k", type=int, default=32, help="PCA components (default 32)")
     p.add_argument("--savgol-window", type=int, default=11,
                    help="Savitzky-Golay window in pixels, odd (default 11, order 4)")

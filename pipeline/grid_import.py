@@ -193,9 +193,9 @@ def _run_distributed(client, batches, args, bar) -> list[tuple[str, str]]:
 
 
 def _run(jobs: list[Job], args: tuple, client, progress: bool) -> list[tuple[str, str]]:
-    from tqdm.auto import tqdm
+    from specdenoise.simulate.progress import bar as progress_bar
 
-    with tqdm(total=len(jobs), unit="file", desc="import bosz", disable=not progress) as bar:
+    with progress_bar(len(jobs), "import bosz", "file", enabled=progress) as bar:
         if client is not None:
             n_workers = max(1, sum(client.nthreads().values()))  # threads, across all workers
             return _run_distributed(client, _batches(jobs, n_workers), args, bar)

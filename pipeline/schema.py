@@ -1,6 +1,7 @@
 """The simulated-dataset schema: one module names every variable, dimension and attribute.
 
-A dataset is an xarray Dataset on Zarr v3 with consolidated metadata:
+A dataset is an xarray Dataset on Zarr v3 with consolidated metadata, written with codecs of
+the Zarr v3 specification only and a crc32c checksum on every chunk (:mod:`specdenoise.codecs`):
 
 dims ``spectrum`` (any length, chunked along it) and ``wave`` (4096 PFS red-arm MR pixels)
 
@@ -37,7 +38,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import stores
+from specdenoise import codecs, stores
 from specdenoise.errors import SpecdenoiseError
 
 DATASET_KIND = stores.DATASET.name
@@ -121,7 +122,7 @@ def create_dataset_store(
     attrs: Mapping | None = None,
     extra_coords: tuple[str, ...] = (),
     compressors: list | None = None,
-    filters: list | None = None,
+    keepbits: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Create the empty store (metadata only) for ``n_spectrum`` spectra.
@@ -129,7 +130,11 @@ def create_dataset_store(
     When the store already exists with the same shape, chunking and ``attrs["config_hash"]``,
     it is left as it is (that is how ``--resume`` works); otherwise it is an error unless
     ``overwrite``, which replaces only a dataset store (:func:`specdenoise.stores.remove_store`).
-    ``compressors`` and ``filters`` are Zarr v3 codecs for the float variables.
+    ``compressors`` are the Zarr v3 bytes-to-bytes codecs of the float
+    variables (default: :func:`specdenoise.codecs.spectral_compressors` ``("zstd")``); every
+    other array gets :func:`specdenoise.codecs.default_compressors`. ``keepbits``: the float
+    variables are bit-rounded to that many mantissa bits by :func:`write_chunk` (recorded in
+    their ``keepbits`` attribute).
     """
     import dask.array as da  # only to declare lazy empty arrays
 
@@ -157,14 +162,15 @@ def create_dataset_store(
         stores.remove_store(path, stores.DATASET)
     n_wave = int(np.size(wave))
     if compressors is None:
-        compressors = [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+        compressors = codecs.spectral_compressors("zstd")
+    rounding = {} if keepbits is None else {codecs.KEEPBITS_ATTR: int(keepbits)}
     chunks2 = (chunk_size, n_wave)
     data_vars = {}
     for v in ("flux", "flux_clean", "sigma"):
         data_vars[v] = (
             (SPECTRUM_DIM, WAVE_DIM),
             da.zeros((n_spectrum, n_wave), dtype=np.float32, chunks=chunks2),
-            {"units": UNITS[v]},
+            {"units": UNITS[v], **rounding},
         )
     data_vars["mask"] = (
         (SPECTRUM_DIM, WAVE_DIM),
@@ -183,12 +189,12 @@ def create_dataset_store(
     a.update(specdenoise_kind=DATASET_KIND, schema_version=SCHEMA_VERSION, complete=False,
              chunk_size=chunk_size)
     ds = xr.Dataset(data_vars, coords=coords, attrs=a)
-    encoding = {v: {"chunks": chunks2, "compressors": compressors} for v in SPECTRAL_VARS}
-    if filters:  # lossy filters (bit rounding) apply to the float variables only
-        for v in ("flux", "flux_clean", "sigma"):
-            encoding[v]["filters"] = filters
+    encoding = {v: {"chunks": chunks2, "compressors": compressors}
+                for v in ("flux", "flux_clean", "sigma")}
+    encoding["mask"] = {"chunks": chunks2, "compressors": codecs.default_compressors()}
+    encoding[WAVE_DIM] = {"compressors": codecs.default_compressors()}
     for name in (*per_spectrum_names(), *extra_coords):
-        encoding[name] = {"chunks": (chunk_size,)}
+        encoding[name] = {"chunks": (chunk_size,), "compressors": codecs.default_compressors()}
     ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False,
                encoding=encoding)
     done_dir(path).mkdir(exist_ok=True)
@@ -196,12 +202,19 @@ def create_dataset_store(
 
 
 def write_chunk(path: str | Path, chunk_index: int, chunk_size: int, arrays: Mapping) -> None:
-    """Write one chunk's arrays, then mark it done (marker written last, atomically)."""
+    """Write one chunk's arrays, then mark it done (marker written last, atomically).
+
+    Float variables with a ``keepbits`` attribute are bit-rounded first.
+    """
     g = zarr.open_group(str(path), mode="r+")
     start = chunk_index * chunk_size
     for name, value in arrays.items():
         value = np.asarray(value)
-        g[name][start : start + value.shape[0]] = value
+        arr = g[name]
+        keepbits = arr.attrs.get(codecs.KEEPBITS_ATTR)
+        if keepbits is not None:  # lossy rounding happens here, not in a codec
+            value = codecs.bitround(value, int(keepbits))
+        arr[start : start + value.shape[0]] = value
     marker = done_dir(path) / f"{chunk_index:08d}"
     tmp = marker.with_suffix(".tmp")
     tmp.write_text("")
@@ -242,6 +255,7 @@ def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:
     ds = stores.open_store(
         path, stores.DATASET,
         incomplete=f"dataset {path} is incomplete (interrupted run?); re-run with --resume")
+    codecs.check_frames(path)  # older stores (no checksum): no decoder may read past a chunk
     missing = [v for v in require if v not in ds]
     if missing:
         raise SpecdenoiseError(f"dataset {path} lacks variable(s) {', '.join(missing)}")

@@ -178,23 +178,18 @@ def run_chunk(store: str, cfg: Mapping, grid_path: str, split: str, chunk_index:
 # --------------------------------------------------------------------------- orchestration
 
 
-def compressors_for(cfg: Mapping) -> tuple[list, list]:
-    """(compressors, filters) for the spectral float variables."""
-    import zarr
+def compressors_for(cfg: Mapping) -> tuple[list, int | None]:
+    """(compressors, keepbits) of the spectral float variables.
+
+    ``zstd-bitround`` keeps ``keepbits`` mantissa bits of the noisy float32 numbers (whose low
+    bits are noise and do not compress; relative rounding error <= 2**-(keepbits+1), 6e-5 at
+    the default 13), rounded by the writer before encoding.
+    """
+    from specdenoise import codecs
 
     kind = cfg["compressor"]
-    if kind == "none":
-        return [], []
-    if kind == "lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")], []
-    if kind == "zstd-bitround":
-        # noisy float32 mantissas do not compress: keep ``keepbits`` of them (relative
-        # rounding error <= 2**-(keepbits+1), 6e-5 at the default 13) and compress lightly
-        from zarr.codecs.numcodecs import BitRound
-
-        comp = [zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")]
-        return comp, [BitRound(keepbits=cfg["keepbits"])]
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")], []
+    keepbits = cfg["keepbits"] if kind == "zstd-bitround" else None
+    return codecs.spectral_compressors(kind), keepbits
 
 
 def plan(cfg: Mapping) -> list[tuple[str, Path, int]]:
@@ -259,32 +254,38 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         "noise_provenance": {"noise": cfg["noise"]},
         "title": "specdenoise simulated PFS MR red-arm spectra",
     }
-    compressors, filters = compressors_for(cfg)
+    compressors, keepbits = compressors_for(cfg)
     from specdenoise.simulate.pfs import pixel_wave
 
     wave = pixel_wave()
-    jobs = []
-    for split, path, n in plan(cfg):
-        schema.create_dataset_store(
-            path, n, cfg["chunk_size"], wave,
-            attrs={**attrs, "split": split or "all"},
-            extra_coords=schema.calib_names(calibration.ORDER),
-            compressors=compressors, filters=filters, overwrite=overwrite,
-        )
-        done = schema.done_chunks(path)
+    pending = False
+    for _split, path, n in plan(cfg):
         n_chunks = -(-n // cfg["chunk_size"])
-        for c in range(n_chunks):
-            if c not in done:
-                count = min(cfg["chunk_size"], n - c * cfg["chunk_size"])
-                jobs.append((split, path, c, count))
+        pending |= overwrite or not path.exists() or len(schema.done_chunks(path)) < n_chunks
     paths = [p for _, p, _ in plan(cfg)]
-    if jobs:
-        if client is not None:
+    with contextlib.ExitStack() as stack:
+        if pending and client is None:
+            # connect before any store is created: a scheduler that cannot be reached (or a
+            # cluster that does not start) leaves no partial store that would demand --resume
+            client = stack.enter_context(connect(
+                cluster, workers=workers, threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit))
+        jobs = []
+        for split, path, n in plan(cfg):
+            schema.create_dataset_store(
+                path, n, cfg["chunk_size"], wave,
+                attrs={**attrs, "split": split or "all"},
+                extra_coords=schema.calib_names(calibration.ORDER),
+                compressors=compressors, keepbits=keepbits, overwrite=overwrite,
+            )
+            done = schema.done_chunks(path)
+            n_chunks = -(-n // cfg["chunk_size"])
+            for c in range(n_chunks):
+                if c not in done:
+                    count = min(cfg["chunk_size"], n - c * cfg["chunk_size"])
+                    jobs.append((split, path, c, count))
+        if jobs:
             _execute(client, jobs, cfg, grid_path, chash, progress)
-        else:
-            with connect(cluster, workers=workers, threads_per_worker=threads_per_worker,
-                         memory_limit=memory_limit) as c:
-                _execute(c, jobs, cfg, grid_path, chash, progress)
     for _split, path, n in plan(cfg):
         n_chunks = -(-n // cfg["chunk_size"])
         missing = set(range(n_chunks)) - schema.done_chunks(path)
@@ -297,7 +298,8 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
 
 def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
     from distributed import as_completed
-    from tqdm.auto import tqdm
+
+    from specdenoise.simulate.progress import bar as progress_bar
 
     if progress:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
@@ -310,9 +312,7 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
         for split, path, c, count in jobs
     ]
     sizes = {f.key: j[3] for f, j in zip(futures, jobs, strict=True)}
-    t0 = time.perf_counter()
-    done_spectra = 0
-    with tqdm(total=n_spectra, unit="spec", disable=not progress, desc="simulate") as bar:
+    with progress_bar(n_spectra, "simulate", "spec", enabled=progress) as bar:
         for fut in as_completed(futures):
             try:
                 fut.result()
@@ -323,6 +323,4 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
                     f"a simulation task failed: {type(exc).__name__}: {exc}".splitlines()[0]
                     + " (finished chunks are kept: fix the cause and re-run with --resume, or "
                     "with --overwrite if the configuration changes)") from exc
-            done_spectra += sizes[fut.key]
-            bar.update(sizes[fut.key])
-            bar.set_postfix(rate=f"{done_spectra / (time.perf_counter() - t0):.0f}/s")
+            bar.update(sizes[fut.key])  # the bar shows the rate itself

@@ -52,6 +52,7 @@ from pathlib import Path
 import xarray as xr
 import zarr
 
+from specdenoise.codecs import quiet_legacy
 from specdenoise.errors import SpecdenoiseError
 
 KIND_ATTR = "specdenoise_kind"
@@ -139,14 +140,15 @@ def open_store(path: str | Path, kind: Kind, *, not_kind: str | None = None,
     if not path.exists():
         raise SpecdenoiseError(missing or f"{kind.label} {path} does not exist")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_legacy():
             warnings.filterwarnings("ignore", message="Object at .done is not recognized")
             attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception as exc:
         raise SpecdenoiseError(f"cannot open {kind.label} {path}: {exc}".splitlines()[0]) from None
     check_attrs(attrs, path, kind, not_kind=not_kind, incomplete=incomplete)
     try:
-        return xr.open_zarr(path, consolidated=consolidated)
+        with quiet_legacy():
+            return xr.open_zarr(path, consolidated=consolidated)
     except Exception as exc:
         raise SpecdenoiseError(f"cannot open {kind.label} {path}: {exc}".splitlines()[0]) from None
 

@@ -2,8 +2,10 @@
 
 Layering (each module imports only the ones above it):
 
-1. ``errors``, ``constants`` -- the user-facing exception type; physical constants (astropy, once);
-   ``calibration`` -- the flux-calibration distortion and the median normalisation (NumPy)
+1. ``errors``, ``constants``, ``usercache``, ``progress`` -- the user-facing exception type;
+   physical constants (astropy, once); the user cache folder, where Numba's kernel cache goes
+   (never the package); the progress bars every stage draws; ``calibration`` -- the
+   flux-calibration distortion and the median normalisation (NumPy)
 2. ``grids``        -- the grid store on Zarr (read/write, validation, content hash)
 3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads)
 4. ``bosz``         -- readers for BOSZ 2017 / 2024 files
@@ -19,3 +21,8 @@ Layering (each module imports only the ones above it):
 
 Nothing here imports Dask or torch: parallel orchestration lives in ``specdenoise`` (pipeline/).
 """
+
+from specdenoise.simulate.usercache import point_numba_cache
+
+# before any kernel module is imported: Numba fixes a kernel's cache folder when decorating it
+point_numba_cache()

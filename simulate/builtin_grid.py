@@ -76,6 +76,8 @@ from specdenoise.simulate.linelist import (
     HELIUM,
     MOLECULAR_BANDS,
 )
+from specdenoise.simulate.progress import bar as progress_bar
+from specdenoise.simulate.usercache import cache_dir
 
 #: Bumped whenever the generated spectra change; part of the cache key.
 GENERATOR_VERSION = "1"
@@ -202,14 +204,6 @@ def builtin_wave(settings: Mapping | None = None) -> np.ndarray:
 def _settings_key(s: Mapping) -> str:
     blob = json.dumps({"settings": s, "generator": GENERATOR_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    """``$SPECDENOISE_CACHE``, else ``$XDG_CACHE_HOME``, else ``~/.cache``."""
-    for var in ("SPECDENOISE_CACHE", "XDG_CACHE_HOME"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    return Path.home() / ".cache"
 
 
 def builtin_grid_path(settings: Mapping | None = None) -> Path:
@@ -744,7 +738,7 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
     settings : overrides of :data:`DEFAULT_SETTINGS` (axes, wavelengths, sampling...).
     overwrite : replace an existing store at the destination (for ``out=None``: rebuild the
         cache).
-    progress : show a tqdm progress bar over nodes.
+    progress : show a progress bar over nodes (:func:`specdenoise.simulate.progress.bar`).
 
     The store is assembled in a unique temporary folder beside it while the destination is
     locked (:mod:`specdenoise.stores`) and only renamed into place when every node was
@@ -791,11 +785,7 @@ def _generate(s: Mapping, key: str, target: Path, tmp: Path, progress: bool) -> 
     teff, logg, m_h, a_m = axes.values()
     shape = (teff.size, logg.size, m_h.size, a_m.size)
     n_nodes = int(np.prod(shape))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_nodes, unit="node", desc="built-in grid")
+    bar = progress_bar(n_nodes, "built-in grid", "node") if progress else None
     try:
         for i in range(shape[0]):
             for j in range(shape[1]):

@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import stores
+from specdenoise import codecs, stores
 from specdenoise.errors import SpecdenoiseError
 
 #: Parameter axes a grid may have, in storage order.
@@ -49,7 +49,9 @@ GRID_SCHEMA_VERSION = 1
 
 
 def _compressors():
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    """Node spectra: blosc (zstd, bit shuffle) and a crc32c checksum, both Zarr v3 codecs."""
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
+            codecs.checksum()]
 
 
 def partial_path(path: str | Path) -> Path:
@@ -158,6 +160,8 @@ def create_grid_store(
         for v in ("flux", "cont")
         if v in ds
     }
+    for v in ("exists", *coords):
+        encoding[v] = {"compressors": codecs.default_compressors()}
     ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
     return tmp
 
@@ -315,7 +319,7 @@ def grid_settings(ds: xr.Dataset, key: str = "settings") -> dict:
 # --------------------------------------------------------------------------- fast node reads
 
 #: the byte-to-byte codecs a node chunk may carry (their frames describe themselves, so the
-#: numcodecs decoder needs none of the codec's configuration)
+#: numcodecs decoder needs none of the codec's configuration), optionally followed by crc32c
 _BYTES_CODECS = ("blosc", "zstd", "gzip")
 
 
@@ -347,6 +351,8 @@ class NodeReader:
         self.decoder = decoder
         self.separator = separator
         self.fill_value = fill_value
+        self.checksum = False  # chunks end with a crc32c of the bytes before it
+        self.blosc = False  # the inner codec is blosc: its frame length is checked first
 
     @classmethod
     def open(cls, array_dir: str | Path) -> NodeReader | None:
@@ -358,7 +364,10 @@ class NodeReader:
         shape = tuple(meta.get("shape", ()))
         grid = meta.get("chunk_grid", {})
         keys = meta.get("chunk_key_encoding", {})
-        codecs = meta.get("codecs", [])
+        chain = meta.get("codecs", [])
+        names = [c.get("name") for c in chain]
+        checksum = names[-1:] == ["crc32c"] and len(names) > 1
+        inner = names[1:-1] if checksum else names[1:]
         if (
             meta.get("zarr_format") != 3
             or meta.get("node_type") != "array"
@@ -369,21 +378,24 @@ class NodeReader:
             or tuple(grid.get("configuration", {}).get("chunk_shape", ()))
             != (*(1,) * (len(shape) - 1), shape[-1])
             or keys.get("name") != "default"
-            or not codecs
-            or codecs[0].get("name") != "bytes"
-            or codecs[0].get("configuration", {}).get("endian", "little") != "little"
-            or len(codecs) > 2
-            or (len(codecs) == 2 and codecs[1].get("name") not in _BYTES_CODECS)
+            or not names
+            or names[0] != "bytes"
+            or chain[0].get("configuration", {}).get("endian", "little") != "little"
+            or len(inner) > 1
+            or (inner and inner[0] not in _BYTES_CODECS)
         ):
             return None
         try:  # numbers, "NaN" and "Infinity" here; hex-encoded bit patterns go through zarr
             fill = float(meta.get("fill_value"))
         except (TypeError, ValueError):
             return None
-        decoder = _bytes_decoder(codecs[1]["name"]) if len(codecs) == 2 else None
+        decoder = _bytes_decoder(inner[0]) if inner else None
         separator = keys.get("configuration", {}).get("separator", "/")
-        return cls(array_dir, shape, np.dtype("<" + {"float32": "f4", "float64": "f8"}[
+        reader = cls(array_dir, shape, np.dtype("<" + {"float32": "f4", "float64": "f8"}[
             meta["data_type"]]), decoder, separator, fill)
+        reader.checksum = checksum
+        reader.blosc = inner == ["blosc"]
+        return reader
 
     def _chunk_path(self, index: tuple[int, ...]) -> Path:
         key = self.separator.join(("c", *map(str, index), "0"))
@@ -401,15 +413,31 @@ class NodeReader:
             except FileNotFoundError:
                 out[j] = self.fill_value
                 continue
-            try:
-                if self.decoder is not None:
-                    raw = self.decoder.decode(raw)
-                values = np.frombuffer(raw, dtype=self.dtype)
-            except Exception as exc:  # numcodecs raises RuntimeError/ValueError on bad frames
-                raise SpecdenoiseError(f"grid chunk {path} cannot be decoded ({exc}); the "
-                                       "grid store is corrupt, rebuild or re-import it") from None
-            if values.size != self.n_wave:
-                raise SpecdenoiseError(f"grid chunk {path} holds {values.size} values, expected "
-                                       f"{self.n_wave}; the grid store is corrupt")
-            out[j] = values
+            out[j] = self._decode(raw, int(flat[j]))
         return out
+
+    def _corrupt(self, number: int, why: str) -> SpecdenoiseError:
+        return codecs.corrupt(self.array_dir.parent, self.array_dir.name, number, why,
+                              "the grid store is damaged: rebuild or re-import it")
+
+    def _decode(self, raw: bytes, number: int) -> np.ndarray:
+        """One node's values from its chunk file's bytes; a one-line error if they are bad."""
+        if self.checksum:
+            import google_crc32c  # zarr's own dependency for the crc32c codec
+
+            body, stored = raw[:-4], raw[-4:]
+            if len(raw) < 4 or np.uint32(google_crc32c.value(body)).tobytes() != stored:
+                raise self._corrupt(number, "checksum mismatch")
+            raw = body
+        if self.blosc and not codecs.blosc_frame_ok(raw):
+            # a decoder given a truncated blosc frame may read past its end
+            raise self._corrupt(number, "blosc frame length does not match")
+        try:
+            if self.decoder is not None:
+                raw = self.decoder.decode(raw)
+            values = np.frombuffer(raw, dtype=self.dtype)
+        except Exception as exc:  # numcodecs raises RuntimeError/ValueError on bad frames
+            raise self._corrupt(number, f"cannot be decoded: {exc}") from None
+        if values.size != self.n_wave:
+            raise self._corrupt(number, f"holds {values.size} values, expected {self.n_wave}")
+        return values

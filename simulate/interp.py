@@ -54,6 +54,7 @@ import xarray as xr
 import zarr
 from numba import njit
 
+from specdenoise import codecs
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.grids import NodeReader, grid_axes, open_grid
 
@@ -496,7 +497,8 @@ class GridInterpolator:
                 if reader is not None:
                     flux = reader.read(np.arange(int(np.prod(self.shape))))
                 elif self._source is not None:
-                    flux = self._zarr_flux()[...]
+                    with codecs.reading(self._source, ["flux"]):
+                        flux = self._zarr_flux()[...]
                 else:
                     flux = self._ds["flux"].values
                 flux = np.ascontiguousarray(flux, dtype=np.float32)
@@ -513,8 +515,11 @@ class GridInterpolator:
 
     def _zarr_flux(self):
         if self._flux_array is None:
+            # an older store read through zarr: no decoder may see a truncated blosc frame
+            codecs.check_frames(self._source, ["flux"])
             try:
-                self._flux_array = zarr.open_group(self._source, mode="r")["flux"]
+                with codecs.quiet_legacy():
+                    self._flux_array = zarr.open_group(self._source, mode="r")["flux"]
             except Exception as exc:  # zarr raises many types for a moved or corrupt store
                 raise SpecdenoiseError(f"cannot read grid store {self._source}: {exc}") from None
         return self._flux_array
@@ -549,7 +554,8 @@ class GridInterpolator:
         if self._source is not None:
             arr = self._zarr_flux()
             # one chunk per node: plain per-node reads are as fast as zarr's vindex here
-            spectra = [arr[tuple(int(i) for i in idx)] for idx in multi]
+            with codecs.reading(self._source, ["flux"]):
+                spectra = [arr[tuple(int(i) for i in idx)] for idx in multi]
         else:
             da = self._ds["flux"]
             spectra = [da[tuple(int(i) for i in idx)].values for idx in multi]

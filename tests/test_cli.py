@@ -74,3 +74,46 @@ def test_cluster_profile_errors(tmp_path):
     r = run("cluster", "show", str(bad))
     assert r.returncode == 2
     assert "'kind' must be one of" in r.stderr and "unknown key(s) bogus" in r.stderr
+
+
+def test_mistyped_option_prints_the_subcommand_usage(capsys):
+    for argv, usage in ((["simulate", "--nn", "5"], "usage: specdenoise simulate"),
+                        (["grid", "build", "builtin", "--outt", "x"],
+                         "usage: specdenoise grid build")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(usage), err
+        assert "unrecognized arguments: " + argv[-2] in err
+
+
+def test_etc_plot_says_where_the_png_went(tmp_path, capsys):
+    png = tmp_path / "etc.png"
+    assert main(["etc", "--mag", "21", "--out", str(tmp_path / "etc.npz"), "--plot",
+                 str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.stat().st_size > 0 and str(png) in out
+
+
+def test_denoise_spectrum_help_names_the_file_formats(capsys):
+    with pytest.raises(SystemExit):
+        main(["denoise", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for word in ("FITS", ".fits.gz", "CSV", "'flux'", "wavelength", "4096", "image"):
+        assert word in text, word
+
+
+def test_unreachable_scheduler_leaves_no_store(tmp_path, small_grid):
+    """Connecting comes before creating the output: a rerun needs no --resume."""
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "sim.zarr"
+    r = run("simulate", "--n", "20", "--chunk-size", "10", "--grid", str(small_grid), "--out",
+            str(out), "--cluster", f"tcp://127.0.0.1:{port}", "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -316,11 +316,19 @@ def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
     assert open_summary(out / "summary.zarr")["snr"].to_dataset().sizes["snr_bins"] == 3
     md = (out / "report.md").read_text()
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
-    assert len(figures) == 3 and all((out / f).is_file() for f in figures)
-    for text in ("How to read", "template", "unet", "spectra / s", str(simulated["val"])):
+    assert len(figures) == 4 and all((out / f).is_file() for f in figures)
+    assert "figures/error_vs_snr.png" in figures
+    for text in ("How to read", "template", "unet", "spectra / s", str(simulated["val"]),
+                 "Which denoiser is best", "Best overall: **", "median over its pixels",
+                 "x template (2 spectra)", "ran on the first 2 of the 12 spectra"):
         assert text in md, text
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+    assert page.count("data:image/png;base64,") == 4 and "<table>" in page
+    # the terminal ends with the comparison table: every method and the template fit
+    tail = printed[printed.index("report:"):]
+    assert "S/N 0-60" in tail and "x template (2 spectra)" in tail and "Best overall:" in tail
+    for name in ("unet", "none", "gaussian", "pca", "template"):
+        assert re.search(rf"^{name} ", tail, re.M), name
     # a second run refuses to overwrite, unless asked
     assert cli.main(["evaluate", "--data", str(simulated["val"]), "--out", str(out),
                      "--baselines", "none"]) == 2
@@ -341,3 +349,50 @@ def test_cli_errors_are_one_line(smooth, tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "eval" / "cube.zarr").exists()
+
+
+def test_comparison_numbers_match_numpy(smooth, tmp_path):
+    """The report's answer: best overall and per S/N bin, and each method's distance from the
+    reference on exactly the spectra the reference ran on."""
+    from specdenoise.evaluate import report
+    from specdenoise.evaluate.summary import SNR_EDGES
+
+    methods = baseline_methods(["none", "savgol", "gaussian"], savgol_window=21,
+                               savgol_order=3, gaussian_sigma=3.0)
+    # a slow "reference" run on the first 15 spectra only, as the template fit is
+    methods.append(Method("template", "reference", "stand-in reference",
+                          lambda f, s, m: bl.gaussian(f, 6.0), limit=15))
+    cube = open_cube(build_cube(smooth[1], tmp_path / "cube.zarr", methods, progress=False))
+    tree = summarize(cube)
+    np.testing.assert_array_equal(tree["snr"].to_dataset()["snr_hi"].values, SNR_EDGES[1:])
+    comp = report.comparison(cube, tree)
+    rel = {m: cube["rel_err"].sel({METHOD_DIM: m}).values for m in cube[METHOD_DIM].values}
+    means = {m: np.nanmean(rel[m]) for m in ("savgol", "gaussian")}
+    best = min(means, key=means.get)
+    assert comp["best"][0]["method"] == best
+    assert comp["best"][1]["method"] == ({"savgol", "gaussian"} - {best}).pop()
+    snr = cube["snr"].values
+    edges = np.array(SNR_EDGES)
+    for i in range(edges.size - 1):
+        inside = (snr > edges[i]) & (snr <= edges[i + 1])
+        assert comp["counts"][i] == inside.sum()
+        if not inside.any():
+            assert comp["best_by_bin"][i] is None
+            continue
+        per = {m: np.nanmean(rel[m][inside]) for m in ("savgol", "gaussian")}
+        assert comp["best_by_bin"][i][0] == min(per, key=per.get)
+        np.testing.assert_allclose(comp["by_bin"]["none"][i], np.nanmean(rel["none"][inside]),
+                                   rtol=1e-5)
+    t = comp["template"]
+    assert t["n"] == 15 and list(t["subset"]) == list(range(15))
+    for m in ("none", "savgol", "gaussian"):
+        np.testing.assert_allclose(t["ratio"][m], np.nanmean(rel[m][:15])
+                                   / np.nanmean(rel["template"][:15]), rtol=1e-5)
+    assert t["ratio"]["template"] == pytest.approx(1.0)
+    header, rows = report.comparison_table(comp)
+    assert header[-1] == "x template (15 spectra)" and header[4] == "S/N 0-2"
+    assert [r[0] for r in rows] == ["savgol", "gaussian", "none", "template", "spectra in bin"] \
+        or [r[0] for r in rows] == ["gaussian", "savgol", "none", "template", "spectra in bin"]
+    text = report.terminal_summary(cube, tree)
+    assert "median over its pixels" in text and f"Best overall: {best}," in text
+    assert "**" not in text

@@ -38,7 +38,7 @@ import torch
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
-from specdenoise import stores
+from specdenoise import codecs, stores
 from specdenoise.schema import CALIB_PREFIX, SPECTRUM_DIM, WAVE_DIM
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import calibration, guards
@@ -62,7 +62,7 @@ def open_group(path, storage_options: dict | None = None) -> zarr.Group:
     if not is_url(path) and not os.path.exists(path):
         raise SpecdenoiseError(f"dataset {path} does not exist")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), codecs.quiet_legacy():
             # the schema's ".done" marker folder is not a Zarr node
             warnings.filterwarnings("ignore", message="Object at .done is not recognized")
             if is_url(path):
@@ -127,6 +127,7 @@ def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
     calib_order = 0
     while f"{CALIB_PREFIX}{calib_order + 1}" in members:
         calib_order += 1
+    codecs.check_frames(path)  # older local stores (no checksum): no decoder past a chunk's end
     return StoreInfo(
         path=str(path),
         n_spectrum=int(shape[0]),
@@ -145,11 +146,13 @@ def read_chunk(group: zarr.Group, info: StoreInfo, chunk: int, names) -> dict[st
     masked pixels are replaced by 0 (sigma by 1) so they cannot poison a batch.
     """
     lo, hi = info.chunk_bounds(chunk)
-    out = {v: np.asarray(group[v][lo:hi], dtype=np.float32) for v in names}
-    if info.has_mask:
-        good = np.asarray(group["mask"][lo:hi]) == 0
-    else:
-        good = np.ones((hi - lo, info.n_wave), dtype=bool)
+    # a chunk that fails to decode (checksum, truncation) ends in one line naming it
+    with codecs.reading(info.path, [*names, "mask"], rows=(lo, hi)):
+        out = {v: np.asarray(group[v][lo:hi], dtype=np.float32) for v in names}
+        if info.has_mask:
+            good = np.asarray(group["mask"][lo:hi]) == 0
+        else:
+            good = np.ones((hi - lo, info.n_wave), dtype=bool)
     for v, a in out.items():
         if math.isfinite(float(a.sum())):  # the usual case: one fast pass, no temporaries
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdenoise import stores
+from specdenoise import codecs, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import publish_store
 from specdenoise.train import data as tdata
@@ -114,12 +114,14 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     import dask.array as da
     import xarray as xr
     import zarr
-    from tqdm.auto import tqdm
 
     from specdenoise.schema import SPECTRUM_DIM, UNITS, WAVE_DIM
+    from specdenoise.simulate.progress import iterate
 
-    src = xr.open_zarr(str(in_zarr), consolidated=None)
-    coords = {k: v.variable.compute() for k, v in src.coords.items()}
+    with codecs.quiet_legacy():
+        src = xr.open_zarr(str(in_zarr), consolidated=None)
+    with codecs.reading(in_zarr, list(src.coords)):
+        coords = {k: v.variable.compute() for k, v in src.coords.items()}
     n, n_wave = info.n_spectrum, info.n_wave
     template = xr.Dataset(
         {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
@@ -137,17 +139,18 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
         },
     )
     tmp = stores.temp_dir(out)
-    encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave)}}
+    encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave),
+                               "compressors": codecs.default_compressors()}}
     for k, v in coords.items():
+        encoding[k] = {"compressors": codecs.default_compressors()}
         if v.dims == (SPECTRUM_DIM,):
-            encoding[k] = {"chunks": (info.chunk_size,)}
+            encoding[k]["chunks"] = (info.chunk_size,)
     try:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
                          encoding=encoding)
         src_group = tdata.open_group(info.path, info.storage_options)
         dst = zarr.open_group(str(tmp), mode="r+")
-        for chunk in tqdm(range(info.n_chunks), desc="denoise", unit="chunk",
-                          disable=None if progress is None else not progress):
+        for chunk in iterate(range(info.n_chunks), "denoise", "chunk", enabled=progress):
             lo, hi = info.chunk_bounds(chunk)
             arrays = tdata.read_chunk(src_group, info, chunk, _inputs(model))
             dst[DENOISED_VAR][lo:hi] = denoise_array(model, arrays["flux"],

@@ -297,9 +297,10 @@ def _unwrap_loader_error(exc: SpecdenoiseError) -> SpecdenoiseError:
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
     """Train (or resume) the run ``cfg.out``; returns the last epoch's metrics row.
 
-    ``progress``: show a tqdm bar (None: only on a terminal, rank 0).
+    ``progress``: show a progress bar (None: only on a terminal; rank 0 only), see
+    :func:`specdenoise.simulate.progress.bar`.
     """
-    from tqdm.auto import tqdm
+    from specdenoise.simulate.progress import bar as progress_bar
 
     check_config(cfg)
     ctx = _init_distributed(cfg.device)
@@ -357,7 +358,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             net = torch.compile(net)
         per_rank_batch = max(1, cfg.batch_size // ctx.world)
         tb = _tensorboard(out) if ctx.rank == 0 else None
-        show = (None if progress is None else not progress) if ctx.rank == 0 else True
+        show = progress if ctx.rank == 0 else False
 
         row = history[-1] if history else {}
         for epoch in range(start, cfg.epochs):
@@ -373,8 +374,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
                 distortion_max=cfg.distortion_max, target_distortion=cfg.target_distortion,
                 epoch_size=cfg.epoch_size)
             ds.set_epoch(epoch)
-            bar = tqdm(total=ds.rank_size(cfg.workers), unit="spec", disable=show,
-                       desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+            bar = progress_bar(ds.rank_size(cfg.workers), f"epoch {epoch + 1}/{cfg.epochs}",
+                               "spec", enabled=show, leave=False)
             try:
                 stats = _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar)
                 vstats = (_validate(cfg, ctx, model, net, val_info, per_rank_batch, device)
