@@ -2,7 +2,7 @@
 
 Every test drives the real CLI or the real stage functions on real stores; the only fakes are
 at the batch-scheduler boundary (profiles are turned into job scripts, never submitted here:
-``tests/test_slurm.py`` submits for real). Items 4 and 7 (chunk checksums, decompressor
+``tests/slurm/test_slurm.py`` submits for real). Items 4 and 7 (chunk checksums, decompressor
 crashes) are covered where they were built.
 """
 

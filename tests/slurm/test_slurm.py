@@ -2,8 +2,9 @@
 
 The module fixture ``slurm`` uses a running SLURM when ``sinfo`` answers; otherwise, as root with
 Debian's slurm-wlm and munge installed (``.ci/run`` installs them), it starts one with
-``cluster/slurm_single_node.sh`` and stops exactly what it started afterwards. Elsewhere the
-tests marked ``slurm`` skip and say why; the tests of the job script itself run everywhere.
+``slurm_single_node.sh`` (beside this file) and stops exactly what it started afterwards.
+Elsewhere the tests marked ``slurm`` skip and say why; the tests of the job script itself run
+everywhere.
 
 What is proven on the real cluster:
 
@@ -36,9 +37,9 @@ from specdenoise import cli, schema
 from specdenoise.config import load_config
 from specdenoise.stage_simulate import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "cluster" / "slurm.yaml"
-SCRIPT = ROOT / "cluster" / "slurm_single_node.sh"
+SCRIPT = Path(__file__).resolve().parent / "slurm_single_node.sh"
 N, CHUNK, SEED = 400, 25, 3  # 16 chunks: a cancel lands mid-run
 TINY_UNET = '{"depth": 2, "filters": 4}'
 EPOCHS = 12
