@@ -27,7 +27,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from specdenoise.cluster import profiles
+from specdenoise.cluster.profiles import (
+    JobKeeper,
+    build_cluster,
+    check_submit_command,
+    job_script,
+    load_profile,
+    scale,
+)
 from specdenoise.errors import SpecdenoiseError
 
 #: Dask setting -> (Dask's default, the value used for the clusters started here)
@@ -98,7 +105,7 @@ def connect(
 def worker_job_script(profile_path: str | Path) -> str:
     """The batch script a profile's worker jobs run, as :func:`connect` submits it (what
     ``specdenoise cluster show`` prints)."""
-    return profiles.job_script(profiles.load_profile(Path(profile_path)), low_overhead_settings())
+    return job_script(load_profile(Path(profile_path)), low_overhead_settings())
 
 
 @contextlib.contextmanager
@@ -132,13 +139,13 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
         finally:
             client.close()
     elif spec.endswith((".yaml", ".yml")):
-        profile = profiles.load_profile(Path(spec))
-        profiles.check_submit_command(profile)
-        cluster = profiles.build_cluster(profile, settings)
+        profile = load_profile(Path(spec))
+        check_submit_command(profile)
+        cluster = build_cluster(profile, settings)
         keeper = None
         try:
-            profiles.scale(cluster, profile, workers=workers)
-            keeper = profiles.JobKeeper(cluster)
+            scale(cluster, profile, workers=workers)
+            keeper = JobKeeper(cluster)
             client = Client(cluster)
             try:
                 yield client
