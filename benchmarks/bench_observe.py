@@ -31,14 +31,11 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from specdenoise.simulate.builtin_grid import (  # noqa: E402
-    builtin_axes,
-    builtin_grid_path,
-    builtin_wave,
-)
+from specdenoise.simulate.builtin_grid import builtin_axes, builtin_wave  # noqa: E402
 from specdenoise.simulate.interp import interpolate_numba, interpolate_numpy  # noqa: E402
 from specdenoise.simulate.noise import BuiltinNoise  # noqa: E402
 from specdenoise.simulate.observe import Observer  # noqa: E402
+from specdenoise.stage_grid import builtin_grid_path  # noqa: E402
 
 
 def load_grid():

@@ -37,7 +37,8 @@ import numba
 
 from specdenoise.cluster import connect
 from specdenoise.config import load_config
-from specdenoise.stage_simulate import resolve_grid, simulate, simulate_chunk
+from specdenoise.stage_grid import resolve_grid
+from specdenoise.stage_simulate import simulate, simulate_chunk
 
 
 def du(path: Path) -> int:

@@ -1,166 +1,34 @@
-"""Turn a cluster spec into a ``distributed.Client``.
+"""Dask clusters for specdenoise: ``connect`` turns a cluster spec into a ``distributed.Client``.
 
-A spec is one of
+- :mod:`.connect` -- ``"local"``, a scheduler address or a YAML profile -> a connected client,
+  with Dask's housekeeping turned down for the clusters started here;
+- :mod:`.profiles` -- batch-system profiles (YAML): reading, checking, the dask-jobqueue
+  cluster they describe, replacing lost jobs;
+- :mod:`.batch` -- one small table per batch system (SLURM, PBS, SGE, LSF): directives,
+  submit and cancel commands, job ids.
 
-- ``"local"``: a ``LocalCluster`` of worker processes sized to this machine
-  (``workers``, ``threads_per_worker``, ``memory_limit`` override the sizing);
-- ``"tcp://HOST:PORT"`` (or any scheduler address): connect to a running ``dask scheduler``;
-- a path to a YAML profile (``cluster/slurm.yaml``, ``cluster/pbs.yaml``): a dask-jobqueue
-  cluster for SLURM, PBS, SGE or LSF, see :mod:`specdenoise.cluster.profiles`. The scheduler
-  runs in this process; each batch job runs Dask workers that connect back to it. A job that
-  ends early (``scancel``, walltime, preemption) is replaced by a new submission, and its
-  unfinished tasks move to the other workers meanwhile.
-
-Clusters started here (local and batch) run with :data:`LOW_OVERHEAD` settings wherever the
-Dask configuration still holds Dask's own default: a simulation keeps every core busy with
-long numerical tasks, and Dask's per-process housekeeping (an event-loop watchdog every 20 ms,
-a stack-sampling profiler every 10 ms, memory polls every 100 ms) cost about 7 % of a 2-core
-machine, measured with a LocalCluster of 2 workers at rest. Set any of these keys in your own
-Dask configuration to keep your value (e.g. ``distributed.worker.profile.enabled: true`` for
-the dashboard's Profile page).
+``slurm.yaml`` and ``pbs.yaml`` beside this file are example profiles.
 """
 
-from __future__ import annotations
+# ``specdenoise.cluster.connect`` is the function (what users import); the module of the same
+# name stays reachable as ``sys.modules["specdenoise.cluster.connect"]``.
+from specdenoise.cluster.batch import SYSTEMS, BatchSystem
+from specdenoise.cluster.connect import (
+    LOW_OVERHEAD,
+    check_local_options,
+    connect,
+    low_overhead_settings,
+    worker_job_script,
+)
+from specdenoise.cluster.profiles import load_profile
 
-import contextlib
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-from specdenoise.errors import SpecdenoiseError
-
-#: Dask setting -> (Dask's default, the value used for the clusters started here)
-LOW_OVERHEAD = {
-    "distributed.admin.tick.interval": ("20ms", "200ms"),
-    "distributed.worker.profile.enabled": (True, False),
-    "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
-    "distributed.admin.system-monitor.interval": ("500ms", "1s"),
-}
-
-
-def low_overhead_settings() -> dict:
-    """The :data:`LOW_OVERHEAD` values for the keys the user's Dask config leaves at default."""
-    import dask
-    import distributed  # noqa: F401  (registers distributed's defaults with dask.config)
-
-    return {key: ours for key, (default, ours) in LOW_OVERHEAD.items()
-            if dask.config.get(key, default) in (default, ours)}
-
-
-def env_exports(settings: dict) -> list[str]:
-    """Shell lines that give batch-job workers ``settings`` (a value the job has wins)."""
-    lines = []
-    for key, value in settings.items():
-        var = "DASK_" + key.replace(".", "__").replace("-", "_").upper()
-        lines.append(f'export {var}="${{{var}:-{value}}}"')
-    return lines
-
-
-def _is_address(spec: str) -> bool:
-    return "://" in spec
-
-
-def check_local_options(spec, workers=None, threads_per_worker=None, memory_limit=None) -> None:
-    """One-line errors for execution options that would hang or crash the cluster start.
-
-    ``workers`` (processes, or jobs for a profile) and ``threads_per_worker`` must be at least
-    1 when given; ``memory_limit`` must be a size such as ``4GB``, or ``auto``.
-    """
-    if workers is not None and workers < 1:
-        raise SpecdenoiseError(f"--workers must be at least 1, got {workers}")
-    if threads_per_worker is not None and threads_per_worker < 1:
-        raise SpecdenoiseError(f"--threads-per-worker must be at least 1, got "
-                               f"{threads_per_worker}")
-    if memory_limit is not None and str(memory_limit) != "auto":
-        from dask.utils import parse_bytes
-
-        try:
-            ok = parse_bytes(str(memory_limit)) > 0
-        except (ValueError, TypeError):
-            ok = False
-        if not ok:
-            raise SpecdenoiseError(f"--memory-limit {memory_limit!r} is not a size; give "
-                                   "e.g. 4GB or 500MiB (or auto)")
-
-
-@contextlib.contextmanager
-def connect(
-    spec: str = "local",
-    *,
-    workers: int | None = None,
-    threads_per_worker: int | None = None,
-    memory_limit: str | None = None,
-) -> Iterator:
-    """Context manager yielding a connected ``distributed.Client``; closes what it started."""
-    import dask
-
-    spec = str(spec or "local")
-    check_local_options(spec, workers, threads_per_worker, memory_limit)
-    # a cluster reached by address is someone else's: its settings are theirs
-    settings = {} if _is_address(spec) else low_overhead_settings()
-    with dask.config.set(settings), \
-            _connect(spec, workers, threads_per_worker, memory_limit) as client:
-        yield client
-
-
-@contextlib.contextmanager
-def _connect(spec, workers, threads_per_worker, memory_limit) -> Iterator:
-    from distributed import Client, LocalCluster
-
-    if spec == "local":
-        n_cpu = os.cpu_count() or 1
-        threads = threads_per_worker or 1
-        n_workers = workers or max(1, n_cpu // threads)
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            processes=True,
-            memory_limit=memory_limit or "auto",
-            dashboard_address=":0",
-        )
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-    elif _is_address(spec):
-        try:
-            client = Client(spec, timeout="20s")
-        except OSError as exc:
-            raise SpecdenoiseError(f"cannot reach the Dask scheduler at {spec}: {exc}") from None
-        try:
-            yield client
-        finally:
-            client.close()
-    elif spec.endswith((".yaml", ".yml")):
-        from specdenoise.cluster.profiles import (
-            JobKeeper,
-            build_cluster,
-            check_submit_command,
-            load_profile,
-            scale,
-        )
-
-        profile = load_profile(Path(spec))
-        check_submit_command(profile)
-        cluster = build_cluster(profile)
-        keeper = None
-        try:
-            scale(cluster, profile, workers=workers)
-            keeper = JobKeeper(cluster)
-            client = Client(cluster)
-            try:
-                yield client
-            finally:
-                keeper.stop()
-                client.close()
-        finally:
-            if keeper is not None:
-                keeper.stop()
-            cluster.close()
-    else:
-        raise SpecdenoiseError(
-            f"--cluster {spec!r}: expected 'local', a scheduler address like tcp://HOST:8786, "
-            "or a YAML profile such as cluster/slurm.yaml"
-        )
+__all__ = [
+    "LOW_OVERHEAD",
+    "SYSTEMS",
+    "BatchSystem",
+    "check_local_options",
+    "connect",
+    "load_profile",
+    "low_overhead_settings",
+    "worker_job_script",
+]

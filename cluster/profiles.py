@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import logging
 import shlex
-import shutil
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
+from specdenoise.cluster.batch import SYSTEMS
 from specdenoise.errors import SpecdenoiseError
 
-KINDS = {
-    "slurm": "SLURMCluster",
-    "pbs": "PBSCluster",
-    "sge": "SGECluster",
-    "lsf": "LSFCluster",
-}
 #: profile keys passed to the dask-jobqueue constructor unchanged
 JOBQUEUE_KEYS = (
     "cores",
@@ -53,8 +48,6 @@ JOBQUEUE_KEYS = (
     "shebang",
 )
 CONTROL_KEYS = ("kind", "jobs", "adaptive")
-#: the command each batch system submits jobs with
-SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub"}
 
 log = logging.getLogger("specdenoise.cluster")
 
@@ -71,8 +64,8 @@ def load_profile(path: Path) -> dict:
     if not isinstance(data, dict):
         raise SpecdenoiseError(f"cluster profile {path} must be a mapping of keys to values")
     problems = []
-    if data.get("kind") not in KINDS:
-        problems.append(f"'kind' must be one of {', '.join(KINDS)}")
+    if data.get("kind") not in SYSTEMS:
+        problems.append(f"'kind' must be one of {', '.join(SYSTEMS)}")
     unknown = sorted(set(data) - set(JOBQUEUE_KEYS) - set(CONTROL_KEYS))
     if unknown:
         problems.append(f"unknown key(s) {', '.join(unknown)}")
@@ -165,15 +158,28 @@ def value_problems(data: dict) -> list[str]:
     return problems
 
 
-def build_cluster(profile: dict):
-    """The dask-jobqueue cluster object of a profile (starts its scheduler, no jobs yet)."""
+def env_exports(settings: Mapping) -> list[str]:
+    """Shell lines that give batch-job workers Dask ``settings`` (a value the job has wins)."""
+    lines = []
+    for key, value in settings.items():
+        var = "DASK_" + key.replace(".", "__").replace("-", "_").upper()
+        lines.append(f'export {var}="${{{var}:-{value}}}"')
+    return lines
+
+
+def build_cluster(profile: dict, dask_settings: Mapping | None = None):
+    """The dask-jobqueue cluster object of a profile (starts its scheduler, no jobs yet).
+
+    ``dask_settings`` (Dask config key -> value) are exported at the top of every job script,
+    before the profile's own ``job_script_prologue``.
+    """
     try:
         import dask_jobqueue
     except ImportError:
         raise SpecdenoiseError(
             "batch-system profiles need dask-jobqueue: pip install 'specdenoise[hpc]'"
         ) from None
-    cls = getattr(dask_jobqueue, KINDS[profile["kind"]])
+    cls = getattr(dask_jobqueue, SYSTEMS[profile["kind"]].jobqueue_class)
     kwargs = {k: profile[k] for k in JOBQUEUE_KEYS if profile.get(k) is not None}
     kwargs.setdefault("scheduler_options", {"dashboard_address": ":0"})
     kwargs.setdefault("python", sys.executable)
@@ -181,9 +187,7 @@ def build_cluster(profile: dict):
     for key in ("python", "local_directory"):
         if key in kwargs:
             kwargs[key] = shlex.quote(str(kwargs[key]))
-    from specdenoise.cluster import env_exports, low_overhead_settings
-
-    kwargs["job_script_prologue"] = [*env_exports(low_overhead_settings()),
+    kwargs["job_script_prologue"] = [*env_exports(dask_settings or {}),
                                      *(kwargs.get("job_script_prologue") or [])]
     try:
         return cls(**kwargs)
@@ -200,9 +204,9 @@ def scale(cluster, profile: dict, workers: int | None = None) -> None:
         cluster.scale(jobs=workers if workers is not None else profile.get("jobs", 1))
 
 
-def job_script(profile: dict) -> str:
+def job_script(profile: dict, dask_settings: Mapping | None = None) -> str:
     """The batch script the profile's jobs run (what ``specdenoise cluster show`` prints)."""
-    cluster = build_cluster(profile)
+    cluster = build_cluster(profile, dask_settings)
     try:
         return cluster.job_script()
     finally:
@@ -211,8 +215,8 @@ def job_script(profile: dict) -> str:
 
 def check_submit_command(profile: dict) -> None:
     """One clear line when the batch system's submit command is not on PATH."""
-    cmd = SUBMIT_COMMANDS[profile["kind"]]
-    if shutil.which(cmd) is None:
+    cmd = SYSTEMS[profile["kind"]].missing_command()
+    if cmd is not None:
         raise SpecdenoiseError(
             f"cluster profile {profile['_path']} submits jobs with {cmd!r}, which is not on "
             f"PATH: run on a login node of your {profile['kind'].upper()} cluster (or use "

@@ -413,7 +413,7 @@ def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
     """
     from specdenoise.simulate.engine import forward_model
     from specdenoise.simulate.grids import open_grid
-    from specdenoise.stage_simulate import resolve_grid
+    from specdenoise.stage_grid import resolve_grid
 
     cfg = _config_of(attrs)
     prov = attrs.get("grid_provenance") or {}

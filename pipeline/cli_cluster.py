@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args) -> int:
-    from specdenoise.cluster.profiles import job_script, load_profile
+    from specdenoise.cluster import worker_job_script
 
-    print(job_script(load_profile(args.profile)))
+    print(worker_job_script(args.profile))
     return 0

@@ -1,9 +1,14 @@
-"""``specdenoise grid``: build the built-in grid, import BOSZ, inspect a grid store."""
+"""``specdenoise grid``: build the built-in grid, import model files, inspect a grid store.
+
+The stages themselves are in :mod:`specdenoise.stage_grid`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from specdenoise.simulate.readers import families
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "bosz2024_wave_r{R}.txt) spectra, in parallel with Dask, into a grid store."
         ),
     )
-    i.add_argument("source", choices=["bosz"], help="model family")
+    i.add_argument("source", choices=families(), help="model family")
     i.add_argument("dir", type=Path, help="directory holding the model files")
     i.add_argument("--out", type=Path, required=True, help="grid store to write (*.zarr)")
     i.add_argument(
@@ -58,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args) -> int:
-    from specdenoise.simulate.builtin_grid import build_builtin_grid
+    from specdenoise.stage_grid import build_builtin_grid
 
     path = build_builtin_grid(args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"built-in grid: {path}")
@@ -66,9 +71,10 @@ def _build(args) -> int:
 
 
 def _import(args) -> int:
-    from specdenoise.grid_import import import_bosz
+    from specdenoise.stage_grid import import_grid
 
-    path = import_bosz(
+    path = import_grid(
+        args.source,
         args.dir,
         args.out,
         wave_range=tuple(args.wave_range),

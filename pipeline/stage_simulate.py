@@ -26,20 +26,9 @@ from specdenoise import __version__, schema, stores
 from specdenoise.config import config_hash, parse_split
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import calibration, engine
+from specdenoise.stage_grid import resolve_grid
 
 # --------------------------------------------------------------------------- resolution
-
-
-def resolve_grid(spec: str) -> Path:
-    """``"builtin"`` -> the cached built-in grid (built on first use); else a store path."""
-    if spec == "builtin":
-        from specdenoise.simulate.builtin_grid import build_builtin_grid
-
-        return build_builtin_grid(None)
-    from specdenoise.simulate.grids import open_grid
-
-    open_grid(spec)  # validates: exists, complete, is a grid
-    return Path(spec)
 
 
 def grid_provenance(path: Path, spec: str) -> dict:

@@ -7,8 +7,10 @@ Layering (each module imports only the ones above it):
    (never the package); the progress bars every stage draws; ``calibration`` -- the
    flux-calibration distortion and the median normalisation (NumPy)
 2. ``grids``        -- the grid store on Zarr (read/write, validation, content hash)
-3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads)
-4. ``bosz``         -- readers for BOSZ 2017 / 2024 files
+3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads;
+   the generation only: the store, its progress bar and the user cache are the grid stage's)
+4. ``bosz``         -- readers for BOSZ 2017 / 2024 files; ``readers`` -- the protocol every grid
+   reader follows and their registry (a new format: one module, one line there)
 5. ``interp``       -- multilinear interpolation (Numba kernel + NumPy reference)
 6. ``atmosphere``, ``skylines`` -- airmass, extinction, sky continuum, Moon; OH and O2 lines
 7. ``pfs``          -- the instrument: pixel grid, telescope, fibre, camera, throughput

@@ -1,6 +1,8 @@
 """Readers for the BOSZ model spectra (Bohlin et al. 2017; Mészáros et al. 2024).
 
-Pure functions, no Dask: :mod:`specdenoise.grid_import` runs them in parallel.
+Pure functions, no Dask: :func:`specdenoise.stage_grid.import_grid` runs them in parallel,
+through the two readers at the end of this module (:data:`BOSZ2017`, :data:`BOSZ2024`; see
+:mod:`specdenoise.simulate.readers`).
 
 Two releases are understood, told apart by their file names:
 
@@ -407,3 +409,45 @@ def read_resampled(
     if not flux32.max() > 0 or not cont32.max() > 0:
         raise SpecdenoiseError(f"{f.path.name}: flux is zero throughout the wave range")
     return flux32, cont32
+
+
+# --------------------------------------------------------------------------- the readers
+
+
+@dataclass(frozen=True)
+class BoszRelease:
+    """One BOSZ release as a grid reader (:class:`specdenoise.simulate.readers.GridReader`)."""
+
+    name: str  # "bosz2017" or "bosz2024", as :func:`parse_bosz_name` tells them apart
+    pattern: str
+    wave_medium: str
+    family: str = "bosz"
+    flux_unit: str = FLUX_UNIT
+    flux_conversion: str = "4 pi x 10 x file value (Eddington flux per A -> surface flux per nm)"
+
+    def parse(self, path: str | Path) -> BoszFile | None:
+        f = parse_bosz_name(path)
+        return f if f is not None and f.source == self.name else None
+
+    def native_wave(self, f: BoszFile) -> np.ndarray:
+        return native_wave(f)
+
+    def output_wave(self, wave_native: np.ndarray, wave_range: tuple[float, float],
+                    resolution: float | None) -> np.ndarray:
+        return output_wave(wave_native, wave_range, resolution)
+
+    def read_resampled(self, f: BoszFile, wave_out: np.ndarray,
+                       resolution: float | None) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return read_resampled(f, wave_out, resolution)
+        except SpecdenoiseError:
+            raise
+        except Exception as exc:  # any other failure to read is still this file's fault
+            raise SpecdenoiseError(f"{f.path.name}: unreadable ({_short(exc)})") from None
+
+
+BOSZ2017 = BoszRelease(
+    name="bosz2017", pattern="BOSZ 2017 (am...b{R}rs.fits|.asc|.asc.bz2)", wave_medium="vacuum")
+BOSZ2024 = BoszRelease(
+    name="bosz2024", pattern="BOSZ 2024 (bosz2024_*_resam.txt.gz)",
+    wave_medium="air above 200 nm, converted to vacuum (Morton 2000 / Ciddor 1996)")

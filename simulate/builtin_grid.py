@@ -51,24 +51,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
-from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.simulate.grids import (
-    create_grid_store,
-    finalize_grid_store,
-    open_grid,
-    write_nodes,
-)
 from specdenoise.simulate.linelist import (
     ATOMIC_LINES,
     DISSOCIATION_EV,
@@ -76,8 +66,6 @@ from specdenoise.simulate.linelist import (
     HELIUM,
     MOLECULAR_BANDS,
 )
-from specdenoise.simulate.progress import bar as progress_bar
-from specdenoise.simulate.usercache import cache_dir
 
 #: Bumped whenever the generated spectra change; part of the cache key.
 GENERATOR_VERSION = "1"
@@ -160,7 +148,7 @@ ETA_CUTOFF = 3e-4
 MAX_WING_A = 300.0
 
 
-# ---- settings, axes, wavelengths, cache ---------------------------------------------------
+# ---- settings, axes, wavelengths, cache key ----------------------------------------------
 
 
 def _resolve_settings(settings: Mapping | None) -> dict:
@@ -201,15 +189,11 @@ def builtin_wave(settings: Mapping | None = None) -> np.ndarray:
     return s["wave_min_nm"] * np.exp(np.arange(n) / r)
 
 
-def _settings_key(s: Mapping) -> str:
-    blob = json.dumps({"settings": s, "generator": GENERATOR_VERSION}, sort_keys=True)
+def settings_key(settings: Mapping | None = None) -> str:
+    """A short hash of the generator settings and version: the same key, the same grid."""
+    blob = json.dumps({"settings": _resolve_settings(settings), "generator": GENERATOR_VERSION},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def builtin_grid_path(settings: Mapping | None = None) -> Path:
-    """Cache location ``<cache>/specdenoise/grids/builtin-<hash>.zarr`` for these settings."""
-    s = _resolve_settings(settings)
-    return cache_dir() / "specdenoise" / "grids" / f"builtin-{_settings_key(s)}.zarr"
 
 
 def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
@@ -673,7 +657,7 @@ def synthesize(teff, logg, m_h, a_m, wave=None, settings=None) -> tuple[np.ndarr
     return np.interp(wave, gen.wave, flux), np.interp(wave, gen.wave, cont)
 
 
-# ---- building the store ---------------------------------------------------------------------
+# ---- the nodes of the store (written by specdenoise.stage_grid) ----------------------------
 
 
 def bitround(values: np.ndarray, keepbits: int) -> np.ndarray:
@@ -693,25 +677,9 @@ def bitround(values: np.ndarray, keepbits: int) -> np.ndarray:
     return rounded.view(np.float32)
 
 
-def _complete_store(path: Path, key: str) -> bool:
-    if not path.exists():
-        return False
-    try:
-        ds = open_grid(path)
-    except SpecdenoiseError:
-        return False
-    return ds.attrs.get("settings_hash") == key
-
-
-def _is_grid(path: Path) -> bool:
-    try:
-        stores.check_replaceable(path, stores.GRID)
-    except SpecdenoiseError:
-        return False
-    return True
-
-
-def _store_attrs(s: Mapping, key: str) -> dict:
+def grid_attrs(settings: Mapping | None = None) -> dict:
+    """The global attributes of a built-in grid store: its settings, key and what it is."""
+    s = _resolve_settings(settings)
     return {
         "source": "builtin",
         "resolution": float(s["resolution"]),
@@ -720,7 +688,7 @@ def _store_attrs(s: Mapping, key: str) -> dict:
         "generator": "specdenoise.simulate.builtin_grid",
         "generator_version": GENERATOR_VERSION,
         "settings": dict(s),
-        "settings_hash": key,
+        "settings_hash": settings_key(s),
         "approximation": APPROXIMATION,
         "physics": PHYSICS,
         "line_scale": LINE_SCALE,
@@ -728,75 +696,23 @@ def _store_attrs(s: Mapping, key: str) -> dict:
     }
 
 
-def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=True) -> Path:
-    """Generate the built-in grid and write it as a grid store; return its path.
+def generate_nodes(
+    settings: Mapping | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every node of the grid, a (teff, logg) row of nodes at a time.
 
-    Parameters
-    ----------
-    out : where to write (``*.zarr``). ``None`` writes to :func:`builtin_grid_path` and returns
-        at once if a complete store for the same settings is already there.
-    settings : overrides of :data:`DEFAULT_SETTINGS` (axes, wavelengths, sampling...).
-    overwrite : replace an existing store at the destination (for ``out=None``: rebuild the
-        cache).
-    progress : show a progress bar over nodes (:func:`specdenoise.simulate.progress.bar`).
-
-    The store is assembled in a unique temporary folder beside it while the destination is
-    locked (:mod:`specdenoise.stores`) and only renamed into place when every node was
-    written (:func:`specdenoise.simulate.grids.finalize_grid_store`). With ``out`` given and
-    a complete cached store for the same settings, the cache is copied.
+    Yields ``(index, flux, cont)``: ``index`` (k, 4) integer node indices into
+    :func:`builtin_axes`, ``flux`` and ``cont`` (k, n_wave) float32 in erg s-1 cm-2 nm-1 on
+    :func:`builtin_wave`, rounded to ``keepbits`` mantissa bits (:func:`bitround`).
     """
     s = _resolve_settings(settings)
-    key = _settings_key(s)
-    cache = builtin_grid_path(s)
-    target = cache if out is None else Path(out)
-    if target.exists() and not overwrite:
-        if out is None and _complete_store(target, key):
-            return target
-        if out is not None:
-            raise SpecdenoiseError(f"{target} already exists; pass --overwrite to replace it")
-    if os.path.lexists(target):  # replaced below
-        if out is None and not _is_grid(target):
-            shutil.rmtree(target)  # our own cache folder, damaged: rebuilt
-        else:
-            stores.check_replaceable(target, stores.GRID)  # a user's path: only a grid
-    stores.refuse_unsafe_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with stores.locked(target):
-        if out is None and not overwrite and _complete_store(target, key):
-            return target  # another process built it while we waited for nothing
-        tmp = stores.temp_dir(target)
-        try:
-            if (out is not None and target.resolve() != cache.resolve()
-                    and _complete_store(cache, key)):
-                shutil.copytree(cache, tmp, dirs_exist_ok=True)
-                return stores.publish(tmp, target, stores.GRID, overwrite=True)
-            _generate(s, key, target, tmp, progress)
-            return finalize_grid_store(tmp, target, overwrite=True, keep_failed=False)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _generate(s: Mapping, key: str, target: Path, tmp: Path, progress: bool) -> None:
-    """Render every node of the grid into the empty store folder ``tmp``."""
-    axes = builtin_axes(s)
+    teff, logg, m_h, a_m = builtin_axes(s).values()
     gen = _generator(s)
-    create_grid_store(target, axes, gen.wave, with_cont=True, flux_unit=FLUX_UNIT,
-                      attrs=_store_attrs(s, key), tmp=tmp)
-    teff, logg, m_h, a_m = axes.values()
     shape = (teff.size, logg.size, m_h.size, a_m.size)
-    n_nodes = int(np.prod(shape))
-    bar = progress_bar(n_nodes, "built-in grid", "node") if progress else None
-    try:
-        for i in range(shape[0]):
-            for j in range(shape[1]):
-                mm, aa = np.meshgrid(m_h, a_m, indexing="ij")
-                flux, cont = gen.render(np.full(mm.size, teff[i]), np.full(mm.size, logg[j]),
-                                        mm.ravel(), aa.ravel())
-                idx = np.array([(i, j, k, m) for k in range(shape[2]) for m in range(shape[3])])
-                write_nodes(tmp, idx, bitround(flux, s["keepbits"]),
-                            bitround(cont, s["keepbits"]))
-                if bar is not None:
-                    bar.update(mm.size)
-    finally:
-        if bar is not None:
-            bar.close()
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            mm, aa = np.meshgrid(m_h, a_m, indexing="ij")
+            flux, cont = gen.render(np.full(mm.size, teff[i]), np.full(mm.size, logg[j]),
+                                    mm.ravel(), aa.ravel())
+            idx = np.array([(i, j, k, m) for k in range(shape[2]) for m in range(shape[3])])
+            yield idx, bitround(flux, s["keepbits"]), bitround(cont, s["keepbits"])

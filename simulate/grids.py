@@ -12,8 +12,8 @@ coordinates ``teff`` (K), ``logg`` (dex, cgs), ``m_h``, ``a_m``, ``c_m`` (dex),
 interpolates fetches only the corner spectra it needs.
 
 Writing is two-phase so an interrupted build or import never leaves a store that looks complete:
-everything is written under a temporary folder (``<out>.partial`` by default, a unique name from
-:func:`specdenoise.stores.temp_dir` for the CLI stages); :func:`finalize_grid_store` checks that
+everything is written under a temporary folder (a unique name from
+:func:`specdenoise.stores.temp_dir`); :func:`finalize_grid_store` checks that
 every node marked as existing was written, records a content hash, consolidates metadata, sets
 ``attrs["complete"] = True`` and only then publishes the store (:func:`specdenoise.stores.publish`).
 :func:`open_grid` refuses a store that is not complete.
@@ -79,33 +79,31 @@ def _check_axes(axes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def create_grid_store(
-    path: str | Path,
+def grid_dataset(
     axes: Mapping[str, np.ndarray],
     wave: np.ndarray,
+    flux,
     *,
+    cont=None,
     exists: np.ndarray | None = None,
-    with_cont: bool = False,
     flux_unit: str = "erg s-1 cm-2 nm-1 (surface flux)",
     attrs: Mapping | None = None,
-    tmp: str | Path | None = None,
-) -> Path:
-    """Create an empty grid store under ``tmp`` (default ``partial_path(path)``); return it.
+) -> tuple[xr.Dataset, dict]:
+    """A grid store's Dataset, marked incomplete, and the Zarr encoding to write it with.
 
     Parameters
     ----------
-    path : final location of the store (``*.zarr`` directory).
     axes : ordered mapping axis name -> strictly increasing 1-D node values.
     wave : (n_wave,) vacuum wavelengths in nm, strictly increasing.
+    flux : (*axes, n_wave) array-like of float32 node spectra (NumPy, or a lazy array when
+        the caller only declares the store, see :func:`specdenoise.stage_grid.create_grid_store`).
+    cont : like ``flux``, the continuum, or None for a store without ``cont``.
     exists : bool array of the axes' shape; defaults to all True.
-    with_cont : also create a ``cont`` variable.
     flux_unit : unit string stored in ``flux.attrs["units"]``.
     attrs : global attributes (source, resolution, sampling, settings...).
-    tmp : where to assemble the store: an empty folder of the caller's (a unique name from
-        :func:`specdenoise.stores.temp_dir`, so two writers never share it); by default the
-        fixed ``<path>.partial``, replaced if present.
 
-    Node spectra are then written with :func:`write_nodes`; unwritten chunks read as NaN.
+    The store is written with ``ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False,
+    encoding=encoding)`` into a temporary folder and published by :func:`finalize_grid_store`.
     """
     axes = _check_axes(axes)
     wave = np.asarray(wave, dtype=np.float64)
@@ -118,35 +116,19 @@ def create_grid_store(
     if exists.shape != shape:
         raise SpecdenoiseError(f"'exists' has shape {exists.shape}, expected {shape}")
 
-    if tmp is None:
-        tmp = partial_path(path)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    tmp = Path(tmp)
     dims = (*axes, "wave")
     coords = {
         n: (n, v, {"units": AXIS_UNITS[n], "long_name": AXIS_LONG_NAMES[n]})
         for n, v in axes.items()
     }
     coords["wave"] = ("wave", wave, {"units": "nm", "long_name": "vacuum wavelength"})
-    import dask.array as da  # only for lazily declaring the empty arrays
-
-    full = (*shape, wave.size)
     chunks = (*(1,) * len(shape), wave.size)
     data_vars = {
-        "flux": (
-            dims,
-            da.full(full, np.nan, dtype=np.float32, chunks=chunks),
-            {"units": flux_unit},
-        ),
+        "flux": (dims, flux, {"units": flux_unit}),
         "exists": (tuple(axes), exists, {"long_name": "model exists at this node"}),
     }
-    if with_cont:
-        data_vars["cont"] = (
-            dims,
-            da.full(full, np.nan, dtype=np.float32, chunks=chunks),
-            {"units": flux_unit, "long_name": "continuum"},
-        )
+    if cont is not None:
+        data_vars["cont"] = (dims, cont, {"units": flux_unit, "long_name": "continuum"})
     all_attrs = dict(attrs or {})
     all_attrs.update(
         specdenoise_kind=GRID_KIND,
@@ -162,8 +144,7 @@ def create_grid_store(
     }
     for v in ("exists", *coords):
         encoding[v] = {"compressors": codecs.default_compressors()}
-    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
-    return tmp
+    return ds, encoding
 
 
 def write_nodes(
@@ -172,7 +153,7 @@ def write_nodes(
     flux: np.ndarray,
     cont: np.ndarray | None = None,
 ) -> None:
-    """Write node spectra into a store made by :func:`create_grid_store`.
+    """Write node spectra into a partial grid store (one chunk per node).
 
     ``index`` is (k, n_axes) integer node indices, ``flux`` (and ``cont``) are (k, n_wave).
     Safe to call from many processes at once for different nodes (one chunk per node).
@@ -273,15 +254,14 @@ def write_grid(
     flux = np.asarray(flux, dtype=np.float32)
     if flux.shape != (*shape, np.size(wave)):
         raise SpecdenoiseError(f"flux has shape {flux.shape}, expected {(*shape, np.size(wave))}")
+    if cont is not None:
+        cont = np.asarray(cont, dtype=np.float32)
     stores.check_output(path, stores.GRID, overwrite=overwrite)
     tmp = stores.temp_dir(path)
     try:
-        create_grid_store(path, axes, wave, exists=exists, with_cont=cont is not None,
-                          flux_unit=flux_unit, attrs=attrs, tmp=tmp)
-        g = zarr.open_group(str(tmp), mode="r+")
-        g["flux"][...] = flux
-        if cont is not None:
-            g["cont"][...] = np.asarray(cont, dtype=np.float32)
+        ds, encoding = grid_dataset(axes, wave, flux, cont=cont, exists=exists,
+                                    flux_unit=flux_unit, attrs=attrs)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
         return finalize_grid_store(tmp, path, overwrite=overwrite, keep_failed=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""BOSZ readers (simulate/bosz.py) and the parallel importer (pipeline/grid_import.py).
+"""BOSZ readers (simulate/bosz.py) and the parallel importer (pipeline/stage_grid.py).
 
 BOSZ 2017 files are written here, small (690-910 nm) but in the real formats: FITS with HDU 1
 columns Wavelength/SpecificIntensity/Continuum and bzip2 ASCII, wavelengths in Å on SYNTHE's log
@@ -17,16 +17,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specdenoise.grid_import import import_bosz, plan_grid, scan_bosz_dir
 from specdenoise.simulate import bosz
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import open_grid, partial_path
+from specdenoise.stage_grid import import_grid, plan_grid, scan_dir
 
 BOSZ2024 = Path(__file__).resolve().parents[2] / "shared" / "data" / "bosz2024"
 needs_bosz2024 = pytest.mark.skipif(
     not (BOSZ2024 / "bosz2024_wave_r5000.txt").is_file(),
     reason=f"real BOSZ 2024 spectra not found in {BOSZ2024}",
 )
+
+
+def import_bosz(src_dir, out, **kwargs):
+    return import_grid("bosz", src_dir, out, **kwargs)
+
+
+def scan_bosz_dir(src_dir):
+    return scan_dir(src_dir, "bosz")
 
 
 # --------------------------------------------------------------------------- 2017 test files

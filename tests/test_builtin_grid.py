@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from specdenoise import stage_grid
 from specdenoise.simulate import builtin_grid as bg
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import grid_axes, grid_settings, open_grid
@@ -109,7 +110,7 @@ def test_wave_grid_is_log_uniform_at_r_samp():
 
 def test_unknown_setting_and_wave_outside_are_one_line_errors():
     with pytest.raises(SpecdenoiseError, match="unknown built-in grid setting"):
-        bg.builtin_grid_path({"teff_step": 100})
+        stage_grid.builtin_grid_path({"teff_step": 100})
     with pytest.raises(SpecdenoiseError, match="outside the built-in range"):
         bg.synthesize(5000, 4.0, 0.0, 0.0, wave=np.array([600.0, 700.0]), settings=TINY)
 
@@ -120,20 +121,20 @@ def test_unknown_setting_and_wave_outside_are_one_line_errors():
 def test_cache_path_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("SPECDENOISE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    p = bg.builtin_grid_path(TINY)
+    p = stage_grid.builtin_grid_path(TINY)
     assert p.parent == tmp_path / "xdg" / "specdenoise" / "grids"
     assert p.name.startswith("builtin-") and p.suffix == ".zarr"
     monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "own"))
-    assert bg.builtin_grid_path(TINY).parent == tmp_path / "own" / "specdenoise" / "grids"
+    assert stage_grid.builtin_grid_path(TINY).parent == tmp_path / "own" / "specdenoise" / "grids"
     # the key depends on the settings
     other = dict(TINY, forest_lines=151)
-    assert bg.builtin_grid_path(other).name != bg.builtin_grid_path(TINY).name
+    assert stage_grid.builtin_grid_path(other).name != stage_grid.builtin_grid_path(TINY).name
 
 
 def test_tiny_build_store_cache_and_copy(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
-    path = bg.build_builtin_grid(settings=TINY, progress=False)
-    assert path == bg.builtin_grid_path(TINY)
+    path = stage_grid.build_builtin_grid(settings=TINY, progress=False)
+    assert path == stage_grid.builtin_grid_path(TINY)
     ds = open_grid(path)
     axes = grid_axes(ds)
     assert list(axes) == ["teff", "logg", "m_h", "a_m"]
@@ -158,20 +159,20 @@ def test_tiny_build_store_cache_and_copy(monkeypatch, tmp_path):
         raise AssertionError("regenerated a cached grid")
 
     monkeypatch.setattr(bg._Generator, "render", boom)
-    assert bg.build_builtin_grid(settings=TINY, progress=False) == path
+    assert stage_grid.build_builtin_grid(settings=TINY, progress=False) == path
     # an explicit --out copies the complete cache
-    out = bg.build_builtin_grid(tmp_path / "mine.zarr", settings=TINY, progress=False)
+    out = stage_grid.build_builtin_grid(tmp_path / "mine.zarr", settings=TINY, progress=False)
     assert open_grid(out).attrs["content_hash"] == ds.attrs["content_hash"]
     with pytest.raises(SpecdenoiseError, match="already exists"):
-        bg.build_builtin_grid(out, settings=TINY, progress=False)
+        stage_grid.build_builtin_grid(out, settings=TINY, progress=False)
 
 
 def test_explicit_out_without_cache_generates(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "empty-cache"))
     small = dict(TINY, teff={"values": [5000.0]}, logg={"values": [4.0]})
-    out = bg.build_builtin_grid(tmp_path / "g.zarr", settings=small, progress=False)
+    out = stage_grid.build_builtin_grid(tmp_path / "g.zarr", settings=small, progress=False)
     assert open_grid(out)["flux"].shape[:4] == (1, 1, 2, 2)
-    assert not bg.builtin_grid_path(small).exists()
+    assert not stage_grid.builtin_grid_path(small).exists()
 
 
 # ---- line physics: directions ------------------------------------------------------------------

@@ -6,7 +6,6 @@ import zarr
 
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import (
-    create_grid_store,
     finalize_grid_store,
     grid_axes,
     open_grid,
@@ -14,6 +13,7 @@ from specdenoise.simulate.grids import (
     write_grid,
     write_nodes,
 )
+from specdenoise.stage_grid import create_grid_store
 
 AXES = {"teff": np.array([4000.0, 5000.0]), "logg": np.array([1.0, 2.0, 3.0]),
         "m_h": np.array([0.0]), "a_m": np.array([0.0, 0.25])}

@@ -2,7 +2,7 @@
 
 Every test drives the real CLI or the real stage functions on real stores; the only fakes are
 at the batch-scheduler boundary (profiles are turned into job scripts, never submitted here:
-``tests/test_slurm.py`` submits for real). Items 4 and 7 (chunk checksums, decompressor
+``tests/slurm/test_slurm.py`` submits for real). Items 4 and 7 (chunk checksums, decompressor
 crashes) are covered where they were built.
 """
 
@@ -20,12 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_bosz import BOSZ2024, name2017, needs_bosz2024, synthe_wave_angstrom, write2017
+from test_bosz import (
+    BOSZ2024,
+    import_bosz,
+    name2017,
+    needs_bosz2024,
+    synthe_wave_angstrom,
+    write2017,
+)
 from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
 from test_train_infer import run  # noqa: F401 (a tiny trained model, module fixture)
 
 from specdenoise import SpecdenoiseError, cli, schema
-from specdenoise.grid_import import import_bosz
 from specdenoise.simulate.grids import open_grid
 
 pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")

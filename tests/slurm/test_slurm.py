@@ -2,8 +2,9 @@
 
 The module fixture ``slurm`` uses a running SLURM when ``sinfo`` answers; otherwise, as root with
 Debian's slurm-wlm and munge installed (``.ci/run`` installs them), it starts one with
-``cluster/slurm_single_node.sh`` and stops exactly what it started afterwards. Elsewhere the
-tests marked ``slurm`` skip and say why; the tests of the job script itself run everywhere.
+``slurm_single_node.sh`` (beside this file) and stops exactly what it started afterwards.
+Elsewhere the tests marked ``slurm`` skip and say why; the tests of the job script itself run
+everywhere.
 
 What is proven on the real cluster:
 
@@ -36,9 +37,9 @@ from specdenoise import cli, schema
 from specdenoise.config import load_config
 from specdenoise.stage_simulate import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "cluster" / "slurm.yaml"
-SCRIPT = ROOT / "cluster" / "slurm_single_node.sh"
+SCRIPT = Path(__file__).resolve().parent / "slurm_single_node.sh"
 N, CHUNK, SEED = 400, 25, 3  # 16 chunks: a cancel lands mid-run
 TINY_UNET = '{"depth": 2, "filters": 4}'
 EPOCHS = 12
@@ -403,12 +404,13 @@ def test_submit_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     out = tmp_path / "run"
     status = cli.main(["train", "--data", "d.zarr", "--out", str(out), "--epochs", "3",
-                       "--no-amp", "--submit", str(PROFILE)])
+                       "--precision", "fp32", "--submit", str(PROFILE)])
     err = capsys.readouterr().err.strip()
     assert status == 2 and "sbatch not found" in err and "\n" not in err
     words = (out / "train.sbatch").read_text().splitlines()[-1].split()
     assert words[:5] == ["exec", sys.executable, "-m", "specdenoise.cli", "train"]
-    assert words[5:] == ["--data", "d.zarr", "--out", str(out), "--epochs", "3", "--no-amp",
+    assert words[5:] == ["--data", "d.zarr", "--out", str(out), "--epochs", "3", "--precision",
+                         "fp32",
                          "$RESUME"]
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for tests and for trying the SLURM path by hand.
 #
-#   sudo cluster/slurm_single_node.sh up   STATE_DIR   # start munged, slurmctld, slurmd
-#   sudo cluster/slurm_single_node.sh down STATE_DIR   # stop only what "up" started
+#   sudo tests/slurm/slurm_single_node.sh up   STATE_DIR   # start munged, slurmctld, slurmd
+#   sudo tests/slurm/slurm_single_node.sh down STATE_DIR   # stop only what "up" started
 #
 # Needs root and Debian's slurm-wlm + munge (apt-get install slurm-wlm munge). Everything it
 # writes lives in STATE_DIR (config, spool, logs, pid files) except the munge key and the
