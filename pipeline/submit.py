@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 
 from specdenoise.errors import SpecdenoiseError
-
-CHECKPOINT = "checkpoint.pt"
+from specdenoise.stores import CHECKPOINT_NAME as CHECKPOINT
 
 
 def rebuild_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
