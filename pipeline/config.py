@@ -25,6 +25,7 @@ from pathlib import Path
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CONDITIONS, PARAMS
 from specdenoise.simulate.constants import C_KM_PER_S
+from specdenoise.simulate.source import DEFAULT_FILTER, EXTINCTION_LAWS
 
 DEFAULTS: dict = {
     "n": 1000,
@@ -42,7 +43,7 @@ DEFAULTS: dict = {
         "distortion": 0.02,
         "noise_kind": "gaussian",
         "extinction_law": "F99",
-        "filter": "hsc2017-i",
+        "filter": DEFAULT_FILTER,
     },
     "params": {
         "teff": {"dist": "uniform", "low": 3500.0, "high": 7500.0},
@@ -189,9 +190,9 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
 
 def validate(cfg: dict) -> list[str]:
     """All problems with a merged configuration, one line each (empty when valid)."""
-    # the physics owns these choices (imported here: the command line reads this module)
+    # the observer owns the noise kinds (imported here: the command line reads this module,
+    # and the observer's module compiles kernels)
     from specdenoise.simulate.observe import NOISE_KINDS
-    from specdenoise.simulate.source import EXTINCTION_LAWS
 
     errors: list[str] = []
 
