@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest.toy_grid_flux
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest.write_small_grid
 
 #: the simulation the digests describe: a few dozen spectra, three chunks, lossless codec
 SETTINGS = {"n": 48, "chunk_size": 16, "seed": 7, "compressor": "zstd"}
@@ -41,26 +41,11 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha256(head + a.tobytes()).hexdigest()
 
 
-def small_grid(folder: Path) -> Path:
-    """The grid of ``conftest.small_grid`` (same axes, wavelengths and toy flux)."""
-    from conftest import toy_grid_flux
-
-    from specdenoise.simulate.grids import write_grid
-
-    axes = {
-        "teff": np.array([3500.0, 5500.0, 7500.0]),
-        "logg": np.array([0.0, 5.0]),
-        "m_h": np.array([-2.5, 0.75]),
-        "a_m": np.array([-0.25, 0.5]),
-    }
-    wave = 700.0 * np.exp(np.arange(int(np.log(900 / 700) * 20000) + 1) / 20000.0)
-    return write_grid(folder / "small.zarr", toy_grid_flux(axes, wave), axes, wave,
-                      attrs={"source": "test", "resolution": 20000})
-
-
 def simulate_digests(folder: Path) -> dict[str, str]:
-    """Simulate the small dataset under ``folder``; digest of every variable and coordinate
-    along ``spectrum`` or ``wave`` (decoded values), plus the grid's flux."""
+    """Simulate the small dataset (on ``conftest``'s small grid) under ``folder``; digest of
+    every variable and coordinate along ``spectrum`` or ``wave`` (decoded values), plus the
+    grid's flux."""
+    from conftest import write_small_grid
     from distributed import Client
 
     from specdenoise import schema
@@ -68,7 +53,7 @@ def simulate_digests(folder: Path) -> dict[str, str]:
     from specdenoise.simulate.grids import open_grid
     from specdenoise.stage_simulate import simulate
 
-    grid = small_grid(folder)
+    grid = write_small_grid(folder / "small.zarr")
     out = folder / "sim.zarr"
     cfg = load_config(grid=str(grid), out=str(out), **SETTINGS)
     with Client(processes=False, n_workers=1, threads_per_worker=1,
