@@ -5,7 +5,8 @@ included (DESIGN.md, "The house"; issue 12, "Rules"):
 layer           modules                                  may import
 ==============  =======================================  =======================================
 contracts       ``specdenoise`` (``__init__``),          the standard library, numpy, zarr,
-                ``.errors``, ``.stores``, ``.schema``    xarray, and each other
+                ``.errors``, ``.stores``, ``.schema``,   xarray, and each other
+                ``.codecs``
 physics         ``specdenoise.simulate.*``               contracts and physics; never Dask,
                                                          distributed, dask-jobqueue or torch
 cluster glue    ``specdenoise.cluster.*``                contracts and itself (plus Dask)
@@ -31,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"pipeline": "specdenoise", "simulate": "specdenoise.simulate",
            "train": "specdenoise.train", "evaluate": "specdenoise.evaluate",
            "cluster": "specdenoise.cluster"}
-CONTRACTS = {"specdenoise", "specdenoise.errors", "specdenoise.stores", "specdenoise.schema"}
+#: (``codecs``: issue 14's Zarr codec contract, on main; no module of that name here before it)
+CONTRACTS = {"specdenoise", "specdenoise.errors", "specdenoise.stores", "specdenoise.schema",
+             "specdenoise.codecs"}
 #: third-party packages physics must not import (parallelism and deep learning live elsewhere)
 NOT_IN_PHYSICS = {"dask", "distributed", "dask_jobqueue", "torch"}
 
