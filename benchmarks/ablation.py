@@ -36,7 +36,7 @@ import numpy as np
 
 from specdenoise.train import data as tdata
 from specdenoise.train import loop
-from specdenoise.train.checkpoint import load_model
+from specdenoise.train.checkpoint import CHECKPOINT_NAME, load_model
 from specdenoise.train.infer import denoise_array
 
 SNR_EDGES = (0, 2, 5, 10, 20, 50, np.inf)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             print(f"{name}: kept {done}", file=sys.stderr)
             continue
         c0, t0 = cpu_seconds(), time.perf_counter()
-        loop.train(cfg, resume=(run / "checkpoint.pt").exists(), progress=False)
+        loop.train(cfg, resume=(run / CHECKPOINT_NAME).exists(), progress=False)
         row = {"variant": name, "epochs": epochs,
                "train_spectra": epochs * per_epoch, "cpu_s": round(cpu_seconds() - c0, 1),
                "wall_s": round(time.perf_counter() - t0, 1), **score(run, a.val)}

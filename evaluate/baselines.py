@@ -20,40 +20,28 @@ dataset) to an estimate of the noiseless ``flux_clean`` in the same normalisatio
 
 The smoothing filters trade noise for line depth: the PFS line-spread function has a FWHM of
 about 3.1 pixels, so any kernel that is not much narrower than that fills absorption lines in.
+
+:data:`BASELINES` is the one list of them (the command line, the cube and the report read it).
+A new baseline is a function here, a factory that wraps it in a
+:class:`~specdenoise.evaluate.cube.Method`, and one entry in :data:`BASELINES`. SciPy is
+imported where it is used, so reading the registry (``specdenoise --help``) stays fast.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
-from scipy.optimize import least_squares
-from scipy.signal import savgol_filter
 
+from specdenoise import codecs, schema
+from specdenoise.errors import SpecdenoiseError
+from specdenoise.evaluate.cube import Method
 from specdenoise.simulate import calibration
-from specdenoise.simulate.errors import SpecdenoiseError
-
-C_KMS = 299792.458
-
-#: name -> one-line description, used in the report
-DESCRIPTIONS = {
-    "none": "no denoising: the noisy input as it is (the noise level to beat)",
-    "savgol": "Savitzky-Golay smoothing (polynomial of order {polyorder} in a {window}-pixel "
-              "window)",
-    "gaussian": "Gaussian smoothing with sigma = {sigma_pix} pixels",
-    "pca": "projection on the mean and first {k} principal components learned from the "
-           "training set's noiseless flux_clean",
-    "template": "least-squares fit of the simulation's own model (grid parameters, RV, E(B-V) "
-                "and an order-{poly_order} multiplicative Legendre polynomial) through the same "
-                "observation kernels, weighted by 1/sigma",
-}
-BASELINES = tuple(DESCRIPTIONS)
-
+from specdenoise.simulate.constants import C_KM_PER_S
 
 # --------------------------------------------------------------------------- simple filters
 
@@ -68,6 +56,8 @@ def savgol(flux: np.ndarray, window: int = 11, polyorder: int = 4) -> np.ndarray
     if window % 2 == 0 or window <= polyorder:
         raise SpecdenoiseError(f"Savitzky-Golay window {window} must be odd and larger than "
                                f"the polynomial order {polyorder}")
+    from scipy.signal import savgol_filter
+
     out = savgol_filter(np.asarray(flux, dtype=np.float64), window, polyorder, axis=-1,
                         mode="interp")
     return out.astype(np.float32)
@@ -77,6 +67,8 @@ def gaussian(flux: np.ndarray, sigma_pix: float = 1.0) -> np.ndarray:
     """Gaussian smoothing along the wavelength axis; ``sigma_pix`` in pixels."""
     if sigma_pix <= 0:
         raise SpecdenoiseError(f"Gaussian smoothing width must be positive, got {sigma_pix}")
+    from scipy.ndimage import gaussian_filter1d
+
     out = gaussian_filter1d(np.asarray(flux, dtype=np.float64), sigma_pix, axis=-1,
                             mode="nearest")
     return out.astype(np.float32)
@@ -274,7 +266,7 @@ class TemplateFitter:
     def _shift_table(self, rv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Linear-interpolation indices and weights (r, n_wave) that move a rest-frame detector
         spectrum to each RV (wavelengths scale by 1 + v/c)."""
-        src = self.wave[None, :] / (1.0 + np.asarray(rv, dtype=np.float64)[:, None] / C_KMS)
+        src = self.wave[None, :] / (1.0 + np.asarray(rv, dtype=np.float64)[:, None] / C_KM_PER_S)
         idx = np.clip(np.searchsorted(self.wave, src) - 1, 0, self.wave.size - 2)
         frac = np.clip((src - self.wave[idx]) / (self.wave[idx + 1] - self.wave[idx]), 0.0, 1.0)
         return idx.astype(np.int32), frac.astype(np.float32)
@@ -337,6 +329,8 @@ class TemplateFitter:
         sh = self._shifted(self.library[order[:1]], self._shift_table(fine))[:, 0]
         chi_rv = _chi2_scan(sh, y, w2, self.basis, self.pairs)
         rv1 = float(fine[int(np.argmin(chi_rv))])
+
+        from scipy.optimize import least_squares
 
         lo_b, hi_b = self._bounds()
 
@@ -405,25 +399,47 @@ def _config_of(attrs: Mapping) -> dict:
     return json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
 
 
-def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
-    """A :class:`TemplateFitter` with the grid, noise model and observation settings that
-    simulated a dataset (from its ``config`` and ``grid_provenance`` attributes).
-
-    Raises :class:`SpecdenoiseError` when the grid is gone or its content changed since.
-    """
-    from specdenoise.simulate.engine import forward_model
-    from specdenoise.simulate.grids import open_grid
-    from specdenoise.stage_grid import resolve_grid
-
-    cfg = _config_of(attrs)
+def _provenance_of(attrs: Mapping) -> dict:
     prov = attrs.get("grid_provenance") or {}
-    prov = json.loads(prov) if isinstance(prov, str) else dict(prov)
-    spec = cfg.get("grid", prov.get("grid", "builtin"))
+    return json.loads(prov) if isinstance(prov, str) else dict(prov)
+
+
+def simulated_grid(attrs: Mapping) -> str:
+    """The grid a dataset was simulated from, as its config names it (``"builtin"`` or a
+    store path), from the dataset's ``config`` and ``grid_provenance`` attributes.
+
+    Raises :class:`SpecdenoiseError` when a grid store named by path no longer exists.
+    """
+    spec = _config_of(attrs).get("grid", _provenance_of(attrs).get("grid", "builtin"))
     if spec != "builtin" and not Path(spec).exists():
         raise SpecdenoiseError(f"the dataset was simulated from grid {spec}, which no longer "
                                "exists; the template fit needs that grid")
-    grid_path = resolve_grid(spec)
-    want = prov.get("content_hash")
+    return spec
+
+
+def template_fitter_for(attrs: Mapping, *, grid_path: str | Path | None = None,
+                        **options) -> TemplateFitter:
+    """A :class:`TemplateFitter` with the grid, noise model and observation settings that
+    simulated a dataset (from its ``config`` and ``grid_provenance`` attributes).
+
+    ``grid_path``: that grid's store, when the caller has resolved it (the evaluate stage
+    builds a missing built-in grid); by default the store the config names, the built-in
+    grid's cache for ``"builtin"``. Raises :class:`SpecdenoiseError` when the grid is gone or
+    its content changed since.
+    """
+    from specdenoise.simulate.engine import forward_model
+    from specdenoise.simulate.grids import open_grid
+
+    cfg = _config_of(attrs)
+    spec = simulated_grid(attrs)
+    if grid_path is None:
+        if spec == "builtin":
+            from specdenoise.simulate.builtin_grid import builtin_grid_path
+
+            grid_path = builtin_grid_path()
+        else:
+            grid_path = Path(spec)
+    want = _provenance_of(attrs).get("content_hash")
     have = open_grid(grid_path).attrs.get("content_hash")
     if want and have and want != have:
         raise SpecdenoiseError(f"grid {grid_path} has changed since the dataset was simulated "
@@ -439,3 +455,134 @@ def template_fitter_for(attrs: Mapping, **options) -> TemplateFitter:
     return TemplateFitter(interp, observer, poly_order=options.pop("poly_order",
                                                                    observer.calib_order),
                           **options)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a baseline may be built from (the evaluate command's defaults)."""
+
+    train: str | Path | None = None  # training dataset (pca learns its basis from it)
+    data_attrs: Mapping | None = None  # attributes of the evaluated dataset (template)
+    grid_path: str | Path | None = None  # the dataset's grid, resolved (template)
+    template_n: int | None = None  # template-fit only the first that many spectra
+    savgol_window: int = 11
+    savgol_order: int = 4
+    gaussian_sigma: float = 1.0
+    pca_k: int = 32
+    template_options: Mapping | None = None  # keyword arguments of TemplateFitter
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One registered baseline: a one-line description for the report (``{fields}`` are
+    filled by ``build``), a factory ``build(options) -> Method``, and what it needs beyond
+    the evaluated spectra (a key of :data:`NEEDS`, or None)."""
+
+    description: str
+    build: Callable[[Options], Method]
+    needs: str | None = None
+
+
+#: what a baseline may need: (the error when it was asked for, the note when it is skipped)
+NEEDS = {
+    "train": ("the {name} baseline needs a training set: pass --train TRAIN.zarr (or leave "
+              "{name} out of --baselines)",
+              "no --train given, so the {name} baseline is skipped"),
+    "config": ("{data} has no simulation config; the {name} baseline only works on datasets "
+               "written by 'specdenoise simulate'",
+               "the dataset carries no simulation config, so the {name} baseline is skipped"),
+}
+
+
+def _describe(name: str, **fields) -> str:
+    return BASELINES[name].description.format(**fields)
+
+
+def _none(o: Options) -> Method:
+    return Method("none", "baseline", _describe("none"), lambda f, s, m: no_denoising(f))
+
+
+def _savgol(o: Options) -> Method:
+    window, order = o.savgol_window, o.savgol_order
+    savgol(np.ones((1, 64)), window, order)  # validate early
+    return Method("savgol", "baseline", _describe("savgol", window=window, polyorder=order),
+                  lambda f, s, m: savgol(f, window, order),
+                  info={"window": window, "polyorder": order})
+
+
+def _gaussian(o: Options) -> Method:
+    sigma_pix = o.gaussian_sigma
+    gaussian(np.ones((1, 8)), sigma_pix)
+    return Method("gaussian", "baseline", _describe("gaussian", sigma_pix=sigma_pix),
+                  lambda f, s, m: gaussian(f, sigma_pix), info={"sigma_pix": sigma_pix})
+
+
+def _pca(o: Options) -> Method:
+    if o.train is None:
+        raise SpecdenoiseError(NEEDS["train"][0].format(name="pca"))
+    tds = schema.open_dataset(o.train, require=("flux_clean",))
+    t0 = time.perf_counter()
+    with codecs.reading(o.train, ["flux_clean"]):
+        clean = tds["flux_clean"].values
+    basis = fit_pca(clean, o.pca_k)
+    fit_s = time.perf_counter() - t0
+    return Method("pca", "baseline", _describe("pca", k=basis.k),
+                  lambda f, s, m, basis=basis: basis.project(f),
+                  info={"k": basis.k, "train": str(o.train), "fit_seconds": fit_s,
+                        "n_train": int(tds.sizes[schema.SPECTRUM_DIM]),
+                        "explained_variance": float(basis.explained_variance_ratio.sum())})
+
+
+def _template(o: Options) -> Method:
+    if o.data_attrs is None:
+        raise SpecdenoiseError("the template baseline needs the dataset's attributes")
+    fitter = template_fitter_for(o.data_attrs, grid_path=o.grid_path,
+                                 **dict(o.template_options or {}))
+
+    def fit(f, s, m):
+        res = fitter.fit(f, s, m, progress=bool(o.progress))
+        extras = dict(res.params)
+        extras["chi2_red"] = res.chi2_red
+        return res.denoised, extras
+
+    return Method("template", "reference", _describe("template", poly_order=fitter.poly_order),
+                  fit, limit=o.template_n,
+                  info={"setup_seconds": fitter.setup_seconds, "library_nodes": len(fitter.nodes),
+                        "poly_order": fitter.poly_order, "n_starts": fitter.n_starts,
+                        "rv_range": list(fitter.rv_range)},
+                  extras=(*fitter.names, "rv", "ebv", "chi2_red"))
+
+
+#: every baseline, by the name the command line, the cube and the report use
+BASELINES: dict[str, Baseline] = {
+    "none": Baseline("no denoising: the noisy input as it is (the noise level to beat)", _none),
+    "savgol": Baseline("Savitzky-Golay smoothing (polynomial of order {polyorder} in a "
+                       "{window}-pixel window)", _savgol),
+    "gaussian": Baseline("Gaussian smoothing with sigma = {sigma_pix} pixels", _gaussian),
+    "pca": Baseline("projection on the mean and first {k} principal components learned from "
+                    "the training set's noiseless flux_clean", _pca, needs="train"),
+    "template": Baseline("least-squares fit of the simulation's own model (grid parameters, "
+                         "RV, E(B-V) and an order-{poly_order} multiplicative Legendre "
+                         "polynomial) through the same observation kernels, weighted by "
+                         "1/sigma", _template, needs="config"),
+}
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Refuse a baseline name that is not registered."""
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise SpecdenoiseError(f"unknown baseline {unknown[0]!r}; choose from "
+                               f"{', '.join(BASELINES)}")
+
+
+def baseline_methods(names: Sequence[str], **options) -> list[Method]:
+    """:class:`Method` objects for the named baselines; ``options`` are :class:`Options`
+    fields (``train`` for ``pca``, ``data_attrs`` for ``template``, ...)."""
+    check_names(names)
+    opts = Options(**options)
+    return [BASELINES[b].build(opts) for b in names]

@@ -28,7 +28,13 @@ import numpy as np
 
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.simulate.constants import AB_ZEROPOINT_CGS, C_NM_PER_S
+from specdenoise.simulate.constants import AB_ZEROPOINT_CGS
+from specdenoise.simulate.source import (
+    DEFAULT_FILTER,
+    Bandpass,
+    f_lambda_to_f_nu,
+    f_nu_to_f_lambda,
+)
 
 #: arrays written by ``specdenoise etc``, in this order (names are a public interface)
 COLUMNS = ("wavelength", "signal", "sky", "variance", "conversion", "snr")
@@ -63,8 +69,8 @@ def register(subparsers) -> None:
     src = p.add_argument_group("source")
     src.add_argument("--mag", type=float, help="AB magnitude (flat f_nu, or the spectrum's "
                      "magnitude through --filter)")
-    src.add_argument("--filter", default="hsc2017-i", help="speclite filter for --spectrum "
-                     "(default hsc2017-i)")
+    src.add_argument("--filter", default=DEFAULT_FILTER, help="speclite filter for --spectrum "
+                     f"(default {DEFAULT_FILTER})")
     src.add_argument("--spectrum", type=Path, help="two columns: wavelength nm, flux")
     src.add_argument("--flux-unit", choices=("flam", "fnu"), default="flam",
                      help="the spectrum's flux is f_lambda (default) or f_nu")
@@ -123,7 +129,7 @@ def run_import(args, paths) -> int:
     return 0
 
 
-def source_fnu(wave, mag, spectrum=None, filter_name="hsc2017-i", flux_unit="flam"):
+def source_fnu(wave, mag, spectrum=None, filter_name=DEFAULT_FILTER, flux_unit="flam"):
     """f_nu (erg s^-1 cm^-2 Hz^-1) at ``wave`` (nm) of the source the CLI describes."""
     if mag is None:
         raise SpecdenoiseError("give --mag (AB magnitude of the source)")
@@ -143,10 +149,10 @@ def source_fnu(wave, mag, spectrum=None, filter_name="hsc2017-i", flux_unit="fla
     if lam[0] > wave[0] or lam[-1] < wave[-1]:
         raise SpecdenoiseError(f"{spectrum} covers {lam[0]:.1f}-{lam[-1]:.1f} nm; it must "
                                f"cover {wave[0]:.0f}-{wave[-1]:.0f} nm")
-    flam = flux if flux_unit == "flam" else flux * C_NM_PER_S / lam**2
+    flam = flux if flux_unit == "flam" else f_nu_to_f_lambda(lam, flux)
     m0 = _ab_mag(lam, flam, filter_name, spectrum)
-    # f_lambda taken as erg/s/cm^2/nm (m0 refers to that scale); f_nu = f_lambda lambda^2 / c
-    fnu = np.interp(wave, lam, flam) * wave**2 / C_NM_PER_S
+    # f_lambda taken as erg/s/cm^2/nm (m0 refers to that scale)
+    fnu = f_lambda_to_f_nu(wave, np.interp(wave, lam, flam))
     return fnu * 10.0 ** (-0.4 * (mag - m0))
 
 
@@ -163,18 +169,14 @@ def _whitespace(path: Path) -> bool:
 
 def _ab_mag(lam_nm, flam, filter_name, path) -> float:
     """AB magnitude through a speclite filter of f_lambda given per nm in arbitrary units."""
-    import astropy.units as u
-    import speclite.filters
-
-    try:
-        filt = speclite.filters.load_filter(filter_name)
-    except (ValueError, OSError):
-        raise SpecdenoiseError(f"unknown speclite filter {filter_name!r} (e.g. hsc2017-i, "
-                               "sdss2010-r)") from None
-    try:
-        mag = filt.get_ab_magnitude(flam * (u.erg / u.s / u.cm**2 / u.nm), lam_nm * u.nm)
-    except ValueError as exc:
-        raise SpecdenoiseError(f"{path}: cannot integrate through {filter_name}: {exc}") from None
+    band = Bandpass(filter_name)
+    lo, hi = band.support
+    if lam_nm[0] > lo or lam_nm[-1] < hi:
+        raise SpecdenoiseError(f"{path}: cannot integrate through {filter_name}: the spectrum "
+                               f"covers {lam_nm[0]:.1f}-{lam_nm[-1]:.1f} nm, the filter "
+                               f"{lo:.1f}-{hi:.1f} nm")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = band.ab_mag(lam_nm, flam)
     if not np.isfinite(mag):
         raise SpecdenoiseError(f"{path}: zero or negative flux through {filter_name}")
     return float(mag)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from specdenoise.stage_run import PRESETS, run
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Re-running continues an interrupted run."
         ),
     )
-    p.add_argument("--preset", choices=["quick", "paper", "best"], default="quick")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
     p.add_argument("--workdir", type=Path, default=Path("specdenoise-run"),
                    help="folder for every output (default ./specdenoise-run)")
     p.add_argument("--seed", type=int, default=1, help="simulation seed (validation: seed+1)")
@@ -31,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
-    from specdenoise.stage_run import run
-
     run(args.preset, args.workdir, seed=args.seed, workers=args.workers, device=args.device,
         progress=not args.no_progress)
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from specdenoise.config import COMPRESSORS, PRESETS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                "--out train.zarr --cluster local --workers 2",
     )
     p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--preset", choices=("default", "paper"), default=None,
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="starting point under --config and --set: default (HSC-i 19-22.5), "
                         "paper (HSC-i 16.0-22.5: our reading of the papers' 6-7 magnitude "
                         "range at one exposure time)")
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output store, or a folder with --split")
     p.add_argument("--grid", help="'builtin' (default) or a grid store path")
     p.add_argument("--noise", help="'builtin' (default) or an ETC noise table (Zarr)")
-    p.add_argument("--compressor", choices=["zstd", "zstd-bitround", "lz4", "none"],
+    p.add_argument("--compressor", choices=COMPRESSORS,
                    help="codec of the spectral arrays: zstd-bitround (default; keeps 13 "
                         "mantissa bits, relative rounding <= 6e-5, set with --set keepbits=N), "
                         "zstd or lz4 (lossless), none")

@@ -1,15 +1,20 @@
-"""``specdenoise train``: train a denoiser on a simulated dataset (see specdenoise.train.loop)."""
+"""``specdenoise train``: the command line of :mod:`specdenoise.stage_train`."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.train.presets import MODEL_NAMES, PRESET_HELP, PRESETS
+from specdenoise.stage_train import DEFAULT_WORKERS
+from specdenoise.train.presets import (
+    DEFAULT_MODEL,
+    DEFAULT_PRESET,
+    MODEL_NAMES,
+    PRESET_HELP,
+    PRESETS,
+)
 
 
 def register(subparsers) -> None:
@@ -25,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="training dataset (Zarr path or fsspec URL)")
     p.add_argument("--val", help="validation dataset (its stored noisy flux is used as is)")
     p.add_argument("--model", choices=MODEL_NAMES, default=None,
-                   help="network (default unet)")
+                   help=f"network (default {DEFAULT_MODEL})")
     p.add_argument("--model-cfg", metavar="JSON", default=None,
                    help='model options over the preset\'s, e.g. \'{"depth": 3, "filters": 16, '
                         '"kernel_size": 5}\' (unet: depth, filters, bottleneck_filters, '
@@ -34,7 +39,8 @@ def register(subparsers) -> None:
                         'in_channels 2 feeds sigma beside the flux; residual predicts a '
                         'correction to the noisy input (with out_activation "identity")')
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+                   help="; ".join(f"{k}: {v}" + (" (default)" if k == DEFAULT_PRESET else "")
+                                  for k, v in PRESET_HELP.items()))
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--init-from", metavar="RUN", default=None,
                    help="chain: train --model on the outputs of the trained run RUN (kept "
@@ -78,7 +84,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int,
-                   help="DataLoader worker processes (default 2); the batches depend on it, so "
+                   help=f"DataLoader worker processes (default {DEFAULT_WORKERS}); the batches "
+                        "depend on it, so "
                         "a resumed run keeps the number it started with")
     p.add_argument("--submit", metavar="PROFILE.yaml",
                    help="run as one batch job instead: write RUN_DIR/train.sbatch from the "
@@ -88,25 +95,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from specdenoise import stage_train
+
     if getattr(args, "submit", None):
-        from specdenoise.submit import rebuild_argv, submit
+        from specdenoise.submit import rebuild_argv
 
         argv = rebuild_argv(args._parser, args, skip=("submit", "resume"))
-        return submit(args.submit, "train", argv, args.out)
-    from specdenoise.train import loop
-
+        return stage_train.submit(args.submit, argv, args.out)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opts = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "optimizer": args.optimizer, "loss": args.loss, "device": args.device,
-        "compile": args.compile, "precision": args.precision, "seed": args.seed,
-        "workers": args.workers,
-        "target_distortion": args.target_distortion, "distortion": args.distortion,
-        "distortion_max": args.distortion_max, "epoch_size": args.epoch_size,
-        "init_from": args.init_from,
-        "noise": "device" if args.noise_on_device else None,
-    }
     model_cfg = None
     if args.model_cfg is not None:
         try:
@@ -115,28 +112,15 @@ def run(args: argparse.Namespace) -> int:
             raise SpecdenoiseError(f"--model-cfg is not valid JSON: {exc}") from None
         if not isinstance(model_cfg, dict):
             raise SpecdenoiseError("--model-cfg must be a JSON object, e.g. '{\"depth\": 3}'")
-    if args.scheduler is not None:
-        opts["scheduler"] = args.scheduler
-    elif args.optimizer is not None:  # each optimizer comes with its schedule
-        opts["scheduler"] = "step" if args.optimizer == "sgd" else "cosine"
-    if args.resume:
-        given = {"model": args.model, "preset": args.preset, "data": args.data, "val": args.val,
-                 "model_cfg": model_cfg, **opts}
-        cfg = loop.resume_config(args.out, **given)
-    else:
-        if opts["workers"] is None:
-            opts["workers"] = 2
-        cfg = loop.make_config(args.data, args.val, args.out, model=args.model or "unet",
-                               preset=args.preset or "paper", model_cfg=model_cfg, **opts)
-    if cfg.workers < 0:
-        raise SpecdenoiseError(f"--workers must be 0 or more, got {cfg.workers}")
-    from specdenoise import stores
-
-    # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
-    lock = (stores.locked(cfg.out) if int(os.environ.get("RANK", "0")) == 0
-            else contextlib.nullcontext())
-    with lock:
-        row = loop.train(cfg, resume=args.resume)
+    cfg, row = stage_train.train(
+        args.data, args.val, args.out, model=args.model, preset=args.preset,
+        model_cfg=model_cfg, resume=args.resume,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        scheduler=args.scheduler, loss=args.loss, device=args.device, compile=args.compile,
+        precision=args.precision, seed=args.seed, workers=args.workers,
+        target_distortion=args.target_distortion, distortion=args.distortion,
+        distortion_max=args.distortion_max, epoch_size=args.epoch_size,
+        init_from=args.init_from, noise="device" if args.noise_on_device else None)
     if "val_mean_abs_rel" in row:
         print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
               f"checkpoint in {cfg.out}")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CONDITIONS, PARAMS
+from specdenoise.simulate.constants import C_KM_PER_S
+from specdenoise.simulate.source import DEFAULT_FILTER, EXTINCTION_LAWS
 
 DEFAULTS: dict = {
     "n": 1000,
@@ -41,7 +43,7 @@ DEFAULTS: dict = {
         "distortion": 0.02,
         "noise_kind": "gaussian",
         "extinction_law": "F99",
-        "filter": "hsc2017-i",
+        "filter": DEFAULT_FILTER,
     },
     "params": {
         "teff": {"dist": "uniform", "low": 3500.0, "high": 7500.0},
@@ -83,7 +85,7 @@ DIST_KEYS = {
 #: nonsense is refused before any store is created instead of turning into NaN spectra.
 RANGES = {
     "teff": (0.0, math.inf, False, False, "K"),
-    "rv": (-299792.458, 299792.458, False, False, "km/s, below the speed of light"),
+    "rv": (-C_KM_PER_S, C_KM_PER_S, False, False, "km/s, below the speed of light"),
     "ebv": (0.0, 10.0, True, True, "mag"),
     "mag": (-30.0, 50.0, True, True, "AB mag"),
     "seeing": (0.0, 10.0, False, True, "arcsec FWHM"),
@@ -118,8 +120,6 @@ def range_problem(name: str, value) -> str | None:
 
 
 COMPRESSORS = ("zstd", "zstd-bitround", "lz4", "none")
-NOISE_KINDS = ("gaussian", "poisson")
-EXTINCTION_LAWS = ("F99", "G23")
 
 
 def _merge(base: dict, new: Mapping, where: str, errors: list[str]) -> dict:
@@ -190,6 +190,10 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
 
 def validate(cfg: dict) -> list[str]:
     """All problems with a merged configuration, one line each (empty when valid)."""
+    # the observer owns the noise kinds (imported here: the command line reads this module,
+    # and the observer's module compiles kernels)
+    from specdenoise.simulate.observe import NOISE_KINDS
+
     errors: list[str] = []
 
     def positive_int(name):

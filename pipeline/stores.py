@@ -85,6 +85,10 @@ DENOISED = Kind("specdenoise-denoised", "denoised store", ("flux_denoised",),
 SUMMARY = Kind("specdenoise-summary", "evaluation summary", (), "run the evaluation again")
 KINDS = {k.name: k for k in (GRID, DATASET, ETC_TABLE, CUBE, DENOISED, SUMMARY)}
 
+#: the file in a training run directory that holds its checkpoint (written by ``train`` after
+#: every epoch; its presence is what makes ``run`` and a batch job script pass ``--resume``)
+CHECKPOINT_NAME = "checkpoint.pt"
+
 
 # --------------------------------------------------------------------------- reading
 

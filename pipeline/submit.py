@@ -26,8 +26,7 @@ from pathlib import Path
 from specdenoise.cluster.batch import SYSTEMS, BatchSystem, JobRequest, memory_size
 from specdenoise.cluster.profiles import load_profile, value_problems
 from specdenoise.errors import SpecdenoiseError
-
-CHECKPOINT = "checkpoint.pt"
+from specdenoise.stores import CHECKPOINT_NAME as CHECKPOINT
 
 
 def rebuild_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,

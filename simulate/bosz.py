@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.simulate.constants import air_to_vacuum
 
 #: resolving power of SYNTHE's native wavelength grid (BOSZ 2017)
 SYNTHE_R = 300_000
@@ -47,8 +48,6 @@ SYNTHE_R = 300_000
 FLUX_UNIT = "erg s-1 cm-2 nm-1 (surface flux)"
 #: factor from a file's Eddington flux per Å to surface flux per nm
 FLUX_SCALE = 4.0 * math.pi * 10.0
-#: 2024 wavelengths below this (Å) are vacuum, above it air (the usual convention)
-AIR_VACUUM_LIMIT_A = 2000.0
 #: FWHM of a Gaussian in units of its sigma
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: output pixels per resolution element when ``--resolution`` coarsens the grid
@@ -114,24 +113,6 @@ def parse_bosz_name(path: str | Path) -> BoszFile | None:
 
 
 # --------------------------------------------------------------------------- wavelengths
-
-
-def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
-    """Vacuum wavelengths (Å) of air wavelengths (Å), for dry air at 15 °C, 101 325 Pa.
-
-    The refractive index is Morton (2000, ApJS 130, 403) eq. 8 built on Ciddor (1996), in the
-    form inverted for air wavelengths by N. Piskunov for VALD; it is accurate to ~1e-8 in n.
-    Below ``AIR_VACUUM_LIMIT_A`` (2000 Å) wavelengths are taken as vacuum already.
-    """
-    wave_air = np.asarray(wave_air, dtype=np.float64)
-    s2 = (1e4 / wave_air) ** 2  # (µm^-1)^2
-    n = (
-        1.0
-        + 8.336624212083e-5
-        + 2.408926869968e-2 / (1.301065924522e2 - s2)
-        + 1.599740894897e-4 / (3.892568793293e1 - s2)
-    )
-    return np.where(wave_air >= AIR_VACUUM_LIMIT_A, wave_air * n, wave_air)
 
 
 def rebuild_bosz2017_wave(column: np.ndarray, resolution: int, name: str = "file") -> np.ndarray:
@@ -305,7 +286,7 @@ def read_bosz2024_wave(path: str | Path, resolution: int) -> np.ndarray:
             f"{Path(path).name}: wavelength file {wfile.name} is missing from {wfile.parent}"
         )
     wave_air = _bosz2024_wave(str(wfile), wfile.stat().st_mtime_ns)
-    return air_to_vacuum(wave_air) / 10.0
+    return air_to_vacuum(wave_air, "AA") / 10.0
 
 
 def read_bosz2024(path: str | Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,7 @@ import numpy as np
 from numba import njit, prange
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.simulate.constants import air_to_vacuum
 from specdenoise.simulate.linelist import (
     ATOMIC_LINES,
     DISSOCIATION_EV,
@@ -196,23 +197,6 @@ def settings_key(settings: Mapping | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
-    """Air -> vacuum wavelengths (same unit in and out; Å or nm).
-
-    Uses the inverse of the Ciddor (1996) / Morton (2000) dispersion formula as given by
-    N. Piskunov for VALD: ``n = 1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 -
-    s^2) + 1.599740894897e-4 / (38.92568793293 - s^2)`` with ``s = 10^4 / lambda_air[Å]``.
-    """
-    wave_air = np.asarray(wave_air, dtype=np.float64)
-    scale = 10.0 if np.nanmax(wave_air) < 2000.0 else 1.0  # nm given -> Å for the formula
-    s2 = (1e4 / (wave_air * scale)) ** 2
-    n = (
-        1.0
-        + 8.336624212083e-5
-        + 2.408926869968e-2 / (130.1065924522 - s2)
-        + 1.599740894897e-4 / (38.92568793293 - s2)
-    )
-    return wave_air * n
 
 
 # ---- line list ------------------------------------------------------------------------------
@@ -233,7 +217,7 @@ def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
     hydrogen upper level (0 for metals)."""
     rows = []
     for el, stage, wair, chi, loggf, lg6 in ATOMIC_LINES:
-        lam = float(air_to_vacuum(np.array([wair]))[0]) / 10.0
+        lam = float(air_to_vacuum(np.array([wair]), "AA")[0]) / 10.0
         rows.append((lam, _EL[el], stage, chi, loggf, DEFAULT_LOG_GAMMA6 if lg6 is None else lg6,
                      0))
     # Paschen series: vacuum wavelengths from the Rydberg formula, Kramers f with a mean Gaunt
@@ -463,7 +447,7 @@ def _band_shapes(lam_fine_nm: np.ndarray) -> tuple[list[str], np.ndarray]:
     out = np.zeros((len(names), lam_fine_nm.size))
     for m, mol in enumerate(names):
         for head_air, weight, length in MOLECULAR_BANDS[mol]:
-            head = float(air_to_vacuum(np.array([head_air]))[0]) / 10.0
+            head = float(air_to_vacuum(np.array([head_air]), "AA")[0]) / 10.0
             d = (lam_fine_nm - head) * 10.0  # Å
             red = np.exp(-np.clip(d, 0, None) / length)
             edge = np.exp(-0.5 * (np.clip(d, None, 0) / 1.5) ** 2)  # ~1.5 Å sharp head

@@ -129,6 +129,12 @@ def f_lambda_to_f_nu(wave, f_lambda) -> np.ndarray:
     return np.asarray(f_lambda) * (wave * wave / C_NM_PER_S)
 
 
+def f_nu_to_f_lambda(wave, f_nu) -> np.ndarray:
+    """f_lambda (erg s^-1 cm^-2 nm^-1) from f_nu (erg s^-1 cm^-2 Hz^-1) at ``wave`` (nm)."""
+    wave = np.asarray(wave, dtype=np.float64)
+    return np.asarray(f_nu) * (C_NM_PER_S / (wave * wave))
+
+
 class Bandpass:
     """A filter from ``speclite`` by name (e.g. ``hsc2017-i``, ``sdss2010-r``, ``decam2014-z``).
 

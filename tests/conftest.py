@@ -49,8 +49,7 @@ def toy_grid_flux(axes: dict, wave: np.ndarray) -> np.ndarray:
     return (planck * np.clip(1 - depth, 0.05, 1) * 1e-30).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def small_grid(tmp_path_factory) -> Path:
+def write_small_grid(path: Path) -> Path:
     """A 4-D grid store covering the default parameter ranges at a few nodes, 700-900 nm."""
     from specdenoise.simulate.grids import write_grid
 
@@ -61,6 +60,11 @@ def small_grid(tmp_path_factory) -> Path:
         "a_m": np.array([-0.25, 0.5]),
     }
     wave = 700.0 * np.exp(np.arange(int(np.log(900 / 700) * 20000) + 1) / 20000.0)
-    path = tmp_path_factory.mktemp("grid") / "small.zarr"
     return write_grid(path, toy_grid_flux(axes, wave), axes, wave,
                       attrs={"source": "test", "resolution": 20000})
+
+
+@pytest.fixture(scope="session")
+def small_grid(tmp_path_factory) -> Path:
+    """:func:`write_small_grid`, once per test session."""
+    return write_small_grid(tmp_path_factory.mktemp("grid") / "small.zarr")

@@ -15,10 +15,10 @@ import pytest
 
 from specdenoise import cli, schema
 from specdenoise.evaluate import baselines as bl
+from specdenoise.evaluate.baselines import baseline_methods
 from specdenoise.evaluate.cube import (
     METHOD_DIM,
     Method,
-    baseline_methods,
     build_cube,
     open_cube,
     relative_error,

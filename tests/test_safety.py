@@ -544,24 +544,3 @@ def test_legacy_etc_tables_are_still_read(tmp_path):
                     coords={"wave": np.arange(3.0)}, attrs={"kind": TABLE_KIND, "fixed": "{}"})
     ds.to_zarr(path, zarr_format=3, consolidated=False)
     assert open_table(path).attrs["kind"] == TABLE_KIND
-
-
-def test_contracts_import_only_numpy_zarr_xarray():
-    import ast
-    import sys
-
-    root = Path(__file__).resolve().parents[1] / "pipeline"
-    allowed = {"numpy", "zarr", "xarray", "specdenoise"} | set(sys.stdlib_module_names)
-    for name in ("errors.py", "stores.py", "codecs.py"):
-        tree = ast.parse((root / name).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                mods = [node.module or ""]
-            else:
-                continue
-            for mod in mods:
-                assert mod.split(".")[0] in allowed, (name, mod)
-                if mod.startswith("specdenoise"):
-                    assert mod in ("specdenoise.errors", "specdenoise.codecs"), (name, mod)

@@ -18,11 +18,11 @@ import torch
 
 from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.stores import CHECKPOINT_NAME
 from specdenoise.train.models import build_model
 
 FORMAT = "specdenoise-checkpoint"
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

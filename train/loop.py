@@ -39,7 +39,7 @@ from specdenoise.train.checkpoint import (
     save_checkpoint,
 )
 from specdenoise.train.models import build_model, model_input, model_summary
-from specdenoise.train.presets import PRESETS
+from specdenoise.train.presets import DEFAULT_MODEL, DEFAULT_PRESET, PRESETS
 
 log = logging.getLogger("specdenoise.train")
 
@@ -61,8 +61,8 @@ class TrainConfig:
     data: str
     val: str | None
     out: str
-    model: str = "unet"
-    preset: str = "paper"
+    model: str = DEFAULT_MODEL
+    preset: str = DEFAULT_PRESET
     model_cfg: dict = field(default_factory=dict)
     epochs: int = 50
     batch_size: int = 100
@@ -89,7 +89,7 @@ class TrainConfig:
     n_wave: int = 4096
 
 
-def make_config(data, val, out, *, model: str = "unet", preset: str = "paper",
+def make_config(data, val, out, *, model: str = DEFAULT_MODEL, preset: str = DEFAULT_PRESET,
                 model_cfg: dict | None = None, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a preset; ``None`` overrides keep the preset's value."""
     if preset not in PRESETS:

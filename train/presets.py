@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: the networks :func:`specdenoise.train.models.build_model` knows (checked against it in tests)
 MODEL_NAMES = ("unet", "dae")
+#: what a new run trains when the command line names no model or preset
+DEFAULT_MODEL = "unet"
+DEFAULT_PRESET = "paper"
 
 PRESETS: dict[str, dict] = {
     # Pál & Dobos (2025): SGD, lr 0.1 -> 0.01 after 20 epochs, batch 100, 50 epochs, MSE
@@ -43,7 +46,7 @@ PRESETS: dict[str, dict] = {
 #: one line per preset for ``specdenoise train --help``
 PRESET_HELP = {
     "paper": "the published set-up: SGD lr 0.1, x0.1 after 20 epochs, batch 100, 50 epochs, "
-             "MSE (default)",
+             "MSE",
     "quick": "small model, 3 AdamW epochs, cosine schedule",
     "best": "sigma as a second input, relative-error loss, AdamW one-cycle, 20,000 fresh "
             "spectra an epoch from a large pool, 40 epochs",

@@ -1,0 +1,60 @@
+"""The training stage: a run configuration from a preset and options (or from the checkpoint of
+the run being resumed), one writer per run directory, then the training loop
+(:func:`specdenoise.train.loop.train`); or the same command submitted as a batch job.
+
+``specdenoise train`` is a thin command line over :func:`train` and :func:`submit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from specdenoise import stores
+from specdenoise.errors import SpecdenoiseError
+from specdenoise.train.presets import DEFAULT_MODEL, DEFAULT_PRESET
+
+#: DataLoader worker processes of a new run (a resumed run keeps its own)
+DEFAULT_WORKERS = 2
+
+
+def train(data, val, out, *, model: str | None = None, preset: str | None = None,
+          model_cfg: dict | None = None, resume: bool = False, **options):
+    """Train a denoiser into the run directory ``out``, or continue it with ``resume``.
+
+    ``options`` are :class:`~specdenoise.train.loop.TrainConfig` fields; None keeps the
+    preset's value (or, on resume, the stored one; a resume may change only some). A new run
+    defaults to :data:`DEFAULT_MODEL` with :data:`DEFAULT_PRESET` and :data:`DEFAULT_WORKERS`.
+    An optimizer given without a scheduler brings its own (sgd: step, adamw: cosine).
+    Returns ``(config, last epoch's metrics row)``.
+    """
+    from specdenoise.train import loop
+
+    opts = dict(options)
+    if opts.get("scheduler") is None and opts.get("optimizer") is not None:
+        opts["scheduler"] = "step" if opts["optimizer"] == "sgd" else "cosine"
+    if resume:
+        cfg = loop.resume_config(out, model=model, preset=preset, data=data, val=val,
+                                 model_cfg=model_cfg, **opts)
+    else:
+        if opts.get("workers") is None:
+            opts["workers"] = DEFAULT_WORKERS
+        cfg = loop.make_config(data, val, out, model=model or DEFAULT_MODEL,
+                               preset=preset or DEFAULT_PRESET, model_cfg=model_cfg, **opts)
+    if cfg.workers < 0:
+        raise SpecdenoiseError(f"--workers must be 0 or more, got {cfg.workers}")
+    # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
+    lock = (stores.locked(cfg.out) if int(os.environ.get("RANK", "0")) == 0
+            else contextlib.nullcontext())
+    with lock:
+        row = loop.train(cfg, resume=resume)
+    return cfg, row
+
+
+def submit(profile: str | Path, argv: list[str], out: str | Path) -> int:
+    """Run ``specdenoise train ARGV`` as a batch job from a cluster profile (the job script
+    resumes from the run's checkpoint when submitted again); returns the exit status."""
+    from specdenoise.submit import submit as submit_job
+
+    return submit_job(profile, "train", argv, out)
