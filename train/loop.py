@@ -323,7 +323,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
                     "val": guards.data_identity(val_info) if val_info else None}
 
         torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
-        spec_name, spec_cfg, first_state = _model_spec(cfg, ckpt_path if resume else None)
+        state = read_checkpoint(ckpt_path, map_location=device) if resume else None
+        stored_model = None if state is None else state["model"]
+        spec_name, spec_cfg, first_state = _model_spec(cfg, stored_model)
         model = build_model(spec_name, **spec_cfg)
         if first_state is not None:  # a new chain: the trained first network's weights
             model.first.load_state_dict(first_state)
@@ -332,8 +334,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         optimizer = _make_optimizer(cfg, model)
         history: list[dict] = []
         start = 0
-        if resume:
-            state = read_checkpoint(ckpt_path, map_location=device)
+        if state is not None:
             guards.check_same_data(state.get("data_identity"), identity, str(out))
             model.load_state_dict(state["model"]["state"])
             optimizer.load_state_dict(state["optimizer"])
@@ -443,15 +444,15 @@ def resolve_precision(pref: str, device: torch.device) -> str:
     return "fp32"
 
 
-def _model_spec(cfg: TrainConfig, resume_from: Path | None = None):
+def _model_spec(cfg: TrainConfig, stored: dict | None = None):
     """(name, build_model kwargs, first network's state or None) of the run's model.
 
-    With ``init_from`` the model is a :class:`~specdenoise.train.models.Chain` whose first
-    network is the trained run's, described in full so the checkpoint stands on its own.
+    ``stored``: the checkpoint's ``model`` entry when resuming (its spec is kept). With
+    ``init_from`` the model is a :class:`~specdenoise.train.models.Chain` whose first network
+    is the trained run's, described in full so the checkpoint stands on its own.
     """
-    if resume_from is not None:
-        m = read_checkpoint(resume_from)["model"]
-        return m["name"], dict(m["cfg"]), None
+    if stored is not None:
+        return stored["name"], dict(stored["cfg"]), None
     if not cfg.init_from:
         return cfg.model, {"n_wave": cfg.n_wave, **cfg.model_cfg}, None
     first = read_checkpoint(cfg.init_from)["model"]
