@@ -631,6 +631,7 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
 def plot_learning_curve(history: list[dict], path: Path) -> Path:
     """Training loss and validation mean |R| against epoch, written next to metrics.csv."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+    from matplotlib.ticker import FormatStrFormatter
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
@@ -650,10 +651,15 @@ def plot_learning_curve(history: list[dict], path: Path) -> Path:
                  ms=3, color="C3", label="validation mean |R|")
         ax2.set_ylabel("validation mean |R| (%)", color="C3")
         ax2.set_yscale("log")
+        ax2.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain per cent, not 6x10^0
+        ax2.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="upper right", fontsize="small")
-    ax.set_title(f"{len(history)} epochs", fontsize="medium")
+    last = history[-1].get("val_mean_abs_rel")
+    ax.set_title(f"{len(history)} epochs" + ("" if last is None else
+                                             f"; last validation mean |R| {100 * last:.2f} %"),
+                 fontsize="medium")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
