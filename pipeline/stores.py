@@ -96,7 +96,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def read_attrs(path: str | Path) -> dict | None:
     """The root attributes of a Zarr store, or None when ``path`` is not a readable Zarr group."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_legacy():
             warnings.filterwarnings("ignore", message="Object at .done is not recognized")
             return dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:  # zarr raises many types for a folder that is not a store
@@ -173,6 +173,11 @@ def check_chunks(path: str | Path, names: Iterable[str], *, optional: Iterable[s
     whose chunks may legitimately be absent because they hold only the fill value (``mask``)
     must not be named.
     """
+    with quiet_legacy():  # older stores' numcodecs codecs: read without a warning per array
+        _check_chunks(path, names, optional, label)
+
+
+def _check_chunks(path, names, optional, label) -> None:
     try:
         g = zarr.open_group(str(path), mode="r")
     except Exception as exc:
@@ -245,7 +250,8 @@ def _zarr_layout_problem(path: Path, kind: Kind) -> str | None:
             continue
         return f"it holds {entry!r}, which is not part of a {kind.label}"
     try:
-        members = set(zarr.open_group(str(path), mode="r").array_keys())
+        with quiet_legacy():
+            members = set(zarr.open_group(str(path), mode="r").array_keys())
     except Exception:
         return f"it is not a readable {kind.label}"
     lacking = [a for a in kind.arrays if a not in members]

@@ -167,6 +167,12 @@ def test_older_store_still_reads(new_store, tmp_path):
             np.testing.assert_array_equal(a[v].values, b[v].values)
         info = tdata.inspect_store(old, tdata.VAL_VARS)
         got = tdata.read_chunk(tdata.open_group(old), info, 2, tdata.VAL_VARS)
+        # the checks evaluate and denoise run first (lost chunks, a store's layout)
+        from specdenoise import stores
+        from specdenoise.evaluate.cube import check_dataset_chunks
+
+        check_dataset_chunks(old)
+        stores.check_replaceable(old, stores.DATASET)
     np.testing.assert_array_equal(got["flux"], a["flux"].values[20:30])
 
 
