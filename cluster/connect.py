@@ -108,6 +108,22 @@ def worker_job_script(profile_path: str | Path) -> str:
     return job_script(load_profile(Path(profile_path)), low_overhead_settings())
 
 
+def _restore_environ(saved: dict[str, str]) -> None:
+    """Put this process's environment back as ``saved``.
+
+    Dask's nanny writes its workers' settings (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``,
+    ``MALLOC_TRIM_THRESHOLD_``) into the parent's environment before each spawn and leaves
+    them there (it sets them again before every later spawn). A library initialised later in
+    this process would obey them: torch in ``specdenoise run``'s training stage trained the
+    paper U-Net on one thread of two.
+    """
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Iterator:
     from distributed import Client, LocalCluster
@@ -116,6 +132,7 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
         n_cpu = os.cpu_count() or 1
         threads = threads_per_worker or 1
         n_workers = workers or max(1, n_cpu // threads)
+        saved = dict(os.environ)
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads,
@@ -123,12 +140,14 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
             memory_limit=memory_limit or "auto",
             dashboard_address=":0",
         )
+        _restore_environ(saved)
         client = Client(cluster)
         try:
             yield client
         finally:
             client.close()
             cluster.close()
+            _restore_environ(saved)
     elif _is_address(spec):
         try:
             client = Client(spec, timeout="20s")

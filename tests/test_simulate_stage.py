@@ -189,6 +189,23 @@ def test_local_cluster_workers_get_low_overhead_settings_but_user_values_win():
     assert got["distributed.worker.profile.enabled"] is False
 
 
+def test_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    """The nanny's worker settings (OMP_NUM_THREADS=1 ...) stay with the workers: torch
+    initialised after a simulation in the same process (``specdenoise run``) keeps its threads."""
+    import os
+
+    from specdenoise.cluster import connect
+
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    before = dict(os.environ)
+    with connect("local", workers=1) as client:
+        (worker_env,) = client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+    assert worker_env == "1"  # the workers still get dask's single-threaded setting
+
+
 _MALLINFO = """
 import ctypes, sys
 import numpy as np
