@@ -282,21 +282,6 @@ def test_scancel_one_worker_job_mid_run_identical(slurm, small_grid, reference, 
     wait_no_jobs()
 
 
-@pytest.mark.slurm
-def test_every_worker_job_lost_is_replaced_identical(slurm, small_grid, reference, tmp_path):
-    """Walltime or preemption can end all jobs at once: new jobs are submitted and finish."""
-    wait_no_jobs()
-    out = tmp_path / "lost.zarr"
-    env = {**os.environ, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
-    jobs, first, err = _simulate_and_scancel(
-        small_grid, out, tmp_path, lambda jobs: sorted(jobs.seen, key=int), env=env)
-    assert "submitting replacement" in err
-    replacements = set(jobs.seen) - set(first)
-    assert replacements, f"no replacement job was submitted: {jobs.seen}"
-    assert_identical(reference, out)
-    wait_no_jobs()
-
-
 # --------------------------------------------------------------------------- train
 
 
