@@ -43,8 +43,9 @@ PRESETS = {
         "template_n": 200,
     },
     # the best denoiser we know how to train on a CPU: a pool of 100,000 spectra (1.9 GB),
-    # the default validation set (1000 spectra, seed 2), the 'best' training preset (about
-    # two hours on two CPU cores), the template fit on 200 validation spectra
+    # the default validation set (1000 spectra, seed 2), the 'best' training preset (20 epochs of
+    # 20,000 spectra, sized to fit two hours on two CPU cores), the template fit on 200 validation
+    # spectra
     "best": {
         "sim_preset": "default",
         "n_train": 100000,
