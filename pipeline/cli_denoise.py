@@ -26,11 +26,14 @@ def register(subparsers) -> None:
                           "of the grid). FITS (.fits, .fit, .fts, .fits.gz): the first HDU with "
                           "data, either a table with a 'flux' column (one pixel per row, or one "
                           "spectrum per row as a vector) and optionally a 'wave', 'wavelength' "
-                          "or 'lambda' column, or a 1-D (one spectrum) or 2-D (one per row) "
+                          "or 'lambda' column and a noise column ('sigma'/'error'/'err', "
+                          "'ivar' or 'variance'), or a 1-D (one spectrum) or 2-D (one per row) "
                           "image of fluxes. Text/CSV (any other name): comma- or space-"
                           "separated, '#' lines ignored, either a header naming 'flux' (and "
-                          "optionally 'wave'/'wavelength') or bare numbers: one column = flux, "
-                          "two or more = wave, flux. Any flux unit")
+                          "optionally 'wave'/'wavelength' and a noise column) or bare numbers: "
+                          "one column = flux, two = wave, flux, three = wave, flux, sigma. Any "
+                          "flux unit. Models trained with sigma as an input (the 'best' "
+                          "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
                    help="OUT.zarr (with --data) or OUT.csv (with --spectrum: columns wave, flux, "
                         "flux_denoised, and a leading 'spectrum' column for several spectra)")

@@ -112,3 +112,68 @@ def test_unknown_dataset_for_denoise(run, tmp_path):
     with pytest.raises(SpecdenoiseError, match="lacks variable"):
         infer.denoise_dataset(run[0], nodata, tmp_path / "o.zarr")
     assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def sigma_run(tmp_path_factory):
+    """A tiny U-Net that takes sigma as a second input channel."""
+    d = tmp_path_factory.mktemp("infer_sigma")
+    data = make_dataset(d / "data.zarr", n=12, chunk=6)
+    cfg = loop.make_config(data, None, d / "run", model="unet", preset="quick",
+                           model_cfg={"depth": 2, "filters": 4, "in_channels": 2}, epochs=1,
+                           batch_size=6, workers=0, device="cpu")
+    loop.train(cfg)
+    return d / "run", data
+
+
+def test_spectrum_files_carry_their_noise_to_a_sigma_model(sigma_run, tmp_path, capsys):
+    from astropy.io import fits
+
+    g = xr.open_zarr(sigma_run[1])
+    flux, sigma = g["flux"].values[0], g["sigma"].values[0]
+    model, _ = load_model(sigma_run[0], device="cpu")
+    expected = infer.denoise_array(model, flux, sigma=sigma)
+    # the model really uses sigma: another sigma gives another answer
+    assert not np.allclose(infer.denoise_array(model, flux, sigma=3 * sigma), expected)
+
+    ivar = 1.0 / sigma.astype(np.float64) ** 2
+    files = {"sigma.csv": ("wave,flux,error", np.c_[WAVE, flux, sigma]),
+             "ivar.csv": ("wave,flux,ivar", np.c_[WAVE, flux, ivar]),
+             "var.csv": ("flux,variance", np.c_[flux, sigma.astype(np.float64) ** 2]),
+             "bare.txt": ("", np.c_[WAVE, flux, sigma])}
+    for name, (header, table) in files.items():
+        np.savetxt(tmp_path / name, table, delimiter="," if header else " ", header=header,
+                   comments="")
+    fits_in = tmp_path / "star.fits"
+    fits.BinTableHDU.from_columns([fits.Column("WAVE", "D", array=WAVE),
+                                   fits.Column("FLUX", "E", array=flux),
+                                   fits.Column("IVAR", "D", array=ivar)]).writeto(fits_in)
+    for src in [*(tmp_path / n for n in files), fits_in]:
+        out = tmp_path / f"{src.stem}_{src.suffix[1:]}_out.csv"
+        assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(src),
+                         "--out", str(out)]) == 0, src
+        table = np.genfromtxt(out, delimiter=",", names=True)
+        np.testing.assert_allclose(table["flux_denoised"], expected, rtol=1e-4, atol=1e-6,
+                                   err_msg=str(src))
+
+    # a pixel without information (ivar 0) is read, not refused; all-zero ivar is refused
+    ivar0 = ivar.copy()
+    ivar0[100:110] = 0
+    dead = tmp_path / "dead.csv"
+    np.savetxt(dead, np.c_[flux, ivar0], delimiter=",", header="flux,ivar", comments="")
+    assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(dead),
+                     "--out", str(tmp_path / "dead_out.csv")]) == 0
+    np.savetxt(dead, np.c_[flux, 0 * ivar], delimiter=",", header="flux,ivar", comments="")
+    assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(dead),
+                     "--out", str(tmp_path / "dead_out2.csv")]) == 2
+    assert "no pixel with a usable ivar" in capsys.readouterr().err
+    assert not (tmp_path / "dead_out2.csv").exists()
+
+    # no noise in the file: one clear message, no output
+    nonoise = tmp_path / "nonoise.csv"
+    np.savetxt(nonoise, np.c_[WAVE, flux], delimiter=",", header="wave,flux", comments="")
+    assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(nonoise),
+                     "--out", str(tmp_path / "n_out.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has none: add a 'sigma'" in err and "\n" not in err
+    assert not (tmp_path / "n_out.csv").exists()

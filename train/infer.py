@@ -22,6 +22,10 @@ from specdenoise.train.models import model_input
 DENOISED_VAR = "flux_denoised"
 DENOISED_KIND = stores.DENOISED.name
 _WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
+#: noise columns a spectrum file may carry, by kind (the first found is used)
+_NOISE_NAMES = {"sigma": ("sigma", "error", "err", "flux_err", "uncertainty"),
+                "ivar": ("ivar", "inverse_variance"),
+                "variance": ("variance", "var")}
 
 
 def _inputs(model: torch.nn.Module) -> tuple[str, ...]:
@@ -165,12 +169,15 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
 # --------------------------------------------------------------------------- spectrum files
 
 
-def read_spectrum_file(path) -> tuple[np.ndarray | None, np.ndarray]:
-    """Read ``(wave or None, flux (n, n_pix))`` from a CSV/text or FITS file.
+def read_spectrum_file(path) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Read ``(wave or None, flux (n, n_pix), sigma (n, n_pix) or None)`` from CSV/text or FITS.
 
-    CSV: a header naming a ``flux`` column (and optionally ``wave``/``wavelength``), or bare
-    numbers: one column = flux, two or more = wave, flux. FITS: the first HDU with data, either
-    a table with those columns (scalar or one vector per row) or a 1-D/2-D image of fluxes.
+    CSV: a header naming a ``flux`` column, optionally ``wave``/``wavelength`` and a noise column
+    (:data:`_NOISE_NAMES`: sigma, inverse variance or variance), or bare numbers: one column =
+    flux, two = wave, flux, three or more = wave, flux, sigma. FITS: the first HDU with data,
+    either a table with those columns (scalar or one vector per row) or a 1-D/2-D image of
+    fluxes (no noise). Pixels whose noise carries no information (ivar 0, a non-finite or
+    non-positive sigma) get a sigma of 100 times the spectrum's median flux: 'ignore me'.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,15 +185,49 @@ def read_spectrum_file(path) -> tuple[np.ndarray | None, np.ndarray]:
     suffix = "".join(path.suffixes[-2:]).lower()
     try:
         if suffix.endswith((".fits", ".fit", ".fits.gz", ".fts")):
-            wave, flux = _read_fits(path)
+            wave, flux, noise = _read_fits(path)
         else:
-            wave, flux = _read_csv(path)
+            wave, flux, noise = _read_csv(path)
     except SpecdenoiseError:
         raise
     except Exception as exc:
         raise SpecdenoiseError(f"cannot read spectrum file {path}: {exc}") from None
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
-    return (None if wave is None else np.asarray(wave, np.float64).ravel()), flux
+    sigma = None
+    if noise is not None:
+        kind, values = noise
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        if values.shape != flux.shape:
+            raise SpecdenoiseError(f"{path}: the {kind} column has shape {values.shape}, the "
+                                   f"flux {flux.shape}")
+        sigma = _to_sigma(kind, values, flux, path)
+    return (None if wave is None else np.asarray(wave, np.float64).ravel()), flux, sigma
+
+
+def _noise_column(names) -> tuple[str, str] | None:
+    """(kind, column name) of the first noise column among ``names`` (lower-case keys)."""
+    for kind, aliases in _NOISE_NAMES.items():
+        for alias in aliases:
+            if alias in names:
+                return kind, alias
+    return None
+
+
+def _to_sigma(kind: str, values: np.ndarray, flux: np.ndarray, path) -> np.ndarray:
+    """1-sigma noise (float32) from a sigma, variance or inverse-variance column."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "ivar":
+            sigma = np.where(values > 0, 1.0 / np.sqrt(values), np.nan)
+        elif kind == "variance":
+            sigma = np.where(values > 0, np.sqrt(values), np.nan)
+        else:
+            sigma = np.where(values > 0, values, np.nan)
+    usable = np.isfinite(sigma)
+    if not usable.any(axis=1).all():
+        row = int(np.nonzero(~usable.any(axis=1))[0][0])
+        raise SpecdenoiseError(f"{path}: spectrum {row} has no pixel with a usable {kind}")
+    big = 100.0 * np.abs(np.median(flux, axis=1, keepdims=True))
+    return np.where(usable, sigma, big).astype(np.float32)
 
 
 def _read_csv(path: Path):
@@ -205,13 +246,16 @@ def _read_csv(path: Path):
     table = np.loadtxt(lines, delimiter=delim, ndmin=2, dtype=np.float64)
     if header is None:
         if table.shape[1] == 1:
-            return None, table[:, 0]
-        return table[:, 0], table[:, 1]
+            return None, table[:, 0], None
+        noise = ("sigma", table[:, 2]) if table.shape[1] >= 3 else None
+        return table[:, 0], table[:, 1], noise
     if "flux" not in header:
         raise SpecdenoiseError(f"{path}: no 'flux' column (columns: {', '.join(header)})")
     wave_col = next((header.index(w) for w in _WAVE_NAMES if w in header), None)
     wave = None if wave_col is None else table[:, wave_col]
-    return wave, table[:, header.index("flux")]
+    found = _noise_column(header)
+    noise = None if found is None else (found[0], table[:, header.index(found[1])])
+    return wave, table[:, header.index("flux")], noise
 
 
 def _read_fits(path: Path):
@@ -231,14 +275,17 @@ def _read_fits(path: Path):
                 wave = None if wname is None else np.asarray(hdu.data[wname], np.float64)
                 if flux.ndim == 2 and wave is not None and wave.ndim == 2:
                     wave = wave[0]
-                return wave, flux
+                found = _noise_column(names)
+                noise = None if found is None else (
+                    found[0], np.asarray(hdu.data[names[found[1]]], np.float64))
+                return wave, flux, noise
             data = np.asarray(hdu.data, dtype=np.float64)
             if data.ndim > 2 or (data.ndim == 2 and data.shape[0] >= data.shape[1]):
                 raise SpecdenoiseError(
                     f"{path}: HDU {hdu.name or 0} is a {' x '.join(map(str, data.shape))} "
                     "image, not spectra; give one spectrum (1-D) or fewer spectra than "
                     "pixels as rows of a 2-D array, or a table with a 'flux' column")
-            return None, data
+            return None, data, None
     raise SpecdenoiseError(f"{path}: no HDU with data")
 
 
@@ -275,7 +322,7 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     if not out.parent.is_dir():
         raise SpecdenoiseError(f"cannot write {out}: folder {out.parent} does not exist")
     model, config = load_model(model_path, device=device)
-    wave, flux = read_spectrum_file(in_path)
+    wave, flux, sigma = read_spectrum_file(in_path)
     n_wave = model.n_wave
     if flux.shape[1] != n_wave:
         raise SpecdenoiseError(
@@ -294,7 +341,13 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     if wave is None:
         wave = np.asarray(model_wave if model_wave is not None else np.arange(n_wave), float)
     check_spectra(flux, in_path)
-    den = denoise_array(model, flux)
+    takes_sigma = "sigma" in _inputs(model)
+    if takes_sigma and sigma is None:
+        raise SpecdenoiseError(
+            f"this model also takes each pixel's noise, and {in_path} has none: add a "
+            "'sigma' (or 'error'), 'ivar' or 'variance' column (a third column in a bare "
+            "text file), or use a model trained with in_channels 1")
+    den = denoise_array(model, flux, sigma=sigma if takes_sigma else None)
     rows = []
     many = len(flux) > 1
     header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
