@@ -332,7 +332,13 @@ def temp_dir(out: str | Path) -> Path:
     follows a symbolic link, and the name is new)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    while True:
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            tmp.mkdir(0o777)  # the umask applies, as for any folder the user makes
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def publish(tmp: str | Path, out: str | Path, kind: Kind, *, overwrite: bool) -> Path:
@@ -358,6 +364,19 @@ def publish(tmp: str | Path, out: str | Path, kind: Kind, *, overwrite: bool) ->
     return out
 
 
+def _new_file(pattern: Path) -> Path:
+    """Create an empty file named ``pattern`` with a unique tag in its ``{}``; ``O_EXCL`` (never
+    a symlink) and mode 0666 less the umask, so outputs are as readable as the user's other
+    files (``tempfile.mkstemp`` would make them private to the owner)."""
+    while True:
+        path = pattern.with_name(pattern.name.format(uuid.uuid4().hex[:12]))
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+
+
 def write_file(out: str | Path, write: Callable[[Path], None], *, overwrite: bool,
                inputs: Iterable[str | Path] = ()) -> Path:
     """Write a plain file through a unique temporary beside it, then rename it into place.
@@ -370,9 +389,7 @@ def write_file(out: str | Path, write: Callable[[Path], None], *, overwrite: boo
     check_output(out, None, overwrite=overwrite, inputs=inputs)
     if not out.parent.is_dir():
         raise SpecdenoiseError(f"cannot write {out}: folder {out.parent} does not exist")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_file(out.parent / f".{out.name}.{{}}.tmp")
     try:
         write(tmp)
         if not overwrite and os.path.lexists(out):

@@ -544,3 +544,20 @@ def test_legacy_etc_tables_are_still_read(tmp_path):
                     coords={"wave": np.arange(3.0)}, attrs={"kind": TABLE_KIND, "fixed": "{}"})
     ds.to_zarr(path, zarr_format=3, consolidated=False)
     assert open_table(path).attrs["kind"] == TABLE_KIND
+
+
+def test_outputs_are_as_readable_as_the_users_other_files(tmp_path):
+    """Files and store folders written through a temporary honour the umask, not mode 0600
+    (a group sharing a project folder on a cluster must be able to read the results)."""
+    from specdenoise import stores
+
+    old = os.umask(0o027)
+    try:
+        out = stores.write_file(tmp_path / "summary.csv", lambda p: p.write_text("a,b\n"),
+                                overwrite=False)
+        folder = stores.temp_dir(tmp_path / "store.zarr")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
