@@ -56,6 +56,7 @@ def register(subparsers) -> None:
                                                   "(default: best available)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace outputs in EVAL_DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -70,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
     evaluate(args.model, args.data, args.out, train=args.train, baselines=baselines,
              template_n=args.template_n, bins=args.bins, device=args.device,
              batch_size=args.batch_size, pca_k=args.pca_k, savgol_window=args.savgol_window,
-             gaussian_sigma=args.gaussian_sigma, overwrite=args.overwrite)
+             gaussian_sigma=args.gaussian_sigma, overwrite=args.overwrite,
+             progress=False if args.no_progress else None)
     return 0

@@ -82,6 +82,8 @@ def register(subparsers) -> None:
     p.add_argument("--distortion-max", type=float, default=None,
                    help="largest |d - 1| of the fresh distortion draws (default 0.02)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the per-epoch lines are still logged)")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int,
                    help=f"DataLoader worker processes (default {DEFAULT_WORKERS}); the batches "
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             raise SpecdenoiseError("--model-cfg must be a JSON object, e.g. '{\"depth\": 3}'")
     cfg, row = stage_train.train(
         args.data, args.val, args.out, model=args.model, preset=args.preset,
-        model_cfg=model_cfg, resume=args.resume,
+        model_cfg=model_cfg, resume=args.resume, progress=False if args.no_progress else None,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         scheduler=args.scheduler, loss=args.loss, device=args.device, compile=args.compile,
         precision=args.precision, seed=args.seed, workers=args.workers,

@@ -20,13 +20,15 @@ DEFAULT_WORKERS = 2
 
 
 def train(data, val, out, *, model: str | None = None, preset: str | None = None,
-          model_cfg: dict | None = None, resume: bool = False, **options):
+          model_cfg: dict | None = None, resume: bool = False, progress: bool | None = None,
+          **options):
     """Train a denoiser into the run directory ``out``, or continue it with ``resume``.
 
     ``options`` are :class:`~specdenoise.train.loop.TrainConfig` fields; None keeps the
     preset's value (or, on resume, the stored one; a resume may change only some). A new run
     defaults to :data:`DEFAULT_MODEL` with :data:`DEFAULT_PRESET` and :data:`DEFAULT_WORKERS`.
     An optimizer given without a scheduler brings its own (sgd: step, adamw: cosine).
+    ``progress``: a progress bar per epoch (None: only on a terminal).
     Returns ``(config, last epoch's metrics row)``.
     """
     from specdenoise.train import loop
@@ -48,7 +50,7 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
     lock = (stores.locked(cfg.out) if int(os.environ.get("RANK", "0")) == 0
             else contextlib.nullcontext())
     with lock:
-        row = loop.train(cfg, resume=resume)
+        row = loop.train(cfg, resume=resume, progress=progress)
     return cfg, row
 
 
