@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.train.physics import PhysicsUNet  # builds its U-Net from here, lazily
 
 N_WAVE = 4096  # PFS red-arm medium-resolution pixels
 
@@ -120,9 +121,10 @@ class UNet(nn.Module):
     out_activation
         ``sigmoid`` (paper), ``identity``, ``relu`` or ``softplus``.
     in_channels
-        1: the noisy flux (paper); 2: flux and sigma.
+        1: the noisy flux (paper); 2: flux and sigma. More: a wrapper stacks its own channels
+        (the physics model: rendering, flux, sigma); channel 0 is what ``residual`` corrects.
     residual
-        Predict a correction to the noisy flux (needs ``out_activation="identity"``).
+        Predict a correction to the noisy flux, channel 0 (needs ``out_activation="identity"``).
     """
 
     def __init__(
@@ -148,8 +150,8 @@ class UNet(nn.Module):
             raise SpecdenoiseError(f"U-Net kernel_size must be odd, got {kernel_size}")
         if n_wave % 2**depth:
             raise SpecdenoiseError(f"n_wave {n_wave} is not divisible by 2**depth = {2**depth}")
-        if in_channels not in (1, 2):
-            raise SpecdenoiseError(f"in_channels must be 1 (flux) or 2 (flux, sigma), "
+        if in_channels < 1:
+            raise SpecdenoiseError(f"in_channels must be 1 (flux), 2 (flux, sigma) or more, "
                                    f"got {in_channels}")
         bottleneck_filters = int(bottleneck_filters or 2 * filters[-1])
         self.n_wave, self.in_channels = n_wave, int(in_channels)
@@ -261,11 +263,11 @@ class Chain(nn.Module):
         return self.second(y)
 
 
-MODELS = {"unet": UNet, "dae": DAE, "chain": Chain}
+MODELS = {"unet": UNet, "dae": DAE, "chain": Chain, "physics": PhysicsUNet}
 
 
 def build_model(name: str, **cfg) -> nn.Module:
-    """Build a model by name (``unet`` or ``dae``) from its keyword configuration."""
+    """Build a model by name (a key of :data:`MODELS`) from its keyword configuration."""
     try:
         cls = MODELS[name]
     except KeyError:
