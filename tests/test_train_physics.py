@@ -174,6 +174,34 @@ def test_training_resume_and_inference(datasets, tmp_path):
         denoise_array(model, flux)
 
 
+def test_staged_training_starts_from_a_fit(datasets, tmp_path):
+    """The template fit alone first, then the whole model starting from its encoder and
+    emulator; with their losses off (and no weight decay) they stay exactly as fitted."""
+    fit_cfg = {**TINY, "unet": None}
+    loop.train(tiny_config(datasets, tmp_path / "fit", epochs=1, model_cfg=fit_cfg))
+    fit = read_checkpoint(tmp_path / "fit")["model"]
+    assert not any(k.startswith("unet.") for k in fit["state"])
+    # the quick preset's encoder and emulator give way to the fit's (its weights define them)
+    loop.train(tiny_config(datasets, tmp_path / "full", epochs=1, weight_decay=0.0,
+                           model_cfg={"unet": TINY["unet"], "param_weight": 0.0,
+                                      "emulator_weight": 0.0},
+                           init_from=str(tmp_path / "fit")))
+    full = read_checkpoint(tmp_path / "full")["model"]
+    assert full["name"] == "physics" and full["cfg"]["unet"] == TINY["unet"]
+    for k in ("params", "param_loc", "param_scale", "encoder", "emulator"):
+        assert full["cfg"][k] == fit["cfg"][k], k
+    stats = ("running_mean", "running_var", "num_batches_tracked")  # batch norm keeps counting
+    weights = [k for k in fit["state"] if not k.endswith(stats)]
+    assert len(weights) > 10
+    for k in weights:
+        assert torch.equal(full["state"][k], fit["state"][k]), k
+    assert any(k.startswith("unet.") for k in full["state"])
+    with pytest.raises(SpecdenoiseError, match="only from another physics run"):
+        loop.train(loop.make_config(datasets[0], None, tmp_path / "y", model="dae",
+                                    preset="quick", device="cpu", workers=0,
+                                    init_from=str(tmp_path / "fit")))
+
+
 def test_bad_settings_end_in_one_line(datasets, tmp_path, capsys):
     with pytest.raises(SpecdenoiseError, match="--distortion stored"):
         loop.train(tiny_config(datasets, tmp_path / "fresh", distortion="fresh"))

@@ -85,7 +85,8 @@ class TrainConfig:
     shuffle_buffer: int = 1024
     epoch_size: int = 0  # spectra per epoch from the training pool (0: all of it every epoch)
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
-    init_from: str | None = None  # a trained run: train `model` on its outputs (a chain)
+    init_from: str | None = None  # a trained run: train `model` on its outputs (a chain), or
+    # for the physics model, start from that run's encoder and emulator
     n_wave: int = 4096
 
 
@@ -325,10 +326,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
         state = read_checkpoint(ckpt_path, map_location=device) if resume else None
         stored_model = None if state is None else state["model"]
-        spec_name, spec_cfg, first_state = _model_spec(cfg, stored_model, train_info)
+        spec_name, spec_cfg, init_state = _model_spec(cfg, stored_model, train_info)
         model = build_model(spec_name, **spec_cfg)
-        if first_state is not None:  # a new chain: the trained first network's weights
-            model.first.load_state_dict(first_state)
+        if init_state is not None:  # weights of the run it starts from (--init-from)
+            unexpected = model.load_state_dict(init_state, strict=False).unexpected_keys
+            if unexpected:
+                raise SpecdenoiseError(f"{cfg.init_from} holds weights this model lacks "
+                                       f"({unexpected[0]}, ...)")
         train_info, val_info = _with_params(cfg, model, train_info, val_info)
         summary = model_summary(model, cfg.n_wave)
         model.to(device)
@@ -446,13 +450,15 @@ def resolve_precision(pref: str, device: torch.device) -> str:
 
 
 def _model_spec(cfg: TrainConfig, stored: dict | None = None, train_info=None):
-    """(name, build_model kwargs, first network's state or None) of the run's model.
+    """(name, build_model kwargs, initial weights or None) of the run's model.
 
     ``stored``: the checkpoint's ``model`` entry when resuming (its spec is kept). With
     ``init_from`` the model is a :class:`~specdenoise.train.models.Chain` whose first network
-    is the trained run's, described in full so the checkpoint stands on its own. A model class
-    with ``complete_config(cfg, store)`` (the physics model) takes what it needs from the
-    training store ``train_info`` into its spec.
+    is the trained run's, described in full so the checkpoint stands on its own; a physics
+    model starting from a physics run takes that run's encoder and emulator instead
+    (:func:`_physics_from`). A model class with ``complete_config(cfg, store)`` (the physics
+    model) takes what it needs from the training store ``train_info`` into its spec. The
+    initial weights are a partial state dict (names as in the model).
     """
     if stored is not None:
         return stored["name"], dict(stored["cfg"]), None
@@ -467,12 +473,41 @@ def _model_spec(cfg: TrainConfig, stored: dict | None = None, train_info=None):
     if first["cfg"].get("n_wave", cfg.n_wave) != cfg.n_wave:
         raise SpecdenoiseError(f"{cfg.init_from} was trained on {first['cfg']['n_wave']} "
                                f"pixels, not {cfg.n_wave}")
+    if "physics" in (cfg.model, first["name"]):
+        return _physics_from(cfg, first)
     if first["name"] == "chain":
         raise SpecdenoiseError(f"{cfg.init_from} is already a chain; start from a single "
                                "network")
     spec = {"n_wave": cfg.n_wave, "first": {"name": first["name"], "cfg": first_cfg},
             "second": {"name": cfg.model, "cfg": dict(cfg.model_cfg)}}
-    return "chain", spec, first["state"]
+    return "chain", spec, {f"first.{k}": v for k, v in first["state"].items()}
+
+
+#: what a physics model started from another takes from it: the parts its weights define
+PHYSICS_INHERITED = ("params", "param_loc", "param_scale", "wave_start", "wave_step",
+                     "extinction_law", "r_v", "encoder", "emulator")
+
+
+def _physics_from(cfg: TrainConfig, first: dict):
+    """A physics model whose encoder and emulator start as the run ``cfg.init_from`` left them.
+
+    Staged training: first fit the forward model alone (``"unet": null``), which is cheap,
+    then train the whole model from that fit. The new spec takes the first run's parameters,
+    their normalisation, pixel grid, encoder and emulator (over any given here: the weights
+    define them); the U-Net (and the loss weights) are this run's. Encoder and emulator keep
+    learning from their own losses.
+    """
+    if cfg.model != "physics" or first["name"] != "physics":
+        raise SpecdenoiseError(f"--init-from {cfg.init_from}: a physics model starts only from "
+                               f"another physics run (here {first['name']} -> {cfg.model})")
+    spec = {"n_wave": cfg.n_wave, **cfg.model_cfg}
+    replaced = [k for k in PHYSICS_INHERITED
+                if k in first["cfg"] and k in spec and spec[k] != first["cfg"][k]]
+    if replaced:
+        log.info("--init-from %s: its %s replace this run's", cfg.init_from, ", ".join(replaced))
+    spec.update({k: first["cfg"][k] for k in PHYSICS_INHERITED if k in first["cfg"]})
+    state = {k: v for k, v in first["state"].items() if k.startswith(("encoder.", "emulator."))}
+    return "physics", spec, state
 
 
 def _with_params(cfg: TrainConfig, model, train_info, val_info):
