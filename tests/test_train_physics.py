@@ -166,7 +166,18 @@ def test_training_resume_and_inference(datasets, tmp_path):
     assert spec["wave_start"] == pytest.approx(WAVE[0]) and spec["wave_step"] == pytest.approx(STEP)
     want = tdata.read_params(tdata.inspect_store(datasets[0]), DEFAULT_PARAMS)
     assert spec["param_loc"] == pytest.approx(want.mean(axis=0).tolist(), rel=1e-6)
+    # specdenoise denoise: the whole validation store through the command line
+    assert cli.main(["denoise", "--model", str(tmp_path / "straight"), "--data",
+                     str(datasets[1]), "--out", str(tmp_path / "den.zarr")]) == 0
+    import xarray as xr
+
+    den = xr.open_zarr(tmp_path / "den.zarr")["flux_denoised"].values
+    assert den.shape == (16, 4096) and np.isfinite(den).all()
     model, _ = load_model(tmp_path / "straight", device="cpu")
+    stored = tdata.read_chunk(tdata.open_group(datasets[1]), tdata.inspect_store(
+        datasets[1], tdata.VAL_VARS), 0, ("flux", "sigma"))
+    np.testing.assert_allclose(den[:8], denoise_array(model, stored["flux"],
+                                                      sigma=stored["sigma"]), rtol=1e-5)
     flux = np.full((2, 4096), 3.0, np.float32)
     out = denoise_array(model, flux, sigma=np.full_like(flux, 0.3))
     assert out.shape == flux.shape and np.isfinite(out).all()

@@ -6,9 +6,10 @@ an estimate of the noiseless spectrum in the same normalisation, shape (batch, n
 normalisation (:func:`model_input` builds it), so the network knows which pixels sit on sky
 lines. With ``residual=True`` the network predicts a correction added to the noisy input.
 
-Models are chosen by name through :func:`build_model`; everything that defines a model's shape
-is a keyword argument, so ``build_model(name, **cfg)`` with the ``cfg`` stored in a checkpoint
-rebuilds the same network.
+The physics model (an amortised template fit in front of a residual U-Net) lives in
+:mod:`specdenoise.train.physics`. Models are chosen by name through :func:`build_model`;
+everything that defines a model's shape is a keyword argument, so ``build_model(name, **cfg)``
+with the ``cfg`` stored in a checkpoint rebuilds the same network.
 """
 
 from __future__ import annotations

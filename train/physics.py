@@ -200,7 +200,7 @@ def apply_known_physics(rest: torch.Tensor, wave: torch.Tensor, *, rv=None, ebv=
     extinction; ``calib`` (b, L) with ``basis`` (L, n): the calibration distortion. Returns
     (b, n) divided by its median / 0.5. Any of the three may be None (not applied).
     """
-    b, n = rest.shape[0], wave.shape[0]
+    n = wave.shape[0]
     if rv is not None:
         # positions in float64: in float32 a pixel index near 4000 is off by 2e-4 pixels,
         # which moves a steep line flank by 1e-4 of the continuum
@@ -217,7 +217,6 @@ def apply_known_physics(rest: torch.Tensor, wave: torch.Tensor, *, rv=None, ebv=
         out = out * torch.pow(10.0, -0.4 * ebv[:, None] * kcurve[None, :])
     if calib is not None:
         out = out * (1.0 + calib @ basis)
-    assert out.shape == (b, n)
     return out * (calib_ref.MEDIAN / median(out).clamp_min(1e-12))
 
 
