@@ -20,7 +20,7 @@ from specdenoise.train.presets import (
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a U-Net or dense autoencoder denoiser",
+        help="train a U-Net, dense autoencoder or physics-informed denoiser",
         description=(
             "Train a denoiser on a simulated dataset, streaming Zarr chunks with fresh noise "
             "every epoch. Writes RUN_DIR/checkpoint.pt (every epoch), metrics.csv and "
@@ -35,7 +35,9 @@ def register(subparsers) -> None:
                    help='model options over the preset\'s, e.g. \'{"depth": 3, "filters": 16, '
                         '"kernel_size": 5}\' (unet: depth, filters, bottleneck_filters, '
                         'kernel_size, dropout, out_activation, in_channels, residual; dae: '
-                        'widths, batch_norm, dropout, out_activation, in_channels, residual). '
+                        'widths, batch_norm, dropout, out_activation, in_channels, residual; '
+                        'physics: params, unet (U-Net options, or null for the template fit '
+                        'alone), encoder, emulator, detach, param_weight, emulator_weight). '
                         'in_channels 2 feeds sigma beside the flux; residual predicts a '
                         'correction to the noisy input (with out_activation "identity")')
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
@@ -44,7 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--init-from", metavar="RUN", default=None,
                    help="chain: train --model on the outputs of the trained run RUN (kept "
-                        "frozen), e.g. a DAE refining a U-Net; the result denoises on its own")
+                        "frozen), e.g. a DAE refining a U-Net; the result denoises on its own. "
+                        "--model physics from a physics run: start from its encoder and "
+                        "emulator (staged training: fit with '{\"unet\": null}' first)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch (split over DDP ranks)")
     p.add_argument("--lr", type=float)

@@ -43,11 +43,14 @@ def synthetic_spectra(n: int, seed: int = 0, n_wave: int = 4096):
 
 
 def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int = 4096,
-                 drop: tuple[str, ...] = (), nan_at: int | None = None, calib: bool = True):
+                 drop: tuple[str, ...] = (), nan_at: int | None = None, calib: bool = True,
+                 params: bool = False):
     """Write a complete dataset store at ``path`` and return the path.
 
     Like a simulated store, the spectra carry a calibration distortion of up to 2 % whose
     coefficients are recorded (``calib_c1..3``; ``calib=False``: an older store without them).
+    ``params``: also record logg, [M/H], [alpha/M], RV and E(B-V), drawn at random (the
+    spectra do not depend on them; without it those variables are NaN, as never written).
     """
     from specdenoise.simulate import calibration as ref
 
@@ -72,6 +75,10 @@ def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int 
                   "teff": rng.uniform(3500, 7500, m).astype(np.float32),
                   "norm": np.ones(m, np.float32)}
         arrays.update({k: coef[sl, i].astype(np.float32) for i, k in enumerate(names)})
+        if params:
+            for k, lo, hi in (("logg", 0, 5), ("m_h", -2.5, 0.75), ("a_m", -0.25, 0.5),
+                              ("rv", -600, 600), ("ebv", 0, 0.1)):
+                arrays[k] = rng.uniform(lo, hi, m).astype(np.float32)
         schema.write_chunk(path, c, chunk, arrays)
     schema.finalize_dataset(path)
     if drop:

@@ -23,7 +23,9 @@ distortion) with ``flux_clean`` as the target, in order, normalised the same way
 Batches are dicts of tensors: ``x`` input, ``y`` target, ``sigma`` (all float32, (b, n_wave),
 normalised), ``good`` (bool, (b, n_wave), False for masked pixels) and ``index`` (int64, (b,),
 row in the store); raw batches carry ``clean`` instead of ``x`` and ``y``, and ``calib``
-(b, L), the stored distortion's coefficients, where the dataset records them.
+(b, L), the stored distortion's coefficients, where the dataset records them. A store
+inspected with ``params`` (a model that learns the forward model's parameters) adds
+``params`` (float32, (b, P)): those per-spectrum variables, in physical units.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class StoreInfo:
     has_mask: bool
     storage_options: dict | None = None
     calib_order: int = 0  # orders of the stored calibration distortion (0: not recorded)
+    params: tuple[str, ...] = ()  # per-spectrum variables every batch carries as ``params``
 
     @property
     def n_chunks(self) -> int:
@@ -94,8 +97,12 @@ class StoreInfo:
 
 
 def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
-                  storage_options: dict | None = None) -> StoreInfo:
-    """Check a dataset can feed a model with ``n_wave`` pixels; raise a one-line error if not."""
+                  storage_options: dict | None = None, params=()) -> StoreInfo:
+    """Check a dataset can feed a model with ``n_wave`` pixels; raise a one-line error if not.
+
+    ``params``: per-spectrum variables (``teff``, ``rv``, ``calib_c1``, ...) the batches must
+    also carry.
+    """
     g = open_group(path, storage_options)
     stores.check_attrs(
         dict(g.attrs), path, stores.DATASET,
@@ -127,6 +134,16 @@ def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
     calib_order = 0
     while f"{CALIB_PREFIX}{calib_order + 1}" in members:
         calib_order += 1
+    params = tuple(params)
+    lacking = [p for p in params if p not in members]
+    if lacking:
+        raise SpecdenoiseError(f"dataset {path} lacks the per-spectrum variable(s) "
+                               f"{', '.join(lacking)} that the model learns; simulate it with "
+                               "specdenoise simulate, or choose the model's params")
+    for p in params:
+        if g[p].shape != (shape[0],):
+            raise SpecdenoiseError(f"dataset {path}: {p} has shape {g[p].shape}, expected "
+                                   f"({shape[0]},)")
     codecs.check_frames(path)  # older local stores (no checksum): no decoder past a chunk's end
     return StoreInfo(
         path=str(path),
@@ -136,6 +153,7 @@ def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
         has_mask="mask" in members,
         storage_options=storage_options,
         calib_order=calib_order,
+        params=params,
     )
 
 
@@ -175,6 +193,14 @@ def read_chunk(group: zarr.Group, info: StoreInfo, chunk: int, names) -> dict[st
         out["sigma"][~good] = 1.0
     guards.check_chunk_values(out, good, info.path, lo)
     out["good"] = good
+    if info.params:
+        with codecs.reading(info.path, list(info.params), rows=(lo, hi)):
+            p = np.stack([np.asarray(group[v][lo:hi], np.float32) for v in info.params], axis=1)
+        if not np.isfinite(p).all():
+            row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(p)))
+            raise SpecdenoiseError(f"dataset {info.path}: {info.params[col]} is NaN or infinite "
+                                   f"at spectrum {lo + row}")
+        out["params"] = p
     if info.calib_order:
         out["calib"] = np.stack([np.asarray(group[f"{CALIB_PREFIX}{k}"][lo:hi], np.float32)
                                  for k in range(1, info.calib_order + 1)], axis=1)
@@ -187,6 +213,35 @@ def read_wave(info: StoreInfo) -> np.ndarray | None:
     if "wave" not in set(g.array_keys()):
         return None
     return np.asarray(g["wave"][:], dtype=np.float64)
+
+
+def read_params(info: StoreInfo, names) -> np.ndarray:
+    """Per-spectrum variables ``names`` of the whole store, (n_spectrum, len(names)) float64."""
+    g = open_group(info.path, info.storage_options)
+    lacking = [v for v in names if v not in set(g.array_keys())]
+    if lacking:
+        raise SpecdenoiseError(f"dataset {info.path} lacks the per-spectrum variable(s) "
+                               f"{', '.join(lacking)}")
+    with codecs.reading(info.path, list(names)):
+        values = np.stack([np.asarray(g[v][:], np.float64) for v in names], axis=1)
+    if not np.isfinite(values).all():
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(values)))
+        raise SpecdenoiseError(f"dataset {info.path}: {names[col]} is NaN or infinite at "
+                               f"spectrum {row}")
+    return values
+
+
+def simulation_config(info: StoreInfo) -> dict:
+    """The simulation configuration a dataset records (``{}`` if it records none)."""
+    import json
+
+    raw = open_group(info.path, info.storage_options).attrs.get("config")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def bases(info: StoreInfo) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -381,6 +436,8 @@ class SpectrumStream(IterableDataset):
                               distortion_mode=self.distortion,
                               distortion_max=self.distortion_max, stored=d_sim,
                               target_distortion=self.target_distortion)
+            if "params" in t:
+                out["params"] = t["params"]
             out["good"] = t["good"]
             out["index"] = torch.arange(c0, c0 + t["good"].shape[0], dtype=torch.int64)
             yield {k: v[lo:hi] for k, v in out.items()}

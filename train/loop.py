@@ -38,7 +38,7 @@ from specdenoise.train.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from specdenoise.train.models import build_model, model_input, model_summary
+from specdenoise.train.models import MODELS, build_model, model_input, model_summary
 from specdenoise.train.presets import DEFAULT_MODEL, DEFAULT_PRESET, PRESETS
 
 log = logging.getLogger("specdenoise.train")
@@ -85,7 +85,8 @@ class TrainConfig:
     shuffle_buffer: int = 1024
     epoch_size: int = 0  # spectra per epoch from the training pool (0: all of it every epoch)
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
-    init_from: str | None = None  # a trained run: train `model` on its outputs (a chain)
+    init_from: str | None = None  # a trained run: train `model` on its outputs (a chain), or
+    # for the physics model, start from that run's encoder and emulator
     n_wave: int = 4096
 
 
@@ -325,10 +326,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
         state = read_checkpoint(ckpt_path, map_location=device) if resume else None
         stored_model = None if state is None else state["model"]
-        spec_name, spec_cfg, first_state = _model_spec(cfg, stored_model)
+        spec_name, spec_cfg, init_state = _model_spec(cfg, stored_model, train_info)
         model = build_model(spec_name, **spec_cfg)
-        if first_state is not None:  # a new chain: the trained first network's weights
-            model.first.load_state_dict(first_state)
+        if init_state is not None:  # weights of the run it starts from (--init-from)
+            unexpected = model.load_state_dict(init_state, strict=False).unexpected_keys
+            if unexpected:
+                raise SpecdenoiseError(f"{cfg.init_from} holds weights this model lacks "
+                                       f"({unexpected[0]}, ...)")
+        train_info, val_info = _with_params(cfg, model, train_info, val_info)
         summary = model_summary(model, cfg.n_wave)
         model.to(device)
         optimizer = _make_optimizer(cfg, model)
@@ -444,28 +449,96 @@ def resolve_precision(pref: str, device: torch.device) -> str:
     return "fp32"
 
 
-def _model_spec(cfg: TrainConfig, stored: dict | None = None):
-    """(name, build_model kwargs, first network's state or None) of the run's model.
+def _model_spec(cfg: TrainConfig, stored: dict | None = None, train_info=None):
+    """(name, build_model kwargs, initial weights or None) of the run's model.
 
     ``stored``: the checkpoint's ``model`` entry when resuming (its spec is kept). With
     ``init_from`` the model is a :class:`~specdenoise.train.models.Chain` whose first network
-    is the trained run's, described in full so the checkpoint stands on its own.
+    is the trained run's, described in full so the checkpoint stands on its own; a physics
+    model starting from a physics run takes that run's encoder and emulator instead
+    (:func:`_physics_from`). A model class with ``complete_config(cfg, store)`` (the physics
+    model) takes what it needs from the training store ``train_info`` into its spec. The
+    initial weights are a partial state dict (names as in the model).
     """
     if stored is not None:
         return stored["name"], dict(stored["cfg"]), None
     if not cfg.init_from:
-        return cfg.model, {"n_wave": cfg.n_wave, **cfg.model_cfg}, None
+        spec = {"n_wave": cfg.n_wave, **cfg.model_cfg}
+        complete = getattr(MODELS.get(cfg.model), "complete_config", None)
+        if complete is not None and train_info is not None:
+            spec = complete(spec, train_info)
+        return cfg.model, spec, None
     first = read_checkpoint(cfg.init_from)["model"]
     first_cfg = {k: v for k, v in first["cfg"].items() if k != "n_wave"}
     if first["cfg"].get("n_wave", cfg.n_wave) != cfg.n_wave:
         raise SpecdenoiseError(f"{cfg.init_from} was trained on {first['cfg']['n_wave']} "
                                f"pixels, not {cfg.n_wave}")
+    if "physics" in (cfg.model, first["name"]):
+        return _physics_from(cfg, first)
     if first["name"] == "chain":
         raise SpecdenoiseError(f"{cfg.init_from} is already a chain; start from a single "
                                "network")
     spec = {"n_wave": cfg.n_wave, "first": {"name": first["name"], "cfg": first_cfg},
             "second": {"name": cfg.model, "cfg": dict(cfg.model_cfg)}}
-    return "chain", spec, first["state"]
+    return "chain", spec, {f"first.{k}": v for k, v in first["state"].items()}
+
+
+#: what a physics model started from another takes from it: the parts its weights define
+PHYSICS_INHERITED = ("params", "param_loc", "param_scale", "wave_start", "wave_step",
+                     "extinction_law", "r_v", "encoder", "emulator")
+
+
+def _physics_from(cfg: TrainConfig, first: dict):
+    """A physics model whose encoder and emulator start as the run ``cfg.init_from`` left them.
+
+    Staged training: first fit the forward model alone (``"unet": null``), which is cheap,
+    then train the whole model from that fit. The new spec takes the first run's parameters,
+    their normalisation, pixel grid, encoder and emulator (over any given here: the weights
+    define them); the U-Net (and the loss weights) are this run's. Encoder and emulator keep
+    learning from their own losses.
+    """
+    if cfg.model != "physics" or first["name"] != "physics":
+        raise SpecdenoiseError(f"--init-from {cfg.init_from}: a physics model starts only from "
+                               f"another physics run (here {first['name']} -> {cfg.model})")
+    spec = {"n_wave": cfg.n_wave, **cfg.model_cfg}
+    replaced = [k for k in PHYSICS_INHERITED
+                if k in first["cfg"] and k in spec and spec[k] != first["cfg"][k]]
+    if replaced:
+        log.info("--init-from %s: its %s replace this run's", cfg.init_from, ", ".join(replaced))
+    spec.update({k: first["cfg"][k] for k in PHYSICS_INHERITED if k in first["cfg"]})
+    state = {k: v for k, v in first["state"].items() if k.startswith(("encoder.", "emulator."))}
+    return "physics", spec, state
+
+
+def _with_params(cfg: TrainConfig, model, train_info, val_info):
+    """The stores again, their batches carrying the parameters ``model`` learns (if any)."""
+    names = tuple(getattr(model, "param_names", ()))
+    if not names:
+        return train_info, val_info
+    if cfg.distortion != "stored" or not cfg.target_distortion:
+        raise SpecdenoiseError(f"model {cfg.model!r} learns the calibration distortion the "
+                               "dataset records: train it with --distortion stored and without "
+                               "--no-target-distortion")
+    train_info = tdata.inspect_store(cfg.data, tdata.TRAIN_VARS, n_wave=cfg.n_wave,
+                                     params=names)
+    if val_info is not None:
+        val_info = tdata.inspect_store(cfg.val, tdata.VAL_VARS, n_wave=cfg.n_wave, params=names)
+    return train_info, val_info
+
+
+def _aux_names(model, info) -> list[str]:
+    """The auxiliary losses ``model`` returns on batches of the store ``info``."""
+    return list(getattr(model, "aux_losses", ())) if info.params else []
+
+
+def _forward(net, model, batch: dict):
+    """(prediction, auxiliary losses) for a batch; models that learn the forward model's
+    parameters get them, the target and the good pixels, and return their own losses."""
+    x = model_input(model, batch["x"], batch["sigma"])
+    if "params" not in batch:
+        return net(x), {}
+    out = net(x, params=batch["params"], target=batch["y"], good=batch["good"])
+    return out["flux"], out["losses"]
 
 
 def _make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
@@ -491,7 +564,9 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
     stored_basis, fresh_basis = tdata.bases(ds.info)
     stored_basis = None if stored_basis is None else stored_basis.to(device)
     fresh_basis = fresh_basis.to(device)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, n
+    aux_names = _aux_names(model_of(net), ds.info)
+    # loss * n, n, then each auxiliary loss * n
+    sums = torch.zeros(2 + len(aux_names), dtype=torch.float64, device=device)
     seen, total = 0, max(ds.rank_size(cfg.workers), 1)
     t0 = time.perf_counter()
     join = contextlib.nullcontext()
@@ -514,16 +589,17 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, epoch, seen / total)
             with _autocast(cfg, device):
-                pred = net(model_input(model_of(net), batch["x"], batch["sigma"]))
+                pred, aux = _forward(net, model_of(net), batch)
             loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]),
                                batch["good"])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + sum(aux.values())).backward()
             optimizer.step()
             n = len(batch["index"])
             seen += n
             sums += torch.stack([loss.detach().double() * n, torch.tensor(n, device=device,
-                                                                          dtype=torch.float64)])
+                                                                          dtype=torch.float64),
+                                 *(aux[k].detach().double() * n for k in aux_names)])
             bar.update(n)
             if step % 10 == 9 and not ctx.active:  # DDP ranks check together below
                 guards.check_loss_sum(sums[0], epoch, step)
@@ -534,8 +610,12 @@ def _train_epoch(cfg, ctx, net, optimizer, ds, device, epoch, bar) -> dict:
     ctx.all_sum(sums)
     guards.check_loss_sum(sums[0], epoch)
     n = int(sums[1].item())
-    return {"train_loss": float(sums[0].item() / max(n, 1)), "n_train": n,
-            "spectra_per_s": n / max(elapsed, 1e-9)}
+    row = {"train_loss": float(sums[0].item() / max(n, 1)), "n_train": n,
+           "spectra_per_s": n / max(elapsed, 1e-9)}
+    for i, k in enumerate(aux_names):
+        row[f"train_{k}_loss"] = float(sums[2 + i].item() / max(n, 1))
+    guards.check_loss_sum(sums[2:].sum(), epoch)
+    return row
 
 
 @torch.no_grad()
@@ -549,24 +629,31 @@ def _validate(cfg, ctx, model, net, info, batch_size, device) -> dict:
     model.eval()
     ds = tdata.SpectrumStream(info, batch_size=batch_size, mode="val", rank=ctx.rank,
                               world_size=ctx.world, target_distortion=cfg.target_distortion)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, n, |R| sum, |R| count
+    aux_names = _aux_names(model, info)
+    # loss*n, n, |R| sum, |R| count, then each auxiliary loss * n
+    sums = torch.zeros(4 + len(aux_names), dtype=torch.float64, device=device)
     for batch in _loader(ds, cfg.workers, device, 0):
         batch = _to(batch, device)
         with _autocast(cfg, device):
-            pred = fwd(model_input(model, batch["x"], batch["sigma"])).float()
+            pred, aux = _forward(fwd, model, batch)
+        pred = pred.float()
         n = len(batch["index"])
         loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]), batch["good"])
         ok = batch["good"] & (batch["y"] > 0)
         rel = ((pred - batch["y"]).abs() / batch["y"].clamp_min(1e-12))[ok]
         sums += torch.stack([loss.double() * n, torch.tensor(float(n), device=device).double(),
                              rel.double().sum(), torch.tensor(float(rel.numel()),
-                                                              device=device).double()])
+                                                              device=device).double(),
+                             *(aux[k].double() * n for k in aux_names)])
     ctx.all_sum(sums)
     model.train()
     n = int(sums[1].item())
-    return {"val_loss": float(sums[0].item() / max(n, 1)),
-            "val_mean_abs_rel": float(sums[2].item() / max(sums[3].item(), 1.0)),
-            "n_val": n}
+    row = {"val_loss": float(sums[0].item() / max(n, 1)),
+           "val_mean_abs_rel": float(sums[2].item() / max(sums[3].item(), 1.0)),
+           "n_val": n}
+    for i, k in enumerate(aux_names):
+        row[f"val_{k}_loss"] = float(sums[4 + i].item() / max(n, 1))
+    return row
 
 
 def _state(cfg, model, optimizer, epoch, summary, wave, history, spec) -> dict:

@@ -6,9 +6,10 @@ an estimate of the noiseless spectrum in the same normalisation, shape (batch, n
 normalisation (:func:`model_input` builds it), so the network knows which pixels sit on sky
 lines. With ``residual=True`` the network predicts a correction added to the noisy input.
 
-Models are chosen by name through :func:`build_model`; everything that defines a model's shape
-is a keyword argument, so ``build_model(name, **cfg)`` with the ``cfg`` stored in a checkpoint
-rebuilds the same network.
+The physics model (an amortised template fit in front of a residual U-Net) lives in
+:mod:`specdenoise.train.physics`. Models are chosen by name through :func:`build_model`;
+everything that defines a model's shape is a keyword argument, so ``build_model(name, **cfg)``
+with the ``cfg`` stored in a checkpoint rebuilds the same network.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.train.physics import PhysicsUNet  # builds its U-Net from here, lazily
 
 N_WAVE = 4096  # PFS red-arm medium-resolution pixels
 
@@ -120,9 +122,10 @@ class UNet(nn.Module):
     out_activation
         ``sigmoid`` (paper), ``identity``, ``relu`` or ``softplus``.
     in_channels
-        1: the noisy flux (paper); 2: flux and sigma.
+        1: the noisy flux (paper); 2: flux and sigma. More: a wrapper stacks its own channels
+        (the physics model: rendering, flux, sigma); channel 0 is what ``residual`` corrects.
     residual
-        Predict a correction to the noisy flux (needs ``out_activation="identity"``).
+        Predict a correction to the noisy flux, channel 0 (needs ``out_activation="identity"``).
     """
 
     def __init__(
@@ -148,8 +151,8 @@ class UNet(nn.Module):
             raise SpecdenoiseError(f"U-Net kernel_size must be odd, got {kernel_size}")
         if n_wave % 2**depth:
             raise SpecdenoiseError(f"n_wave {n_wave} is not divisible by 2**depth = {2**depth}")
-        if in_channels not in (1, 2):
-            raise SpecdenoiseError(f"in_channels must be 1 (flux) or 2 (flux, sigma), "
+        if in_channels < 1:
+            raise SpecdenoiseError(f"in_channels must be 1 (flux), 2 (flux, sigma) or more, "
                                    f"got {in_channels}")
         bottleneck_filters = int(bottleneck_filters or 2 * filters[-1])
         self.n_wave, self.in_channels = n_wave, int(in_channels)
@@ -261,11 +264,11 @@ class Chain(nn.Module):
         return self.second(y)
 
 
-MODELS = {"unet": UNet, "dae": DAE, "chain": Chain}
+MODELS = {"unet": UNet, "dae": DAE, "chain": Chain, "physics": PhysicsUNet}
 
 
 def build_model(name: str, **cfg) -> nn.Module:
-    """Build a model by name (``unet`` or ``dae``) from its keyword configuration."""
+    """Build a model by name (a key of :data:`MODELS`) from its keyword configuration."""
     try:
         cls = MODELS[name]
     except KeyError:

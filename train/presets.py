@@ -8,7 +8,7 @@ given on the command line win. ``model_cfg`` holds per-model keyword arguments o
 from __future__ import annotations
 
 #: the networks :func:`specdenoise.train.models.build_model` knows (checked against it in tests)
-MODEL_NAMES = ("unet", "dae")
+MODEL_NAMES = ("unet", "dae", "physics")
 #: what a new run trains when the command line names no model or preset
 DEFAULT_MODEL = "unet"
 DEFAULT_PRESET = "paper"
@@ -19,14 +19,17 @@ PRESETS: dict[str, dict] = {
         "epochs": 50, "batch_size": 100, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0,
         "weight_decay": 0.0, "scheduler": "step", "lr_step_epoch": 20, "lr_gamma": 0.1,
         "loss": "mse",
-        "model_cfg": {"unet": {}, "dae": {}},
+        "model_cfg": {"unet": {}, "dae": {}, "physics": {"unet": {}}},
     },
     # a small model and a few AdamW epochs: minutes on a laptop CPU
     "quick": {
         "epochs": 3, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "momentum": 0.0,
         "weight_decay": 1e-4, "scheduler": "cosine", "lr_step_epoch": 20, "lr_gamma": 0.1,
         "loss": "mse",
-        "model_cfg": {"unet": {"depth": 3, "filters": 8}, "dae": {"widths": [512, 128]}},
+        "model_cfg": {"unet": {"depth": 3, "filters": 8}, "dae": {"widths": [512, 128]},
+                      "physics": {"unet": {"depth": 3, "filters": 8},
+                                  "encoder": {"filters": [8, 16, 16, 32, 32, 32], "hidden": 64},
+                                  "emulator": {"hidden": [128, 256]}}},
     },
     # what the paper's set-up leaves out: sigma as a second input channel, a loss on the
     # relative error, AdamW with a one-cycle schedule, epochs drawn from a large pool of
@@ -39,6 +42,8 @@ PRESETS: dict[str, dict] = {
             "unet": {"depth": 4, "filters": 16, "kernel_size": 5, "dropout": 0.0,
                      "in_channels": 2},
             "dae": {"widths": [1024, 256], "in_channels": 2},
+            # the same U-Net behind an amortised template fit (it always sees sigma)
+            "physics": {"unet": {"depth": 4, "filters": 16, "kernel_size": 5, "dropout": 0.0}},
         },
     },
 }
