@@ -62,6 +62,20 @@ def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
                                "distribution(s) with --set or use a grid that covers them")
 
 
+def check_lsf_on_grid(cfg: Mapping, grid_path: Path) -> None:
+    """Refuse a grid whose spectra are not sharper than the configured line-spread function
+    (before any store is created): the workers would fail on their first chunk and leave a
+    store that asks for --resume instead of saying why."""
+    from specdenoise.simulate.grids import open_grid
+    from specdenoise.simulate.lsf import LSF
+    from specdenoise.simulate.pfs import pixel_wave
+
+    resolution = open_grid(grid_path).attrs.get("resolution")
+    lsf = LSF(fwhm_pix=tuple(cfg["observe"]["lsf_fwhm_pix"]),
+              model_resolution=float(resolution) if resolution else None)
+    lsf.sigma_pix(pixel_wave())  # raises with the reason
+
+
 def make_noise(spec: str):
     """The noise model a config names (see :mod:`specdenoise.simulate.engine`)."""
     return engine.noise_model(spec)
@@ -220,6 +234,7 @@ def simulate(
         stores.check_output(path, stores.DATASET, overwrite=overwrite, allow_existing=resume)
     grid_path = resolve_grid(cfg["grid"])
     check_params_on_grid(cfg, grid_path)
+    check_lsf_on_grid(cfg, grid_path)
     make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
     with contextlib.ExitStack() as held:
         for _split, path, _n in plan(cfg):

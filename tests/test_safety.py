@@ -561,3 +561,18 @@ def test_outputs_are_as_readable_as_the_users_other_files(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o640
     assert folder.stat().st_mode & 0o777 == 0o750
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_grid_coarser_than_the_lsf_is_refused_before_the_store_exists(tmp_path, capsys):
+    """R = 3000 models cannot be observed at PFS resolution: one line naming the cause, no
+    store (before, the workers failed on their first chunk and a re-run asked for --resume)."""
+    from conftest import write_small_grid
+
+    grid = write_small_grid(tmp_path / "coarse.zarr")
+    g = zarr.open_group(str(grid), mode="r+")
+    g.attrs["resolution"] = 3000
+    out = tmp_path / "s.zarr"
+    for _ in range(2):  # the same answer again, not '--resume'
+        status, err = run_cli(capsys, *simulate_argv(grid, out))
+        assert status == 2 and "not sharper than the PFS line-spread function" in err, err
+        assert not out.exists()
