@@ -139,8 +139,16 @@ def main(argv=None) -> int:
         print(json.dumps(row), file=sys.stderr)
     if not rows:
         return 0
+    write_table(rows, out / "ablation", "python benchmarks/ablation.py "
+                + " ".join(argv or sys.argv[1:]))
+    return 0
+
+
+def write_table(rows: list[dict], stem: Path, cmd: str) -> None:
+    """``stem.csv`` and ``stem.md`` (|R| columns in per cent, then the command); prints the
+    Markdown table."""
     cols = list(rows[0])
-    with open(out / "ablation.csv", "w", newline="") as f:
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
@@ -149,10 +157,8 @@ def main(argv=None) -> int:
         lines.append("| " + " | ".join(
             f"{100 * r[c]:.2f} %" if (c.startswith("snr_") or c == "mean_abs_rel")
             and r[c] == r[c] else str(r[c]) for c in cols) + " |")
-    cmd = "python benchmarks/ablation.py " + " ".join(argv or sys.argv[1:])
-    (out / "ablation.md").write_text("\n".join(lines) + f"\n\nCommand: `{cmd}`\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + f"\n\nCommand: `{cmd}`\n")
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ finished arm is kept, so re-running resumes).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import cpu_seconds, score  # noqa: E402
+from ablation import cpu_seconds, score, write_table  # noqa: E402
 
 from specdenoise.train import loop  # noqa: E402
 from specdenoise.train.checkpoint import CHECKPOINT_NAME  # noqa: E402
@@ -117,19 +116,7 @@ def main(argv=None) -> int:
         cpu_before=state["chain_unet_cpu"])
     state_path.write_text(json.dumps(state))
 
-    cols = list(rows[0])
-    with open(out / "chain.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(
-            f"{100 * r[c]:.2f} %" if (c.startswith("snr_") or c == "mean_abs_rel")
-            and r[c] == r[c] else str(r[c]) for c in cols) + " |")
-    cmd = "python benchmarks/chain.py " + " ".join(argv or sys.argv[1:])
-    (out / "chain.md").write_text("\n".join(lines) + f"\n\nCommand: `{cmd}`\n")
-    print("\n".join(lines))
+    write_table(rows, out / "chain", "python benchmarks/chain.py " + " ".join(argv or sys.argv[1:]))
     return 0
 
 
