@@ -1,0 +1,82 @@
+"""The training benchmarks (ablation, U-Net-then-DAE chain) run end to end on tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from test_train_data import make_dataset, one_thread  # noqa: F401 (autouse fixture)
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_UNET = json.dumps({"depth": 2, "filters": 4})
+
+pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    return (make_dataset(d / "small.zarr", n=16, chunk=8, seed=1),
+            make_dataset(d / "pool.zarr", n=48, chunk=8, seed=2),
+            make_dataset(d / "val.zarr", n=8, chunk=8, seed=3))
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    yield
+    for name in ("ablation", "chain"):
+        sys.modules.pop(name, None)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_ablation_writes_one_row_per_variant_and_resumes(stores, bench, tmp_path, capsys):
+    import ablation
+
+    small, pool, val = stores
+    argv = ["--small", str(small), "--pool", str(pool), "--val", str(val), "--spectra", "32",
+            "--epoch-size", "16", "--model-cfg", TINY_UNET, "--only", "base", "pool",
+            "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert ablation.main(argv) == 0
+    rows = _rows(tmp_path / "out" / "ablation.csv")
+    assert [r["variant"] for r in rows] == ["base", "pool"]
+    # 32 spectra: two passes over the 16-spectrum set, or two epochs of 16 from the pool
+    assert [(r["epochs"], r["train_spectra"]) for r in rows] == [("2", "32"), ("2", "32")]
+    assert all(0 < float(r["mean_abs_rel"]) < 1 for r in rows)
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert md.startswith("| variant |") and md.count("\n| ") == 2  # header, then two rows
+    assert "Command: `python benchmarks/ablation.py" in md
+    # a finished variant is kept, not trained again
+    capsys.readouterr()
+    assert ablation.main(argv) == 0
+    assert "base: kept" in capsys.readouterr().err
+    assert _rows(tmp_path / "out" / "ablation.csv") == rows
+
+
+def test_chain_gives_each_arm_the_unets_cpu_time(stores, bench, tmp_path):
+    import chain
+
+    _, pool, val = stores
+    argv = ["--data", str(pool), "--val", str(val), "--epochs", "2", "--epoch-size", "16",
+            "--unet-cfg", TINY_UNET, "--dae-cfg", json.dumps({"widths": [16]}),
+            "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert chain.main(argv) == 0
+    rows = {r["arm"]: r for r in _rows(tmp_path / "out" / "chain.csv")}
+    assert set(rows) == {"unet", "dae", "chain"}
+    state = json.loads((tmp_path / "runs" / "chain.json").read_text())
+    # the chain's first network had half the U-Net's epochs, and its CPU counts in the arm
+    first = json.loads((tmp_path / "runs" / "chain-unet" / "config.json").read_text())
+    assert first["train"]["epochs"] == 1
+    assert float(rows["chain"]["cpu_s"]) >= state["chain_unet_cpu"] > 0
+    second = json.loads((tmp_path / "runs" / "chain-dae" / "config.json").read_text())
+    assert second["train"]["init_from"] == str(tmp_path / "runs" / "chain-unet")
+    assert int(rows["dae"]["epochs"]) == state["dae_epochs"] >= 1
+    with pytest.raises(SystemExit):
+        chain.main([*argv[:4], "--epochs", "1", *argv[6:]])
