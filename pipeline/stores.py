@@ -332,13 +332,8 @@ def temp_dir(out: str | Path) -> Path:
     follows a symbolic link, and the name is new)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            tmp.mkdir(0o777)  # the umask applies, as for any folder the user makes
-            return tmp
-        except FileExistsError:
-            continue
+    # mode 0777 less the umask, as for any folder the user makes (mkdtemp would make it 0700)
+    return _create_unique(out.parent / f".{out.name}.tmp-{{}}", lambda p: p.mkdir(0o777))
 
 
 def publish(tmp: str | Path, out: str | Path, kind: Kind, *, overwrite: bool) -> Path:
@@ -364,17 +359,24 @@ def publish(tmp: str | Path, out: str | Path, kind: Kind, *, overwrite: bool) ->
     return out
 
 
-def _new_file(pattern: Path) -> Path:
-    """Create an empty file named ``pattern`` with a unique tag in its ``{}``; ``O_EXCL`` (never
-    a symlink) and mode 0666 less the umask, so outputs are as readable as the user's other
-    files (``tempfile.mkstemp`` would make them private to the owner)."""
+def _create_unique(pattern: Path, create: Callable[[Path], None]) -> Path:
+    """``create(path)`` for ``pattern`` with a new unique tag in its ``{}``, until a name is
+    free; ``create`` raises FileExistsError on a taken name (it never follows a symlink)."""
     while True:
         path = pattern.with_name(pattern.name.format(uuid.uuid4().hex[:12]))
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            create(path)
             return path
         except FileExistsError:
             continue
+
+
+def _new_file(pattern: Path) -> Path:
+    """An empty new file named after ``pattern`` (see :func:`_create_unique`): ``O_EXCL`` and
+    mode 0666 less the umask, so outputs are as readable as the user's other files
+    (``tempfile.mkstemp`` would make them private to the owner)."""
+    return _create_unique(pattern, lambda p: os.close(
+        os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
 
 
 def write_file(out: str | Path, write: Callable[[Path], None], *, overwrite: bool,

@@ -194,13 +194,7 @@ def read_chunk(group: zarr.Group, info: StoreInfo, chunk: int, names) -> dict[st
     guards.check_chunk_values(out, good, info.path, lo)
     out["good"] = good
     if info.params:
-        with codecs.reading(info.path, list(info.params), rows=(lo, hi)):
-            p = np.stack([np.asarray(group[v][lo:hi], np.float32) for v in info.params], axis=1)
-        if not np.isfinite(p).all():
-            row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(p)))
-            raise SpecdenoiseError(f"dataset {info.path}: {info.params[col]} is NaN or infinite "
-                                   f"at spectrum {lo + row}")
-        out["params"] = p
+        out["params"] = _stack_params(group, info.path, info.params, lo, hi, np.float32)
     if info.calib_order:
         out["calib"] = np.stack([np.asarray(group[f"{CALIB_PREFIX}{k}"][lo:hi], np.float32)
                                  for k in range(1, info.calib_order + 1)], axis=1)
@@ -222,12 +216,19 @@ def read_params(info: StoreInfo, names) -> np.ndarray:
     if lacking:
         raise SpecdenoiseError(f"dataset {info.path} lacks the per-spectrum variable(s) "
                                f"{', '.join(lacking)}")
-    with codecs.reading(info.path, list(names)):
-        values = np.stack([np.asarray(g[v][:], np.float64) for v in names], axis=1)
+    return _stack_params(g, info.path, names, 0, None, np.float64)
+
+
+def _stack_params(group, path, names, lo: int, hi: int | None, dtype) -> np.ndarray:
+    """Per-spectrum variables ``names`` of rows ``lo:hi`` as (rows, len(names)) ``dtype``;
+    a NaN or infinite value is refused, naming the variable and the spectrum."""
+    rows = None if hi is None else (lo, hi)
+    with codecs.reading(path, list(names), rows=rows):
+        values = np.stack([np.asarray(group[v][lo:hi], dtype) for v in names], axis=1)
     if not np.isfinite(values).all():
         row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(values)))
-        raise SpecdenoiseError(f"dataset {info.path}: {names[col]} is NaN or infinite at "
-                               f"spectrum {row}")
+        raise SpecdenoiseError(f"dataset {path}: {names[col]} is NaN or infinite at "
+                               f"spectrum {lo + row}")
     return values
 
 
