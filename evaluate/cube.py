@@ -51,7 +51,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import __version__, codecs, schema, stores
+from specdenoise import __version__, codecs, metrics, schema, stores
 from specdenoise.errors import SpecdenoiseError
 
 CUBE_KIND = stores.CUBE.name
@@ -87,16 +87,9 @@ class Method:
 
 def relative_error(denoised: np.ndarray, clean: np.ndarray,
                    mask: np.ndarray | None = None) -> np.ndarray:
-    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``."""
-    d = np.asarray(denoised, dtype=np.float64)
-    f = np.asarray(clean, dtype=np.float64)
-    bad = ~(f > 0)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.abs(d - f) / f
-    r[bad] = np.nan
-    return r.astype(np.float32)
+    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``
+    (the registry's ``abs_rel``, :data:`specdenoise.metrics.METRICS`)."""
+    return metrics.pixel_values("abs_rel", denoised, clean, mask)
 
 
 def _row_stats(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
