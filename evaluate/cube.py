@@ -312,7 +312,8 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
     info = {"checkpoint": config.get("path"), "model": m.get("name"), "model_cfg": m.get("cfg"),
             "epochs": config.get("epoch"), "parameters": n_par,
             "device": str(next(model.parameters()).device),
-            "train_data": train.get("data"), "preset": train.get("preset")}
+            "train_data": train.get("data"), "preset": train.get("preset"),
+            "train_identity": (config.get("data_identity") or {}).get("train")}
     wave = config.get("wave")
     return Method(label, "network", desc, denoise, info=info,
                   wave=None if wave is None else np.asarray(wave, dtype=np.float64))
