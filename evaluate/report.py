@@ -545,8 +545,43 @@ def _companion(title: str, cube: xr.Dataset, tree: xr.DataTree) -> list[tuple]:
     return out
 
 
+def _recovery_section(rows: Sequence[dict], bins: Sequence[float] | None) -> list[tuple]:
+    """Stellar parameters from the template fit of the noisy input and of each network's
+    denoised spectra, against the truth: bias and scatter overall and by S/N."""
+    from specdenoise.evaluate.recovery import UNITS, recovery_stats
+    from specdenoise.evaluate.summary import bin_label
+
+    if not rows:
+        return []
+    stats = recovery_stats(rows)
+    params = list(next(iter(stats.values())))
+    n = max(c[0][0] for c in next(iter(stats.values())).values())
+    out = [("h2", "Stellar parameters recovered by the template fit"),
+           ("p", f"The template fit (the simulation's own model) run on the noisy input and "
+                 f"on each network's denoised spectra, on the same {n} spectra; per parameter "
+                 "the bias (median of fit - truth) and, after +-, the scatter (half the 16-84 "
+                 "percentile range). A denoiser that helps gives a smaller scatter than the "
+                 "noisy input without a larger bias.")]
+    head = ["source", *[f"{p} [{UNITS[p]}]" for p in params]]
+    body = [[s, *[f"{c[0][1]:+.3g} +- {c[0][2]:.3g}" if c[0][0] else "-"
+                  for c in (stats[s][p] for p in params)]] for s in stats]
+    out.append(_table(head, body))
+    if bins is not None and len(bins) > 2:
+        by = recovery_stats(rows, bins)
+        labels = [bin_label(a, b) for a, b in zip(bins[:-1], bins[1:], strict=True)]
+        for p in ("teff", "logg", "m_h"):
+            if p not in params:
+                continue
+            out.append(("p", f"**{p}** by S/N (bias +- scatter, {UNITS[p]}):"))
+            out.append(_table(["source", *[f"S/N {x}" for x in labels]],
+                              [[s, *[f"{b:+.3g} +- {w:.3g} ({k})" if k else "-"
+                                     for k, b, w in by[s][p]]] for s in by]))
+    return out
+
+
 def _blocks(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path],
-            outputs: Mapping[str, Path], companions: Mapping | None = None) -> list[tuple]:
+            outputs: Mapping[str, Path], companions: Mapping | None = None,
+            recovery: Sequence[dict] | None = None) -> list[tuple]:
     info = method_info(cube)
     comp = comparison(cube, tree)
     stats = comp["stats"]
@@ -597,6 +632,11 @@ def _blocks(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path],
         b.append(_table(["method", *[f"S/N {x}" for x in comp["bins"]]], rows))
 
     b += _metric_sections(tree)
+    snr_edges = None
+    if "snr" in tree.children:
+        ds = tree["snr"].to_dataset()
+        snr_edges = [*ds["snr_lo"].values.tolist(), float(ds["snr_hi"].values[-1])]
+    b += _recovery_section(recovery or [], snr_edges)
     for title, (c_cube, c_tree) in (companions or {}).items():
         b += _companion(title, c_cube, c_tree)
 
@@ -781,17 +821,48 @@ def render_html(blocks: list[tuple]) -> str:
 
 def write_report(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path], out_dir,
                  outputs: Mapping[str, Path] | None = None,
-                 companions: Mapping[str, tuple] | None = None) -> tuple[Path, Path]:
+                 companions: Mapping[str, tuple] | None = None,
+                 recovery: Sequence[dict] | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` in ``out_dir``; returns their paths.
 
     ``companions``: title -> (cube, summary) of other evaluation sets shown beside this one
-    (their own section each)."""
+    (their own section each); ``recovery``: rows of the parameter-recovery table
+    (:mod:`specdenoise.evaluate.recovery`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = _blocks(cube, tree, figures, dict(outputs or {}), companions)
+    blocks = _blocks(cube, tree, figures, dict(outputs or {}), companions, recovery)
     md, page = out_dir / "report.md", out_dir / "report.html"
     for path, text in ((md, render_markdown(blocks, out_dir)), (page, render_html(blocks))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return md, page
+
+
+#: the figures an evaluation folder holds, in the report's order (``plots.make_figures``)
+FIGURE_ORDER = ("error_vs_snr", "error_vs_parameters", "examples", "error_vs_wavelength")
+
+
+def rewrite_with_companions(out_dir, companions: Mapping[str, Path]) -> tuple[Path, Path]:
+    """Render again the report of the evaluation folder ``out_dir`` (``cube.zarr``,
+    ``summary.zarr``, ``figures/``) with other evaluation folders shown beside it: title ->
+    folder (e.g. the wide-S/N set of ``run --preset best``)."""
+    from specdenoise.evaluate.cube import open_cube
+    from specdenoise.evaluate.recovery import read_csv
+    from specdenoise.evaluate.summary import open_summary
+
+    out_dir = Path(out_dir)
+    figures = {k: out_dir / "figures" / f"{k}.png" for k in FIGURE_ORDER
+               if (out_dir / "figures" / f"{k}.png").is_file()}
+    others = {title: (open_cube(Path(d) / "cube.zarr"), open_summary(Path(d) / "summary.zarr"))
+              for title, d in companions.items()}
+    outputs = {"cube": out_dir / "cube.zarr", "summary": out_dir / "summary.zarr",
+               "summary CSV": out_dir / "summary.csv",
+               **{f"{title}: report": Path(d) / "report.html"
+                  for title, d in companions.items()}}
+    table = out_dir / "parameters.csv"
+    if table.is_file():
+        outputs["parameters CSV"] = table
+    return write_report(open_cube(out_dir / "cube.zarr"), open_summary(out_dir / "summary.zarr"),
+                        figures, out_dir, outputs=outputs, companions=others,
+                        recovery=read_csv(table) if table.is_file() else None)
