@@ -17,6 +17,16 @@ variable           dims                                 meaning
 ``n_spectra``      (denoiser, snr_bins)                 spectra in the bin that the method denoised
 =================  ===================================  ==========================================
 
+and, for every metric ``<name>`` of :data:`specdenoise.metrics.METRICS` the cube can give
+(``abs_rel``, ``bias``, ``line_abs_rel``, ``cont_abs_rel``, ``structure_kept``, ``ca2_ew_err``,
+``ca2_ew_bias``; with ``sigma_denoised`` in the cube ``cover_1sigma``, ``cover_2sigma``,
+``z_std``; with ``suspect`` ``suspect_rate``), (denoiser, snr_bins) variables ``<name>``,
+``<name>_p16`` and ``<name>_p84`` (a bootstrap 68 % interval: :data:`N_BOOT` resamples of the
+bin's spectra, seeded, so the same cube gives the same numbers) and ``<name>_vs_best_p16`` /
+``<name>_vs_best_p84`` (the interval of the method's score minus the best competitor's on the
+same resamples: reaching 0, the two are tied). Group ``all`` holds the same metrics over all
+spectra (one bin); it is not a binning variable and stays out of the CSV.
+
 with coordinates ``snr_bins`` (bin centre; for an open-ended bin such as S/N > 50 the mean of
 the values in it), ``snr_lo`` and ``snr_hi`` (edges; a bin holds ``lo < x <= hi``, the first one
 also ``x = lo``). S/N is spread over orders of magnitude, so its default bins are
