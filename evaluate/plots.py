@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
@@ -141,6 +142,7 @@ def plot_error_vs_snr(tree: xr.DataTree, path, template_n: int | None = None) ->
         if ref is not None:
             ax.axhline(ref, color="k", lw=0.6)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         if logy:
             ax.set_yscale("log")
         if pct:

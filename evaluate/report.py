@@ -470,9 +470,12 @@ def terminal_summary(cube: xr.Dataset, tree: xr.DataTree) -> str:
 
     comp = comparison(cube, tree)
     text = [re.sub(r"\*\*(.+?)\*\*", r"\1", ln) for ln in answer(comp)]
+    warn = [re.sub(r"\*\*(.+?)\*\*|`(.+?)`", lambda m: m.group(1) or m.group(2),
+                   "Warning: " + ln) for ln in warnings(cube, comp)]
     header, rows = comparison_table(comp)
     return "\n".join(["Mean |R| = |D - F| / F by method and S/N. " + SNR_DEFINITION,
-                      "", format_text_table(header, rows), "", *text])
+                      "", format_text_table(header, rows), "", *text,
+                      *([""] + warn if warn else [])])
 
 
 # --------------------------------------------------------------------------- blocks

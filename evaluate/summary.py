@@ -214,6 +214,9 @@ def metric_parts(cube: xr.Dataset, names: Sequence[str] | None = None,
     computed once per block for all methods."""
     names = available_metrics(cube) if names is None else list(names)
     n = cube.sizes[schema.SPECTRUM_DIM]
+    chunks = cube["rel_err"].encoding.get("chunks") if "rel_err" in cube else None
+    if chunks:  # whole stored chunks: each is read once
+        block = max(1, min(int(chunks[1]), 1024))
     wave = cube[schema.WAVE_DIM].values
     methods = [str(m) for m in cube[METHOD_DIM].values]
     out: dict[str, dict[str, list]] = {m: {k: [] for k in names} for m in methods}
@@ -225,12 +228,17 @@ def metric_parts(cube: xr.Dataset, names: Sequence[str] | None = None,
         for j, m in enumerate(methods):
             rel = _per_method(cube, "rel_err", j, lo, hi)
             den = _per_method(cube, "denoised", j, lo, hi)
+            sig = _per_method(cube, "sigma_denoised", j, lo, hi)
+            z = _per_method(cube, "z", j, lo, hi)
+            # a method without an uncertainty (all NaN) has no flag rate either
+            has_sigma = any(a is not None and np.isfinite(a).any() for a in (sig, z))
             b = metrics.Block(
                 denoised=None if den is None else den.astype(np.float64), clean=clean,
                 good=np.isfinite(rel), wave=wave, rel_err=rel,
-                sigma_denoised=_per_method(cube, "sigma_denoised", j, lo, hi),
-                z=_per_method(cube, "z", j, lo, hi),
-                suspect=_per_method(cube, "suspect", j, lo, hi), shared=shared)
+                sigma_denoised=sig, z=z,
+                suspect=(_per_method(cube, "suspect", j, lo, hi)
+                         if has_sigma or (sig is None and z is None) else None),
+                shared=shared)
             for k in names:
                 out[m][k].append(metrics.METRICS[k].parts(b))
     return {m: {k: np.concatenate(v, axis=0) for k, v in d.items()} for m, d in out.items()}

@@ -265,6 +265,10 @@ def test_report_warns_when_worse_than_input_and_on_the_training_set(tmp_path):
     assert "S/N 0-10" not in warn
     assert "**unet** was trained on the evaluation set itself: the same simulation" in warn
     assert "**pca** was fitted on the evaluation set itself: the same store" in warn
+    # the terminal says it too, in plain text
+    term = report.terminal_summary(cube, tree)
+    assert "Warning: unet is worse than the noisy input at S/N 10-100" in term
+    assert "**" not in term
     # fewer than 30 spectra in the bin: no warning
     small = cube.isel(spectrum=slice(0, 60))
     comp = report.comparison(small, summary.summarize(small, {"snr": [0, 10, 100]},
