@@ -340,3 +340,25 @@ def test_a_new_metric_is_one_registry_entry(monkeypatch, tmp_path):
     assert "frac_off_p16" in (tmp_path / "s.csv").read_text().splitlines()[0]
     md, _ = report.write_report(cube, tree, {}, tmp_path)
     assert "**off by > 1 %**: fraction of pixels with |R| > 1 %" in md.read_text()
+
+
+def test_training_prints_the_evaluations_number(tmp_path):
+    """The validation mean |R| a training run prints is the error cube's mean |R| of the same
+    model on the same validation set (one definition, METRICS['abs_rel'])."""
+    pytest.importorskip("torch")
+    from test_train_data import make_dataset
+
+    from specdenoise.evaluate.cube import build_cube, network_method, open_cube
+    from specdenoise.train import loop
+
+    train = make_dataset(tmp_path / "train.zarr", n=24, chunk=8, seed=0)
+    val = make_dataset(tmp_path / "val.zarr", n=16, chunk=8, seed=1)
+    cfg = loop.make_config(train, val, tmp_path / "run", model="unet", preset="quick",
+                           model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=8,
+                           workers=0, device="cpu", seed=3, shuffle_buffer=8)
+    row = loop.train(cfg)
+    cube = open_cube(build_cube(val, tmp_path / "cube.zarr",
+                                [network_method(tmp_path / "run", device="cpu")],
+                                progress=False))
+    rel = cube["rel_err"].values[0].astype(np.float64)
+    assert row["val_mean_abs_rel"] == pytest.approx(np.nanmean(rel), rel=1e-5)
