@@ -49,8 +49,9 @@ HOW_TO_READ = [
     "on the device named in the table).",
     "Each mean carries a bootstrap 68 % interval: the spectra of a bin are drawn again with "
     "replacement 400 times (a fixed seed, so the numbers repeat) and the 16th to 84th "
-    "percentiles of the resampled means are given. Two methods whose difference, on the same "
-    "resampled spectra, is within that spread are called a tie: the data cannot order them.",
+    "percentiles of the resampled means are given. A lead is called a tie, not a win, when "
+    "either method's mean lies inside the other's interval, or when the 68 % interval of their "
+    "difference on the same resampled spectra includes zero: the data cannot order them.",
     "In the parameter figure each column groups the spectra into bins of one quantity (S/N, "
     "effective temperature, surface gravity, metallicity, alpha enhancement); the top row is "
     "the mean |R| of all pixels in a bin, the bottom row the single worst pixel (its own panel: "
@@ -219,13 +220,21 @@ def _interval(ds: xr.Dataset, key: str, m: str) -> list[tuple[float, float]]:
     return [(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
 
 
-def _is_tie(ds: xr.Dataset, key: str, m: str, i: int) -> bool:
-    """Whether method ``m``'s distance from the best in bin ``i`` is within the bootstrap 68 %
-    interval (the interval of the difference, on the same resampled spectra, reaches 0)."""
-    if f"{key}_vs_best_p16" not in ds:
+def _is_tie(ds: xr.Dataset, key: str, m: str, best: str, i: int) -> bool:
+    """Whether the lead of ``best`` over the runner-up ``m`` in bin ``i`` is within the
+    bootstrap 68 % intervals: either mean lies inside the other's interval, or the interval of
+    their difference on the same resampled spectra reaches 0."""
+    if f"{key}_p16" not in ds:
         return False
-    lo = float(ds[f"{key}_vs_best_p16"].sel({METHOD_DIM: m}).values[i])
-    return bool(np.isfinite(lo) and lo <= 0)
+
+    def at(name, var):
+        return float(ds[var].sel({METHOD_DIM: name}).values[i])
+
+    v_m, v_b = at(m, key), at(best, key)
+    inside = any(at(a, f"{key}_p16") <= at(b, key) <= at(a, f"{key}_p84")
+                 for a, b in ((best, m), (m, best)))
+    lo = at(m, f"{key}_vs_best_p16") if f"{key}_vs_best_p16" in ds else np.nan
+    return bool(np.isfinite(v_m) and np.isfinite(v_b) and (inside or lo <= 0))
 
 
 def _add_intervals_and_ties(out: dict, tree: xr.DataTree, names: Sequence[str]) -> None:
@@ -239,14 +248,15 @@ def _add_intervals_and_ties(out: dict, tree: xr.DataTree, names: Sequence[str]) 
         out["interval_by_bin"] = {m: _interval(ds, "abs_rel", m) for m in names}
         for i, b in enumerate(out["best_by_bin"]):
             out["tie_by_bin"].append(bool(b is not None and b[2] is not None
-                                          and _is_tie(ds, "abs_rel", b[2], i)))
+                                          and _is_tie(ds, "abs_rel", b[2], b[0], i)))
         out["worse_than_input"] = worse_than_input(ds, out["bins"])
     if "all" in tree.children:
         ds = tree["all"].to_dataset()
         out["interval"] = {m: (_interval(ds, "abs_rel", m) or [(np.nan, np.nan)])[0]
                            for m in names}
-        second = out["best"][1]
-        out["tie"] = bool(second is not None and _is_tie(ds, "abs_rel", second["method"], 0))
+        best, second = out["best"]
+        out["tie"] = bool(second is not None
+                          and _is_tie(ds, "abs_rel", second["method"], best["method"], 0))
 
 
 #: a method worse than the noisy input is reported in every S/N bin holding at least this many
@@ -612,8 +622,8 @@ def _blocks(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path],
     header, rows = comparison_table(comp, intervals=True)
     b.append(_table(header, rows))
     b.append(("p", "In brackets: the bootstrap 68 % interval of each mean, in per cent "
-                   "(spectra resampled with replacement, a fixed seed). A lead smaller than the "
-                   "bootstrap spread of the difference is reported as a tie, not a win."))
+                   "(spectra resampled with replacement, a fixed seed). A lead inside these "
+                   "intervals is reported as a tie, not a win."))
     tmpl = by_name.get("template")
     nets = [r for r in stats if r["kind"] == "network" and np.isfinite(r["mean"])]
     if tmpl and tmpl["n_spectra"] and nets and tmpl["spectra_per_s"] > 0:

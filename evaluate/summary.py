@@ -24,7 +24,8 @@ and, for every metric ``<name>`` of :data:`specdenoise.metrics.METRICS` the cube
 ``<name>_p16`` and ``<name>_p84`` (a bootstrap 68 % interval: :data:`N_BOOT` resamples of the
 bin's spectra, seeded, so the same cube gives the same numbers) and ``<name>_vs_best_p16`` /
 ``<name>_vs_best_p84`` (the interval of the method's score minus the best competitor's on the
-same resamples: reaching 0, the two are tied). Group ``all`` holds the same metrics over all
+same resamples: reaching 0, the two are tied; the report also calls a lead inside either
+mean's own interval a tie). Group ``all`` holds the same metrics over all
 spectra (one bin); it is not a binning variable and stays out of the CSV.
 
 with coordinates ``snr_bins`` (bin centre; for an open-ended bin such as S/N > 50 the mean of

@@ -238,6 +238,14 @@ def test_ties_and_wins(tmp_path):
                                                        by=("snr",)))
     assert comp2["tie_by_bin"] == [False, False] and comp2["tie"] is False
     assert "tie" not in " ".join(report.answer(comp2))
+    # a lead that every resample agrees on but that lies inside the leader's interval (two
+    # almost identical methods) is still a tie
+    a2 = clean + (a - clean) * 1.0003  # 0.03 % worse, everywhere
+    cube3 = hand_cube(clean, {"a": a, "a2": a2, "none": noisy}, snr)
+    tree3 = summary.summarize(cube3, {"snr": [0, 10, 100]}, by=("snr",))
+    ds3 = tree3["snr"].to_dataset()
+    assert np.all(ds3["abs_rel_vs_best_p16"].sel({METHOD_DIM: "a2"}) > 0)  # a always ahead
+    assert report.comparison(cube3, tree3)["tie_by_bin"] == [True, True]
 
 
 def test_report_warns_when_worse_than_input_and_on_the_training_set(tmp_path):
