@@ -680,7 +680,9 @@ def _blocks(cube: xr.Dataset, tree: xr.DataTree, figures: Mapping[str, Path],
     captions = {
         "error_vs_snr": "Mean |R| against S/N for every method and the template fit (dashed; "
                         "on the spectra it ran on), one point per S/N bin at the mean S/N of "
-                        "its spectra.",
+                        "its spectra; beside it |R| on line pixels, the line structure kept "
+                        "(1 = lines at full depth) and the signed bias. Error bars: bootstrap "
+                        "68 % intervals.",
         "error_vs_parameters": "Mean |R| (top row) and the largest |R| (bottom row) in bins of "
                                "S/N, Teff, log g, [M/H] and [alpha/M], as in Fig. 2 of Pal & "
                                "Dobos (2025).",
