@@ -51,7 +51,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import __version__, codecs, schema, stores
+from specdenoise import __version__, codecs, metrics, schema, stores
 from specdenoise.errors import SpecdenoiseError
 
 CUBE_KIND = stores.CUBE.name
@@ -87,16 +87,9 @@ class Method:
 
 def relative_error(denoised: np.ndarray, clean: np.ndarray,
                    mask: np.ndarray | None = None) -> np.ndarray:
-    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``."""
-    d = np.asarray(denoised, dtype=np.float64)
-    f = np.asarray(clean, dtype=np.float64)
-    bad = ~(f > 0)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.abs(d - f) / f
-    r[bad] = np.nan
-    return r.astype(np.float32)
+    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``
+    (the registry's ``abs_rel``, :data:`specdenoise.metrics.METRICS`)."""
+    return metrics.pixel_values("abs_rel", denoised, clean, mask)
 
 
 def _row_stats(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +312,8 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
     info = {"checkpoint": config.get("path"), "model": m.get("name"), "model_cfg": m.get("cfg"),
             "epochs": config.get("epoch"), "parameters": n_par,
             "device": str(next(model.parameters()).device),
-            "train_data": train.get("data"), "preset": train.get("preset")}
+            "train_data": train.get("data"), "preset": train.get("preset"),
+            "train_identity": (config.get("data_identity") or {}).get("train")}
     wave = config.get("wave")
     return Method(label, "network", desc, denoise, info=info,
                   wave=None if wave is None else np.asarray(wave, dtype=np.float64))

@@ -54,6 +54,7 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         "figures": out / "figures",
         "report_md": out / "report.md",
         "report_html": out / "report.html",
+        "parameters_csv": out / "parameters.csv",
     }
     existing = [p for p in targets.values() if os.path.lexists(p)]
     if existing and not overwrite:
@@ -84,10 +85,13 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         pca_k=pca_k, savgol_window=savgol_window, gaussian_sigma=gaussian_sigma,
         progress=progress)
 
+    # parameter recovery: the template fit again, on each network's denoised spectra
+    fitter = ((lambda: bl.template_fitter_for(ds.attrs, grid_path=grid_path))
+              if "template" in names and models else None)
     out.mkdir(parents=True, exist_ok=True)
     with stores.locked(out):
         return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
-                              bin_spec, overwrite, progress, log)
+                              bin_spec, overwrite, progress, log, fitter)
 
 
 def _baselines_to_run(requested: Sequence[str] | None, data, *, train, has_config: bool,
@@ -115,7 +119,7 @@ def _check_replaceable_outputs(targets: dict[str, Path]) -> None:
     for name, kind in (("cube", stores.CUBE), ("summary", stores.SUMMARY)):
         if os.path.lexists(targets[name]):
             stores.check_replaceable(targets[name], kind)
-    for name in ("summary_csv", "report_md", "report_html"):
+    for name in ("summary_csv", "report_md", "report_html", "parameters_csv"):
         p = targets[name]
         if os.path.lexists(p) and (p.is_dir() or p.is_symlink()):
             raise SpecdenoiseError(f"{p} is a folder or a link, not the {p.name} evaluate "
@@ -130,12 +134,20 @@ def _check_replaceable_outputs(targets: dict[str, Path]) -> None:
 
 
 def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets, bin_spec,
-                   overwrite, progress, log) -> dict[str, Path]:
+                   overwrite, progress, log, fitter=None) -> dict[str, Path]:
+    from specdenoise.evaluate import recovery
+
     if overwrite and targets["figures"].exists():
         shutil.rmtree(targets["figures"])
+    if overwrite:  # a table of an earlier evaluation must not be read as this one's
+        targets["parameters_csv"].unlink(missing_ok=True)
     cube_mod.build_cube(data, targets["cube"], methods, overwrite=overwrite, progress=progress)
     log(f"error cube:  {targets['cube']}")
     cube = cube_mod.open_cube(targets["cube"])
+    rows = recovery.recover(cube, fitter(), progress=progress, log=log) if fitter else []
+    if rows:
+        recovery.write_csv(rows, targets["parameters_csv"])
+        log(f"parameters:  {targets['parameters_csv']}")
     tree = summary.summarize(cube, bin_spec)
     summary.write_summary(tree, targets["summary"], targets["summary_csv"], overwrite=overwrite)
     log(f"summary:     {targets['summary']} and {targets['summary_csv']}")
@@ -143,7 +155,8 @@ def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets
     log(f"figures:     {targets['figures']}/ ({', '.join(p.name for p in figures.values())})")
     report.write_report(cube, tree, figures, out, outputs={
         "cube": targets["cube"], "summary": targets["summary"],
-        "summary CSV": targets["summary_csv"]})
+        "summary CSV": targets["summary_csv"],
+        **({"parameters CSV": targets["parameters_csv"]} if rows else {})}, recovery=rows)
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
     log("\n" + report.terminal_summary(cube, tree))
     return targets

@@ -86,7 +86,7 @@ def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
 
     Returns ``(model, config)``; ``config`` has the training configuration under ``train``,
     and ``model`` (name, cfg, summary), ``normalisation``, ``wave``, ``epoch``,
-    ``package_version``, ``history`` and ``path``.
+    ``package_version``, ``history``, ``data_identity`` and ``path``.
     """
     state = read_checkpoint(path)
     device = torch.device(device) if device is not None else default_device()
@@ -103,5 +103,6 @@ def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
         "epoch": state.get("epoch"),
         "package_version": state.get("package_version"),
         "history": state.get("history", []),
+        "data_identity": state.get("data_identity"),  # what it was trained on (guards)
     }
     return model, config

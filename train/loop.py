@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from specdenoise import metrics
 from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
 from specdenoise.train import guards
@@ -639,11 +640,11 @@ def _validate(cfg, ctx, model, net, info, batch_size, device) -> dict:
         pred = pred.float()
         n = len(batch["index"])
         loss = masked_mean(loss_terms(cfg.loss, pred, batch["y"], batch["sigma"]), batch["good"])
-        ok = batch["good"] & (batch["y"] > 0)
-        rel = ((pred - batch["y"]).abs() / batch["y"].clamp_min(1e-12))[ok]
+        # the evaluation's own definition of |R| (specdenoise.metrics), summed over pixels
+        rel_sum, rel_n = metrics.pixel_sum_count(metrics.VALIDATION_METRIC, pred.double(),
+                                                 batch["y"].double(), batch["good"])
         sums += torch.stack([loss.double() * n, torch.tensor(float(n), device=device).double(),
-                             rel.double().sum(), torch.tensor(float(rel.numel()),
-                                                              device=device).double(),
+                             rel_sum.double(), rel_n.double(),
                              *(aux[k].double() * n for k in aux_names)])
     ctx.all_sum(sums)
     model.train()
@@ -718,7 +719,7 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
 def plot_learning_curve(history: list[dict], path: Path) -> Path:
     """Training loss and validation mean |R| against epoch, written next to metrics.csv."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
@@ -730,6 +731,7 @@ def plot_learning_curve(history: list[dict], path: Path) -> Path:
                 alpha=0.6, label="validation loss")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel("loss", color="C0")
     handles, labels = ax.get_legend_handles_labels()
     if any("val_mean_abs_rel" in r for r in history):
