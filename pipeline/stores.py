@@ -421,11 +421,26 @@ def _alive(pid: int) -> bool:
 
 
 def _read_lock(path: Path) -> dict | None:
+    """The lock's content; None when it is gone or not a lock this module wrote. Raises
+    PermissionError when the lock exists but this user may not read it."""
     try:
         data = json.loads(path.read_text())
+    except PermissionError:
+        raise
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), None when
+    unknown: with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
 
 
 #: a live writer touches its lock this often (seconds) ...
@@ -435,19 +450,34 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 
 
-def _stale(holder: dict | None, path: Path | None = None) -> bool:
-    if holder is None:  # unreadable: not written by this module's atomic link
+def _untouched(path: Path | None) -> bool:
+    """Whether nobody touched the lock at ``path`` for :data:`STALE_AFTER_S` seconds."""
+    if path is None:
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    except OSError:
         return True
-    if path is not None:
-        try:
-            if time.time() - path.stat().st_mtime > STALE_AFTER_S:
-                return True
-        except OSError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # a process on another host: only its heartbeat tells
+
+
+def _stale(holder: dict | None, path: Path | None = None) -> bool:
+    """Whether a lock's writer is gone.
+
+    On this host the writer's pid decides (and its start time, where recorded, so that a
+    reused pid is not taken for the writer): a live writer keeps its lock however long it was
+    stopped (``SIGSTOP``, a suspended job), a dead one loses it at once. On another host only
+    the heartbeat tells: a lock untouched for :data:`STALE_AFTER_S` seconds is stale. A lock
+    that does not hold this module's content is judged by its age alone.
+    """
+    if holder is None:
+        return _untouched(path)
     pid = holder.get("pid")
-    return not isinstance(pid, int) or not _alive(pid)
+    if holder.get("host") != socket.gethostname():
+        return _untouched(path)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _alive(pid):
+        return True
+    started = holder.get("pid_start")
+    return started is not None and _process_start(pid) not in (None, started)
 
 
 class _Heartbeat(threading.Thread):
@@ -477,8 +507,8 @@ def locked(out: str | Path) -> Iterator[Path]:
     """
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-          "token": uuid.uuid4().hex}
+    me = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+          "host": socket.gethostname(), "started": time.time(), "token": uuid.uuid4().hex}
     fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".new", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -488,12 +518,19 @@ def locked(out: str | Path) -> Iterator[Path]:
                 os.link(name, path)
                 break
             except FileExistsError:
-                holder = _read_lock(path)
-                if not _stale(holder, path):
+                try:
+                    holder = _read_lock(path)
+                except PermissionError:
                     raise SpecdenoiseError(
-                        f"{out} is being written by process {holder.get('pid')} on "
-                        f"{holder.get('host')} (lock {path}); wait for it to finish, or delete "
-                        "the lock file if that process is gone") from None
+                        f"{out} is locked by another user (lock {path}, which you may not "
+                        "read); wait for their run to finish, or ask them to remove the lock "
+                        "if it is gone") from None
+                if not _stale(holder, path):
+                    who = (f"process {holder.get('pid')} on {holder.get('host')}"
+                           if holder else "another writer")
+                    raise SpecdenoiseError(
+                        f"{out} is being written by {who} (lock {path}); wait for it to "
+                        "finish, or delete the lock file if that process is gone") from None
                 _reclaim(path, holder)
         else:
             raise SpecdenoiseError(f"cannot take the lock {path}; try again")
@@ -505,8 +542,9 @@ def locked(out: str | Path) -> Iterator[Path]:
         yield path
     finally:
         beat.done.set()
-        if (_read_lock(path) or {}).get("token") == me["token"]:
-            path.unlink(missing_ok=True)
+        with contextlib.suppress(PermissionError):
+            if (_read_lock(path) or {}).get("token") == me["token"]:
+                path.unlink(missing_ok=True)
 
 
 def _reclaim(path: Path, holder: dict | None) -> None:
@@ -516,7 +554,11 @@ def _reclaim(path: Path, holder: dict | None) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    if _read_lock(aside) != holder and not _stale(_read_lock(aside), aside):
+    try:
+        now = _read_lock(aside)
+    except PermissionError:
+        now = None
+    if now != holder and not _stale(now, aside):
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
     aside.unlink(missing_ok=True)
