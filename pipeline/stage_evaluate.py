@@ -8,6 +8,8 @@ into one output folder, locked while written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -19,6 +21,9 @@ from specdenoise.evaluate import baselines as bl
 from specdenoise.stage_grid import resolve_grid
 
 DEFAULT_TEMPLATE_N = 100
+#: the list of plain files evaluate wrote into EVAL_DIR (path relative to it -> sha256): with
+#: --overwrite only these, unchanged, are replaced, never a user's own report.md or PNG
+MANIFEST = ".specdenoise-evaluate.json"
 
 
 def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str] | None = None,
@@ -58,7 +63,7 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     existing = [p for p in targets.values() if os.path.lexists(p)]
     if existing and not overwrite:
         raise SpecdenoiseError(f"{existing[0]} exists; choose another --out or pass --overwrite")
-    _check_replaceable_outputs(targets)
+    _check_replaceable_outputs(targets, out)
     if template_n is not None and template_n < 1:
         raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got {template_n}")
 
@@ -110,40 +115,88 @@ def _baselines_to_run(requested: Sequence[str] | None, data, *, train, has_confi
     return names
 
 
-def _check_replaceable_outputs(targets: dict[str, Path]) -> None:
-    """With --overwrite: each existing output must be what evaluate writes there."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(out: Path) -> dict[str, str]:
+    """The files an earlier evaluate wrote into ``out`` (relative path -> sha256)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _check_replaceable_outputs(targets: dict[str, Path], out: Path) -> None:
+    """With --overwrite: each existing output must be what evaluate wrote there (the stores by
+    their kind, the plain files by the manifest: listed, and unchanged since)."""
     for name, kind in (("cube", stores.CUBE), ("summary", stores.SUMMARY)):
         if os.path.lexists(targets[name]):
             stores.check_replaceable(targets[name], kind)
+    written = _manifest(out)
+
+    def ours(p: Path) -> bool:
+        rel = p.relative_to(out).as_posix()
+        return (not p.is_symlink() and p.is_file() and rel in written
+                and _sha256(p) == written[rel])
+
     for name in ("summary_csv", "report_md", "report_html"):
         p = targets[name]
-        if os.path.lexists(p) and (p.is_dir() or p.is_symlink()):
-            raise SpecdenoiseError(f"{p} is a folder or a link, not the {p.name} evaluate "
-                                   "writes; nothing was replaced")
+        if os.path.lexists(p) and not ours(p):
+            raise SpecdenoiseError(f"{p} was not written by evaluate (or was changed since); "
+                                   "nothing was replaced (choose another --out)")
     figures = targets["figures"]
     if os.path.lexists(figures):
         others = ([figures.name] if figures.is_symlink() or not figures.is_dir() else
-                  [p.name for p in figures.iterdir() if p.suffix != ".png" or not p.is_file()])
+                  [p.name for p in sorted(figures.iterdir()) if not ours(p)])
         if others:
             raise SpecdenoiseError(f"{figures} holds {others[0]!r}, which evaluate did not "
-                                   "write; nothing was replaced")
+                                   "write (or which was changed since); nothing was replaced")
 
 
 def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets, bin_spec,
                    overwrite, progress, log) -> dict[str, Path]:
-    if overwrite and targets["figures"].exists():
-        shutil.rmtree(targets["figures"])
     cube_mod.build_cube(data, targets["cube"], methods, overwrite=overwrite, progress=progress)
     log(f"error cube:  {targets['cube']}")
     cube = cube_mod.open_cube(targets["cube"])
     tree = summary.summarize(cube, bin_spec)
     summary.write_summary(tree, targets["summary"], targets["summary_csv"], overwrite=overwrite)
     log(f"summary:     {targets['summary']} and {targets['summary_csv']}")
-    figures = plots.make_figures(cube, tree, targets["figures"])
+    # the figures are drawn in a new folder and swapped in whole: an interrupt leaves the old
+    # ones (and the old report that links them) as they were
+    tmp = stores.temp_dir(targets["figures"])
+    try:
+        drawn = plots.make_figures(cube, tree, tmp)
+        figures = {k: targets["figures"] / p.name for k, p in drawn.items()}
+        _swap_in(tmp, targets["figures"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log(f"figures:     {targets['figures']}/ ({', '.join(p.name for p in figures.values())})")
     report.write_report(cube, tree, figures, out, outputs={
         "cube": targets["cube"], "summary": targets["summary"],
         "summary CSV": targets["summary_csv"]})
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
+    files = [targets["summary_csv"], targets["report_md"], targets["report_html"],
+             *figures.values()]
+    text = json.dumps({"files": {p.relative_to(out).as_posix(): _sha256(p) for p in files}},
+                      indent=1)
+    stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
     log("\n" + report.terminal_summary(cube, tree))
     return targets
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Put the finished folder ``new`` at ``folder``; an old one (already checked to hold only
+    evaluate's figures) is moved aside first and deleted after."""
+    if os.path.lexists(folder):
+        old = stores.temp_dir(folder.with_name(folder.name + ".old"))
+        os.rename(folder, old / folder.name)
+        os.rename(new, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, folder)

@@ -108,3 +108,76 @@ def test_a_lock_another_user_cannot_read_is_never_stale():
         import shutil
 
         shutil.rmtree(shared, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cases 3-4
+
+
+def _cli(*argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "specdenoise.cli", *map(str, argv)],
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def _one_line_refusal(r: subprocess.CompletedProcess, *words: str) -> None:
+    err = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in err and "Traceback" not in err, r.stderr
+    for w in words:
+        assert w in err, err
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    from test_train_data import make_dataset
+
+    d = tmp_path_factory.mktemp("evaldata")
+    return make_dataset(d / "data.zarr", n=24, chunk=8, params=True)
+
+
+def test_evaluate_overwrite_replaces_only_what_evaluate_wrote(eval_data, tmp_path,
+                                                              monkeypatch):
+    work = tmp_path / "paper"
+    (work / "figures").mkdir(parents=True)
+    (work / "figures" / "fig1.png").write_bytes(b"\x89PNG my own figure")
+    (work / "report.md").write_text("# my own report")
+    (work / "summary.csv").write_text("my,own\n1,2\n")
+    r = _cli("evaluate", "--data", eval_data, "--baselines", "savgol", "--out", ".",
+             "--overwrite", "--no-progress", cwd=work)
+    _one_line_refusal(r, "nothing was replaced")
+    assert (work / "figures" / "fig1.png").read_bytes() == b"\x89PNG my own figure"
+    assert (work / "report.md").read_text() == "# my own report"
+    assert (work / "summary.csv").read_text() == "my,own\n1,2\n"
+
+    # what evaluate wrote itself is replaced; an edited one is not
+    out = tmp_path / "eval"
+    assert _cli("evaluate", "--data", eval_data, "--baselines", "savgol", "--out", out,
+                "--no-progress").returncode == 0
+    r = _cli("evaluate", "--data", eval_data, "--baselines", "savgol", "--out", out,
+             "--overwrite", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    (out / "report.md").write_text("# edited by hand")
+    r = _cli("evaluate", "--data", eval_data, "--baselines", "savgol", "--out", out,
+             "--overwrite", "--no-progress")
+    _one_line_refusal(r, "report.md")
+    assert (out / "report.md").read_text() == "# edited by hand"
+
+
+def test_sigterm_stops_evaluate_overwrite_cleanly(eval_data, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", eval_data, "--baselines", "savgol", "--out", out,
+            "--no-progress"]
+    assert _cli(*argv).returncode == 0
+    before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
+    report = (out / "report.md").read_text()
+    proc = subprocess.Popen([sys.executable, "-m", "specdenoise.cli", *map(str, argv),
+                             "--overwrite"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(out.glob(".cube.zarr.tmp-*")):  # the new cube is being written
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode not in (0, None) and "--resume" in err and "Traceback" not in err
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name or ".old" in p.name]
+    assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == before
+    assert (out / "report.md").read_text() == report
+    assert _cli(*argv, "--overwrite").returncode == 0
