@@ -320,6 +320,72 @@ def remove_store(path: str | Path, kind: Kind) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+#: what a training run folder holds (``train`` and ``train --submit`` write these; names
+#: starting with "." are their temporaries); ``slurm-*.out`` / ``*.log`` are batch job logs
+RUN_ENTRIES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.csv", "learning_curve.png",
+                         "tensorboard", "train.sbatch", "train.pbs", "pbs.out"})
+
+
+def _run_entry(name: str) -> bool:
+    return (name in RUN_ENTRIES or name.startswith(".")
+            or (name.startswith("slurm-") and name.endswith(".out")) or name.endswith(".log"))
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a training run (its checkpoint, or the config.json train wrote)."""
+    path = Path(path)
+    if (path / CHECKPOINT_NAME).is_file():
+        return True
+    try:
+        return "train" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_run_folder(out: str | Path, *, inputs: Iterable[str | Path] = (),
+                     overwrite: bool = False, resume: bool = False) -> bool:
+    """May ``out`` be a training run folder? Refuses the working directory and its parents,
+    an input or a folder holding one, a file, a Zarr store, a folder holding anything but a
+    training run's files, and an existing run without ``resume`` or ``overwrite`` (which
+    replaces only a folder holding nothing but a run's files). Returns whether ``out`` holds
+    a run that ``overwrite`` is to replace.
+    """
+    out = Path(out)
+    refuse_unsafe_target(out, inputs)
+    if not os.path.lexists(out):
+        return False
+    if out.is_symlink() or not out.is_dir():
+        raise SpecdenoiseError(f"--out {out} is a file or a link, not a run folder; choose "
+                               "another --out")
+    if (out / "zarr.json").exists():
+        raise SpecdenoiseError(f"--out {out} is a Zarr store, not a run folder; choose another "
+                               "--out")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return False
+    run = is_run_folder(out)
+    foreign = [e for e in entries if not _run_entry(e)]
+    if not run or foreign:
+        what = foreign[0] if foreign else entries[0]
+        raise SpecdenoiseError(f"--out {out} holds {what!r}, which is not part of a training "
+                               "run; nothing was written (choose a new or empty folder)")
+    if resume:
+        return False
+    if not overwrite:
+        raise SpecdenoiseError(f"{out} already holds a training run; pass --resume to continue "
+                               "it, --overwrite to replace it, or choose another --out")
+    return True
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename ``path`` to a hidden unique name beside it (to be deleted once its replacement
+    exists, or put back); returns the new name."""
+    path = Path(path)
+    trash = _trash_name(path)
+    os.rename(path, trash)
+    return trash
+
+
 # --------------------------------------------------------------------------- temporaries
 
 

@@ -181,3 +181,92 @@ def test_sigterm_stops_evaluate_overwrite_cleanly(eval_data, tmp_path):
     assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == before
     assert (out / "report.md").read_text() == report
     assert _cli(*argv, "--overwrite").returncode == 0
+
+
+# --------------------------------------------------------------------------- case 1
+
+TINY = ["--preset", "quick", "--model-cfg", '{"depth": 2, "filters": 4}', "--batch-size", "8",
+        "--workers", "0", "--device", "cpu", "--epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    from test_train_data import make_dataset
+
+    d = tmp_path_factory.mktemp("traindata")
+    return make_dataset(d / "data.zarr", n=16, chunk=8)
+
+
+def test_train_checks_its_output_folder(train_data, tmp_path, monkeypatch):
+    from specdenoise import cli
+
+    mine = tmp_path / "analysis"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "metrics.csv").write_text("my,metrics\n")
+    monkeypatch.chdir(mine)
+    for out in (".", mine):  # the working directory; a folder of the user's files
+        assert cli.main(["train", "--data", str(train_data), "--out", str(out), *TINY]) == 2
+        assert cli.main(["train", "--data", str(train_data), "--out", str(out), "--overwrite",
+                         *TINY]) == 2
+    assert (mine / "config.json").read_text() == '{"my": "settings"}'
+    assert (mine / "metrics.csv").read_text() == "my,metrics\n"
+    before = sorted(p.name for p in train_data.iterdir())
+    assert cli.main(["train", "--data", str(train_data), "--out", str(train_data), *TINY]) == 2
+    other = train_data.parent / "other.zarr"
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(train_data, other)
+    assert cli.main(["train", "--data", str(train_data), "--out", str(other), "--overwrite",
+                     *TINY]) == 2
+    assert sorted(p.name for p in train_data.iterdir()) == before
+    assert not (other / "checkpoint.pt").exists()
+
+
+def test_train_overwrite_replaces_only_a_run(train_data, tmp_path):
+    from specdenoise import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), *TINY]) == 0
+    first = (run / "checkpoint.pt").read_bytes()
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), *TINY]) == 2
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), "--overwrite",
+                     "--seed", "5", *TINY]) == 0
+    assert (run / "checkpoint.pt").read_bytes() != first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+    (run / "thesis.tex").write_text("mine")
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), "--overwrite",
+                     *TINY]) == 2
+    assert (run / "thesis.tex").exists() and (run / "checkpoint.pt").exists()
+
+
+def test_train_overwrite_keeps_the_old_run_when_the_new_one_fails_first(train_data, tmp_path):
+    from specdenoise import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), *TINY]) == 0
+    first = (run / "checkpoint.pt").read_bytes()
+    # the new run stops before its first epoch (its data hold a NaN flux)
+    from test_train_data import make_dataset
+
+    bad = make_dataset(tmp_path / "bad.zarr", n=16, chunk=8, nan_at=3)
+    assert cli.main(["train", "--data", str(bad), "--out", str(run), "--overwrite",
+                     *TINY]) == 2
+    assert (run / "checkpoint.pt").read_bytes() == first
+
+
+def test_submit_never_overwrites_an_edited_job_script(train_data, tmp_path, monkeypatch):
+    import shutil
+
+    from specdenoise import cli
+
+    if shutil.which("sbatch") is None:  # submitting is not what is tested: the refusal is
+        pytest.skip("needs sbatch on PATH to get as far as the script")
+    profile = tmp_path / "p.yaml"
+    profile.write_text("kind: slurm\ncores: 1\nmemory: 1GB\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    script = run / "train.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH -p my-edited-partition\n")
+    assert cli.main(["train", "--data", str(train_data), "--out", str(run), "--submit",
+                     str(profile), *TINY]) == 2
+    assert "my-edited-partition" in script.read_text()
