@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import time
 import zlib
 from collections.abc import Mapping
@@ -245,8 +246,6 @@ def simulate(
 
 def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
               overwrite, progress) -> list[Path]:
-    from specdenoise.cluster import connect
-
     stored_cfg = {k: v for k, v in cfg.items() if k != "out"}
     chash = config_hash(cfg)
     attrs = {
@@ -267,6 +266,36 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         n_chunks = -(-n // cfg["chunk_size"])
         pending |= overwrite or not path.exists() or len(schema.done_chunks(path)) < n_chunks
     paths = [p for _, p, _ in plan(cfg)]
+    # --overwrite writes the new store under a temporary name and renames it into place when
+    # complete: until then the old store stays whole (an interrupt or a failed task keeps it)
+    where = {p: (_new_name(p) if overwrite and p.exists() else p) for p in paths}
+    try:
+        _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker,
+                      memory_limit, overwrite, progress, attrs, compressors, keepbits, wave,
+                      pending, chash, where)
+        for path, tmp in where.items():
+            if tmp != path:
+                stores.publish(tmp, path, stores.DATASET, overwrite=True)
+    finally:
+        for path, tmp in where.items():
+            if tmp != path and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def _new_name(path: Path) -> Path:
+    """A unique unused name beside ``path`` for its replacement to be written under."""
+    tmp = stores.temp_dir(path)
+    tmp.rmdir()  # the store is created there (the name stays ours: we hold the lock)
+    return tmp
+
+
+def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
+                  overwrite, progress, attrs, compressors, keepbits, wave, pending, chash,
+                  where) -> None:
+    """Create the stores (at ``where[path]``), run the missing chunks, finalize them."""
+    from specdenoise.cluster import connect
+
     with contextlib.ExitStack() as stack:
         if pending and client is None:
             # connect before any store is created: a scheduler that cannot be reached (or a
@@ -275,7 +304,8 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
                 cluster, workers=workers, threads_per_worker=threads_per_worker,
                 memory_limit=memory_limit))
         jobs = []
-        for split, path, n in plan(cfg):
+        for split, final, n in plan(cfg):
+            path = where[final]
             schema.create_dataset_store(
                 path, n, cfg["chunk_size"], wave,
                 attrs={**attrs, "split": split or "all"},
@@ -290,14 +320,14 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
                     jobs.append((split, path, c, count))
         if jobs:
             _execute(client, jobs, cfg, grid_path, chash, progress)
-    for _split, path, n in plan(cfg):
+    for _split, final, n in plan(cfg):
+        path = where[final]
         n_chunks = -(-n // cfg["chunk_size"])
         missing = set(range(n_chunks)) - schema.done_chunks(path)
         if missing:
-            raise SpecdenoiseError(f"{path}: {len(missing)} chunk(s) not written; re-run with "
+            raise SpecdenoiseError(f"{final}: {len(missing)} chunk(s) not written; re-run with "
                                    "--resume")
         schema.finalize_dataset(path)
-    return paths
 
 
 def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:

@@ -270,3 +270,40 @@ def test_submit_never_overwrites_an_edited_job_script(train_data, tmp_path, monk
     assert cli.main(["train", "--data", str(train_data), "--out", str(run), "--submit",
                      str(profile), *TINY]) == 2
     assert "my-edited-partition" in script.read_text()
+
+
+# --------------------------------------------------------------------------- case 2
+
+
+def _simulate_argv(grid, out, *extra, n=4):
+    return ["simulate", "--n", str(n), "--chunk-size", "2", "--grid", grid, "--out", out,
+            "--workers", "1", "--no-progress", *extra]
+
+
+def _wait_for(pred, proc, timeout=300.0):
+    deadline = time.time() + timeout
+    while not pred():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_simulate_overwrite_keeps_the_old_store_until_the_new_one_is_complete(small_grid,
+                                                                             tmp_path):
+    from conftest import store_files
+
+    out = tmp_path / "done.zarr"
+    assert _cli(*_simulate_argv(small_grid, out)).returncode == 0
+    before = store_files(out)
+    proc = subprocess.Popen([sys.executable, "-m", "specdenoise.cli",
+                             *map(str, _simulate_argv(small_grid, out, "--overwrite",
+                                                      "--seed", "8", n=400))],
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: list(tmp_path.glob(".done.zarr.tmp-*/flux")), proc)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130 and "--resume" in err, err
+    assert store_files(out) == before  # the complete old store, whole
+    assert not list(tmp_path.glob(".done.zarr*"))
+    r = _cli(*_simulate_argv(small_grid, out, "--overwrite", "--seed", "8"))
+    assert r.returncode == 0 and store_files(out) != before
