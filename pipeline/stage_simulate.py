@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import shutil
 import time
 import zlib
@@ -41,6 +42,27 @@ def grid_provenance(path: Path, spec: str) -> dict:
         "source": ds.attrs.get("source"),
         "content_hash": ds.attrs.get("content_hash"),
     }
+
+
+def check_same_grid(cfg: Mapping, grid_path: Path) -> None:
+    """Refuse to resume a store begun on a grid whose content differs from the grid now at
+    the configured path (the config hash holds the grid's path, not its content): the store
+    would mix chunks of both grids."""
+    now = grid_provenance(grid_path, cfg["grid"]).get("content_hash")
+    for _split, path, _n in plan(cfg):
+        attrs = stores.read_attrs(path) if path.exists() else None
+        prov = (attrs or {}).get("grid_provenance") or {}
+        if isinstance(prov, str):  # stored as JSON text
+            try:
+                prov = json.loads(prov)
+            except ValueError:
+                prov = {}
+        then = prov.get("content_hash") if isinstance(prov, dict) else None
+        if then and then != now:
+            raise SpecdenoiseError(
+                f"{path} was begun on another grid than the one now at {cfg['grid']} (content "
+                f"hash {then} then, {now} now); --resume would mix both: put the old grid "
+                "back, or start again with --overwrite")
 
 
 def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
@@ -234,6 +256,8 @@ def simulate(
                                    "to start again")
         stores.check_output(path, stores.DATASET, overwrite=overwrite, allow_existing=resume)
     grid_path = resolve_grid(cfg["grid"])
+    if resume and not overwrite:
+        check_same_grid(cfg, grid_path)
     check_params_on_grid(cfg, grid_path)
     check_lsf_on_grid(cfg, grid_path)
     make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts

@@ -307,3 +307,36 @@ def test_simulate_overwrite_keeps_the_old_store_until_the_new_one_is_complete(sm
     assert not list(tmp_path.glob(".done.zarr*"))
     r = _cli(*_simulate_argv(small_grid, out, "--overwrite", "--seed", "8"))
     assert r.returncode == 0 and store_files(out) != before
+
+
+# --------------------------------------------------------------------------- case 7
+
+
+def test_resume_refuses_a_grid_replaced_at_the_same_path(small_grid, tmp_path):
+    import shutil
+
+    import numpy as np
+    import zarr
+    from conftest import store_files, toy_grid_flux
+
+    from specdenoise import schema
+    from specdenoise.simulate.grids import open_grid, write_grid
+
+    grid = tmp_path / "grid.zarr"
+    shutil.copytree(small_grid, grid)
+    out = tmp_path / "s.zarr"
+    assert _cli(*_simulate_argv(grid, out)).returncode == 0
+    # as if interrupted after its first chunk: not complete, one chunk to do
+    zarr.open_group(str(out), mode="r+").attrs["complete"] = False
+    (schema.done_dir(out) / "00000001").unlink()
+    before = store_files(out)
+    # another grid (deeper lines) written at the same path
+    g = open_grid(small_grid)
+    axes = {k: g[k].values for k in ("teff", "logg", "m_h", "a_m")}
+    wave = g["wave"].values
+    shutil.rmtree(grid)
+    write_grid(grid, toy_grid_flux(axes, wave) * np.float32(0.5), axes, wave,
+               attrs={"source": "test", "resolution": 20000})
+    r = _cli(*_simulate_argv(grid, out, "--resume"))
+    _one_line_refusal(r, "another grid", "--overwrite")
+    assert store_files(out) == before
