@@ -340,3 +340,19 @@ def test_resume_refuses_a_grid_replaced_at_the_same_path(small_grid, tmp_path):
     r = _cli(*_simulate_argv(grid, out, "--resume"))
     _one_line_refusal(r, "another grid", "--overwrite")
     assert store_files(out) == before
+
+
+# --------------------------------------------------------------------------- case 8
+
+
+def test_run_never_reuses_stores_made_with_other_settings(tmp_path):
+    from conftest import store_files
+    from test_train_data import make_dataset
+
+    work = tmp_path / "work"
+    make_dataset(work / "train.zarr", n=16, chunk=8)  # complete, but not what is asked
+    before = store_files(work / "train.zarr")
+    r = _cli("run", "--preset", "quick", "--seed", "9", "--workdir", work, "--no-progress")
+    _one_line_refusal(r, "other settings", "--seed 9")
+    assert store_files(work / "train.zarr") == before
+    assert sorted(p.name for p in work.iterdir()) == ["train.zarr"]
