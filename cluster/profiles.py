@@ -54,11 +54,12 @@ log = logging.getLogger("specdenoise.cluster")
 
 def load_profile(path: Path) -> dict:
     """Read and check a profile; one error line lists every problem."""
+    from specdenoise.stores import read_text
+
     path = Path(path)
-    if not path.exists():
-        raise SpecdenoiseError(f"cluster profile {path} does not exist")
+    text = read_text(path, "cluster profile")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SpecdenoiseError(f"cluster profile {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

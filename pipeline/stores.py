@@ -197,6 +197,47 @@ def _check_chunks(path, names, optional, label) -> None:
                 "from the store (deleted or never copied); re-create or re-copy it")
 
 
+def regular_file(path: str | Path, what: str, *, max_bytes: int) -> Path:
+    """Refuse anything but a regular file of at most ``max_bytes`` as the input ``what`` (a
+    folder, a device such as /dev/zero, a FIFO or socket would hang a reader or feed it
+    without end); returns the path."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SpecdenoiseError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise SpecdenoiseError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SpecdenoiseError(f"{what} {path} is a folder; give a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecdenoiseError(f"{what} {path} is not a regular file (a device, FIFO or "
+                               "socket); give a file")
+    if st.st_size > max_bytes:
+        raise SpecdenoiseError(f"{what} {path} is {st.st_size:,} bytes, more than any "
+                               f"{what} should be ({max_bytes:,}); is it the right file?")
+    return path
+
+
+def read_text(path: str | Path, what: str, *, max_bytes: int = 1 << 20) -> str:
+    """The text of a small input file (a config, a profile), refused when it is not a regular
+    file of at most ``max_bytes`` (:func:`regular_file`) or not UTF-8 text."""
+    path = regular_file(path, what, max_bytes=max_bytes)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise SpecdenoiseError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise SpecdenoiseError(f"{what} {path} is larger than {max_bytes:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecdenoiseError(f"{what} {path} is not text (UTF-8)") from None
+
+
 # --------------------------------------------------------------------------- checking outputs
 
 

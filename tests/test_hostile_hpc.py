@@ -356,3 +356,147 @@ def test_run_never_reuses_stores_made_with_other_settings(tmp_path):
     _one_line_refusal(r, "other settings", "--seed 9")
     assert store_files(work / "train.zarr") == before
     assert sorted(p.name for p in work.iterdir()) == ["train.zarr"]
+
+
+# --------------------------------------------------------------------------- cases 9-10, 13
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny trained U-Net and its training data (as tests/test_train_infer.py's ``run``)."""
+    import torch
+    from test_train_data import make_dataset
+
+    from specdenoise.train import loop
+
+    d = tmp_path_factory.mktemp("tinyrun")
+    data = make_dataset(d / "data.zarr", n=20, chunk=8)
+    cfg = loop.make_config(data, None, d / "run", model="unet", preset="quick",
+                           model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=10,
+                           workers=0, device="cpu")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop.train(cfg)
+    finally:
+        torch.set_num_threads(n)
+    return d / "run", data
+
+
+def _with_wave(data: Path, out: Path, edit) -> Path:
+    import shutil
+
+    import zarr
+
+    shutil.copytree(data, out)
+    g = zarr.open_group(str(out), mode="r+")
+    g["wave"][:] = edit(g["wave"][:])
+    return out
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("shifted", lambda w: w + 5.0),
+    ("reversed", lambda w: w[::-1]),
+    ("nan_x10", lambda w: __import__("numpy").where(__import__("numpy").arange(w.size) == 7,
+                                                     float("nan"), w * 10)),
+])
+def test_denoise_data_checks_the_wavelengths(tiny_run, tmp_path, capsys, name, edit):
+    from specdenoise import cli
+
+    bad = _with_wave(tiny_run[1], tmp_path / f"{name}.zarr", edit)
+    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--data", str(bad), "--out",
+                     str(tmp_path / "den.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another wavelength grid" in err and "\n" not in err
+    assert not (tmp_path / "den.zarr").exists()
+    if name == "nan_x10":  # evaluate and train refused it too
+        assert cli.main(["evaluate", "--model", str(tiny_run[0]), "--data", str(bad),
+                         "--baselines", "none", "--out", str(tmp_path / "ev")]) == 2
+        assert "another wavelength grid" in capsys.readouterr().err
+        assert cli.main(["train", "--data", str(tiny_run[1]), "--val", str(bad), "--out",
+                         str(tmp_path / "r"), *TINY]) == 2
+        assert "another wavelength grid" in capsys.readouterr().err
+
+
+def test_denoise_spectrum_honours_a_fits_wcs(tiny_run, tmp_path, capsys):
+    import numpy as np
+    import xarray as xr
+    from astropy.io import fits
+    from test_train_data import WAVE
+
+    from specdenoise import cli
+
+    flux = xr.open_zarr(tiny_run[1])["flux"].values[0]
+    step_a = float(WAVE[1] - WAVE[0]) * 10
+    wrong = tmp_path / "at8000.fits"  # a 1-D image whose WCS starts at 8000 Angstrom
+    hdu = fits.PrimaryHDU(flux)
+    hdu.header.update(CRVAL1=8000.0, CDELT1=step_a, CRPIX1=1.0, CTYPE1="WAVE",
+                      CUNIT1="Angstrom")
+    hdu.writeto(wrong)
+    out = tmp_path / "o.csv"
+    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(wrong),
+                     "--out", str(out)]) == 2
+    assert "wavelengths differ" in capsys.readouterr().err and not out.exists()
+    right = tmp_path / "right.fits"  # the model's own grid, in Angstrom, without a unit
+    hdu = fits.PrimaryHDU(flux)
+    hdu.header.update(CRVAL1=float(WAVE[0]) * 10, CDELT1=step_a, CRPIX1=1.0)
+    hdu.writeto(right)
+    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(right),
+                     "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.genfromtxt(out, delimiter=",", names=True)["wave"], WAVE,
+                               atol=1e-5)
+
+
+def test_denoise_spectrum_refuses_per_row_grids_and_absurd_noise(tiny_run, tmp_path, capsys):
+    import numpy as np
+    import xarray as xr
+    from astropy.io import fits
+    from test_train_data import WAVE
+
+    from specdenoise import cli
+
+    flux = xr.open_zarr(tiny_run[1])["flux"].values[:2].astype(np.float32)
+    rows = tmp_path / "rows.fits"
+    waves = np.stack([WAVE, WAVE + 3.0])
+    fits.BinTableHDU.from_columns([
+        fits.Column("WAVE", f"{WAVE.size}D", array=waves),
+        fits.Column("FLUX", f"{WAVE.size}E", array=flux)]).writeto(rows)
+    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(rows),
+                     "--out", str(tmp_path / "o.csv")]) == 2
+    assert "different wavelength grids" in capsys.readouterr().err
+    for factor in (1e4, 1e10):
+        noisy = tmp_path / f"sigma{factor:g}.csv"
+        np.savetxt(noisy, np.c_[WAVE, flux[0], flux[0] * factor], delimiter=",",
+                   header="wave,flux,sigma", comments="")
+        assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(noisy),
+                         "--out", str(tmp_path / "o.csv")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "times its flux" in err and "\n" not in err
+
+
+def _fifo(tmp_path: Path, name: str) -> Path:
+    p = tmp_path / name
+    os.mkfifo(p)
+    return p
+
+
+def test_devices_fifos_and_folders_are_refused_as_inputs(tiny_run, small_grid, tmp_path):
+    profile_fifo, config_fifo = _fifo(tmp_path, "p.yaml"), _fifo(tmp_path, "c.toml")
+    spec_fifo = _fifo(tmp_path, "s.csv")
+    cases = [
+        (["denoise", "--model", tiny_run[0], "--spectrum", "/dev/zero", "--out",
+          tmp_path / "o.csv"], "not a regular file"),
+        (["denoise", "--model", tiny_run[0], "--spectrum", spec_fifo, "--out",
+          tmp_path / "o.csv"], "not a regular file"),
+        (["denoise", "--model", tiny_run[0], "--spectrum", tmp_path, "--out",
+          tmp_path / "o.csv"], "is a folder"),
+        (["simulate", "--config", "/dev/zero", "--grid", small_grid, "--out",
+          tmp_path / "s.zarr"], "not a regular file"),
+        (["simulate", "--config", config_fifo, "--grid", small_grid, "--out",
+          tmp_path / "s.zarr"], "not a regular file"),
+        (["cluster", "show", "/dev/zero"], "not a regular file"),
+        (["cluster", "show", profile_fifo], "not a regular file"),
+    ]
+    for argv, words in cases:
+        r = _cli(*argv)  # a hang would end in subprocess's timeout
+        _one_line_refusal(r, words)
