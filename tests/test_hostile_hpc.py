@@ -500,3 +500,62 @@ def test_devices_fifos_and_folders_are_refused_as_inputs(tiny_run, small_grid, t
     for argv, words in cases:
         r = _cli(*argv)  # a hang would end in subprocess's timeout
         _one_line_refusal(r, words)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def test_shipped_profiles_work_from_any_folder_and_show_starts_no_scheduler(tmp_path):
+    for name, word in (("slurm", "#SBATCH"), ("pbs", "#PBS")):
+        r = _cli("cluster", "show", name, cwd=tmp_path)
+        assert r.returncode == 0 and word in r.stdout, r.stderr
+        # the address workers get is the scheduler's, never loopback in a shipped profile
+        host = __import__("re").search(r"dask_worker tcp://([^:\s]+):PORT", r.stdout).group(1)
+        assert not host.startswith("127."), host
+    pbs = _cli("cluster", "show", "pbs", cwd=tmp_path).stdout
+    assert '--local-directory "$TMPDIR"' in pbs  # expanded on the node, not a literal
+
+
+def test_cluster_init_writes_a_profile_that_show_reads(tmp_path):
+    r = _cli("cluster", "init", "--system", "slurm", "--interface", "ib0", "--partition",
+             "long", "--account", "pfs", "--walltime", "04:00:00", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "slurm.yaml").read_text()
+    assert "interface: ib0" in text and "queue: long" in text and "# " in text
+    r = _cli("cluster", "show", "slurm.yaml", cwd=tmp_path)  # ib0 is not on this machine
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "#SBATCH -p long" in r.stdout and "#SBATCH -A pfs" in r.stdout
+    assert "#SBATCH -t 04:00:00" in r.stdout and "--interface ib0" in r.stdout
+    assert "'ib0' is not on this machine" in r.stderr and "cannot check" in r.stderr
+    _one_line_refusal(_cli("cluster", "init", "--system", "slurm", cwd=tmp_path),
+                      "already exists")
+    _one_line_refusal(_cli("cluster", "init", "--system", "pbs", "--partition", "a b",
+                           "--out", "p.yaml", cwd=tmp_path), "--partition")
+
+
+def test_profile_paths_expand_variables_but_run_nothing(tmp_path):
+    for bad in ("$(touch /tmp/pwned)", "$HOME`id`", "${X:-y}"):
+        p = tmp_path / "p.yaml"
+        p.write_text(f"kind: slurm\ncores: 1\nmemory: 1GB\nlocal_directory: '{bad}'\n")
+        _one_line_refusal(_cli("cluster", "show", p), "local_directory")
+
+
+def test_a_missing_scheduler_interface_and_garbage_addresses_are_one_line(small_grid,
+                                                                          tmp_path):
+    p = tmp_path / "site.yaml"
+    p.write_text("kind: slurm\ncores: 1\nmemory: 1GB\nscheduler_options: {interface: ib7}\n")
+    if __import__("shutil").which("sbatch"):
+        r = _cli(*_simulate_argv(small_grid, tmp_path / "s.zarr")[:-3], "--cluster", p,
+                 "--no-progress")
+        _one_line_refusal(r, "'ib7' is not on this machine")
+    for spec in ("tcp://", "foo://bar"):
+        r = _cli(*_simulate_argv(small_grid, tmp_path / "t.zarr")[:-3], "--cluster", spec,
+                 "--no-progress")
+        _one_line_refusal(r, "scheduler")
+        assert not (tmp_path / "t.zarr").exists()
+
+
+def test_an_absurd_memory_limit_is_refused(small_grid, tmp_path):
+    r = _cli(*_simulate_argv(small_grid, tmp_path / "s.zarr"), "--memory-limit", "1MB")
+    _one_line_refusal(r, "--memory-limit 1MB")
+    assert not (tmp_path / "s.zarr").exists()

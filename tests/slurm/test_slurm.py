@@ -205,7 +205,7 @@ def slurm_simulate_run(slurm, small_grid, tmp_path_factory):
                            capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     wait_no_jobs()
-    return {"out": out, "cwd": cwd, "jobs": jobs, "stderr": r.stderr}
+    return {"out": out, "cwd": cwd, "jobs": jobs, "stderr": r.stderr, "out_text": r.stdout}
 
 
 @pytest.mark.slurm
@@ -214,13 +214,19 @@ def test_simulate_on_slurm_identical(slurm_simulate_run, reference):
     ids = sorted(run["jobs"].seen, key=int)
     assert len(ids) >= 2, f"expected the profile's 2 worker jobs in squeue, saw {ids}"
     # a job still pending when the work ran out is cancelled before it starts (no log);
-    # every job that did start ran a worker that reached the scheduler on 127.0.0.1
+    # every job that did start ran a worker that reached the scheduler on the address the
+    # profile names (this machine's address on its default route, not loopback)
+    from specdenoise.cluster.profiles import load_profile, scheduler_host
+
+    host = scheduler_host(load_profile(PROFILE))[0]
     logs = [run["cwd"] / f"slurm-{job}.out" for job in ids]
     started = [p for p in logs if p.exists()]
     assert started, f"none of the jobs {ids} started"
     for log in started:
         text = log.read_text()
-        assert re.search(r"Registered to:\s+tcp://127\.0\.0\.1:\d+", text), text[-2000:]
+        assert re.search(rf"Registered to:\s+tcp://{re.escape(host)}:\d+", text), text[-2000:]
+    assert re.search(r"submitted 2 batch jobs \(\d+, \d+\); waiting for workers", run["out_text"])
+    assert re.search(r"\d of 2 workers connected", run["out_text"])
     assert_identical(reference, run["out"])
 
 
@@ -235,7 +241,7 @@ def test_cluster_show_prints_the_job_script(slurm_simulate_run):
     # Two words differ by design: the scheduler's port (each run starts its own scheduler on
     # a free port) and the worker name (SLURMCluster-0, -1, ... in the jobs).
     def per_run(text: str) -> str:
-        text = re.sub(r"tcp://127\.0\.0\.1:\d+", "tcp://127.0.0.1:PORT", text)
+        text = re.sub(r"(tcp://[^\s:]+):(\d+|PORT)\b", r"\1:PORT", text)
         return re.sub(r"--name \S+", "--name NAME", text)
 
     shown = r.stdout.removesuffix("\n")
