@@ -367,6 +367,10 @@ RUN_ENTRIES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.csv", "learnin
                          "tensorboard", "train.sbatch", "train.pbs", "pbs.out"})
 
 
+#: what ``train --submit`` leaves in a run folder before the run begins
+SUBMIT_ENTRIES = frozenset({"train.sbatch", "train.pbs", "pbs.out"})
+
+
 def _run_entry(name: str) -> bool:
     return (name in RUN_ENTRIES or name.startswith(".")
             or (name.startswith("slurm-") and name.endswith(".out")) or name.endswith(".log"))
@@ -404,12 +408,19 @@ def check_run_folder(out: str | Path, *, inputs: Iterable[str | Path] = (),
     entries = sorted(os.listdir(out))
     if not entries:
         return False
-    run = is_run_folder(out)
     foreign = [e for e in entries if not _run_entry(e)]
-    if not run or foreign:
-        what = foreign[0] if foreign else entries[0]
-        raise SpecdenoiseError(f"--out {out} holds {what!r}, which is not part of a training "
-                               "run; nothing was written (choose a new or empty folder)")
+    if foreign:
+        raise SpecdenoiseError(f"--out {out} holds {foreign[0]!r}, which is not part of a "
+                               "training run; nothing was written (choose a new or empty "
+                               "folder)")
+    if not is_run_folder(out):
+        # a job script and its logs (a submitted run not begun) are fine; a config.json or
+        # metrics.csv that no run wrote is the user's
+        outputs = [e for e in entries if e in RUN_ENTRIES and e not in SUBMIT_ENTRIES]
+        if outputs:
+            raise SpecdenoiseError(f"--out {out} holds {outputs[0]!r}, which no training run "
+                                   "wrote; nothing was written (choose a new or empty folder)")
+        return False
     if resume:
         return False
     if not overwrite:
