@@ -64,6 +64,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     if existing and not overwrite:
         raise SpecdenoiseError(f"{existing[0]} exists; choose another --out or pass --overwrite")
     _check_replaceable_outputs(targets, out)
+    n_wave = int(ds.sizes.get("wave", 0)) or None
+    _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave)
     if template_n is not None and template_n < 1:
         raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got {template_n}")
 
@@ -93,6 +95,22 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     with stores.locked(out):
         return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
                               bin_spec, overwrite, progress, log)
+
+
+def _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave) -> None:
+    """One line for baseline options no spectrum could use (before anything is computed)."""
+    import math
+
+    limit = n_wave or math.inf
+    if not (isinstance(savgol_window, int) and 5 <= savgol_window <= limit
+            and savgol_window % 2 == 1):
+        raise SpecdenoiseError(f"--savgol-window must be an odd number of pixels from 5 to the "
+                               f"spectrum's {n_wave}, got {savgol_window}")
+    if not (math.isfinite(gaussian_sigma) and 0 < gaussian_sigma <= limit / 4):
+        raise SpecdenoiseError(f"--gaussian-sigma must be a positive number of pixels up to a "
+                               f"quarter of the spectrum, got {gaussian_sigma}")
+    if not (isinstance(pca_k, int) and pca_k >= 1):
+        raise SpecdenoiseError(f"--pca-k must be at least 1, got {pca_k}")
 
 
 def _baselines_to_run(requested: Sequence[str] | None, data, *, train, has_config: bool,

@@ -36,6 +36,9 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
     """
     from specdenoise.train import loop
 
+    seed = options.get("seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise SpecdenoiseError(f"--seed must be a non-negative integer, got {seed}")
     if resume and overwrite:
         raise SpecdenoiseError("--resume continues a run and --overwrite replaces it; pass one")
     rank0 = int(os.environ.get("RANK", "0")) == 0

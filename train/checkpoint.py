@@ -90,9 +90,23 @@ def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
     """
     state = read_checkpoint(path)
     device = torch.device(device) if device is not None else default_device()
-    m = state["model"]
-    model = build_model(m["name"], **m["cfg"])
-    model.load_state_dict(m["state"])
+    m = state.get("model")
+    where = resolve_checkpoint(path)
+    if not (isinstance(m, dict) and isinstance(m.get("name"), str)
+            and isinstance(m.get("cfg"), dict) and isinstance(m.get("state"), dict)):
+        raise SpecdenoiseError(f"checkpoint {where} lacks its model entry (name, cfg, weights); "
+                               "it was not written by 'specdenoise train' or is damaged")
+    huge = _huge_number(m["cfg"])
+    if huge is not None:
+        raise SpecdenoiseError(f"checkpoint {where} asks for a model with {huge[0]} = {huge[1]}; "
+                               "refused (a damaged or foreign checkpoint)")
+    try:
+        model = build_model(m["name"], **m["cfg"])
+        model.load_state_dict(m["state"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise SpecdenoiseError(f"checkpoint {where}: its weights do not fit its model "
+                               f"{m['name']!r} ({first})") from None
     model.to(device).eval()
     config = {
         "path": str(resolve_checkpoint(path)),
@@ -105,3 +119,26 @@ def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
         "history": state.get("history", []),
     }
     return model, config
+
+
+#: the largest number a model configuration may hold (pixels, filters, widths): larger ones
+#: would allocate without end before any check
+MAX_MODEL_NUMBER = 10**6
+
+
+def _huge_number(cfg, key: str = "cfg") -> tuple[str, object] | None:
+    """(key, value) of the first number in a model configuration beyond MAX_MODEL_NUMBER."""
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            found = _huge_number(v, str(k))
+            if found:
+                return found
+    elif isinstance(cfg, list | tuple):
+        for v in cfg:
+            found = _huge_number(v, key)
+            if found:
+                return found
+    elif isinstance(cfg, int | float) and not isinstance(cfg, bool):
+        if not abs(cfg) <= MAX_MODEL_NUMBER:
+            return key, cfg
+    return None
