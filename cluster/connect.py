@@ -148,6 +148,9 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
         threads = threads_per_worker or 1
         n_workers = workers or max(1, n_cpu // threads)
         saved = dict(os.environ)
+        # the worker processes log only errors (they share this terminal: closing them on
+        # Ctrl-C printed a warning per cancelled task before the one-line message)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
         with _workers_ignore_sigint():
             cluster = LocalCluster(
                 n_workers=n_workers,

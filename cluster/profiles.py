@@ -286,13 +286,32 @@ def _job_kwargs(profile: dict, dask_settings: Mapping | None) -> dict:
 
 
 def _jobqueue_class(profile: dict):
+    import signal
+
+    # dask-jobqueue's runner module, imported with the package, replaces the SIGINT handler
+    # with sys.exit(): Ctrl-C then ended a run with status 0 and no word, jobs cancelled and
+    # the store incomplete (a 'simulate && train' script carried on). Keep ours.
+    previous = signal.getsignal(signal.SIGINT)
     try:
         import dask_jobqueue
     except ImportError:
         raise SpecdenoiseError(
             "batch-system profiles need dask-jobqueue: pip install 'specdenoise[hpc]'"
         ) from None
+    finally:
+        if (previous is not None and signal.getsignal(signal.SIGINT) is not previous
+                and threading.current_thread() is threading.main_thread()):
+            signal.signal(signal.SIGINT, previous)
     return getattr(dask_jobqueue, SYSTEMS[profile["kind"]].jobqueue_class)
+
+
+def _submit_error(text: str) -> str:
+    """The useful line of dask-jobqueue's error for a failed submit command (the command's
+    last stderr line, e.g. "sbatch: error: Batch job submission failed: Invalid partition
+    name specified"), else the whole text on one line."""
+    _, _, err = text.partition("stderr:")
+    lines = [ln.strip() for ln in (err or text).splitlines() if ln.strip()]
+    return "; ".join(lines[-2:]) if err and lines else " ".join(text.split())
 
 
 def _recording(cls, failures: list[str]):
@@ -305,8 +324,9 @@ def _recording(cls, failures: list[str]):
             try:
                 await super().start()
             except Exception as exc:  # the submit command's error, as dask-jobqueue raised it
-                failures.append(" ".join(str(exc).split()))
-                raise
+                # (noted for wait_for_workers' one line, not raised into the event loop,
+                # which would print its traceback)
+                failures.append(_submit_error(str(exc)))
 
     Job.__name__ = base.__name__
     return type(cls.__name__, (cls,), {"job_cls": Job})

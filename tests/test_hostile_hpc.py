@@ -559,3 +559,75 @@ def test_an_absurd_memory_limit_is_refused(small_grid, tmp_path):
     r = _cli(*_simulate_argv(small_grid, tmp_path / "s.zarr"), "--memory-limit", "1MB")
     _one_line_refusal(r, "--memory-limit 1MB")
     assert not (tmp_path / "s.zarr").exists()
+
+
+# --------------------------------------------------------------------------- tracebacks
+
+
+def _damaged(run: Path, tmp_path: Path, name: str, edit) -> Path:
+    import torch
+
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    edit(state)
+    (tmp_path / name).mkdir()
+    torch.save(state, tmp_path / name / "checkpoint.pt")
+    return tmp_path / name
+
+
+def test_damaged_checkpoints_are_one_line(tiny_run, tmp_path):
+    import torch
+
+    def misfit(st):
+        k = next(iter(st["model"]["state"]))
+        st["model"]["state"][k] = torch.zeros(3, 3)
+
+    cases = [(_damaged(tiny_run[0], tmp_path, "misfit", misfit), "do not fit"),
+             (_damaged(tiny_run[0], tmp_path, "nomodel", lambda st: st.pop("model")),
+              "lacks its model entry"),
+             (_damaged(tiny_run[0], tmp_path, "huge",
+                       lambda st: st["model"]["cfg"].update(filters=10**9)), "filters")]
+    for run, words in cases:
+        r = _cli("denoise", "--model", run, "--data", tiny_run[1], "--out",
+                 tmp_path / f"{run.name}.zarr")
+        _one_line_refusal(r, words)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tiny tmpfs (needs root)")
+def test_a_full_disk_while_checkpointing_is_one_line(train_data, tmp_path):
+    full = Path(tempfile.mkdtemp(prefix="specdenoise-full-"))
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(full)]
+                      ).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = _cli("train", "--data", train_data, "--out", full / "run", *TINY)
+        last = r.stderr.strip().splitlines()[-1]  # (after training's own log lines)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert last.startswith("specdenoise train: error:") and "disk is full" in last
+        assert not (full / "run" / "checkpoint.pt").exists()
+    finally:
+        subprocess.run(["umount", str(full)])
+        full.rmdir()
+
+
+def test_absurd_numbers_are_one_line(train_data, eval_data, tmp_path):
+    _one_line_refusal(_cli("train", "--data", train_data, "--out", tmp_path / "r", *TINY,
+                           "--seed", "-1"), "--seed")
+    for opt, value in (("--savgol-window", "100001"), ("--gaussian-sigma", "nan")):
+        _one_line_refusal(_cli("evaluate", "--data", eval_data, "--baselines", "savgol,gaussian",
+                               "--out", tmp_path / "ev", opt, value), opt)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "ev").exists()
+
+
+def test_ctrl_c_on_a_local_cluster_is_one_line_without_worker_tracebacks(small_grid,
+                                                                        tmp_path):
+    out = tmp_path / "s.zarr"
+    # a process group of its own, as a terminal gives a command: Ctrl-C reaches all of it
+    proc = subprocess.Popen([sys.executable, "-m", "specdenoise.cli",
+                             *map(str, _simulate_argv(small_grid, out, n=400))],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(lambda: out.exists() and len(list((out / ".done").glob("*"))) >= 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0], err

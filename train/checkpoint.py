@@ -12,6 +12,7 @@ weights_only=True)``:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -41,7 +42,24 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION,
              "package_version": __version__, **state}
-    return stores.write_file(path, lambda tmp: torch.save(state, tmp), overwrite=True)
+    return stores.write_file(path, lambda tmp: _save(state, tmp), overwrite=True)
+
+
+def _save(state: dict, tmp: Path) -> None:
+    """``torch.save``, whose failure to write (a full disk, a quota) is a RuntimeError naming
+    a position in its zip writer: one line instead, the last checkpoint kept."""
+    try:
+        torch.save(state, tmp)
+    except RuntimeError as exc:
+        try:
+            st = os.statvfs(tmp.parent)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = None
+        why = ("the disk is full" if free is not None and free < (1 << 20) else
+               f"the write failed ({' '.join(str(exc).split())[:120]})")
+        raise SpecdenoiseError(f"cannot write the checkpoint in {tmp.parent}: {why}; the last "
+                               "checkpoint is kept") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
