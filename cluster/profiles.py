@@ -327,6 +327,9 @@ def _recording(cls, failures: list[str]):
                 # (noted for wait_for_workers' one line, not raised into the event loop,
                 # which would print its traceback)
                 failures.append(_submit_error(str(exc)))
+                from distributed.core import Status
+
+                self.status = Status.running  # what SpecCluster awaits; it has no job to cancel
 
     Job.__name__ = base.__name__
     return type(cls.__name__, (cls,), {"job_cls": Job})

@@ -267,7 +267,7 @@ def _simulate_and_scancel(small_grid, out, tmp_path, victims, env=None):
             cancelled = victims(jobs)
             n_done = len(schema.done_chunks(out))
             subprocess.run(["scancel", *cancelled], check=True, timeout=30)
-            _, err = proc.communicate(timeout=300)
+            _, err = proc.communicate(timeout=600)  # generous: other work shares the cores
         finally:
             if proc.poll() is None:
                 proc.kill()
