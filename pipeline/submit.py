@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from specdenoise.cluster.batch import SYSTEMS, BatchSystem, JobRequest, memory_size
-from specdenoise.cluster.profiles import load_profile, value_problems
+from specdenoise.cluster.profiles import load_profile, resolve_profile, value_problems
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.stores import CHECKPOINT_NAME as CHECKPOINT
 from specdenoise.stores import write_file
@@ -125,7 +125,7 @@ def submit(profile_path: Path, stage: str, stage_argv: list[str], run_dir: Path,
 
     An existing script is replaced only when it is the one this command would write, or
     with ``overwrite`` (a user's edited script is never lost silently)."""
-    profile = load_profile(Path(profile_path))
+    profile = load_profile(resolve_profile(profile_path) or Path(profile_path))
     system = _system(profile)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
