@@ -99,6 +99,31 @@ def check_lsf_on_grid(cfg: Mapping, grid_path: Path) -> None:
     lsf.sigma_pix(pixel_wave())  # raises with the reason
 
 
+def check_rv_on_grid(cfg: Mapping, grid_path: Path) -> None:
+    """Refuse radial velocities whose Doppler shift needs model wavelengths beyond the grid
+    (before any store is created): the first chunk would fail in a worker, after the store
+    exists, and the re-run would ask for --resume, which fails the same way."""
+    from specdenoise.simulate.observe import doppler_shift_pixels
+
+    dist = cfg["params"].get("rv")
+    if not dist:
+        return
+    extremes = ([dist["value"]] if dist["dist"] == "fixed" else
+                [dist[k] for k in ("low", "high") if dist.get(k) is not None])
+    if not extremes:
+        return
+    _interp, observer = engine.forward_model(cfg, grid_path)
+    m, _t = observer.table.split_shift(doppler_shift_pixels(np.asarray(extremes, float),
+                                                            observer.h))
+    try:
+        observer.table.check_shift(m)
+    except SpecdenoiseError:
+        raise SpecdenoiseError(
+            f"params.rv reaches {max(extremes, key=abs):g} km/s, whose Doppler shift needs "
+            f"model wavelengths beyond the grid {cfg['grid']}; narrow it with --set or use a "
+            "grid covering more wavelength") from None
+
+
 def make_noise(spec: str):
     """The noise model a config names (see :mod:`specdenoise.simulate.engine`)."""
     return engine.noise_model(spec)
@@ -260,6 +285,7 @@ def simulate(
         check_same_grid(cfg, grid_path)
     check_params_on_grid(cfg, grid_path)
     check_lsf_on_grid(cfg, grid_path)
+    check_rv_on_grid(cfg, grid_path)
     make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
     with contextlib.ExitStack() as held:
         for _split, path, _n in plan(cfg):

@@ -631,3 +631,15 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_without_worker_tracebacks(small_g
     assert proc.returncode == 130, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "--resume" in lines[0], err
+
+
+# --------------------------------------------------------------------------- unclear cases
+
+
+def test_rv_beyond_the_grid_is_refused_before_the_store_exists(small_grid, tmp_path):
+    out = tmp_path / "s.zarr"
+    r = _cli(*_simulate_argv(small_grid, out), "--set",
+             'params.rv={dist="fixed", value=30000}')
+    _one_line_refusal(r, "params.rv", "beyond the grid")
+    assert not out.exists()
+    assert _cli(*_simulate_argv(small_grid, out)).returncode == 0  # the default range is fine
