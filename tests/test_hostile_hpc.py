@@ -643,3 +643,27 @@ def test_rv_beyond_the_grid_is_refused_before_the_store_exists(small_grid, tmp_p
     _one_line_refusal(r, "params.rv", "beyond the grid")
     assert not out.exists()
     assert _cli(*_simulate_argv(small_grid, out)).returncode == 0  # the default range is fine
+
+
+def test_the_scheduler_address_follows_the_profile():
+    """The address choice a multi-node site depends on, checked on this machine's own
+    interfaces (no traffic leaves it): an interface gives its IPv4 address, a host is taken
+    as given, and the default is not loopback where the machine has a default route."""
+    import psutil
+
+    from specdenoise.cluster.profiles import is_loopback, scheduler_host
+
+    real = [(name, a.address) for name, addrs in psutil.net_if_addrs().items() for a in addrs
+            if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    if not real:
+        pytest.skip("this machine has no non-loopback IPv4 interface")
+    name, address = real[0]
+    assert scheduler_host({"kind": "slurm", "interface": name})[0] == address
+    assert scheduler_host({"kind": "slurm", "scheduler_options": {"interface": name}})[0] \
+        == address
+    assert scheduler_host({"kind": "slurm", "scheduler_options": {"host": "login1"}}) == \
+        ("login1", "scheduler_options.host")
+    assert not is_loopback(scheduler_host({"kind": "slurm"})[0])
+    with pytest.raises(SpecdenoiseError, match="'nosuch0' is not on this machine"):
+        scheduler_host({"kind": "slurm", "interface": "nosuch0"})
+    assert scheduler_host({"kind": "slurm", "interface": "nosuch0"}, offline=True)[0] is None
