@@ -11,9 +11,12 @@ missing folder, too little memory, a chunk that cannot be decoded): see :func:`k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
+import signal
 import sys
+import threading
 
 from specdenoise import __version__
 from specdenoise.errors import SpecdenoiseError
@@ -93,24 +96,50 @@ def known_failure(exc: BaseException) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and PBS send before a walltime or preemption kill, and what ``kill``
+    sends), raised in the main thread like Ctrl-C so that the same clean-ups run: temporaries
+    removed, batch jobs cancelled, finished chunks kept."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        status = args.func(args)
+        with sigterm_as_interrupt():
+            status = args.func(args)
     except SpecdenoiseError as exc:
         if debug:
             raise
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(
-            f"specdenoise {args.command}: interrupted; finished work is kept, "
+            f"specdenoise {args.command}: {what}; finished work is kept, "
             "re-run the same command with --resume to continue",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         message = None if debug else known_failure(exc)
         if message is None:

@@ -86,6 +86,9 @@ def register(subparsers) -> None:
     p.add_argument("--distortion-max", type=float, default=None,
                    help="largest |d - 1| of the fresh distortion draws (default 0.02)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the training run in RUN_DIR (only a folder holding nothing but "
+                        "a run's files; the old run is kept until the new one's first epoch)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (the per-epoch lines are still logged)")
     p.add_argument("--seed", type=int)
@@ -106,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "submit", None):
         from specdenoise.submit import rebuild_argv
 
-        argv = rebuild_argv(args._parser, args, skip=("submit", "resume"))
-        return stage_train.submit(args.submit, argv, args.out)
+        argv = rebuild_argv(args._parser, args, skip=("submit", "resume", "overwrite"))
+        return stage_train.submit(args.submit, argv, args.out,
+                                  inputs=(args.data, args.val, args.init_from),
+                                  overwrite=args.overwrite)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     model_cfg = None
@@ -121,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, row = stage_train.train(
         args.data, args.val, args.out, model=args.model, preset=args.preset,
         model_cfg=model_cfg, resume=args.resume, progress=False if args.no_progress else None,
+        overwrite=args.overwrite,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         scheduler=args.scheduler, loss=args.loss, device=args.device, compile=args.compile,
         precision=args.precision, seed=args.seed, workers=args.workers,

@@ -85,6 +85,24 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def _check_reusable(out: Path, sim_preset: str, n: int, chunk_size: int, seed: int,
+                    preset: str, run_seed: int) -> None:
+    """Refuse a store in the workdir that this run would not have written (another preset,
+    seed or size): it would be kept, or resumed, as if it were this run's."""
+    if not out.exists():
+        return
+    from specdenoise.config import config_hash, load_config
+
+    want = config_hash(load_config(preset=sim_preset, n=n, chunk_size=chunk_size, seed=seed,
+                                   out=str(out)))
+    attrs = stores.read_attrs(out) or {}
+    if attrs.get("config_hash") != want:
+        raise SpecdenoiseError(
+            f"{out} holds a dataset made with other settings than run --preset {preset} "
+            f"--seed {run_seed} asks for ({attrs.get('config', {}).get('n', '?')} spectra, "
+            f"seed {attrs.get('seed', '?')}); use another --workdir or remove it")
+
+
 def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed: int = 1,
         workers: int | None = None, device: str | None = None, progress: bool = True) -> dict:
     """Run every stage; returns the paths of the main outputs."""
@@ -96,14 +114,18 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
     quiet = [] if progress else ["--no-progress"]
     t0 = time.perf_counter()
 
-    _step("built-in grid", ["grid", "build", "builtin", *quiet])
-
-    data = {}
     splits = [("train", p["n_train"], seed, p["sim_preset"]),
               ("val", p["n_val"], seed + 1, p["sim_preset"])]
     if p.get("wide"):
         splits.append(("val-wide", p["wide"]["n"], seed + WIDE_SEED_OFFSET,
                        p["wide"]["sim_preset"]))
+    for split, n, split_seed, sim_preset in splits:  # before any step: one line, nothing started
+        _check_reusable(work / f"{split}.zarr", sim_preset, n, p["chunk_size"],
+                        split_seed, preset, seed)
+
+    _step("built-in grid", ["grid", "build", "builtin", *quiet])
+
+    data = {}
     for split, n, split_seed, sim_preset in splits:
         out = work / f"{split}.zarr"
         data[split] = out

@@ -21,6 +21,8 @@ from specdenoise.train.models import model_input
 
 DENOISED_VAR = "flux_denoised"
 DENOISED_KIND = stores.DENOISED.name
+#: the largest spectrum file read (bytes): a spectrum of 4096 pixels is ~100 kB as text
+MAX_SPECTRUM_FILE = 2 << 30
 _WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
 #: noise columns a spectrum file may carry, by kind (the first found is used)
 _NOISE_NAMES = {"sigma": ("sigma", "error", "err", "flux_err", "uncertainty"),
@@ -105,12 +107,45 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
     model, config = load_model(model_path, device=device)
     needs = _inputs(model)
     info = tdata.inspect_store(in_zarr, needs, n_wave=model.n_wave)
+    _check_data_wave(config.get("wave"), tdata.read_wave(info), in_zarr)
     if not tdata.is_url(in_zarr):
         # a lost chunk would read as fill values: refuse rather than denoise them
         stores.check_chunks(in_zarr, needs, optional=("wave", *per_spectrum_names()))
     with stores.locked(out):
         return _denoise_dataset(model, config, in_zarr, out, info, batch_size=batch_size,
                                 overwrite=overwrite, progress=progress)
+
+
+def _check_data_wave(model_wave, wave, in_zarr) -> None:
+    """Refuse a dataset on another pixel grid than the model's (shifted, reversed, or holding
+    a NaN), as evaluate and train do."""
+    from specdenoise.train.guards import describe_grid, grid_mismatch
+
+    if model_wave is None or wave is None:
+        return
+    off = grid_mismatch(model_wave, wave)
+    if off is not None:
+        raise SpecdenoiseError(
+            f"the model was trained on another wavelength grid ({describe_grid(model_wave)}) "
+            f"than {in_zarr} ({describe_grid(wave)}; they differ by up to {off:.3g} pixels); "
+            "denoise data simulated on its grid")
+
+
+#: a spectrum whose median noise is more than this many times its median flux holds no
+#: signal to recover (its noise column is in other units, or it is not a spectrum)
+MAX_NOISE_TO_SIGNAL = 100.0
+
+
+def check_noise(flux: np.ndarray, sigma: np.ndarray, name) -> None:
+    """Refuse noise that swamps the flux (median sigma / median flux > MAX_NOISE_TO_SIGNAL):
+    the denoiser would return a flat nothing, and say nothing."""
+    ratio = np.median(sigma, axis=1) / np.abs(np.median(flux, axis=1))
+    bad = np.nonzero(~(ratio <= MAX_NOISE_TO_SIGNAL))[0]
+    if bad.size:
+        row = int(bad[0])
+        raise SpecdenoiseError(
+            f"{name}: spectrum {row}'s noise is {ratio[row]:.3g} times its flux (median); "
+            "check the noise column's units (sigma, inverse variance or variance?)")
 
 
 def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, overwrite,
@@ -179,9 +214,7 @@ def read_spectrum_file(path) -> tuple[np.ndarray | None, np.ndarray, np.ndarray 
     fluxes (no noise). Pixels whose noise carries no information (ivar 0, a non-finite or
     non-positive sigma) get a sigma of 100 times the spectrum's median flux: 'ignore me'.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SpecdenoiseError(f"spectrum file {path} does not exist")
+    path = stores.regular_file(path, "spectrum file", max_bytes=MAX_SPECTRUM_FILE)
     suffix = "".join(path.suffixes[-2:]).lower()
     try:
         if suffix.endswith((".fits", ".fit", ".fits.gz", ".fts")):
@@ -274,6 +307,10 @@ def _read_fits(path: Path):
                 wname = next((names[w] for w in _WAVE_NAMES if w in names), None)
                 wave = None if wname is None else np.asarray(hdu.data[wname], np.float64)
                 if flux.ndim == 2 and wave is not None and wave.ndim == 2:
+                    if not np.array_equal(wave, np.broadcast_to(wave[0], wave.shape)):
+                        raise SpecdenoiseError(
+                            f"{path}: the table's rows have different wavelength grids; "
+                            "resample them onto one grid first")
                     wave = wave[0]
                 found = _noise_column(names)
                 noise = None if found is None else (
@@ -285,8 +322,33 @@ def _read_fits(path: Path):
                     f"{path}: HDU {hdu.name or 0} is a {' x '.join(map(str, data.shape))} "
                     "image, not spectra; give one spectrum (1-D) or fewer spectra than "
                     "pixels as rows of a 2-D array, or a table with a 'flux' column")
-            return None, data, None
+            return _wcs_wave(hdu.header, data.shape[-1], path), data, None
     raise SpecdenoiseError(f"{path}: no HDU with data")
+
+
+def _wcs_wave(header, n_pix: int, path) -> np.ndarray | None:
+    """The wavelengths (nm) an image's linear WCS gives its pixels (FITS paper III: CRVAL1,
+    CRPIX1, CDELT1 or CD1_1, CUNIT1; Angstrom when no unit and the values are > 2000; a
+    log10 axis from CTYPE1 '...-LOG' or the IRAF keyword DC-FLAG = 1); None without one."""
+    if "CRVAL1" not in header:
+        return None
+    step = header.get("CDELT1", header.get("CD1_1"))
+    if step is None:
+        return None
+    pix = np.arange(1, n_pix + 1, dtype=np.float64)
+    x = float(header["CRVAL1"]) + (pix - float(header.get("CRPIX1", 1.0))) * float(step)
+    ctype = str(header.get("CTYPE1", "")).upper()
+    if ctype.endswith("-LOG") or header.get("DC-FLAG") == 1:
+        x = 10.0 ** x
+    elif ctype and not ctype.startswith(("WAVE", "AWAV", "LINEAR")):
+        raise SpecdenoiseError(f"{path}: the image's axis is {ctype!r}, not wavelength; "
+                               "give a spectrum with a wavelength axis")
+    unit = str(header.get("CUNIT1", "")).strip().lower()
+    scale = {"angstrom": 0.1, "a": 0.1, "nm": 1.0, "m": 1e9, "um": 1e3, "micron": 1e3}.get(
+        unit, 0.1 if not unit and np.nanmedian(x) > 2000 else 1.0 if not unit else None)
+    if scale is None:
+        raise SpecdenoiseError(f"{path}: unknown wavelength unit CUNIT1 = {unit!r}")
+    return x * scale
 
 
 def check_spectra(flux: np.ndarray, name) -> None:
@@ -331,8 +393,9 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
         )
     model_wave = config.get("wave")
     if wave is not None and model_wave is not None:
-        step = abs(model_wave[1] - model_wave[0])
-        if wave.shape != (n_wave,) or np.max(np.abs(wave - np.asarray(model_wave))) > step / 2:
+        from specdenoise.train.guards import grid_mismatch
+
+        if grid_mismatch(wave, model_wave) is not None:
             raise SpecdenoiseError(
                 f"{in_path}: wavelengths differ from the model's grid "
                 f"({model_wave[0]:.3f}-{model_wave[-1]:.3f} nm, vacuum) by more than half a "
@@ -341,6 +404,8 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     if wave is None:
         wave = np.asarray(model_wave if model_wave is not None else np.arange(n_wave), float)
     check_spectra(flux, in_path)
+    if sigma is not None:
+        check_noise(flux, sigma, in_path)
     takes_sigma = "sigma" in _inputs(model)
     if takes_sigma and sigma is None:
         raise SpecdenoiseError(
