@@ -17,10 +17,14 @@ Physics, in the order it is computed for every grid node (Teff, log g, [M/H], [a
 3. **Continuum** ``pi B_lambda(T(tau_eff))`` in erg s-1 cm-2 nm-1 (surface flux), the
    Eddington-Barbier estimate with ``tau_eff = 2/3 kappa(850 nm) / kappa(lambda)``: a blackbody at
    Teff redward of the Paschen edge, a little fainter blueward of it in hot stars.
-4. **Lines**: about 80 real atomic lines (:mod:`.linelist`; Ca II triplet, Na I, K I, Rb I, O I,
-   N I, C I, Mg I, Al I, Si I, Ca I, Ti I, Fe I, Fe II, Ni I), the hydrogen Paschen series
+4. **Lines**: about 80 real atomic lines with their gf (:mod:`.linelist`; Ca II triplet, Na I,
+   K I, Rb I, O I, N I, C I, Mg I, Al I, Si I, Ca I, Ti I, Fe I, Fe II, Ni I), about 300 more
+   real neutral-atom lines at their real positions with their real excitation and van der Waals
+   constants (Barklem et al. 2000, :func:`.linelist.barklem_lines`) but a statistical log gf
+   (``listed_loggf`` at 4 eV, rising with excitation as the forest's), the hydrogen Paschen series
    (n = 3 -> 10...40, Rydberg wavelengths, Kramers oscillator strengths) and a deterministic
-   pseudo-random forest of weak neutral-metal lines (fixed seed). Line-centre opacity relative to
+   pseudo-random forest of weak high-excitation neutral-metal lines (fixed seed) for the many
+   weak lines no list here has. Line-centre opacity relative to
    the continuum, ``eta0``, comes from Boltzmann excitation and Saha ionisation at the layer, the
    abundances scaled by [M/H] (and [alpha/M] for O, Mg, Si, Ca, Ti) and one global scale factor.
    Profiles are Voigt functions (Humlicek 1982 W4) with thermal + microturbulent Doppler width,
@@ -43,7 +47,14 @@ equivalent widths and the mean line depth over 710-885 nm of the 6000 K / log g 
 4750 K / log g 4.5 solar dwarfs come close to BOSZ 2024 at R = 5000 (tests check +-40 % and a
 factor 2); ``HYDROGEN_SCALE`` keeps the Paschen lines of a 6000 K dwarf as weak as BOSZ's;
 ``BAND_SIGMA`` and the giant factor on TiO were set by eye so TiO appears below about 4200 K and
-CN in cool giants, as in M and K stars. None of this was fitted to any other star.
+CN in cool giants, as in M and K stars. Generator version 2 (issue 19.5) was set against the three
+real model spectra that ``benchmarks/grid_vs_real.py`` compares through the PFS red-arm chain
+(BOSZ 2024 6000/4.0 and 4750/4.5, PHOENIX-ACES 3900/4.5; ``results/builtin_grid/``): the listed
+lines' ``listed_loggf`` and the forest's size, log gf and excitation ranges (fine-structure RMS and
+mean line depth), ``CA2_COOL_TEFF``/``CA2_COOL_POWER`` (the Ca II triplet of the 3900 K dwarf) and
+the weight of the broad TiO envelope in :mod:`.linelist` (its 790-883 nm continuum shape). No other
+star constrains them; the dependence on log g and [M/H] is the model's own, untested against real
+models.
 """
 
 from __future__ import annotations
@@ -66,10 +77,11 @@ from specdenoise.simulate.linelist import (
     ELEMENTS,
     HELIUM,
     MOLECULAR_BANDS,
+    barklem_lines,
 )
 
 #: Bumped whenever the generated spectra change; part of the cache key.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 FLUX_UNIT = "erg s-1 cm-2 nm-1 (surface flux)"
 
@@ -89,9 +101,13 @@ DEFAULT_SETTINGS: dict = {
     "tau_line": 0.5,  # grey optical depth of the line-forming layer
     "forest_lines": 2500,
     "forest_seed": 20250402,
-    "forest_loggf": [-4.45, -1.75],  # log gf range at 4 eV excitation
+    "forest_loggf": [-4.3, -2.0],  # log gf range at 4 eV excitation
     "forest_gf_slope": 0.4,  # d(log gf)/d(chi / eV): high-excitation lines have larger gf
-    "forest_chi_ev": [1.0, 5.5],
+    "forest_chi_ev": [3.5, 5.5],
+    # lines of known position and excitation but no gf (linelist.barklem_lines): log gf at
+    # 4 eV; the forest's d(log gf)/d(chi) applies
+    "listed_loggf": -0.4,
+    "listed_lines": True,  # False: only the lines with gf (ATOMIC_LINES) and Paschen
 }
 
 APPROXIMATION = (
@@ -132,6 +148,12 @@ LINE_SCALE = 0.06
 #: several times stronger than in real A/F stars (their n = 3 population is very
 #: temperature-sensitive and they form deeper, over a wide range of layers).
 HYDROGEN_SCALE = 0.1
+#: Below CA2_COOL_TEFF the Ca II opacity is multiplied by (Teff / CA2_COOL_TEFF)**CA2_COOL_POWER:
+#: the one-layer model keeps the triplet as strong in M dwarfs as in K dwarfs, where real
+#: models weaken it (PHOENIX-ACES 3900 K has 0.6x the equivalent widths of the built-in grid
+#: without this factor). Set against that one spectrum; see the module docstring.
+CA2_COOL_TEFF = 4750.0
+CA2_COOL_POWER = 4.5
 #: Maximum central depth of a saturated line (the surface source function is not zero).
 DEPTH_MAX = 0.80
 #: Van der Waals widths are multiplied by this (Unsoeld underestimates them; factors 2-3 are
@@ -212,7 +234,8 @@ _EL_U = np.array([ELEMENTS[e][5:8] for e in _EL_NAMES])
 
 @lru_cache(maxsize=8)
 def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
-                loggf_range: tuple, gf_slope: float, chi_range: tuple) -> dict[str, np.ndarray]:
+                loggf_range: tuple, gf_slope: float, chi_range: tuple,
+                listed_loggf: float, listed: bool = True) -> dict[str, np.ndarray]:
     """All lines as arrays: vacuum wavelength (nm), element, stage, chi (eV), log gf, log gamma6,
     hydrogen upper level (0 for metals)."""
     rows = []
@@ -220,6 +243,17 @@ def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
         lam = float(air_to_vacuum(np.array([wair]), "AA")[0]) / 10.0
         rows.append((lam, _EL[el], stage, chi, loggf, DEFAULT_LOG_GAMMA6 if lg6 is None else lg6,
                      0))
+    # real positions, excitations and damping without gf (Barklem et al. 2000): a statistical
+    # log gf rising with excitation like the forest's; lines already listed with gf are skipped
+    known = {(el, round(w, 0)) for el, _, w, *_ in ATOMIC_LINES}
+    for el, wair, chi, lg6 in (barklem_lines() if listed else []):
+        if (el, round(wair, 0)) in known or (el, round(wair + 0.5, 0)) in known:
+            continue
+        lam = float(air_to_vacuum(np.array([wair]), "AA")[0]) / 10.0
+        # the slope is a trend of iron-group lines of 1-5.5 eV: not extrapolated to the
+        # high-excitation C, N, O, S lines
+        loggf = listed_loggf + gf_slope * (min(chi, chi_range[1]) - 4.0)
+        rows.append((lam, _EL[el], 0, chi, loggf, lg6, 0))
     # Paschen series: vacuum wavelengths from the Rydberg formula, Kramers f with a mean Gaunt
     # factor 0.85 (f(3->4) comes out 0.93 against the exact 0.84: good to ~10 %).
     for nu in range(10, 41):
@@ -252,7 +286,8 @@ def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
 def _lines_for(s: Mapping) -> dict[str, np.ndarray]:
     return _line_table(float(s["wave_min_nm"]), float(s["wave_max_nm"]), int(s["forest_lines"]),
                        int(s["forest_seed"]), tuple(s["forest_loggf"]), float(s["forest_gf_slope"]),
-                       tuple(s["forest_chi_ev"]))
+                       tuple(s["forest_chi_ev"]), float(s["listed_loggf"]),
+                       bool(s["listed_lines"]))
 
 
 # ---- the line-forming layer ------------------------------------------------------------------
@@ -417,6 +452,8 @@ def _line_params(lay: Mapping, lines: Mapping, s: Mapping, r_fine: float):
                / (_SQRT_PI * dop_cm))
     eta0 = LINE_SCALE * kappa_l / kappa_c
     eta0[:, lines["nu"] > 0] *= HYDROGEN_SCALE
+    ca2 = (el == _EL["Ca"]) & (stage == 1)
+    eta0[:, ca2] *= np.minimum(1.0, lay["teff"][:, None] / CA2_COOL_TEFF) ** CA2_COOL_POWER
     # damping: radiative (classical x 3) + van der Waals per neutral H
     n_tot = (lay["pg"] - lay["pe"]) / (_K_B * lay["t"])
     n_h0 = (n_tot / lay["n_nuc"] * lay["x_h0"])[:, None]

@@ -26,8 +26,9 @@ TINY = {
     "wave_max_nm": 870.0,
     "forest_lines": 150,
 }
-#: Lines only (no weak-line forest) over the whole range, to look at single features.
-NO_FOREST = {"forest_lines": 0}
+#: Lines only (no weak-line forest: neither the pseudo-random lines nor the listed lines without
+#: gf) over the whole range, to look at single features.
+NO_FOREST = {"forest_lines": 0, "listed_lines": False}
 
 CAT_AIR_A = (8498.02, 8542.09, 8662.14)
 
@@ -266,3 +267,29 @@ def test_bitround_bounds_relative_error():
     r = bg.bitround(x, 14)
     assert np.max(np.abs(r / x - 1.0)) <= 2.0**-15
     assert np.all(r.view(np.uint32) & np.uint32((1 << 9) - 1) == 0)
+
+
+def test_listed_lines_sit_at_their_real_positions():
+    lines = bg._lines_for(bg._resolve_settings({"forest_lines": 0}))
+    ti = vac_nm(8692.326)  # Ti I, Barklem et al. (2000) position; no gf in ATOMIC_LINES
+    assert np.min(np.abs(lines["lam"] - ti)) < 1e-4
+    off = bg._lines_for(bg._resolve_settings(NO_FOREST))
+    assert off["lam"].size + 250 < lines["lam"].size
+
+
+def test_ca_triplet_weakens_in_m_dwarfs(monkeypatch):
+    c = vac_nm(8542.09)
+    settings = dict(NO_FOREST, wave_min_nm=840.0, wave_max_nm=870.0)
+    wave, with_factor = resid(3900.0, 4.5, settings=settings)
+    _, k_dwarf = resid(4750.0, 4.5, settings=settings)
+    monkeypatch.setattr(bg, "CA2_COOL_POWER", 0.0)
+    bg._generator_cached.cache_clear()
+    _, without = resid(3900.0, 4.5, settings=settings)
+    _, k_without = resid(4750.0, 4.5, settings=settings)
+    bg._generator_cached.cache_clear()
+    # TiO is the same in both: the line measured against the TiO-depressed level at +-2 nm
+    near = np.abs(wave - c) < 2.0
+    line = {k: equivalent_width_a(wave, r / r[near].max(), c)
+            for k, r in (("with", with_factor), ("without", without))}
+    assert line["with"] < 0.85 * line["without"], line
+    np.testing.assert_allclose(k_dwarf, k_without)  # no change at and above 4750 K
