@@ -22,7 +22,13 @@ Sources of the numbers, by kind:
   ``github.com/iaescala/moog2turbo`` (commit 813584f) into
   ``data/barklem2000_neutral_690_910nm.csv``.
   That table has no oscillator strengths: the grid gives those lines a statistical log gf
-  (see ``builtin_grid``).
+  (see ``builtin_grid``);
+- lines with their own log gf where a public list was available offline (:func:`gf_lines`,
+  ``data/gf_lines_690_793nm.csv``): 690-740 nm from the VALD line list (February 2015;
+  Ryabchikova et al. 2015, Phys. Scr. 90, 054005) as distributed per element in the public
+  repository ``github.com/MingjieJian/pymoog`` (commit fd6665f), 758.5-792.7 nm from the GALAH
+  DR3 master line list v5.2 (Buder et al. 2021, MNRAS 506, 150) as packaged in
+  ``github.com/ajwheeler/Korg.jl`` (commit 740343f). The file's header gives the selection.
 """
 
 from __future__ import annotations
@@ -199,3 +205,18 @@ def barklem_lines() -> list[tuple[str, float, float, float]]:
         rows = csv.DictReader(line for line in fh if not line.startswith("#"))
         return [(r["element"], float(r["lambda_air_A"]), float(r["chi_eV"]),
                  float(r["log_gamma6"])) for r in rows]
+
+
+@lru_cache(maxsize=1)
+def gf_lines() -> list[tuple[str, int, float, float, float, float | None]]:
+    """Lines with their own log gf: (element, stage 0/1, vacuum wavelength nm, lower-level
+    excitation eV, log gf, log10 van der Waals width per H atom at 10^4 K or None), from the
+    package's ``data/gf_lines_690_793nm.csv`` (sources in the module docstring)."""
+    with open(DATA_DIR / "gf_lines_690_793nm.csv", newline="") as fh:
+        rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+        out = []
+        for r in rows:
+            lg6 = float(r["log_gamma6"])
+            out.append((r["element"], int(r["stage"]), float(r["lambda_vac_nm"]),
+                        float(r["chi_eV"]), float(r["loggf"]), None if lg6 < -50 else lg6))
+        return out

@@ -273,8 +273,11 @@ def test_listed_lines_sit_at_their_real_positions():
     lines = bg._lines_for(bg._resolve_settings({"forest_lines": 0}))
     ti = vac_nm(8692.326)  # Ti I, Barklem et al. (2000) position; no gf in ATOMIC_LINES
     assert np.min(np.abs(lines["lam"] - ti)) < 1e-4
+    # a GALAH DR3 line with its own gf (Fe I 761.718 nm vacuum, 2.69 eV, log gf -4.32)
+    fe = (np.abs(lines["lam"] - 761.7177) < 1e-4) & (lines["el"] == bg._EL["Fe"])
+    assert fe.any() and abs(lines["loggf"][fe][0] + 4.321) < 1e-3
     off = bg._lines_for(bg._resolve_settings(NO_FOREST))
-    assert off["lam"].size + 250 < lines["lam"].size
+    assert off["lam"].size + 1000 < lines["lam"].size
 
 
 def test_ca_triplet_weakens_in_m_dwarfs(monkeypatch):
