@@ -111,7 +111,7 @@ DEFAULT_SETTINGS: dict = {
     # 4 eV
     "listed_loggf": -0.1,
     "listed_gf_slope": 0.55,  # their d(log gf)/d(chi / eV)
-    "listed_lines": True,  # False: only the lines with gf (ATOMIC_LINES) and Paschen
+    "listed_lines": True,  # False: no gf_lines/barklem_lines (ATOMIC_LINES, Paschen, forest)
 }
 
 APPROXIMATION = (
@@ -157,8 +157,8 @@ LINE_SCALE = 0.06
 HYDROGEN_SCALE = 0.1
 #: Below CA2_COOL_TEFF the Ca II opacity is multiplied by (Teff / CA2_COOL_TEFF)**CA2_COOL_POWER:
 #: the one-layer model keeps the triplet as strong in M dwarfs as in K dwarfs, where real
-#: models weaken it (PHOENIX-ACES 3900 K has 0.6x the equivalent widths of the built-in grid
-#: without this factor). Set against that one spectrum; see the module docstring.
+#: models weaken it (PHOENIX-ACES 3900 K has 0.55-0.75x the equivalent widths of version 1,
+#: which had no such factor). Set against that one spectrum; see the module docstring.
 CA2_COOL_TEFF = 4750.0
 CA2_COOL_POWER = 4.5
 #: Maximum central depth of a saturated line (the surface source function is not zero).
@@ -242,8 +242,8 @@ _EL_U = np.array([ELEMENTS[e][5:8] for e in _EL_NAMES])
 @lru_cache(maxsize=8)
 def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
                 loggf_range: tuple, gf_slope: float, chi_range: tuple,
-                listed_loggf: float, listed: bool = True,
-                listed_slope: float = 0.4) -> dict[str, np.ndarray]:
+                listed_loggf: float, listed: bool,
+                listed_slope: float) -> dict[str, np.ndarray]:
     """All lines as arrays: vacuum wavelength (nm), element, stage, chi (eV), log gf, log gamma6,
     hydrogen upper level (0 for metals)."""
     rows = []
@@ -264,7 +264,7 @@ def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
                      0))
     have = [(r[1], r[0]) for r in rows]
     # real positions, excitations and damping without gf (Barklem et al. 2000): a statistical
-    # log gf rising with excitation like the forest's; lines already listed with gf are skipped
+    # log gf rising with excitation; lines already listed with gf are skipped
     for el, wair, chi, lg6 in (barklem_lines() if listed else []):
         lam = float(air_to_vacuum(np.array([wair]), "AA")[0]) / 10.0
         if listed_already(_EL[el], lam):

@@ -1,9 +1,10 @@
 """Atomic and molecular data for the built-in synthetic grid (:mod:`.builtin_grid`).
 
-Everything here is typed in by hand from standard references and rounded: wavelengths to
-0.01 Å, oscillator strengths (log gf) and van der Waals constants to about 0.1 dex. That is
-plenty for a grid that is approximate by design (see the module docstring of ``builtin_grid``)
-and is why nothing here is meant for abundance work.
+The constants and ``ATOMIC_LINES`` are typed in by hand from standard references and rounded:
+wavelengths to 0.01 Å, oscillator strengths (log gf) and van der Waals constants to about
+0.1 dex. That is plenty for a grid that is approximate by design (see the module docstring of
+``builtin_grid``) and is why nothing here is meant for abundance work. The two files in
+``data/`` hold longer line lists (facts only; sources below).
 
 Sources of the numbers, by kind:
 
