@@ -19,7 +19,7 @@ Physics, in the order it is computed for every grid node (Teff, log g, [M/H], [a
    Teff redward of the Paschen edge, a little fainter blueward of it in hot stars.
 4. **Lines**: about 80 hand-typed real atomic lines with their gf (:mod:`.linelist`; Ca II
    triplet, Na I, K I, Rb I, O I, N I, C I, Mg I, Al I, Si I, Ca I, Ti I, Fe I, Fe II, Ni I);
-   about 860 more with their own gf from public lists where they cover the range (690-740 nm
+   about 850 more with their own gf from public lists where they cover the range (690-740 nm
    VALD, 758-793 nm GALAH DR3; :func:`.linelist.gf_lines`); about 200 more real neutral-atom
    lines at their real positions with their real excitation and van der Waals constants (Barklem
    et al. 2000, :func:`.linelist.barklem_lines`) but a statistical log gf (``listed_loggf`` at 4
@@ -124,7 +124,7 @@ PHYSICS = [
     "scattering opacity; Paschen jump)",
     "real atomic lines (Ca II triplet, Na I, K I, Rb I, O I, N I, C I, Mg I, Al I, Si I, Ca I, "
     "Ti I, Fe I/II, Ni I) with Boltzmann excitation and Saha ionisation",
-    "about 860 lines with gf from VALD (690-740 nm) and GALAH DR3 (758-793 nm); about 200 real "
+    "about 850 lines with gf from VALD (690-740 nm) and GALAH DR3 (758-793 nm); about 200 real "
     "line positions of Barklem et al. (2000) with a statistical log gf",
     "Ca II weakened below 4750 K and a broad TiO envelope, both set against PHOENIX-ACES 3900 K",
     "hydrogen Paschen series with linear Stark broadening",
