@@ -35,8 +35,9 @@ variable                      dims                        meaning
                                                           without one (baselines)
 ``z``                         (denoiser, spectrum, wave)  (D - F) / sigma_denoised; NaN where
                                                           ``rel_err`` is or there is no sigma
-``chi2_red``                  (denoiser, spectrum)        consistency statistic of D with the
-                                                          noisy input (see
+``chi2_red``, ``chi2_peak``   (denoiser, spectrum)        consistency statistics of D with the
+                                                          noisy input, global and over 5
+                                                          pixels (see
                                                           :mod:`specdenoise.train.uncertainty`)
 ``suspect``                   (denoiser, spectrum)        1.0 flagged, 0.0 not, NaN not
                                                           checked; its mean is the flag rate
@@ -94,14 +95,14 @@ class Method:
     extras: tuple[str, ...] = ()
     wave: np.ndarray | None = None  # pixel grid a network was trained on, nm
     #: True: ``denoise`` returns ``(denoised, extras)`` whose extras also hold
-    #: :data:`UNCERTAINTY_EXTRAS` (``sigma_denoised`` (n, n_wave), ``chi2_red`` and
-    #: ``suspect`` (n,)); they fill the cube's uncertainty variables
+    #: :data:`UNCERTAINTY_EXTRAS` (``sigma_denoised`` (n, n_wave), ``chi2_red``,
+    #: ``chi2_peak`` and ``suspect`` (n,)); they fill the cube's uncertainty variables
     uncertainty: bool = False
 
 
 # ---- uncertainty block (trust-net): sigma_denoised, z, chi2_red, suspect
 #: what a method with ``uncertainty=True`` returns among its extras
-UNCERTAINTY_EXTRAS = ("sigma_denoised", "chi2_red", "suspect")
+UNCERTAINTY_EXTRAS = ("sigma_denoised", "chi2_red", "chi2_peak", "suspect")
 
 
 def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> dict:
@@ -114,6 +115,10 @@ def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> 
         "chi2_red": (spec_dims, lazy(shape2, c2),
                      {"long_name": "mean of (F_hat - D)^2 / (sigma^2 + sigma_denoised^2) "
                                    "over unmasked pixels", "units": "1"}),
+        "chi2_peak": (spec_dims, lazy(shape2, c2),
+                      {"long_name": "largest mean of (F_hat - D)^2 / (sigma^2 + "
+                                    "sigma_denoised^2) over 5 neighbouring pixels",
+                       "units": "1"}),
         "suspect": (spec_dims, lazy(shape2, c2),
                     {"long_name": "1: D does not explain the input (chi2_red above the "
                                   "run's 1 % false-alarm threshold), 0: it does, NaN: not "
@@ -135,6 +140,7 @@ def _write_uncertainty(g, j: int, lo: int, stop: int, extras: dict, den, clean, 
     g["sigma_denoised"][j, lo:stop] = sig
     g["z"][j, lo:stop] = z.astype(np.float32)
     g["chi2_red"][j, lo:stop] = np.asarray(extras["chi2_red"], dtype=np.float32)
+    g["chi2_peak"][j, lo:stop] = np.asarray(extras["chi2_peak"], dtype=np.float32)
     g["suspect"][j, lo:stop] = suspect
 # ---- end of the uncertainty block
 
@@ -389,7 +395,7 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
         calls[0] += 1
         b = denoiser(flux, sigma, good=np.asarray(mask) == 0, seed=calls[0])
         return b.flux_denoised, {"sigma_denoised": b.sigma_denoised, "chi2_red": b.chi2_red,
-                                 "suspect": b.suspect}
+                                 "chi2_peak": b.chi2_peak, "suspect": b.suspect}
 
     # one warm-up call, so that the speed measured later is not the first call's set-up
     n_wave = getattr(model, "n_wave", 4096)

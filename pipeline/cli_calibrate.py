@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         description=(
             "Denoise in-domain spectra with known truth (a validation set the network was not "
             "trained on), scale sigma_denoised per S/N bin so that 68 %% of the pixels lie "
-            "within 1 sigma and 95 %% within 2 sigma, and set the chi2_red threshold of the "
+            "within 1 sigma and 95 %% within 2 sigma, and set the threshold of the "
             "'suspect' flag for the given false-alarm rate. Writes RUN_DIR/uncertainty.json "
             "(training writes one from its --val set)."
         ),
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                                     false_alarm=args.false_alarm, batch_size=args.batch_size,
                                     device=args.device)
     print(f"wrote {uncertainty.calibration_path(args.model)} ({cal.method}, "
-          f"{cal.n_spectra} spectra; suspect above standardised chi2_red {cal.threshold:.3g})")
+          f"{cal.n_spectra} spectra; suspect above score {cal.threshold:.3g})")
     for row in cal.coverage:
         c = row["calibrated"]
         print(f"  S/N {row['snr_lo']:g}-{row['snr_hi'] or 'inf'}: {row['n_spectra']} spectra, "

@@ -35,10 +35,10 @@ def register(subparsers) -> None:
                           "flux unit. Models trained with sigma as an input (the 'best' "
                           "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
-                   help="OUT.zarr (with --data: flux_denoised, sigma_denoised, chi2_red, suspect) "
-                        "or OUT.csv (with --spectrum: columns wave, flux, flux_denoised, "
-                        "sigma_denoised, chi2_red, suspect, and a leading 'spectrum' column "
-                        "for several spectra)")
+                   help="OUT.zarr (with --data: flux_denoised, sigma_denoised, chi2_red, "
+                        "chi2_peak, suspect) or OUT.csv (with --spectrum: columns wave, flux, "
+                        "flux_denoised, sigma_denoised, chi2_red, chi2_peak, suspect, and a "
+                        "leading 'spectrum' column for several spectra)")
     p.add_argument("--uncertainty", default="auto",
                    choices=("auto", "head", "sample", "both", "none"),
                    help="how sigma_denoised is estimated: auto (default: the method the run was "

@@ -5,8 +5,9 @@ through the network and multiplied back, so outputs are in the units of the inpu
 
 With an uncertainty (the default of :func:`denoise_dataset` and :func:`denoise_file`; for
 arrays :func:`load_denoiser` / :func:`denoise_with_uncertainty`) every output also carries
-``sigma_denoised`` (1-sigma error of each denoised pixel, flux units), ``chi2_red`` (the
-per-spectrum consistency statistic) and ``suspect`` (1: the denoised spectrum does not
+``sigma_denoised`` (1-sigma error of each denoised pixel, flux units), ``chi2_red`` and
+``chi2_peak`` (the per-spectrum consistency statistics, global and over 5 pixels) and
+``suspect`` (1: the denoised spectrum does not
 explain its input as well as 99 % of the validation spectra do; 0: it does; -1: not checked);
 see :mod:`specdenoise.train.uncertainty`.
 """
@@ -33,6 +34,7 @@ log = logging.getLogger("specdenoise.denoise")
 DENOISED_VAR = "flux_denoised"
 SIGMA_VAR = "sigma_denoised"
 CHI2_VAR = "chi2_red"
+PEAK_VAR = "chi2_peak"
 SUSPECT_VAR = "suspect"
 #: uncertainty choices of ``denoise``: the calibrated method of the run (auto), one method, none
 UNCERTAINTY_CHOICES = ("auto", "head", "sample", "both", "none")
@@ -119,15 +121,17 @@ class DenoisedBlock:
 
     ``flux_denoised`` (n, n_wave) float32, in the input's flux units; ``sigma_denoised``
     (n, n_wave) float32, the calibrated 1-sigma error of each denoised pixel in the same units
-    (None when no uncertainty was asked for); ``chi2_red`` (n,) float32, the consistency
-    statistic (NaN: not computed, the input had no sigma); ``suspect`` (n,) int8: 1 suspect,
-    0 consistent, -1 not checked (no calibration or no input sigma).
+    (None when no uncertainty was asked for); ``chi2_red`` and ``chi2_peak`` (n,) float32,
+    the consistency statistics (NaN: not computed, the input had no sigma; see
+    :mod:`specdenoise.train.uncertainty`); ``suspect`` (n,) int8: 1 suspect, 0 consistent,
+    -1 not checked (no calibration or no input sigma).
     """
 
     flux_denoised: np.ndarray
     sigma_denoised: np.ndarray | None
     chi2_red: np.ndarray
     suspect: np.ndarray
+    chi2_peak: np.ndarray | None = None
 
 
 def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
@@ -167,7 +171,8 @@ def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibr
         raise SpecdenoiseError(f"the model gives NaN or infinite flux for spectrum {row}; its "
                                "weights are damaged (retrain, or use an earlier checkpoint)")
     out = unc.apply(calibration, den, raw, flux, sigma, good)
-    return DenoisedBlock(den, out["sigma_denoised"], out["chi2_red"], out["suspect"])
+    return DenoisedBlock(den, out["sigma_denoised"], out["chi2_red"], out["suspect"],
+                         out["chi2_peak"])
 
 
 def denoise_array_with_sigma(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
@@ -235,7 +240,8 @@ def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, dev
     The output holds ``flux_denoised`` (spectrum, wave) float32, chunked like the input, with
     all of the input's coordinates (``wave`` and the per-spectrum parameters). Unless
     ``uncertainty`` is ``"none"`` it also holds ``sigma_denoised`` (spectrum, wave) float32
-    (flux units), ``chi2_red`` (spectrum,) float32 and ``suspect`` (spectrum,) int8 (see
+    (flux units), ``chi2_red`` and ``chi2_peak`` (spectrum,) float32 and ``suspect``
+    (spectrum,) int8 (see
     :class:`DenoisedBlock`); ``uncertainty`` ``"auto"`` uses the run's calibrated method,
     else ``head``, ``sample`` or ``both`` with ``samples`` draws. It is written in a
     temporary folder and renamed when complete, so an interrupted run leaves nothing that
@@ -333,6 +339,7 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
             dst[DENOISED_VAR][lo:hi] = block.flux_denoised
             dst[SIGMA_VAR][lo:hi] = block.sigma_denoised
             dst[CHI2_VAR][lo:hi] = block.chi2_red
+            dst[PEAK_VAR][lo:hi] = block.chi2_peak
             dst[SUSPECT_VAR][lo:hi] = block.suspect
         publish_store(tmp, out, stores.DENOISED, overwrite=overwrite)
     finally:
@@ -354,6 +361,9 @@ def _uncertainty_vars(n: int, n_wave: int, chunk: int, units: str) -> dict:
         CHI2_VAR: ((SPECTRUM_DIM,), da.zeros((n,), dtype=np.float32, chunks=(chunk,)),
                    {"units": "1", "long_name": "mean over unmasked pixels of (flux - "
                     "flux_denoised)^2 / (sigma^2 + sigma_denoised^2)"}),
+        PEAK_VAR: ((SPECTRUM_DIM,), da.zeros((n,), dtype=np.float32, chunks=(chunk,)),
+                   {"units": "1", "long_name": "largest mean of (flux - flux_denoised)^2 / "
+                    "(sigma^2 + sigma_denoised^2) over 5 neighbouring pixels"}),
         SUSPECT_VAR: ((SPECTRUM_DIM,), da.full((n,), -1, dtype=np.int8, chunks=(chunk,)),
                       dict(SUSPECT_ATTRS)),
     }
@@ -510,9 +520,9 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     Columns: ``wave`` (nm; from the file, else the model's training grid), ``flux`` and
     ``flux_denoised``; with several spectra a leading ``spectrum`` column numbers them.
     Unless ``uncertainty`` is ``"none"`` (see :func:`denoise_dataset`): ``sigma_denoised``
-    (flux units) per pixel, and ``chi2_red`` and ``suspect`` (1, 0, or -1 = not checked),
-    per spectrum, repeated on each of its rows. A file without a noise column gets a sigma
-    only from a network with an uncertainty head, and no check.
+    (flux units) per pixel, and ``chi2_red``, ``chi2_peak`` and ``suspect`` (1, 0, or -1 =
+    not checked), per spectrum, repeated on each of its rows. A file without a noise column
+    gets a sigma only from a network with an uncertainty head, and no check.
     An existing ``out_csv`` is replaced only with ``overwrite``.
     """
     if uncertainty not in UNCERTAINTY_CHOICES:
@@ -565,15 +575,24 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
                      for w, f, d in zip(wave, flux[i], den[i], strict=True)]
     else:
         if sigma is None and denoiser.uncertainty_method != "head":
-            raise SpecdenoiseError(
-                f"{in_path} has no noise column: the uncertainty of this network is sampled "
-                "from the input's noise. Add a 'sigma' (or 'error'), 'ivar' or 'variance' "
-                "column, or pass --uncertainty none")
-        block = denoiser(flux, sigma)
-        header += f",{SIGMA_VAR},{CHI2_VAR},{SUSPECT_VAR}"
+            if uncertainty != "auto":
+                raise SpecdenoiseError(
+                    f"{in_path} has no noise column: uncertainty {uncertainty!r} samples the "
+                    "input's noise. Add a 'sigma' (or 'error'), 'ivar' or 'variance' column, "
+                    "or pass --uncertainty none")
+            log.warning("%s has no noise column: sigma_denoised and chi2_red are left NaN "
+                        "(this network's uncertainty is sampled from the input's noise)",
+                        in_path)
+            den = denoise_array(model, flux)
+            nan = np.full(len(den), np.nan, np.float32)
+            block = DenoisedBlock(den, np.full_like(den, np.nan), nan,
+                                  np.full(len(den), -1, np.int8), nan)
+        else:
+            block = denoiser(flux, sigma)
+        header += f",{SIGMA_VAR},{CHI2_VAR},{PEAK_VAR},{SUSPECT_VAR}"
         for i in range(len(flux)):
             prefix = f"{i}," if many else ""
-            tail = f",{block.chi2_red[i]:.6g},{int(block.suspect[i])}"
+            tail = f",{block.chi2_red[i]:.6g},{block.chi2_peak[i]:.6g},{int(block.suspect[i])}"
             rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
                      for w, f, d, e in zip(wave, flux[i], block.flux_denoised[i],
                                            block.sigma_denoised[i], strict=True)]

@@ -451,6 +451,12 @@ def _calibrate(cfg: TrainConfig, model, device, batch_size: int) -> None:
     path = uncertainty.calibration_path(cfg.out)
     if path.exists():  # a resumed, finished run: keep it (``specdenoise calibrate`` redoes it)
         return
+    n_val = tdata.inspect_store(cfg.val, tdata.VAL_VARS, n_wave=cfg.n_wave).n_spectrum
+    if n_val < uncertainty.MIN_BIN_SPECTRA:
+        log.info("not calibrating the uncertainty: %d validation spectra are too few (at least "
+                 "%d; 'specdenoise calibrate' on a larger set)", n_val,
+                 uncertainty.MIN_BIN_SPECTRA)
+        return
     t0 = time.perf_counter()
     cal = uncertainty.calibrate(model, cfg.val, max_spectra=cfg.calibrate_spectra,
                                 batch_size=max(batch_size, 64), device=device, seed=cfg.seed)

@@ -21,9 +21,11 @@ so that on in-domain validation data the fraction of pixels with ``|D - F| <= si
 0.683, with ``<= 2 sigma`` near 0.954 and the standard deviation of ``z = (D - F) / sigma``
 near 1 (targets 0.63-0.73, 0.92-0.97, 0.85-1.15; the scale minimises the worst relative miss).
 
-The consistency check: for each spectrum,
+The consistency check: for each spectrum, with ``r^2 = (flux - D)^2 / (sigma^2 +
+sigma_denoised^2)`` at every unmasked pixel,
 
-    chi2_red = mean over unmasked pixels of (flux - D)^2 / (sigma^2 + sigma_denoised^2)
+    chi2_red  = mean of r^2 over the spectrum
+    chi2_peak = largest mean of r^2 over any LOCAL_WINDOW (5) neighbouring pixels
 
 where ``flux`` and ``sigma`` are the noisy input and its noise. If the denoised spectrum is a
 faithful model of the input, the residual ``flux - D`` is the noise plus the network's own
@@ -32,12 +34,17 @@ barely correlated with this noise draw). Dividing by ``sigma^2`` alone would fla
 high-S/N spectrum whose lines the network shrinks although it says it is unsure there; adding
 ``sigma_denoised^2`` keeps those quiet and leaves the statistic sensitive to what the network
 cannot explain with confidence: spikes, emission lines, sky residuals, wrong continua, lines
-of the wrong width. Its null distribution still drifts with S/N, so it is standardised per
-S/N bin (median and 1.4826 MAD of the validation spectra in the bin) and one threshold on
-the standardised value, the (1 - false alarm) quantile over all validation spectra, sets
-``suspect``. A suspect spectrum is one the network's output does not explain as well as it
-explains 99 % of the spectra it was validated on: look at ``flux - flux_denoised``, and do
-not use the denoised flux of that spectrum without checking it (or use the noisy input).
+of the wrong width. The two statistics look at different failures: a wrong continuum or
+line width raises ``r^2`` a little everywhere (``chi2_red``); a cosmic-ray hit, an emission
+line or a sky residual raises it a lot in a few pixels, which a mean over 4096 pixels dilutes
+(three pixels at 30 sigma move ``chi2_red`` by 0.7) and a mean over 5 pixels does not
+(``chi2_peak`` about 500). Their null distributions drift with S/N, so each is standardised
+per S/N bin (median and 1.4826 MAD of the validation spectra in the bin); a spectrum's score
+is the larger of the two standardised values, and one threshold on it, the (1 - false alarm)
+quantile over all validation spectra, sets ``suspect``. A suspect spectrum is one the
+network's output does not explain as well as it explains 99 % of the spectra it was
+validated on: look at ``flux - flux_denoised``, and do not use the denoised flux of that
+spectrum without checking it (or use the noisy input).
 
 The calibration of a run is a small JSON file (:data:`CALIBRATION_NAME`) in its run folder,
 written at the end of training from the validation set and rewritten by
@@ -71,6 +78,8 @@ TARGETS = {"cover1": (0.63, 0.73), "cover2": (0.92, 0.97), "std_z": (0.85, 1.15)
 MIN_BIN_SPECTRA = 20
 #: pixels per bin used to fit the scale (a random subset beyond it)
 MAX_FIT_PIXELS = 400_000
+#: pixels of the local window of ``chi2_peak`` (a line or a cosmic-ray hit spans 2-5 pixels)
+LOCAL_WINDOW = 5
 #: values of ``suspect``: 1 suspect, 0 consistent, -1 not checked (no calibration or no sigma)
 SUSPECT, CONSISTENT, UNCHECKED = 1, 0, -1
 
@@ -184,9 +193,10 @@ class Calibration:
     """How a run's raw sigma becomes ``sigma_denoised``, and where ``suspect`` starts.
 
     Per S/N bin (``snr_edges``): ``scale`` multiplies the raw sigma; ``chi2_median`` and
-    ``chi2_spread`` standardise ``chi2_red``; ``threshold`` is the standardised value above
-    which a spectrum is suspect (``false_alarm`` of the fitting data lie above it).
-    ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z).
+    ``chi2_spread`` standardise ``chi2_red``, ``peak_median`` and ``peak_spread``
+    ``chi2_peak``; ``threshold`` is the score (the larger standardised value) above which a
+    spectrum is suspect (``false_alarm`` of the fitting data lie above it). ``coverage``
+    records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z).
     """
 
     method: str
@@ -195,6 +205,8 @@ class Calibration:
     scale: list[float]
     chi2_median: list[float]
     chi2_spread: list[float]
+    peak_median: list[float]
+    peak_spread: list[float]
     threshold: float
     false_alarm: float = FALSE_ALARM
     dataset: str = ""
@@ -206,15 +218,16 @@ class Calibration:
     def scale_for(self, snr: np.ndarray) -> np.ndarray:
         return np.asarray(self.scale)[snr_bin(snr, self.snr_edges)]
 
-    def standardise(self, chi2: np.ndarray, snr: np.ndarray) -> np.ndarray:
-        b = snr_bin(snr, self.snr_edges)
-        return (chi2 - np.asarray(self.chi2_median)[b]) / np.asarray(self.chi2_spread)[b]
+    def score(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray) -> np.ndarray:
+        """The larger of the standardised ``chi2_red`` and ``chi2_peak``, (n,)."""
+        return _score(chi2, peak, snr_bin(snr, self.snr_edges), self.chi2_median,
+                      self.chi2_spread, self.peak_median, self.peak_spread)
 
-    def suspect(self, chi2: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    def suspect(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray) -> np.ndarray:
         """(n,) int8: 1 suspect, 0 consistent, -1 where chi2 is NaN (not checked)."""
-        u = self.standardise(chi2, snr)
+        u = self.score(chi2, peak, snr)
         out = np.where(u > self.threshold, SUSPECT, CONSISTENT).astype(np.int8)
-        out[~np.isfinite(chi2)] = UNCHECKED
+        out[~(np.isfinite(chi2) & np.isfinite(peak))] = UNCHECKED
         return out
 
     def to_json(self) -> str:
@@ -257,10 +270,12 @@ def write_calibration(run, cal: Calibration) -> Path:
     return path
 
 
-def chi2_red(flux, sigma, denoised, sigma_denoised, good=None) -> np.ndarray:
-    """Reduced chi2 of the input about the denoised spectrum, (n,) float64 (see the module).
+def consistency(flux, sigma, denoised, sigma_denoised, good=None,
+                window: int = LOCAL_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """``(chi2_red, chi2_peak)`` of the input about the denoised spectrum, each (n,) float64.
 
-    All arrays (n, n_wave) in the same units; ``good``: unmasked pixels (None: all).
+    All arrays (n, n_wave) in the same units; ``good``: unmasked pixels (None: all). A window
+    counts when at least half its pixels are unmasked. NaN for a spectrum without any.
     """
     var = (np.asarray(sigma, np.float64) ** 2 + np.asarray(sigma_denoised, np.float64) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -268,8 +283,44 @@ def chi2_red(flux, sigma, denoised, sigma_denoised, good=None) -> np.ndarray:
     ok = np.isfinite(r2) & (var > 0)
     if good is not None:
         ok &= np.asarray(good, bool)
+    r2 = np.where(ok, r2, 0.0)
     n = ok.sum(axis=1)
-    return np.where(n > 0, np.where(ok, r2, 0).sum(axis=1) / np.maximum(n, 1), np.nan)
+    chi2 = np.where(n > 0, r2.sum(axis=1) / np.maximum(n, 1), np.nan)
+    zero = np.zeros((len(r2), 1))
+    csum = np.concatenate([zero, np.cumsum(r2, axis=1)], axis=1)
+    ccnt = np.concatenate([zero, np.cumsum(ok, axis=1)], axis=1)
+    w = min(window, r2.shape[1])
+    wsum, wcnt = csum[:, w:] - csum[:, :-w], ccnt[:, w:] - ccnt[:, :-w]
+    local = np.where(2 * wcnt >= w, wsum / np.maximum(wcnt, 1), -np.inf)
+    peak = local.max(axis=1)
+    return chi2, np.where(np.isfinite(peak), peak, np.nan)
+
+
+def chi2_red(flux, sigma, denoised, sigma_denoised, good=None) -> np.ndarray:
+    """Reduced chi2 of the input about the denoised spectrum, (n,) float64 (see the module)."""
+    return consistency(flux, sigma, denoised, sigma_denoised, good)[0]
+
+
+def _score(chi2, peak, b, chi2_median, chi2_spread, peak_median, peak_spread) -> np.ndarray:
+    u1 = (chi2 - np.asarray(chi2_median)[b]) / np.asarray(chi2_spread)[b]
+    u2 = (peak - np.asarray(peak_median)[b]) / np.asarray(peak_spread)[b]
+    return np.maximum(u1, u2)
+
+
+def _robust(values: np.ndarray, b: np.ndarray, n_bins: int) -> tuple[list, list]:
+    """Per-bin median and 1.4826 MAD of ``values`` (bins with too few: the nearest bin's)."""
+    med: list[float | None] = []
+    spread: list[float | None] = []
+    for i in range(n_bins):
+        c = values[(b == i) & np.isfinite(values)]
+        if c.size < MIN_BIN_SPECTRA:
+            med.append(None)
+            spread.append(None)
+            continue
+        m = float(np.median(c))
+        med.append(m)
+        spread.append(max(1.4826 * float(np.median(np.abs(c - m))), 1e-6 * max(abs(m), 1e-6)))
+    return _fill_bins(med), _fill_bins(spread)
 
 
 def coverage(z: np.ndarray) -> dict:
@@ -351,20 +402,10 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         scales.append(fit_scale(z))
     scale = _fill_bins(scales)
     s_cal = sigma_raw * np.asarray(scale)[b][:, None]
-    chi2 = chi2_red(flux, sigma, denoised, s_cal, good)
-    med: list[float | None] = []
-    spread: list[float | None] = []
-    for i in range(n_bins):
-        c = chi2[(b == i) & np.isfinite(chi2)]
-        if c.size < MIN_BIN_SPECTRA:
-            med.append(None)
-            spread.append(None)
-            continue
-        m = float(np.median(c))
-        med.append(m)
-        spread.append(max(1.4826 * float(np.median(np.abs(c - m))), 1e-6))
-    med_f, spread_f = _fill_bins(med), _fill_bins(spread)
-    u = (chi2 - np.asarray(med_f)[b]) / np.asarray(spread_f)[b]
+    chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
+    med_f, spread_f = _robust(chi2, b, n_bins)
+    pmed_f, pspread_f = _robust(peak, b, n_bins)
+    u = _score(chi2, peak, b, med_f, spread_f, pmed_f, pspread_f)
     u = u[np.isfinite(u)]
     threshold = float(np.quantile(u, 1 - false_alarm)) if u.size else math.inf
     table = []
@@ -376,30 +417,34 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
                       "calibrated": coverage(z_raw[rows].ravel() / scale[i])})
     return Calibration(method=method, samples=int(samples), snr_edges=[float(e) for e in edges],
                        scale=scale, chi2_median=med_f, chi2_spread=spread_f,
-                       threshold=threshold, false_alarm=float(false_alarm), dataset=dataset,
+                       peak_median=pmed_f, peak_spread=pspread_f, threshold=threshold,
+                       false_alarm=float(false_alarm), dataset=dataset,
                        n_spectra=int(len(flux)), seed=int(seed), coverage=table)
 
 
 def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) -> dict:
-    """Calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red`` (n,) float32 and
-    ``suspect`` (n,) int8 for spectra denoised with :func:`raw_uncertainty`.
+    """Calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red`` and ``chi2_peak``
+    (n,) float32 and ``suspect`` (n,) int8 for spectra denoised with :func:`raw_uncertainty`.
 
     Without a calibration the raw sigma is kept and nothing is flagged (``suspect`` -1);
-    without the input's ``sigma`` there is no chi2 (NaN) and no flag.
+    without the input's ``sigma`` there is no chi2 (NaN) and no flag. A spectrum's S/N (for
+    its bin) is taken from the input, median of flux / sigma; without sigma, the first bin's
+    scale is used.
     """
     n = len(denoised)
+    nan = np.full(n, np.nan, np.float32)
     if sigma is None:
         snr = np.full(n, np.nan)
         s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
-        return {"sigma_denoised": s_cal.astype(np.float32),
-                "chi2_red": np.full(n, np.nan, np.float32),
-                "suspect": np.full(n, UNCHECKED, np.int8)}
+        return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": nan,
+                "chi2_peak": nan.copy(), "suspect": np.full(n, UNCHECKED, np.int8)}
     snr = spectrum_snr(flux, sigma, good)
     s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
-    chi2 = chi2_red(flux, sigma, denoised, s_cal, good)
-    suspect = (np.full(n, UNCHECKED, np.int8) if cal is None else cal.suspect(chi2, snr))
+    chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
+    suspect = (np.full(n, UNCHECKED, np.int8) if cal is None
+               else cal.suspect(chi2, peak, snr))
     return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": chi2.astype(np.float32),
-            "suspect": suspect}
+            "chi2_peak": peak.astype(np.float32), "suspect": suspect}
 
 
 def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
