@@ -249,3 +249,24 @@ def test_calibrate_cli(plain_run, stores, tmp_path, capsys):
                      "--uncertainty", "head"]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs a network trained with" in err and "\n" not in err
+
+
+def test_beta_nll_and_the_detached_mean():
+    """beta 0 is the Gaussian NLL; by default the NLL trains the head, never the mean."""
+    from specdenoise.train.models import build_model
+
+    mean, logvar = torch.tensor([[0.5, 0.4]]), torch.tensor([[-4.0, -2.0]])
+    y = torch.tensor([[0.52, 0.4]])
+    nll = 0.5 * (logvar + (y - mean) ** 2 / logvar.exp())
+    torch.testing.assert_close(loop.beta_nll(mean, logvar, y, 0.0), nll)
+    torch.testing.assert_close(loop.beta_nll(mean, logvar, y, 0.5), nll * (0.5 * logvar).exp())
+    model = build_model("unet", depth=2, filters=4, n_wave=64, uncertainty="nll",
+                        in_channels=2)
+    batch = {"x": torch.rand(3, 64) + 0.5, "sigma": torch.full((3, 64), 0.02),
+             "y": torch.rand(3, 64) + 0.5, "good": torch.ones(3, 64, dtype=torch.bool)}
+    for detach in (True, False):
+        cfg = loop.make_config("d", None, "o", model="unet", preset="quick",
+                               nll_detach_mean=detach)
+        pred, aux = loop._forward(model, model, batch, cfg)
+        grad = torch.autograd.grad(aux["nll"], pred, allow_unused=True)[0]
+        assert (grad is None) == detach
