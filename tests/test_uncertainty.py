@@ -252,7 +252,7 @@ def test_calibrate_cli(plain_run, stores, tmp_path, capsys):
 
 
 def test_beta_nll_and_the_detached_mean():
-    """beta 0 is the Gaussian NLL; by default the NLL trains the head, never the mean."""
+    """beta 0 is the Gaussian NLL; nll_detach_mean keeps its gradient off the mean."""
     from specdenoise.train.models import build_model
 
     mean, logvar = torch.tensor([[0.5, 0.4]]), torch.tensor([[-4.0, -2.0]])
