@@ -35,8 +35,20 @@ def register(subparsers) -> None:
                           "flux unit. Models trained with sigma as an input (the 'best' "
                           "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
-                   help="OUT.zarr (with --data) or OUT.csv (with --spectrum: columns wave, flux, "
-                        "flux_denoised, and a leading 'spectrum' column for several spectra)")
+                   help="OUT.zarr (with --data: flux_denoised, sigma_denoised, chi2_red, "
+                        "chi2_peak, suspect) or OUT.csv (with --spectrum: columns wave, flux, "
+                        "flux_denoised, sigma_denoised, chi2_red, chi2_peak, suspect, and a "
+                        "leading 'spectrum' column for several spectra)")
+    p.add_argument("--uncertainty", default="auto",
+                   choices=("auto", "head", "sample", "both", "none"),
+                   help="how sigma_denoised is estimated: auto (default: the method the run was "
+                        "calibrated for, else 'head' for a network trained with uncertainty "
+                        "'nll', else 'sample'), head (the network's own), sample (re-noise "
+                        "the denoised spectrum K times, the spread of the outputs; any "
+                        "network, K+1 passes), both, or none (flux_denoised only)")
+    p.add_argument("--samples", type=int, default=None, metavar="K",
+                   help="draws for --uncertainty sample/both (default: the calibration's, "
+                        "else 8)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--overwrite", action="store_true",
@@ -49,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise SpecdenoiseError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.samples is not None and args.samples < 2:
+        raise SpecdenoiseError(f"--samples must be at least 2, got {args.samples}")
     if args.data is not None:
         out = infer.denoise_dataset(args.model, args.data, args.out, batch_size=args.batch_size,
-                                    device=args.device, overwrite=args.overwrite)
+                                    device=args.device, overwrite=args.overwrite,
+                                    uncertainty=args.uncertainty, samples=args.samples)
     else:
         out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, uncertainty=args.uncertainty,
+                                 samples=args.samples)
     print(f"wrote {out}")
     return 0

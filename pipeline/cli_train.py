@@ -34,12 +34,15 @@ def register(subparsers) -> None:
     p.add_argument("--model-cfg", metavar="JSON", default=None,
                    help='model options over the preset\'s, e.g. \'{"depth": 3, "filters": 16, '
                         '"kernel_size": 5}\' (unet: depth, filters, bottleneck_filters, '
-                        'kernel_size, dropout, out_activation, in_channels, residual; dae: '
-                        'widths, batch_norm, dropout, out_activation, in_channels, residual; '
+                        'kernel_size, dropout, out_activation, in_channels, residual, '
+                        'uncertainty; dae: widths, batch_norm, dropout, out_activation, '
+                        'in_channels, residual, uncertainty; '
                         'physics: params, unet (U-Net options, or null for the template fit '
                         'alone), encoder, emulator, detach, param_weight, emulator_weight). '
                         'in_channels 2 feeds sigma beside the flux; residual predicts a '
-                        'correction to the noisy input (with out_activation "identity")')
+                        'correction to the noisy input (with out_activation "identity"); '
+                        'uncertainty "nll" adds a head that predicts each pixel\'s error '
+                        '(sigma_denoised), trained with beta-NLL')
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="; ".join(f"{k}: {v}" + (" (default)" if k == DEFAULT_PRESET else "")
                                   for k, v in PRESET_HELP.items()))
