@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    from specdenoise.options import quiet_libraries
+
+    quiet_libraries(debug)
     try:
         status = args.func(args)
     except SpecdenoiseError as exc:
@@ -105,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"specdenoise {args.command}: interrupted; finished work is kept, "
-            "re-run the same command with --resume to continue",
-            file=sys.stderr,
-        )
+        hint = getattr(args, "on_interrupt", None)
+        print(f"specdenoise {args.command}: interrupted; "
+              + (hint(args) if hint else "re-run the same command (with --overwrite if "
+                                  "it says an output exists)"),
+              file=sys.stderr)
         return 130
     except Exception as exc:
         message = None if debug else known_failure(exc)

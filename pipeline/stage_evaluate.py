@@ -9,6 +9,7 @@ into one output folder, locked while written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,7 +88,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     with stores.locked(out):
         return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
-                              bin_spec, overwrite, progress, log)
+                              bin_spec, overwrite, progress, log,
+                              given=[data, train, *models, out])
 
 
 def _baselines_to_run(requested: Sequence[str] | None, data, *, train, has_config: bool,
@@ -129,8 +131,32 @@ def _check_replaceable_outputs(targets: dict[str, Path]) -> None:
                                    "write; nothing was replaced")
 
 
+#: an absolute POSIX path of two or more parts in running text (not a URL, not an HTML tag)
+_ABSOLUTE = re.compile(r"(?<![\w.~:/<-])/[\w.+@-]+(?:/[\w.+@-]+)+/?")
+
+
+def relative_paths(text: str, base: Path, given: Sequence = ()) -> str:
+    """``text`` with every path in it relative to the work folder ``base``.
+
+    A report names the dataset, the runs and its own outputs; written as absolute paths they
+    tie it to the machine it ran on, and as typed they are relative to wherever the command
+    ran. Paths in ``given`` (as typed, relative to the current folder) and every absolute path
+    become relative to ``base`` (the folder holding EVAL_DIR: for ``specdenoise run``, its
+    work folder), so the report and its Python block read the same from there on any machine.
+    """
+    base = Path(os.path.abspath(base))
+
+    def rel(path: str) -> str:
+        return os.path.relpath(os.path.abspath(path), base)
+
+    for p in sorted({str(g) for g in given if not Path(g).is_absolute()}, key=len, reverse=True):
+        text = re.sub(r"(?<=[`\"'( ])" + re.escape(p) + r"(?=[/`\"') ,]|$)",
+                      lambda _m, p=p: rel(p), text, flags=re.M)
+    return _ABSOLUTE.sub(lambda m: rel(m.group(0)), text)
+
+
 def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets, bin_spec,
-                   overwrite, progress, log) -> dict[str, Path]:
+                   overwrite, progress, log, given=()) -> dict[str, Path]:
     if overwrite and targets["figures"].exists():
         shutil.rmtree(targets["figures"])
     cube_mod.build_cube(data, targets["cube"], methods, overwrite=overwrite, progress=progress)
@@ -144,6 +170,11 @@ def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets
     report.write_report(cube, tree, figures, out, outputs={
         "cube": targets["cube"], "summary": targets["summary"],
         "summary CSV": targets["summary_csv"]})
+    for name in ("report_md", "report_html"):
+        path = targets[name]
+        path.write_text(relative_paths(path.read_text(encoding="utf-8"), out.parent,
+                                       [g for g in given if g is not None]),
+                        encoding="utf-8")
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
     log("\n" + report.terminal_summary(cube, tree))
     return targets

@@ -151,7 +151,7 @@ def tiny_run(smooth, tmp_path_factory):
     from specdenoise.train import loop
 
     out = tmp_path_factory.mktemp("run") / "unet"
-    cfg = loop.make_config(smooth[0], None, out, model="unet", preset="quick",
+    cfg = loop.make_config(smooth[0], None, out, model="unet", preset="tiny",
                            model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=20,
                            workers=0, device="cpu", seed=0, shuffle_buffer=0)
     loop.train(cfg, progress=False)
@@ -296,7 +296,7 @@ def test_template_fit_recovers_parameters(simulated):
 
 def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    status = cli.main(["evaluate", "--model", str(tiny_run), "--data", str(simulated["val"]),
+    status = cli.main(["evaluate", "--run", str(tiny_run), "--data", str(simulated["val"]),
                        "--train", str(simulated["train"]), "--out", str(out),
                        "--baselines", "none,gaussian,pca,template", "--template-n", "2",
                        "--pca-k", "4", "--bins", "3", "--bins", "snr=0,60,120,400"])
@@ -336,7 +336,7 @@ def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "{tmp}/no-such-run", "--data", "{val}"], "no checkpoint at"),
+    (["--run", "{tmp}/no-such-run", "--data", "{val}"], "no checkpoint at"),
     (["--data", "{tmp}/missing.zarr", "--baselines", "none"], "does not exist"),
     (["--data", "{val}", "--baselines", "pca"], "needs a training set"),
     (["--data", "{val}", "--baselines", "none,wiener"], "unknown baseline 'wiener'"),
