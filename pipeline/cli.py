@@ -5,7 +5,9 @@ its parser and sets ``func`` (called with the parsed namespace; returns an exit 
 A :class:`~specdenoise.SpecdenoiseError` ends the program with its one-line message and status 2,
 and so do the failures a user's environment or files cause (an unwritable or full disk, a
 missing folder, too little memory, a chunk that cannot be decoded): see :func:`known_failure`.
-``--debug`` (anywhere on the command line) shows the traceback instead.
+``--debug`` (anywhere on the command line) shows the traceback instead, and lets Dask's and
+PyTorch's own log messages through (:func:`specdenoise.options.quiet_libraries`). The options
+several commands share are defined once, in :mod:`specdenoise.options`.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEBUG_HELP = "show the full traceback of an error instead of one line"
+DEBUG_HELP = ("show the full traceback of an error instead of one line, and Dask's and "
+              "PyTorch's own log messages and warnings")
 
 
 def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -99,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     from specdenoise.options import quiet_libraries
 
-    quiet_libraries(debug)
     try:
-        status = args.func(args)
+        with quiet_libraries(debug):
+            status = args.func(args)
     except SpecdenoiseError as exc:
         if debug:
             raise

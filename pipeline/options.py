@@ -19,10 +19,12 @@ out of ``--help`` and prints one line to stderr naming its replacement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 from specdenoise.simulate.progress import TIME_FORMAT, stamp  # noqa: F401 (one format)
 
@@ -113,9 +115,26 @@ def check_device(device: str | None) -> None:
     """Refuse, in one line, a device this machine does not have (before any work starts)."""
     if device in (None, "auto"):
         return
-    from specdenoise.train.loop import resolve_device
+    import torch
 
-    resolve_device(device)
+    from specdenoise.errors import SpecdenoiseError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SpecdenoiseError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or "
+                               "mps") from None
+    if dev.type == "cuda":  # no torch.cuda.set_device here: DDP ranks pick their own GPU
+        if not torch.cuda.is_available():
+            raise SpecdenoiseError(f"--device {device} asked for, but torch sees no CUDA GPU; "
+                                   "use --device cpu or leave --device out")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecdenoiseError(f"--device {device}: this machine has "
+                                   f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SpecdenoiseError(f"--device {device} asked for, but MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise SpecdenoiseError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
 # --------------------------------------------------------------------------- logs
@@ -124,21 +143,29 @@ def check_device(device: str | None) -> None:
 QUIET_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh", "torch")
 
 
-def quiet_libraries(debug: bool) -> None:
+@contextlib.contextmanager
+def quiet_libraries(debug: bool) -> Iterator[None]:
     """Keep Dask's and PyTorch's own warnings out of a user's log (``--debug`` keeps them).
 
     Dask's nanny, scheduler and workers log shutdown chatter such as ``Worker process still
     alive after 4.0 seconds, killing`` or a ``CancelledError`` after Ctrl-C; a real failure
-    still reaches the user as the error the stage raises. The setting also reaches worker
-    processes started later, through the environment (``DASK_LOGGING__DISTRIBUTED``).
+    still reaches the user as the error the stage raises. Worker processes started meanwhile
+    get the setting through the environment (``DASK_LOGGING__DISTRIBUTED``), which is put back
+    afterwards, as are the warning filters (the command may run inside a test or a notebook).
     """
     if debug:
+        yield
         return
+    old = os.environ.get("DASK_LOGGING__DISTRIBUTED")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
-    for name in list(logging.root.manager.loggerDict):
+    for name in [*logging.root.manager.loggerDict, *QUIET_LOGGERS]:
         if name.split(".")[0] in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    for module in (r"torch(\..*)?", r"distributed(\..*)?", r"dask(\..*)?"):
-        warnings.filterwarnings("ignore", module=module)
+    try:
+        with warnings.catch_warnings():
+            for module in (r"torch(\..*)?", r"distributed(\..*)?", r"dask(\..*)?"):
+                warnings.filterwarnings("ignore", module=module)
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)

@@ -16,6 +16,7 @@ from pathlib import Path
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
+from specdenoise.simulate.progress import stamp
 
 #: per preset: spectra per split, simulation seed, models to train (name, train preset, extra);
 #: every registered baseline runs
@@ -61,7 +62,7 @@ PRESETS = {
 def _step(title: str, argv: list[str]) -> None:
     from specdenoise.cli import main
 
-    print(f"\n== {title}\n$ specdenoise {shlex.join(argv)}", flush=True)
+    print(f"\n== {title} {stamp()}\n$ specdenoise {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
     status = main(argv)
     if status:
@@ -149,6 +150,8 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
     argv += ["--data", str(data["val"]), "--train", str(data["train"]), "--out", str(eval_dir),
              "--baselines", ",".join(BASELINES), "--template-n", str(p["template_n"]),
              "--overwrite", *quiet]
+    if device:
+        argv += ["--device", device]
     _step("evaluate", argv)
 
     outputs = {
@@ -158,7 +161,7 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
         "evaluation": eval_dir,
         "report": eval_dir / "report.html",
     }
-    print(f"\n== done in {time.perf_counter() - t0:.0f} s")
+    print(f"\n== done in {time.perf_counter() - t0:.0f} s {stamp()}")
     for name, path in outputs.items():
         print(f"   {name:12s} {path}")
     # the answer last, where a user looks: every method against the template fit, by S/N
