@@ -82,7 +82,8 @@ def test_dae_with_device_noise_and_chi2(datasets, tmp_path):
 
 
 def test_presets_and_schedules(tmp_path):
-    paper = loop.make_config("a", "b", tmp_path)
+    paper = loop.make_config("a", "b", tmp_path, preset="paper")
+    assert loop.make_config("a", "b", tmp_path).preset == "quick"  # what a user starts with
     assert (paper.optimizer, paper.lr, paper.batch_size, paper.epochs, paper.loss) == (
         "sgd", 0.1, 100, 50, "mse")
     assert loop.lr_at(paper, 19) == pytest.approx(0.1)
