@@ -44,8 +44,9 @@ def register(subparsers) -> None:
                         'in_channels 2 feeds sigma beside the flux; residual predicts a '
                         'correction to the noisy input (with out_activation "identity")')
     options.add_preset(p, {name: PRESET_HELP.get(name, "") for name in PRESETS},
-                       DEFAULT_PRESET, extra="training set-up; options given here win over "
-                       "it. Costs measured on two CPU cores (README, 'What it measures').")
+                       DEFAULT_PRESET, store_default=False,
+                       extra="training set-up; options given here win over it. Costs "
+                             "measured on two CPU cores (README, 'What it measures').")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--init-from", metavar="RUN", default=None,
                    help="chain: train --arch on the outputs of the trained run RUN (kept "

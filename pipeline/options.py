@@ -101,13 +101,17 @@ def run_dir(args) -> str:
     return value
 
 
-def add_preset(parser, presets: dict[str, str], default: str | None, *, extra: str = ""
-               ) -> None:
-    """``--preset`` with each choice's meaning and cost in the help, the default marked."""
+def add_preset(parser, presets: dict[str, str], default: str | None, *, extra: str = "",
+               store_default: bool = True) -> None:
+    """``--preset`` with each choice's meaning and cost in the help, the default marked.
+
+    ``store_default=False``: the option stays None when not given (``train --resume`` keeps
+    the preset the run started with; a new run gets ``default`` later)."""
     lines = "; ".join(f"{name}: {text}" + (" (default)" if name == default else "")
                       for name, text in presets.items())
     text = (extra + " " if extra else "") + lines
-    parser.add_argument("--preset", choices=tuple(presets), default=default,
+    parser.add_argument("--preset", choices=tuple(presets),
+                        default=default if store_default else None,
                         help=text.replace("%", "%%"))  # argparse formats help with %
 
 
