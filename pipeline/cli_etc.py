@@ -161,6 +161,8 @@ def run_import(args, paths) -> int:
 
     if not paths:
         raise SpecdenoiseError("etc import: give the ETC output files or folders to import")
+    # the output is checked before any file is read (write_table checks it again)
+    stores.check_output(args.out, stores.ETC_TABLE, overwrite=args.overwrite)
     runs = etc_table.import_etc_runs(paths, _conditions(args, defaults=False),
                                      progress=not args.no_progress)
     ds = etc_table.runs_to_dataset(runs, source=" ".join(str(p) for p in paths))
