@@ -17,6 +17,7 @@ from pathlib import Path
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate import baselines as bl
+from specdenoise.simulate.progress import stamp
 from specdenoise.stage_grid import resolve_grid
 
 DEFAULT_TEMPLATE_N = 100
@@ -80,6 +81,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     # cleared); resolving it is the stage's work, not the baseline's
     grid_path = (resolve_grid(bl.simulated_grid(ds.attrs))
                  if any(bl.BASELINES[b].needs == "config" for b in names) else None)
+    if names:  # PCA learns its basis and the template fit builds its library: minutes
+        log(f"preparing the baselines ({', '.join(names)}) {stamp()}")
     methods += bl.baseline_methods(
         names, data_attrs=ds.attrs, grid_path=grid_path, train=train, template_n=template_n,
         pca_k=pca_k, savgol_window=savgol_window, gaussian_sigma=gaussian_sigma,
