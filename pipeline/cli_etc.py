@@ -161,8 +161,10 @@ def run_import(args, paths) -> int:
 
     if not paths:
         raise SpecdenoiseError("etc import: give the ETC output files or folders to import")
-    # the output is checked before any file is read (write_table checks it again)
+    # the output is checked before any file is read (write_table checks it again), and its
+    # folder made: an unwritable place fails now, not after the whole import
     stores.check_output(args.out, stores.ETC_TABLE, overwrite=args.overwrite)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     runs = etc_table.import_etc_runs(paths, _conditions(args, defaults=False),
                                      progress=not args.no_progress)
     ds = etc_table.runs_to_dataset(runs, source=" ".join(str(p) for p in paths))
