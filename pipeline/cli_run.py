@@ -11,8 +11,8 @@ from specdenoise.stage_run import PRESETS, run
 #: ``run --preset`` choices with what each costs (README, 'What it measures')
 PRESET_HELP = {
     "quick": "12,000 + 300 spectra, the quick training preset (10 epochs of 3000 spectra), "
-             "every baseline: about 8 min on two CPU cores and 0.65 GB of disk, built-in grid "
-             "included",
+             "every baseline: about 8 min on two CPU cores and 658 MiB of disk, built-in "
+             "grid included",
     "paper": "the published set-up: 1000 + 1000 spectra, U-Net and DAE, 50 epochs each: "
              "83 min on two CPU cores",
     "best": "the best training preset on a pool of 100,000 spectra (1.9 GB): 1 h 40 min on "
