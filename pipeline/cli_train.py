@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
@@ -131,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
         return stage_train.submit(args.submit, argv, args.out)
     options.check_device(args.device)
     if not logging.getLogger().handlers:
+        # standard output, as the progress lines: standard error holds only a failure's line
         logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
-                            datefmt=options.TIME_FORMAT)
+                            datefmt=options.TIME_FORMAT, stream=sys.stdout)
     model_cfg = None
     if args.model_cfg is not None:
         try:

@@ -7,6 +7,9 @@ time-stamped line (local time, :func:`stamp`) per tenth of the work::
 
     simulate: 30 % (900/3000 spec, 12 s, 75 spec/s) [2026-12-06 06:30:12]
 
+The lines go to standard output, beside the command's other log lines, so that standard error
+holds nothing but a failure's one-line message; a live bar draws on standard error.
+
 ``enabled``: False draws nothing; True draws the live bar or the lines; None draws the live
 bar on a terminal and nothing elsewhere (for stages that log their own progress).
 """
@@ -44,7 +47,7 @@ class LineProgress:
     def __init__(self, total: int | None, desc: str, unit: str, stream=None, step: float = 0.1,
                  disable: bool = False):
         self.total, self.desc, self.unit = total, desc, unit
-        self.stream = sys.stderr if stream is None else stream
+        self.stream = sys.stdout if stream is None else stream
         self.step = step
         self.disable = disable
         self.n = 0
