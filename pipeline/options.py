@@ -154,14 +154,19 @@ def quiet_libraries(debug: bool) -> Iterator[None]:
     Dask's nanny, scheduler and workers log shutdown chatter such as ``Worker process still
     alive after 4.0 seconds, killing`` or a ``CancelledError`` after Ctrl-C; a real failure
     still reaches the user as the error the stage raises. Worker processes started meanwhile
-    get the setting through the environment (``DASK_LOGGING__DISTRIBUTED``), which is put back
-    afterwards, as are the warning filters (the command may run inside a test or a notebook).
+    get the setting through the environment (``DASK_LOGGING__DISTRIBUTED``, and
+    ``PYTHONWARNINGS`` for multiprocessing's resource tracker), which is put back afterwards,
+    as are the warning filters (the command may run inside a test or a notebook).
     """
     if debug:
         yield
         return
-    old = os.environ.get("DASK_LOGGING__DISTRIBUTED")
+    old = {k: os.environ.get(k) for k in ("DASK_LOGGING__DISTRIBUTED", "PYTHONWARNINGS")}
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+    # the resource tracker process that Dask's and PyTorch's worker processes share reports
+    # their semaphores after a Ctrl-C ("There appear to be 1 leaked semaphore objects")
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        w for w in (old["PYTHONWARNINGS"], "ignore:resource_tracker:UserWarning") if w)
     for name in [*logging.root.manager.loggerDict, *QUIET_LOGGERS]:
         if name.split(".")[0] in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -171,5 +176,8 @@ def quiet_libraries(debug: bool) -> Iterator[None]:
                 warnings.filterwarnings("ignore", module=module)
             yield
     finally:
-        if old is None:
-            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
