@@ -217,6 +217,12 @@ def test_redirected_logs_are_time_stamped(tmp_path):
     assert "\r" not in text
 
 
+def _sigint() -> None:
+    """Ctrl-C reaches the child even when the tests run in the background (where the shell
+    starts them with SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_the_first_epoch_does_not_ask_for_resume(tmp_path):
     """Interrupted before a checkpoint exists: the message says to start again, and doing so
     works; it asks for --resume only when there is something to resume."""
@@ -225,7 +231,7 @@ def test_ctrl_c_in_the_first_epoch_does_not_ask_for_resume(tmp_path):
     argv = [sys.executable, "-m", "specdenoise.cli", "train", "--data", str(data), "--out",
             str(out), "--epochs", "1", "--loader-workers", "0", "--device", "cpu"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_sigint)
     deadline = time.monotonic() + 120
     while not (out / "config.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # config.json is written when training starts
@@ -246,7 +252,8 @@ def test_ctrl_c_leaves_dask_chatter_out_of_the_log(small_grid, tmp_path):
     argv = [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", "40000", "--chunk-size",
             "500", "--grid", str(small_grid), "--out", str(tmp_path / "s.zarr"), "--workers",
             "1"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_sigint)
     lines = []
     for line in proc.stdout:  # interrupt once the work is under way
         lines.append(line)
