@@ -5,7 +5,9 @@ its parser and sets ``func`` (called with the parsed namespace; returns an exit 
 A :class:`~specdenoise.SpecdenoiseError` ends the program with its one-line message and status 2,
 and so do the failures a user's environment or files cause (an unwritable or full disk, a
 missing folder, too little memory, a chunk that cannot be decoded): see :func:`known_failure`.
-``--debug`` (anywhere on the command line) shows the traceback instead.
+``--debug`` (anywhere on the command line) shows the traceback instead, and lets Dask's and
+PyTorch's own log messages through (:func:`specdenoise.options.quiet_libraries`). The options
+several commands share are defined once, in :mod:`specdenoise.options`.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEBUG_HELP = "show the full traceback of an error instead of one line"
+DEBUG_HELP = ("show the full traceback of an error instead of one line, and Dask's and "
+              "PyTorch's own log messages and warnings")
 
 
 def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -125,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    from specdenoise.options import quiet_libraries
+
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), quiet_libraries(debug):
             status = args.func(args)
     except SpecdenoiseError as exc:
         if debug:
@@ -134,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(
-            f"specdenoise {args.command}: {what}; finished work is kept, "
-            "re-run the same command with --resume to continue",
-            file=sys.stderr,
-        )
-        return 143 if isinstance(exc, Terminated) else 130
+        term = isinstance(exc, Terminated)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"specdenoise {args.command}: {'terminated (SIGTERM)' if term else 'interrupted'}; "
+              + (hint(args) if hint else "re-run the same command (with --overwrite if "
+                                  "it says an output exists)"),
+              file=sys.stderr)
+        return 143 if term else 130
     except Exception as exc:
         message = None if debug else known_failure(exc)
         if message is None:

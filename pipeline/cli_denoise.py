@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
 
 
@@ -16,8 +17,7 @@ def register(subparsers) -> None:
             "input's coordinates), or one FITS/CSV spectrum file into a CSV."
         ),
     )
-    p.add_argument("--model", required=True, metavar="RUN_DIR|CKPT",
-                   help="run directory of 'specdenoise train' or its checkpoint.pt")
+    options.add_run(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="IN.zarr", help="dataset to denoise")
     src.add_argument("--spectrum", metavar="FILE",
@@ -49,26 +49,30 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=int, default=None, metavar="K",
                    help="draws for --uncertainty sample/both (default: the calibration's, "
                         "else 8)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT.zarr (a denoised store only) or OUT.csv")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="spectra per forward pass (default 256; smaller needs less memory)")
+    options.add_device(p)
+    options.add_overwrite(p, "an existing OUT.zarr (a denoised store only) or OUT.csv")
+    options.add_no_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from specdenoise.train import infer
 
+    run_dir = options.run_dir(args)
     if args.batch_size < 1:
         raise SpecdenoiseError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.samples is not None and args.samples < 2:
         raise SpecdenoiseError(f"--samples must be at least 2, got {args.samples}")
+    options.check_device(args.device)
     if args.data is not None:
-        out = infer.denoise_dataset(args.model, args.data, args.out, batch_size=args.batch_size,
+        out = infer.denoise_dataset(run_dir, args.data, args.out, batch_size=args.batch_size,
                                     device=args.device, overwrite=args.overwrite,
+                                    progress=not args.no_progress,
                                     uncertainty=args.uncertainty, samples=args.samples)
     else:
-        out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device,
+        out = infer.denoise_file(run_dir, args.spectrum, args.out, device=args.device,
                                  overwrite=args.overwrite, uncertainty=args.uncertainty,
                                  samples=args.samples)
     print(f"wrote {out}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate import baselines as bl
+from specdenoise.simulate.progress import stamp
 from specdenoise.stage_grid import resolve_grid
 
 DEFAULT_TEMPLATE_N = 100
@@ -87,6 +89,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     # cleared); resolving it is the stage's work, not the baseline's
     grid_path = (resolve_grid(bl.simulated_grid(ds.attrs))
                  if any(bl.BASELINES[b].needs == "config" for b in names) else None)
+    if names:  # PCA learns its basis and the template fit builds its library: minutes
+        log(f"preparing the baselines ({', '.join(names)}) {stamp()}")
     methods += bl.baseline_methods(
         names, data_attrs=ds.attrs, grid_path=grid_path, train=train, template_n=template_n,
         pca_k=pca_k, savgol_window=savgol_window, gaussian_sigma=gaussian_sigma,
@@ -98,7 +102,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     with stores.locked(out):
         return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
-                              bin_spec, overwrite, progress, log, fitter)
+                              bin_spec, overwrite, progress, log, fitter,
+                              given=[data, train, *models, out])
 
 
 def _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave) -> None:
@@ -181,8 +186,32 @@ def _check_replaceable_outputs(targets: dict[str, Path], out: Path) -> None:
                                    "write (or which was changed since); nothing was replaced")
 
 
+#: an absolute POSIX path of two or more parts in running text (not a URL, not an HTML tag)
+_ABSOLUTE = re.compile(r"(?<![\w.~:/<-])/[\w.+@-]+(?:/[\w.+@-]+)+/?")
+
+
+def relative_paths(text: str, base: Path, given: Sequence = ()) -> str:
+    """``text`` with every path in it relative to the work folder ``base``.
+
+    A report names the dataset, the runs and its own outputs; written as absolute paths they
+    tie it to the machine it ran on, and as typed they are relative to wherever the command
+    ran. Paths in ``given`` (as typed, relative to the current folder) and every absolute path
+    become relative to ``base`` (the folder holding EVAL_DIR: for ``specdenoise run``, its
+    work folder), so the report and its Python block read the same from there on any machine.
+    """
+    base = Path(os.path.abspath(base))
+
+    def rel(path: str) -> str:
+        return os.path.relpath(os.path.abspath(path), base)
+
+    for p in sorted({str(g) for g in given if not Path(g).is_absolute()}, key=len, reverse=True):
+        text = re.sub(r"(?<=[`\"'( ])" + re.escape(p) + r"(?=[/`\"') ,]|$)",
+                      lambda _m, p=p: rel(p), text, flags=re.M)
+    return _ABSOLUTE.sub(lambda m: rel(m.group(0)), text)
+
+
 def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets, bin_spec,
-                   overwrite, progress, log, fitter=None) -> dict[str, Path]:
+                   overwrite, progress, log, fitter=None, given=()) -> dict[str, Path]:
     from specdenoise.evaluate import recovery
 
     if overwrite:  # a table of an earlier evaluation must not be read as this one's
@@ -211,6 +240,11 @@ def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets
         "cube": targets["cube"], "summary": targets["summary"],
         "summary CSV": targets["summary_csv"],
         **({"parameters CSV": targets["parameters_csv"]} if rows else {})}, recovery=rows)
+    for name in ("report_md", "report_html"):
+        path = targets[name]
+        path.write_text(relative_paths(path.read_text(encoding="utf-8"), out.parent,
+                                       [g for g in given if g is not None]),
+                        encoding="utf-8")
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
     files = [targets["summary_csv"], targets["report_md"], targets["report_html"],
              *figures.values(), *([targets["parameters_csv"]] if rows else [])]
@@ -219,6 +253,15 @@ def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets
     stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
     log("\n" + report.terminal_summary(cube, tree))
     return targets
+
+
+def record_outputs(out: Path, names: Sequence[str]) -> None:
+    """Record the files ``names`` (relative to ``out``) in evaluate's manifest as they are now,
+    after a caller (``run``) rewrote them: a later ``evaluate --overwrite`` may replace them."""
+    out = Path(out)
+    files = {**_manifest(out), **{n: _sha256(out / n) for n in names}}
+    text = json.dumps({"files": files}, indent=1)
+    stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
 
 
 def _swap_in(new: Path, folder: Path) -> None:

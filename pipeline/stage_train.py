@@ -58,7 +58,7 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
         cfg = loop.make_config(data, val, out, model=model or DEFAULT_MODEL,
                                preset=preset or DEFAULT_PRESET, model_cfg=model_cfg, **opts)
     if cfg.workers < 0:
-        raise SpecdenoiseError(f"--workers must be 0 or more, got {cfg.workers}")
+        raise SpecdenoiseError(f"--loader-workers must be 0 or more, got {cfg.workers}")
     # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
     lock = stores.locked(cfg.out) if rank0 else contextlib.nullcontext()
     with lock:

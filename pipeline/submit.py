@@ -40,6 +40,8 @@ def rebuild_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
     for action in parser._actions:
         if not action.option_strings or action.dest in skip or action.dest in ("help", "debug"):
             continue
+        if getattr(action, "deprecated_alias", False):  # the new spelling passes it on
+            continue
         value = getattr(args, action.dest, action.default)
         if value == action.default:
             continue

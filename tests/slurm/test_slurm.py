@@ -408,9 +408,10 @@ def train_data(tmp_path_factory):
 
 
 def _train_args(train_data, out: Path) -> list[str]:
-    return ["train", "--data", str(train_data[0]), "--val", str(train_data[1]), "--model",
-            "unet", "--model-cfg", TINY_UNET, "--preset", "quick", "--out", str(out),
-            "--epochs", str(EPOCHS), "--batch-size", "8", "--workers", "0", "--device", "cpu",
+    return ["train", "--data", str(train_data[0]), "--val", str(train_data[1]), "--arch",
+            "unet", "--model-cfg", TINY_UNET, "--preset", "tiny", "--out", str(out),
+            "--epochs", str(EPOCHS), "--batch-size", "8", "--loader-workers", "0",
+            "--device", "cpu",
             "--seed", "3"]
 
 
