@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
 
 
@@ -19,8 +20,7 @@ def register(subparsers) -> None:
             "(training writes one from its --val set)."
         ),
     )
-    p.add_argument("--model", required=True, metavar="RUN_DIR",
-                   help="run directory of 'specdenoise train'")
+    options.add_run(p)
     p.add_argument("--data", required=True, metavar="VAL.zarr",
                    help="dataset with flux, flux_clean and sigma")
     p.add_argument("--uncertainty", default=None, choices=("head", "sample", "both"),
@@ -32,23 +32,26 @@ def register(subparsers) -> None:
                    help="use at most this many spectra (default 2000; 0: all)")
     p.add_argument("--false-alarm", type=float, default=0.01,
                    help="fraction of in-domain spectra flagged suspect (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="spectra per forward pass (default 256; smaller needs less memory)")
+    options.add_device(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from specdenoise.train import uncertainty
 
+    run_dir = options.run_dir(args)
     if args.samples < 2:
         raise SpecdenoiseError(f"--samples must be at least 2, got {args.samples}")
     if args.max_spectra < 0:
         raise SpecdenoiseError(f"--max-spectra must be 0 (all) or more, got {args.max_spectra}")
-    cal = uncertainty.calibrate_run(args.model, args.data, method=args.uncertainty,
+    options.check_device(args.device)
+    cal = uncertainty.calibrate_run(run_dir, args.data, method=args.uncertainty,
                                     samples=args.samples, max_spectra=args.max_spectra or None,
                                     false_alarm=args.false_alarm, batch_size=args.batch_size,
                                     device=args.device)
-    print(f"wrote {uncertainty.calibration_path(args.model)} ({cal.method}, "
+    print(f"wrote {uncertainty.calibration_path(run_dir)} ({cal.method}, "
           f"{cal.n_spectra} spectra; suspect above score {cal.threshold:.3g})")
     for row in cal.coverage:
         c = row["calibrated"]

@@ -371,7 +371,7 @@ def tiny_run(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tinyrun")
     data = make_dataset(d / "data.zarr", n=20, chunk=8)
-    cfg = loop.make_config(data, None, d / "run", model="unet", preset="quick",
+    cfg = loop.make_config(data, None, d / "run", model="unet", preset="tiny",
                            model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=10,
                            workers=0, device="cpu")
     n = torch.get_num_threads()
@@ -404,13 +404,13 @@ def test_denoise_data_checks_the_wavelengths(tiny_run, tmp_path, capsys, name, e
     from specdenoise import cli
 
     bad = _with_wave(tiny_run[1], tmp_path / f"{name}.zarr", edit)
-    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--data", str(bad), "--out",
+    assert cli.main(["denoise", "--run", str(tiny_run[0]), "--data", str(bad), "--out",
                      str(tmp_path / "den.zarr")]) == 2
     err = capsys.readouterr().err.strip()
     assert "another wavelength grid" in err and "\n" not in err
     assert not (tmp_path / "den.zarr").exists()
     if name == "nan_x10":  # evaluate and train refused it too
-        assert cli.main(["evaluate", "--model", str(tiny_run[0]), "--data", str(bad),
+        assert cli.main(["evaluate", "--run", str(tiny_run[0]), "--data", str(bad),
                          "--baselines", "none", "--out", str(tmp_path / "ev")]) == 2
         assert "another wavelength grid" in capsys.readouterr().err
         assert cli.main(["train", "--data", str(tiny_run[1]), "--val", str(bad), "--out",
@@ -434,14 +434,14 @@ def test_denoise_spectrum_honours_a_fits_wcs(tiny_run, tmp_path, capsys):
                       CUNIT1="Angstrom")
     hdu.writeto(wrong)
     out = tmp_path / "o.csv"
-    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(wrong),
+    assert cli.main(["denoise", "--run", str(tiny_run[0]), "--spectrum", str(wrong),
                      "--out", str(out)]) == 2
     assert "wavelengths differ" in capsys.readouterr().err and not out.exists()
     right = tmp_path / "right.fits"  # the model's own grid, in Angstrom, without a unit
     hdu = fits.PrimaryHDU(flux)
     hdu.header.update(CRVAL1=float(WAVE[0]) * 10, CDELT1=step_a, CRPIX1=1.0)
     hdu.writeto(right)
-    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(right),
+    assert cli.main(["denoise", "--run", str(tiny_run[0]), "--spectrum", str(right),
                      "--out", str(out)]) == 0
     np.testing.assert_allclose(np.genfromtxt(out, delimiter=",", names=True)["wave"], WAVE,
                                atol=1e-5)
@@ -461,14 +461,14 @@ def test_denoise_spectrum_refuses_per_row_grids_and_absurd_noise(tiny_run, tmp_p
     fits.BinTableHDU.from_columns([
         fits.Column("WAVE", f"{WAVE.size}D", array=waves),
         fits.Column("FLUX", f"{WAVE.size}E", array=flux)]).writeto(rows)
-    assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(rows),
+    assert cli.main(["denoise", "--run", str(tiny_run[0]), "--spectrum", str(rows),
                      "--out", str(tmp_path / "o.csv")]) == 2
     assert "different wavelength grids" in capsys.readouterr().err
     for factor in (1e4, 1e10):
         noisy = tmp_path / f"sigma{factor:g}.csv"
         np.savetxt(noisy, np.c_[WAVE, flux[0], flux[0] * factor], delimiter=",",
                    header="wave,flux,sigma", comments="")
-        assert cli.main(["denoise", "--model", str(tiny_run[0]), "--spectrum", str(noisy),
+        assert cli.main(["denoise", "--run", str(tiny_run[0]), "--spectrum", str(noisy),
                          "--out", str(tmp_path / "o.csv")]) == 2
         err = capsys.readouterr().err.strip()
         assert "times its flux" in err and "\n" not in err
@@ -484,11 +484,11 @@ def test_devices_fifos_and_folders_are_refused_as_inputs(tiny_run, small_grid, t
     profile_fifo, config_fifo = _fifo(tmp_path, "p.yaml"), _fifo(tmp_path, "c.toml")
     spec_fifo = _fifo(tmp_path, "s.csv")
     cases = [
-        (["denoise", "--model", tiny_run[0], "--spectrum", "/dev/zero", "--out",
+        (["denoise", "--run", tiny_run[0], "--spectrum", "/dev/zero", "--out",
           tmp_path / "o.csv"], "not a regular file"),
-        (["denoise", "--model", tiny_run[0], "--spectrum", spec_fifo, "--out",
+        (["denoise", "--run", tiny_run[0], "--spectrum", spec_fifo, "--out",
           tmp_path / "o.csv"], "not a regular file"),
-        (["denoise", "--model", tiny_run[0], "--spectrum", tmp_path, "--out",
+        (["denoise", "--run", tiny_run[0], "--spectrum", tmp_path, "--out",
           tmp_path / "o.csv"], "is a folder"),
         (["simulate", "--config", "/dev/zero", "--grid", small_grid, "--out",
           tmp_path / "s.zarr"], "not a regular file"),
@@ -587,7 +587,7 @@ def test_damaged_checkpoints_are_one_line(tiny_run, tmp_path):
              (_damaged(tiny_run[0], tmp_path, "huge",
                        lambda st: st["model"]["cfg"].update(filters=10**9)), "filters")]
     for run, words in cases:
-        r = _cli("denoise", "--model", run, "--data", tiny_run[1], "--out",
+        r = _cli("denoise", "--run", run, "--data", tiny_run[1], "--out",
                  tmp_path / f"{run.name}.zarr")
         _one_line_refusal(r, words)
 

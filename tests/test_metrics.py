@@ -361,7 +361,7 @@ def test_training_prints_the_evaluations_number(tmp_path):
 
     train = make_dataset(tmp_path / "train.zarr", n=24, chunk=8, seed=0)
     val = make_dataset(tmp_path / "val.zarr", n=16, chunk=8, seed=1)
-    cfg = loop.make_config(train, val, tmp_path / "run", model="unet", preset="quick",
+    cfg = loop.make_config(train, val, tmp_path / "run", model="unet", preset="tiny",
                            model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=8,
                            workers=0, device="cpu", seed=3, shuffle_buffer=8)
     row = loop.train(cfg)

@@ -37,7 +37,7 @@ def stores(tmp_path_factory):
 
 def _train(stores, name, val, **model_cfg):
     cfg = loop.make_config(stores["train"], val, stores["dir"] / name, model="unet",
-                           preset="quick", epochs=2, batch_size=12, device="cpu", lr=1e-2,
+                           preset="tiny", epochs=2, batch_size=12, device="cpu", lr=1e-2,
                            n_wave=N_WAVE,
                            model_cfg={"depth": 2, "filters": 4, "in_channels": 2, **model_cfg})
     loop.train(cfg)
@@ -173,7 +173,7 @@ def test_spikes_and_emission_lines_are_suspect(head_run, stores):
 def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores, tmp_path):
     src = stores["test"]
     out = tmp_path / "den.zarr"
-    assert cli.main(["denoise", "--model", str(head_run), "--data", str(src), "--out",
+    assert cli.main(["denoise", "--run", str(head_run), "--data", str(src), "--out",
                      str(out), "--device", "cpu", "--batch-size", "64"]) == 0
     den = xr.open_zarr(out)
     assert den["sigma_denoised"].shape == (300, N_WAVE)
@@ -191,7 +191,7 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
 
     # old-style output on request
     bare = tmp_path / "bare.zarr"
-    assert cli.main(["denoise", "--model", str(head_run), "--data", str(src), "--out",
+    assert cli.main(["denoise", "--run", str(head_run), "--data", str(src), "--out",
                      str(bare), "--uncertainty", "none"]) == 0
     assert "sigma_denoised" not in xr.open_zarr(bare)
 
@@ -201,7 +201,7 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
                header="wave,flux,sigma", comments="")
     for run in (head_run, plain_run):
         out_csv = tmp_path / f"{run.name}.csv"
-        assert cli.main(["denoise", "--model", str(run), "--spectrum", str(csv_in), "--out",
+        assert cli.main(["denoise", "--run", str(run), "--spectrum", str(csv_in), "--out",
                          str(out_csv)]) == 0
         t = np.genfromtxt(out_csv, delimiter=",", names=True)
         assert {"sigma_denoised", "chi2_red", "chi2_peak", "suspect"} <= set(t.dtype.names)
@@ -212,7 +212,7 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
     # the plain network was calibrated for K=4: with 3 samples it is neither calibrated nor
     # checked (-1), and says so
     out_csv = tmp_path / "k3.csv"
-    assert cli.main(["denoise", "--model", str(plain_run), "--spectrum", str(csv_in), "--out",
+    assert cli.main(["denoise", "--run", str(plain_run), "--spectrum", str(csv_in), "--out",
                      str(out_csv), "--samples", "3"]) == 0
     assert set(np.unique(np.genfromtxt(out_csv, delimiter=",", names=True)["suspect"])) == {-1}
 
@@ -239,13 +239,13 @@ def test_cube_carries_sigma_z_and_suspect(head_run, stores, tmp_path):
 
 def test_calibrate_cli(plain_run, stores, tmp_path, capsys):
     before = unc.read_calibration(plain_run)
-    assert cli.main(["calibrate", "--model", str(plain_run), "--data", str(stores["test"]),
+    assert cli.main(["calibrate", "--run", str(plain_run), "--data", str(stores["test"]),
                      "--samples", "4", "--max-spectra", "100", "--device", "cpu"]) == 0
     after = unc.read_calibration(plain_run)
     assert after.samples == 4 and after.n_spectra == 100 and after.dataset == str(stores["test"])
     assert "S/N" in capsys.readouterr().out
     unc.write_calibration(plain_run, before)  # leave the fixture as it was
-    assert cli.main(["calibrate", "--model", str(plain_run), "--data", str(stores["test"]),
+    assert cli.main(["calibrate", "--run", str(plain_run), "--data", str(stores["test"]),
                      "--uncertainty", "head"]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs a network trained with" in err and "\n" not in err
@@ -265,7 +265,7 @@ def test_beta_nll_and_the_detached_mean():
     batch = {"x": torch.rand(3, 64) + 0.5, "sigma": torch.full((3, 64), 0.02),
              "y": torch.rand(3, 64) + 0.5, "good": torch.ones(3, 64, dtype=torch.bool)}
     for detach in (True, False):
-        cfg = loop.make_config("d", None, "o", model="unet", preset="quick",
+        cfg = loop.make_config("d", None, "o", model="unet", preset="tiny",
                                nll_detach_mean=detach)
         pred, aux = loop._forward(model, model, batch, cfg)
         grad = torch.autograd.grad(aux["nll"], pred, allow_unused=True)[0]
