@@ -22,9 +22,30 @@ from specdenoise import cli
 from specdenoise.train.presets import PRESETS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-#: every command that does something (leaves of the command tree)
-LEAVES = ("grid build", "grid import", "grid info", "etc", "etc import", "simulate", "train",
-          "denoise", "evaluate", "run", "cluster show")
+
+
+def _leaves() -> tuple[str, ...]:
+    """Every command that does something (the leaves of the parser's command tree), so that a
+    command added later is held to the table too."""
+    import argparse
+
+    found = []
+
+    def walk(parser, prefix):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if prefix and (not subs or parser.get_default("func") is not None):
+            found.append(prefix)  # a command, perhaps with commands of its own (etc, etc import)
+        if not subs:
+            return
+        for name, sub in subs[0].choices.items():
+            walk(sub, f"{prefix} {name}".strip())
+
+    walk(cli.build_parser(), "")
+    return tuple(found)
+
+
+#: ``etc import`` is a form of ``etc`` (a positional word), with a --help of its own
+LEAVES = (*_leaves(), "etc import")
 STAMP = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\]"
 NO_GPU = pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
