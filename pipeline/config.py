@@ -38,6 +38,11 @@ DEFAULTS: dict = {
     "keepbits": 13,
     "split": "",
     "missing": "error",
+    # several grids mixed (issue 19): [{grid = "builtin", weight = 0.7}, {grid = "p.zarr",
+    # weight = 0.3}]; each spectrum's grid is drawn with these weights and recorded in the
+    # per-spectrum coordinate ``grid`` (its index here; the specs in the ``grids`` attribute).
+    # Empty (default): the one ``grid`` above, and nothing new is recorded.
+    "grids": [],
     "observe": {
         "lsf_fwhm_pix": [3.1, 3.2],
         "distortion": 0.02,
@@ -254,6 +259,15 @@ def validate(cfg: dict) -> list[str]:
                 errors.append(f"'params.{name}.std' must be >= 0")
             if kind == "beta" and (dist["a"] <= 0 or dist["b"] <= 0):
                 errors.append(f"'params.{name}': beta a and b must be > 0")
+    grids = cfg.get("grids")
+    if not isinstance(grids, list) or not all(
+            isinstance(g, Mapping) and set(g) == {"grid", "weight"} and isinstance(g["grid"], str)
+            and isinstance(g["weight"], int | float) and not isinstance(g["weight"], bool)
+            and math.isfinite(g["weight"]) and g["weight"] > 0 for g in grids):
+        errors.append("'grids' must be a list of {grid = \"builtin\" or a store, weight = a "
+                      "positive number}")
+    elif len({g["grid"] for g in grids}) < len(grids):
+        errors.append("'grids' names a grid twice")
     if cfg.get("split"):
         try:
             parse_split(cfg["split"])
@@ -307,15 +321,30 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
     explicit = {k: v for k, v in values.items() if v is not None}
     cfg = _merge(cfg, explicit, "", errors)
     errors += validate(cfg)
+    if not errors and cfg["grids"]:
+        cfg["grid"] = cfg["grids"][0]["grid"]  # the first stands for the mix where one is named
     if errors:
         where = f" in {path}" if path else ""
         raise SpecdenoiseError(f"invalid configuration{where}: " + "; ".join(errors))
     return cfg
 
 
+#: observe options at which the forward model is as it was before they existed
+OBSERVE_NEUTRAL: dict = {}
+
+#: options added after stores were written: at these values they leave the simulated numbers
+#: as they were, so they are left out of the hash (stores written before them still resume)
+NEUTRAL = {"grids": []}
+
+
 def config_hash(cfg: Mapping, keys_ignored: Iterable[str] = ("out",)) -> str:
     """A short hash of everything that changes the simulated numbers."""
-    data = {k: v for k, v in cfg.items() if k not in set(keys_ignored)}
+    data = {k: v for k, v in cfg.items()
+            if k not in set(keys_ignored) and not (k in NEUTRAL and v == NEUTRAL[k])}
+    obs = data.get("observe")
+    if isinstance(obs, Mapping):
+        data["observe"] = {k: v for k, v in obs.items()
+                           if not (k in OBSERVE_NEUTRAL and v == OBSERVE_NEUTRAL[k])}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -328,6 +357,8 @@ def to_toml(cfg: Mapping) -> str:
             return json.dumps(v)
         if isinstance(v, list):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            return "{" + ", ".join(f"{k} = {fmt(x)}" for k, x in v.items()) + "}"
         return repr(v)
 
     lines = [f"{k} = {fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]

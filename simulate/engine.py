@@ -71,7 +71,7 @@ def engine_key(cfg: Mapping) -> str:
                       sort_keys=True)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)  # a mixed-grid simulation keeps one per grid
 def _cached(key: str, grid_path: str):
     from specdenoise.simulate.grids import open_grid
     from specdenoise.simulate.interp import GridInterpolator
