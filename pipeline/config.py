@@ -49,6 +49,16 @@ DEFAULTS: dict = {
         "noise_kind": "gaussian",
         "extinction_law": "F99",
         "filter": DEFAULT_FILTER,
+        # the wider nuisance model (issue 19; specdenoise.simulate.nuisance), all off: smooth
+        # continuum shape up to this max |factor - 1| (Legendre orders 1..continuum_order),
+        # LSF FWHM varying by fibre by +-lsf_scatter (0.1 = 10 %), sky-subtraction residual
+        # (rms fraction of the sky), telluric-correction residual (rms depth scale of the O2 A
+        # and H2O 810-835 nm band template)
+        "continuum": 0.0,
+        "continuum_order": 8,
+        "lsf_scatter": 0.0,
+        "sky_residual": 0.0,
+        "telluric_residual": 0.0,
     },
     "params": {
         "teff": {"dist": "uniform", "low": 3500.0, "high": 7500.0},
@@ -225,6 +235,14 @@ def validate(cfg: dict) -> list[str]:
     d = obs.get("distortion")
     if not isinstance(d, int | float) or not 0 <= d <= 0.2:
         errors.append(f"'observe.distortion' must be an amplitude 0..0.2, got {d!r}")
+    for key, hi in (("continuum", 0.5), ("lsf_scatter", 0.5), ("sky_residual", 0.5),
+                    ("telluric_residual", 0.5)):
+        v = obs.get(key)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= hi:
+            errors.append(f"'observe.{key}' must be a number 0..{hi:g} (0: off), got {v!r}")
+    co = obs.get("continuum_order")
+    if not isinstance(co, int) or isinstance(co, bool) or not 1 <= co <= 30:
+        errors.append(f"'observe.continuum_order' must be an integer 1..30, got {co!r}")
     if obs.get("noise_kind") not in NOISE_KINDS:
         errors.append(f"'observe.noise_kind' must be one of {', '.join(NOISE_KINDS)}")
     if obs.get("extinction_law") not in EXTINCTION_LAWS:
@@ -330,7 +348,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
 
 
 #: observe options at which the forward model is as it was before they existed
-OBSERVE_NEUTRAL: dict = {}
+OBSERVE_NEUTRAL: dict = {"continuum": 0.0, "continuum_order": 8, "lsf_scatter": 0.0,
+                         "sky_residual": 0.0, "telluric_residual": 0.0}
 
 #: options added after stores were written: at these values they leave the simulated numbers
 #: as they were, so they are left out of the hash (stores written before them still resume)

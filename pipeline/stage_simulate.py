@@ -89,6 +89,15 @@ def split_key(name: str) -> int:
     return zlib.crc32(name.encode()) if name else 0
 
 
+def nuisance_names(cfg: Mapping) -> list[str]:
+    """Coordinates recording the nuisance effects a config switches on (see
+    :mod:`specdenoise.simulate.nuisance`)."""
+    from specdenoise.simulate import nuisance
+
+    s = nuisance.settings(cfg["observe"])
+    return [nuisance.RECORDED[k] for k in nuisance.enabled(s)]
+
+
 def grid_specs(cfg: Mapping) -> list[str]:
     """The grids a config simulates from: those of ``grids`` (mixed), else the one ``grid``."""
     return [g["grid"] for g in cfg.get("grids") or []] or [cfg["grid"]]
@@ -163,6 +172,8 @@ def _simulate_one(cfg: Mapping, grid_path: str, rng: np.random.Generator,
         arrays["mask"] = np.asarray(out["mask"], dtype=np.uint8)[inverse]
     for k in (*schema.PARAMS, *schema.CONDITIONS):
         arrays[k] = values[k]
+    for k in nuisance_names(cfg):  # per-spectrum values of the nuisance effects that are on
+        arrays[k] = out[k][inverse]
     for name, col in zip(schema.calib_names(observer.calib_order), out["calib_coef"][inverse].T,
                          strict=True):
         arrays[name] = col
@@ -298,7 +309,7 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         "noise_provenance": {"noise": cfg["noise"]},
         "title": "specdenoise simulated PFS MR red-arm spectra",
     }
-    extra = schema.calib_names(calibration.ORDER)
+    extra = (*schema.calib_names(calibration.ORDER), *nuisance_names(cfg))
     if cfg.get("grids"):  # which grid each spectrum came from: coordinate + the list in attrs
         attrs["grids"] = [{**g, **grid_provenance(Path(p), g["grid"])}
                           for g, p in zip(cfg["grids"], grid_path, strict=True)]
