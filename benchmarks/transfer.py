@@ -14,8 +14,8 @@ and writes (``--out`` CSV):
   regression slope of D_hp on F_hp, ``_hp`` the truth's and denoised spectrum's departure from
   that continuum (1: all kept, 0: smoothed away);
 - ``ew_err``: the Ca II triplet's equivalent-width error, mean |EW(D) - EW(F)| / EW(F) over
-  the three lines (vacuum 850.04, 854.44, 866.45 nm; +-0.6 nm windows, continuum from the same
-  running percentile), per cent.
+  the three lines (vacuum 850.04, 854.44, 866.45 nm moved by each spectrum's RV; +-0.6 nm
+  windows, continuum from the same running percentile), per cent.
 
 and the ratios real/twin of R and of kept.  The metrics are simple local versions written here
 (:func:`metrics`); the project's line-aware metrics (``evaluate/metrics.py``) can replace that
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+C_KM_S = 299792.458
 #: vacuum wavelengths of the Ca II infrared triplet, nm
 CA_II = (850.036, 854.444, 866.452)
 EW_HALF_WIDTH = 0.6
@@ -50,18 +51,22 @@ def continuum(f: np.ndarray, window: int = CONT_WINDOW) -> np.ndarray:
     return percentile_filter(f, 98, size=(1, window), mode="nearest")
 
 
-def equivalent_widths(wave: np.ndarray, f: np.ndarray, cont: np.ndarray) -> np.ndarray:
-    """EW (nm) of the Ca II lines (n, 3) from spectra and their continuum (n, n_wave)."""
+def equivalent_widths(wave: np.ndarray, f: np.ndarray, cont: np.ndarray,
+                      rv: np.ndarray | None = None) -> np.ndarray:
+    """EW (nm) of the Ca II lines (n, 3) from spectra and their continuum (n, n_wave), the
+    windows moved by each spectrum's radial velocity ``rv`` (n,) km/s."""
     dw = np.gradient(wave)
+    shift = 1.0 + (np.zeros(len(f)) if rv is None else np.asarray(rv)) / C_KM_S
     out = []
     for c in CA_II:
-        sel = np.abs(wave - c) < EW_HALF_WIDTH
-        out.append(np.sum((1 - f[:, sel] / cont[:, sel]) * dw[sel], axis=1))
+        sel = np.abs(wave[None, :] - c * shift[:, None]) < EW_HALF_WIDTH
+        out.append(np.sum(sel * (1 - f / cont) * dw[None, :], axis=1))
     return np.stack(out, axis=1)
 
 
-def metrics(wave, clean, denoised, mask=None) -> dict[str, np.ndarray]:
-    """Per-spectrum metrics (each (n,)): R, R_line (per cent), kept, ew_err (per cent)."""
+def metrics(wave, clean, denoised, mask=None, rv=None) -> dict[str, np.ndarray]:
+    """Per-spectrum metrics (each (n,)): R, R_line (per cent), kept, ew_err (per cent);
+    ``rv`` (n,) km/s moves the Ca II windows."""
     good = np.ones(clean.shape, bool) if mask is None else mask == 0
     rel = np.abs(denoised - clean) / np.abs(clean)
     cont = continuum(clean)
@@ -69,8 +74,8 @@ def metrics(wave, clean, denoised, mask=None) -> dict[str, np.ndarray]:
     f_hp, d_hp = clean - cont, denoised - cont
     w = good.astype(float)
     kept = np.sum(w * f_hp * d_hp, axis=1) / np.sum(w * f_hp * f_hp, axis=1)
-    ew_t = equivalent_widths(wave, clean, cont)
-    ew_d = equivalent_widths(wave, denoised, cont)
+    ew_t = equivalent_widths(wave, clean, cont, rv)
+    ew_d = equivalent_widths(wave, denoised, cont, rv)
     return {
         "R": 100 * np.sum(rel * good, axis=1) / good.sum(axis=1),
         "R_line": 100 * np.sum(rel * line, axis=1) / np.maximum(line.sum(axis=1), 1),
@@ -93,7 +98,7 @@ def load(store: Path, den: Path):
     ds = xr.open_zarr(store)
     dd = xr.open_zarr(den)
     return (ds["wave"].values, ds["flux_clean"].values, dd["flux_denoised"].values,
-            ds["mask"].values, ds["snr"].values, ds["flux"].values)
+            ds["mask"].values, ds["snr"].values, ds["flux"].values, ds["rv"].values)
 
 
 def main() -> None:
@@ -110,9 +115,10 @@ def main() -> None:
         for real, twin in args.pair:
             res = {}
             for kind, store in (("real", real), ("twin", twin)):
-                wave, clean, den, mask, snr, flux = load(store, denoise(model, store, args.work))
-                res[kind] = metrics(wave, clean, den, mask), snr
-                res[kind + "_input"] = metrics(wave, clean, flux, mask), snr
+                wave, clean, den, mask, snr, flux, rv = load(
+                    store, denoise(model, store, args.work))
+                res[kind] = metrics(wave, clean, den, mask, rv), snr
+                res[kind + "_input"] = metrics(wave, clean, flux, mask, rv), snr
             if not np.allclose(res["real"][1], res["twin"][1], rtol=0.2):
                 print(f"warning: {real.name} and {twin.name} have different S/N: not twins?")
             snr = res["twin"][1]

@@ -33,3 +33,13 @@ def test_perfect_smoothed_and_halved_denoisers():
     m = transfer.metrics(WAVE, clean, half)
     assert m["kept"] == pytest.approx(0.5, abs=0.01)
     assert m["ew_err"] == pytest.approx(50, abs=1)
+
+
+def test_ca_windows_follow_the_radial_velocity():
+    rv = np.array([0.0, 400.0])
+    shifted = np.stack([np.interp(WAVE, WAVE * (1 + v / transfer.C_KM_S), spectra(1)[0])
+                        for v in rv])
+    cont = transfer.continuum(shifted)
+    ew = transfer.equivalent_widths(WAVE, shifted, cont, rv)
+    np.testing.assert_allclose(ew[1], ew[0], rtol=0.02)
+    assert transfer.equivalent_widths(WAVE, shifted, cont)[1].max() < 0.2 * ew[0].min()
