@@ -44,7 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="OUT.zarr",
                    help="output store, or a folder with --split; required (or 'out' in the "
                         "--config file)")
-    p.add_argument("--grid", help="'builtin' (default) or a grid store path")
+    p.add_argument("--grid", action="append",
+                   help="'builtin' (default) or a grid store path; repeat it to mix grids "
+                        "(each spectrum's grid recorded in the coordinate 'grid')")
+    p.add_argument("--grid-weights", nargs="+", type=float, metavar="W",
+                   help="with several --grid: their weights (default equal)")
     p.add_argument("--noise", help="'builtin' (default) or an ETC noise table (Zarr)")
     p.add_argument("--compressor", choices=COMPRESSORS,
                    help="codec of the spectral arrays: zstd-bitround (default; keeps 13 "
@@ -90,6 +94,12 @@ def _out_given(args) -> bool:
 def _run(args) -> int:
     from specdenoise.config import load_config, to_toml
 
+    grids, weights = args.grid or [], args.grid_weights
+    if weights is not None and len(weights) != len(grids):
+        raise SpecdenoiseError(f"--grid-weights has {len(weights)} value(s) for {len(grids)} "
+                               "--grid")
+    mixed = [{"grid": g, "weight": w} for g, w in
+             zip(grids, weights or [1.0] * len(grids), strict=True)] if len(grids) > 1 else None
     cfg = load_config(
         args.config,
         args.set,
@@ -98,7 +108,8 @@ def _run(args) -> int:
         chunk_size=args.chunk_size,
         seed=args.seed,
         out=str(args.out) if args.out else None,
-        grid=args.grid,
+        grid=grids[0] if len(grids) == 1 else None,
+        grids=mixed,
         noise=args.noise,
         compressor=args.compressor,
         split=args.split,

@@ -38,12 +38,27 @@ DEFAULTS: dict = {
     "keepbits": 13,
     "split": "",
     "missing": "error",
+    # several grids mixed (issue 19): [{grid = "builtin", weight = 0.7}, {grid = "p.zarr",
+    # weight = 0.3}]; each spectrum's grid is drawn with these weights and recorded in the
+    # per-spectrum coordinate ``grid`` (its index here; the specs in the ``grids`` attribute).
+    # Empty (default): the one ``grid`` above, and nothing new is recorded.
+    "grids": [],
     "observe": {
         "lsf_fwhm_pix": [3.1, 3.2],
         "distortion": 0.02,
         "noise_kind": "gaussian",
         "extinction_law": "F99",
         "filter": DEFAULT_FILTER,
+        # the wider nuisance model (issue 19; specdenoise.simulate.nuisance), all off: smooth
+        # continuum shape up to this max |factor - 1| (Legendre orders 1..continuum_order),
+        # LSF FWHM varying by fibre by +-lsf_scatter (0.1 = 10 %), sky-subtraction residual
+        # (rms fraction of the sky), telluric-correction residual (rms depth scale of the O2 A
+        # and H2O 810-835 nm band template)
+        "continuum": 0.0,
+        "continuum_order": 8,
+        "lsf_scatter": 0.0,
+        "sky_residual": 0.0,
+        "telluric_residual": 0.0,
     },
     "params": {
         "teff": {"dist": "uniform", "low": 3500.0, "high": 7500.0},
@@ -220,6 +235,14 @@ def validate(cfg: dict) -> list[str]:
     d = obs.get("distortion")
     if not isinstance(d, int | float) or not 0 <= d <= 0.2:
         errors.append(f"'observe.distortion' must be an amplitude 0..0.2, got {d!r}")
+    for key, hi in (("continuum", 0.5), ("lsf_scatter", 0.5), ("sky_residual", 0.5),
+                    ("telluric_residual", 0.5)):
+        v = obs.get(key)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= hi:
+            errors.append(f"'observe.{key}' must be a number 0..{hi:g} (0: off), got {v!r}")
+    co = obs.get("continuum_order")
+    if not isinstance(co, int) or isinstance(co, bool) or not 1 <= co <= 30:
+        errors.append(f"'observe.continuum_order' must be an integer 1..30, got {co!r}")
     if obs.get("noise_kind") not in NOISE_KINDS:
         errors.append(f"'observe.noise_kind' must be one of {', '.join(NOISE_KINDS)}")
     if obs.get("extinction_law") not in EXTINCTION_LAWS:
@@ -254,6 +277,15 @@ def validate(cfg: dict) -> list[str]:
                 errors.append(f"'params.{name}.std' must be >= 0")
             if kind == "beta" and (dist["a"] <= 0 or dist["b"] <= 0):
                 errors.append(f"'params.{name}': beta a and b must be > 0")
+    grids = cfg.get("grids")
+    if not isinstance(grids, list) or not all(
+            isinstance(g, Mapping) and set(g) == {"grid", "weight"} and isinstance(g["grid"], str)
+            and isinstance(g["weight"], int | float) and not isinstance(g["weight"], bool)
+            and math.isfinite(g["weight"]) and g["weight"] > 0 for g in grids):
+        errors.append("'grids' must be a list of {grid = \"builtin\" or a store, weight = a "
+                      "positive number}")
+    elif len({g["grid"] for g in grids}) < len(grids):
+        errors.append("'grids' names a grid twice")
     if cfg.get("split"):
         try:
             parse_split(cfg["split"])
@@ -308,15 +340,31 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
     explicit = {k: v for k, v in values.items() if v is not None}
     cfg = _merge(cfg, explicit, "", errors)
     errors += validate(cfg)
+    if not errors and cfg["grids"]:
+        cfg["grid"] = cfg["grids"][0]["grid"]  # the first stands for the mix where one is named
     if errors:
         where = f" in {path}" if path else ""
         raise SpecdenoiseError(f"invalid configuration{where}: " + "; ".join(errors))
     return cfg
 
 
+#: observe options at which the forward model is as it was before they existed
+OBSERVE_NEUTRAL: dict = {"continuum": 0.0, "continuum_order": 8, "lsf_scatter": 0.0,
+                         "sky_residual": 0.0, "telluric_residual": 0.0}
+
+#: options added after stores were written: at these values they leave the simulated numbers
+#: as they were, so they are left out of the hash (stores written before them still resume)
+NEUTRAL = {"grids": []}
+
+
 def config_hash(cfg: Mapping, keys_ignored: Iterable[str] = ("out",)) -> str:
     """A short hash of everything that changes the simulated numbers."""
-    data = {k: v for k, v in cfg.items() if k not in set(keys_ignored)}
+    data = {k: v for k, v in cfg.items()
+            if k not in set(keys_ignored) and not (k in NEUTRAL and v == NEUTRAL[k])}
+    obs = data.get("observe")
+    if isinstance(obs, Mapping):
+        data["observe"] = {k: v for k, v in obs.items()
+                           if not (k in OBSERVE_NEUTRAL and v == OBSERVE_NEUTRAL[k])}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -329,6 +377,8 @@ def to_toml(cfg: Mapping) -> str:
             return json.dumps(v)
         if isinstance(v, list):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            return "{" + ", ".join(f"{k} = {fmt(x)}" for k, x in v.items()) + "}"
         return repr(v)
 
     lines = [f"{k} = {fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]

@@ -311,7 +311,7 @@ def _import_batch(
         flux.append(fl)
         cont.append(co)
     if index and not stop():
-        write_nodes(store, index, np.stack(flux), np.stack(cont))
+        write_nodes(store, index, np.stack(flux), None if cont[0] is None else np.stack(cont))
     return len(jobs), bad
 
 
@@ -495,7 +495,8 @@ def _import_locked(family, src_dir, out, lo, hi, resolution, skip_bad, overwrite
 
     tmp = stores.temp_dir(out)
     try:
-        create_grid_store(out, axes, wave, exists=exists, with_cont=True,
+        create_grid_store(out, axes, wave, exists=exists,
+                          with_cont=getattr(reader, "has_continuum", True),
                           flux_unit=reader.flux_unit, attrs=attrs, tmp=tmp)
         bad += _run(todo, (str(tmp), wave, resolution, skip_bad), client, progress, family)
         if bad:

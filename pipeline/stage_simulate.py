@@ -47,22 +47,33 @@ def grid_provenance(path: Path, spec: str) -> dict:
 def check_same_grid(cfg: Mapping, grid_path: Path) -> None:
     """Refuse to resume a store begun on a grid whose content differs from the grid now at
     the configured path (the config hash holds the grid's path, not its content): the store
-    would mix chunks of both grids."""
+    would mix chunks of both grids. With mixed grids, ``cfg["grid"]`` names one of them and
+    it is compared with that grid's entry of the store's ``grids`` attribute."""
     now = grid_provenance(grid_path, cfg["grid"]).get("content_hash")
     for _split, path, _n in plan(cfg):
-        attrs = stores.read_attrs(path) if path.exists() else None
-        prov = (attrs or {}).get("grid_provenance") or {}
+        attrs = (stores.read_attrs(path) if path.exists() else None) or {}
+        prov = attrs.get("grid_provenance") or {}
+        mixed = attrs.get("grids")
+        if isinstance(mixed, str):
+            mixed = _json_or(mixed, None)
+        if isinstance(mixed, list):
+            prov = next((g for g in mixed if isinstance(g, dict) and g.get("grid") == cfg["grid"]),
+                        {})
         if isinstance(prov, str):  # stored as JSON text
-            try:
-                prov = json.loads(prov)
-            except ValueError:
-                prov = {}
+            prov = _json_or(prov, {})
         then = prov.get("content_hash") if isinstance(prov, dict) else None
         if then and then != now:
             raise SpecdenoiseError(
                 f"{path} was begun on another grid than the one now at {cfg['grid']} (content "
                 f"hash {then} then, {now} now); --resume would mix both: put the old grid "
                 "back, or start again with --overwrite")
+
+
+def _json_or(text: str, default):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
 
 
 def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
@@ -137,14 +148,60 @@ def split_key(name: str) -> int:
     return zlib.crc32(name.encode()) if name else 0
 
 
-def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
+def nuisance_names(cfg: Mapping) -> list[str]:
+    """Coordinates recording the nuisance effects a config switches on (see
+    :mod:`specdenoise.simulate.nuisance`)."""
+    from specdenoise.simulate import nuisance
+
+    s = nuisance.settings(cfg["observe"])
+    return [nuisance.RECORDED[k] for k in nuisance.enabled(s)]
+
+
+def grid_specs(cfg: Mapping) -> list[str]:
+    """The grids a config simulates from: those of ``grids`` (mixed), else the one ``grid``."""
+    return [g["grid"] for g in cfg.get("grids") or []] or [cfg["grid"]]
+
+
+def simulate_chunk(cfg: Mapping, grid_path: str | list[str], split: str, chunk_index: int,
                    count: int) -> dict[str, np.ndarray]:
-    """Simulate ``count`` spectra of one chunk; a pure function of its arguments."""
+    """Simulate ``count`` spectra of one chunk; a pure function of its arguments.
+
+    One grid: the chunk's stream ``SeedSequence(seed, spawn_key=(split, chunk))`` draws
+    everything, as it always has.  Mixed grids (``grid_path`` a list, ``cfg["grids"]``): that
+    sequence spawns one stream that draws each spectrum's grid with the configured weights, and
+    one stream per grid that simulates that grid's spectra; the chunk then carries ``grid``
+    (float32 index into ``cfg["grids"]``).  Both are functions of (seed, split, chunk) only, so
+    any worker count gives the same store.
+    """
+    ss = np.random.SeedSequence(cfg["seed"], spawn_key=(split_key(split), chunk_index))
+    if isinstance(grid_path, str):
+        return _simulate_one(cfg, grid_path, np.random.default_rng(ss), count)
+    weights = np.array([g["weight"] for g in cfg["grids"]], dtype=np.float64)
+    streams = ss.spawn(len(grid_path) + 1)
+    which = np.random.default_rng(streams[0]).choice(len(grid_path), size=count,
+                                                     p=weights / weights.sum())
+    parts = {}
+    for g, path in enumerate(grid_path):
+        idx = np.nonzero(which == g)[0]
+        if idx.size:
+            cfg_g = {**cfg, "grid": cfg["grids"][g]["grid"]}
+            parts[g] = (idx, _simulate_one(cfg_g, path, np.random.default_rng(streams[g + 1]),
+                                           idx.size))
+    first = next(iter(parts.values()))[1]
+    out = {k: np.empty((count, *v.shape[1:]), dtype=v.dtype) for k, v in first.items()}
+    for idx, arrays in parts.values():
+        for k, v in arrays.items():
+            out[k][idx] = v
+    out["grid"] = which.astype(np.float32)
+    return out
+
+
+def _simulate_one(cfg: Mapping, grid_path: str, rng: np.random.Generator,
+                  count: int) -> dict[str, np.ndarray]:
+    """``count`` spectra from one grid, every random number from ``rng``."""
     from specdenoise.simulate.sampling import draw_params
 
     interp, observer = engine.forward_model(cfg, grid_path)
-    ss = np.random.SeedSequence(cfg["seed"], spawn_key=(split_key(split), chunk_index))
-    rng = np.random.default_rng(ss)
     names = tuple(interp.names)
     unknown = [g for g in names if g not in cfg["params"]]
     if unknown:
@@ -174,6 +231,8 @@ def simulate_chunk(cfg: Mapping, grid_path: str, split: str, chunk_index: int,
         arrays["mask"] = np.asarray(out["mask"], dtype=np.uint8)[inverse]
     for k in (*schema.PARAMS, *schema.CONDITIONS):
         arrays[k] = values[k]
+    for k in nuisance_names(cfg):  # per-spectrum values of the nuisance effects that are on
+        arrays[k] = out[k][inverse]
     for name, col in zip(schema.calib_names(observer.calib_order), out["calib_coef"][inverse].T,
                          strict=True):
         arrays[name] = col
@@ -213,7 +272,7 @@ def keep_freed_memory() -> bool:
                 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def run_chunk(store: str, cfg: Mapping, grid_path: str, split: str, chunk_index: int,
+def run_chunk(store: str, cfg: Mapping, grid_path: str | list[str], split: str, chunk_index: int,
               chunk_size: int, count: int) -> tuple[int, float]:
     """Worker task: simulate one chunk and write it (marker last). Returns (index, seconds)."""
     import numcodecs.blosc
@@ -280,12 +339,15 @@ def simulate(
             raise SpecdenoiseError(f"{path} exists; pass --resume to finish it or --overwrite "
                                    "to start again")
         stores.check_output(path, stores.DATASET, overwrite=overwrite, allow_existing=resume)
-    grid_path = resolve_grid(cfg["grid"])
-    if resume and not overwrite:
-        check_same_grid(cfg, grid_path)
-    check_params_on_grid(cfg, grid_path)
-    check_lsf_on_grid(cfg, grid_path)
-    check_rv_on_grid(cfg, grid_path)
+    grid_paths = [resolve_grid(spec) for spec in grid_specs(cfg)]
+    for spec, path in zip(grid_specs(cfg), grid_paths, strict=True):
+        one = {**cfg, "grid": spec}
+        if resume and not overwrite:
+            check_same_grid(one, path)
+        check_params_on_grid(one, path)
+        check_lsf_on_grid(cfg, path)
+        check_rv_on_grid(one, path)
+    grid_path = [str(p) for p in grid_paths] if cfg.get("grids") else grid_paths[0]
     make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
     with contextlib.ExitStack() as held:
         for _split, path, _n in plan(cfg):
@@ -303,10 +365,16 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         "config_hash": chash,
         "seed": cfg["seed"],
         "package_version": __version__,
-        "grid_provenance": grid_provenance(grid_path, cfg["grid"]),
+        "grid_provenance": grid_provenance(Path(grid_path if isinstance(grid_path, str | Path)
+                                                else grid_path[0]), cfg["grid"]),
         "noise_provenance": {"noise": cfg["noise"]},
         "title": "specdenoise simulated PFS MR red-arm spectra",
     }
+    extra = (*schema.calib_names(calibration.ORDER), *nuisance_names(cfg))
+    if cfg.get("grids"):  # which grid each spectrum came from: coordinate + the list in attrs
+        attrs["grids"] = [{**g, **grid_provenance(Path(p), g["grid"])}
+                          for g, p in zip(cfg["grids"], grid_path, strict=True)]
+        extra = (*extra, "grid")
     compressors, keepbits = compressors_for(cfg)
     from specdenoise.simulate.pfs import pixel_wave
 
@@ -322,7 +390,7 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
     try:
         _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker,
                       memory_limit, overwrite, progress, attrs, compressors, keepbits, wave,
-                      pending, chash, where)
+                      pending, chash, where, extra)
         for path, tmp in where.items():
             if tmp != path:
                 stores.publish(tmp, path, stores.DATASET, overwrite=True)
@@ -342,7 +410,7 @@ def _new_name(path: Path) -> Path:
 
 def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
                   overwrite, progress, attrs, compressors, keepbits, wave, pending, chash,
-                  where) -> None:
+                  where, extra) -> None:
     """Create the stores (at ``where[path]``), run the missing chunks, finalize them."""
     from specdenoise.cluster import connect
 
@@ -359,7 +427,7 @@ def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, 
             schema.create_dataset_store(
                 path, n, cfg["chunk_size"], wave,
                 attrs={**attrs, "split": split or "all"},
-                extra_coords=schema.calib_names(calibration.ORDER),
+                extra_coords=extra,
                 compressors=compressors, keepbits=keepbits, overwrite=overwrite,
             )
             done = schema.done_chunks(path)
@@ -390,7 +458,8 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
     n_spectra = sum(j[3] for j in jobs)
     futures = [
         client.submit(
-            run_chunk, str(path), cfg, str(grid_path), split, c, cfg["chunk_size"], count,
+            run_chunk, str(path), cfg, grid_path if isinstance(grid_path, list)
+            else str(grid_path), split, c, cfg["chunk_size"], count,
             key=f"simulate-{chash}-{split or 'all'}-{c:08d}", retries=2, pure=False,
         )
         for split, path, c, count in jobs

@@ -51,6 +51,7 @@ def noise_model(spec: str):
 
 def observer(wave, noise, obs: Mapping, *, model_resolution: float | None = None):
     """An :class:`~specdenoise.simulate.observe.Observer` from a config's ``observe`` table."""
+    from specdenoise.simulate import nuisance
     from specdenoise.simulate.observe import Observer
 
     return Observer(
@@ -62,6 +63,7 @@ def observer(wave, noise, obs: Mapping, *, model_resolution: float | None = None
         filter_name=obs["filter"],
         distortion=obs["distortion"],
         noise_kind=obs["noise_kind"],
+        nuisance=nuisance.settings(obs),
     )
 
 
@@ -71,7 +73,7 @@ def engine_key(cfg: Mapping) -> str:
                       sort_keys=True)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)  # a mixed-grid simulation keeps one per grid
 def _cached(key: str, grid_path: str):
     from specdenoise.simulate.grids import open_grid
     from specdenoise.simulate.interp import GridInterpolator

@@ -29,6 +29,33 @@ is an exact sub-pixel shift at the cost of two banded dot products per detector 
 :func:`resample_numba` is the kernel (Numba, one thread), :func:`resample_numpy` its NumPy
 reference, and :func:`resampling_matrix_dense` evaluates ``W`` directly (no table, any shift) for
 tests.
+
+Coarse model grids: no sampling comb
+------------------------------------
+Reading the model as point samples is exact only while the samples lie close together compared
+with the kernel: a detector pixel then sees many of them.  A grid imported at low resolution
+(BOSZ at R = 5000: samples 1.4-1.8 detector pixels apart) leaves a narrow residual kernel
+(sigma 0.5 pixel once R = 5000 is taken off the line-spread function), and each detector pixel
+sees one model sample or none: the rendered "truth" carries a comb of 7 % mean, 20 % peak
+(issue 19).  The sum over samples is a Riemann sum of ``integral f(lambda) P_j(lambda)
+dlambda``; by Poisson summation its relative ripple is about ``2 exp(-2 pi^2 (sigma/d)^2)`` for
+samples ``d`` pixels apart and a kernel of ``sigma`` pixels, below 1e-5 for ``d <= 1.25 sigma``
+(:data:`MAX_STEP_PER_SIGMA`).
+
+Where the model is coarser than that anywhere on the detector, :func:`sample_offsets` switches
+to the piecewise-linear model: ``f(x) = sum_p f_p hat(x - p)`` (linear interpolation between
+the samples in ln lambda, ``hat(u) = max(0, 1 - |u|)``), integrated against each detector
+pixel's kernel by the trapezoidal rule on ``S`` sub-points per model pixel, ``S`` chosen so
+that the sub-points lie at most ``sigma / 4`` apart.  Then
+
+    V_{j,p}(t) = sum_s w_s dlambda(p + u_s) P_j(lambda_{p + u_s} exp(t h)),
+    u_s = s / S (|s| < S),  w_s = (1 - |u_s|) / S,  sum_s w_s = 1,
+
+which keeps the table's form (one band of model pixels per detector pixel, one extra model
+pixel on each side) and so the kernels' cost.  Finer grids (the built-in one: 0.8-1.0 pixel per
+sample against sigma 1.0-1.1) keep the point-sample table unchanged, bit for bit.  The linear
+model adds the hat's variance (``d^2 / 6`` pixel^2) to the line width; a grid resampled much
+finer by linear interpolation renders the same (``tests/test_observe.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +71,10 @@ from specdenoise.simulate.pfs import RED_MR_DLAMBDA
 
 #: FWHM / sigma of a Gaussian
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: model samples at most this many kernel widths apart are read as points (module docstring)
+MAX_STEP_PER_SIGMA = 1.25
+#: otherwise the piecewise-linear model is integrated with sub-points this many sigma apart
+SUB_STEP_PER_SIGMA = 0.25
 
 
 def detector_wave() -> np.ndarray:
@@ -188,6 +219,33 @@ def _pixel_response(lo, hi, sig, mu):
     return ndtr((hi - mu) / sig) - ndtr((lo - mu) / sig)
 
 
+def sample_offsets(model_wave: np.ndarray, det_wave: np.ndarray, lsf: LSF | None = None,
+                   n_shift: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """How each model sample is integrated against the kernel (module docstring).
+
+    Returns ``(u, w)``: sub-point offsets in model pixels and their weights (each (n_sub,)).
+    ``([0.], [1.])`` reads the samples as points (the model is fine enough everywhere on the
+    detector); otherwise the hat function ``max(0, 1 - |u|)`` (the piecewise-linear model) at
+    ``u = k / S``, ``|k| < S``, weights ``hat(u) / S`` summing to 1 (the trapezoidal rule, exact
+    at the hat's kinks).  ``S`` is the smallest divisor or multiple of ``n_shift`` that puts the
+    sub-points at most :data:`SUB_STEP_PER_SIGMA` kernel widths apart, so that sub-points and
+    tabulated shifts share one lattice (:func:`build_resampling_table`).
+    """
+    lsf = LSF() if lsf is None else lsf
+    h = log_grid_step(model_wave)
+    lo, hi = pixel_edges(det_wave)
+    det_wave = np.asarray(det_wave, dtype=np.float64)
+    step_pix = det_wave * np.expm1(h) / (hi - lo)  # model sample spacing, detector pixels
+    ratio = float(np.max(step_pix / lsf.sigma_pix(det_wave)))
+    if ratio <= MAX_STEP_PER_SIGMA:
+        return np.zeros(1), np.ones(1)
+    need = int(np.ceil(ratio / SUB_STEP_PER_SIGMA))
+    n_sub = next(d for d in range(need, need + n_shift + 1)
+                 if n_shift % d == 0 or d % n_shift == 0)
+    u = np.arange(-n_sub + 1, n_sub) / n_sub
+    return u, (1.0 - np.abs(u)) / n_sub
+
+
 def build_resampling_table(
     model_wave: np.ndarray,
     det_wave: np.ndarray,
@@ -213,18 +271,40 @@ def build_resampling_table(
     lo, hi = pixel_edges(det_wave)
     det_wave = np.asarray(det_wave, dtype=np.float64)
     sig = lsf.sigma_pix(det_wave) * (hi - lo)
+    u, w = sample_offsets(model_wave, det_wave, lsf, n_shift)
+    reach = int(np.ceil(np.max(np.abs(u))))  # model pixels a sample's hat reaches (0: points)
     # log-grid positions p whose shifted wavelength lambda_p e^{t h}, 0 <= t <= 1, can reach pixel j
-    p_lo = np.floor(np.log((lo - nsigma * sig) / lam0) / h - 1.0).astype(np.int64)
-    p_hi = np.ceil(np.log((hi + nsigma * sig) / lam0) / h).astype(np.int64)
+    p_lo = np.floor(np.log((lo - nsigma * sig) / lam0) / h - 1.0).astype(np.int64) - reach
+    p_hi = np.ceil(np.log((hi + nsigma * sig) / lam0) / h).astype(np.int64) + reach
     band = int(np.max(p_hi - p_lo)) + 1
     band = -(-band // 8) * 8  # a multiple of the SIMD width; the extra columns weigh ~0
     p = p_lo[:, None] + np.arange(band)[None, :]
     lam_p = lam0 * np.exp(p * h)
     dlam_p = lam_p * 2.0 * np.sinh(0.5 * h)
     weights = np.empty((n_shift + 1, det_wave.size, band), dtype=np.float32)
-    for i in range(n_shift + 1):
-        mu = lam_p * np.exp(h * i / n_shift)
-        weights[i] = dlam_p * _pixel_response(lo[:, None], hi[:, None], sig[:, None], mu)
+    if reach == 0:  # point samples: the table as before the comb fix, bit for bit
+        for i in range(n_shift + 1):
+            mu = lam_p * np.exp(h * i / n_shift)
+            weights[i] = dlam_p * _pixel_response(lo[:, None], hi[:, None], sig[:, None], mu)
+    else:
+        # shifts t = i / n_shift and sub-points u = k / S share the lattice v = q / L
+        n_sub = (u.size + 1) // 2
+        lat = max(n_shift, n_sub)
+        q_of_u = np.rint(u * lat).astype(np.int64)
+        # q -> dlambda(p + v) P_j(lambda_{p + v}), float32, computed once each; the sub-point's
+        # dlambda is that of p + u = p + v - t, hence the factor exp(-t h) below
+        resp = {}
+        for i in range(n_shift + 1):
+            qi = i * (lat // n_shift)
+            acc = np.zeros((det_wave.size, band))
+            for q, ws in zip(qi + q_of_u, w, strict=True):
+                if q not in resp:
+                    v = q / lat
+                    resp[q] = (np.exp(v * h) * dlam_p * _pixel_response(
+                        lo[:, None], hi[:, None], sig[:, None], lam_p * np.exp(v * h))
+                    ).astype(np.float32)
+                acc += ws * resp[q]
+            weights[i] = np.exp(-h * i / n_shift) * acc
     return ResamplingTable(
         weights=weights, start=p_lo, lambda0=lam0, h=h,
         n_model=int(np.asarray(model_wave).size), det_width=hi - lo,
@@ -234,7 +314,8 @@ def build_resampling_table(
 def resampling_matrix_dense(
     model_wave: np.ndarray, det_wave: np.ndarray, lsf: LSF | None = None, shift: float = 0.0
 ) -> np.ndarray:
-    """Reference: the full (n_det, n_model) matrix ``W_jk = dlambda_k P_j(lambda_k e^{shift h})``.
+    """Reference: the full (n_det, n_model) matrix ``W_jk = dlambda_k P_j(lambda_k e^{shift h})``
+    (for a coarse model, the hat-weighted sum of :func:`sample_offsets`).
 
     ``shift`` in model pixels (any real).  ``W @ f_lambda / det_width`` is the mean f_lambda in
     each detector pixel.  Direct evaluation, no table: for tests (it is 4096 x 5000 doubles).
@@ -245,8 +326,12 @@ def resampling_matrix_dense(
     lo, hi = pixel_edges(det_wave)
     sig = lsf.sigma_pix(det_wave) * (hi - lo)
     dlam = w * 2.0 * np.sinh(0.5 * h)
-    mu = w * np.exp(shift * h)
-    return dlam[None, :] * _pixel_response(lo[:, None], hi[:, None], sig[:, None], mu[None, :])
+    out = np.zeros((lo.size, w.size))
+    for us, ws in zip(*sample_offsets(w, det_wave, lsf), strict=True):
+        mu = w * np.exp((shift + us) * h)
+        out += ws * np.exp(us * h) * dlam[None, :] * _pixel_response(
+            lo[:, None], hi[:, None], sig[:, None], mu[None, :])
+    return out
 
 
 @njit(cache=True, nogil=True, fastmath=True)

@@ -393,6 +393,9 @@ class Observer:
     distortion_order : its highest Legendre order (orders 1..L get random coefficients).
     noise_kind : ``"gaussian"`` or ``"poisson"`` (default of :meth:`observe`).
     n_shift : fractional Doppler shifts tabulated per model pixel (:mod:`.lsf`).
+    nuisance : the wider nuisance model's settings (:mod:`.nuisance`; ``observe`` keys
+        ``continuum``, ``continuum_order``, ``lsf_scatter``, ``sky_residual``,
+        ``telluric_residual``); None or all zero: off, the chain as without them.
 
     The LSF table takes about ``(n_shift + 1) * 4096 * 24 * 4`` bytes (25 MB for 64).
     """
@@ -412,7 +415,10 @@ class Observer:
         distortion_order: int = calibration.ORDER,
         noise_kind: str = "gaussian",
         n_shift: int = 64,
+        nuisance: dict | None = None,
     ):
+        from specdenoise.simulate import nuisance as nuisance_mod
+
         self.noise = noise
         try:
             self._noise_has_backend = "use_numba" in inspect.signature(noise.evaluate).parameters
@@ -420,9 +426,16 @@ class Observer:
             self._noise_has_backend = False
         self.model_wave = np.asarray(model_wave, dtype=np.float64)
         self.wave = np.asarray(noise.wave, dtype=np.float64)
+        nuis = nuisance_mod.settings(nuisance or {})
         if lsf is None:
-            lsf = LSF(fwhm_pix=tuple(lsf_fwhm_pix), model_resolution=model_resolution)
+            f = nuisance_mod.Nuisance.base_fwhm_factor(nuis)  # 1 unless the LSF varies by fibre
+            lsf = LSF(fwhm_pix=tuple(x * f for x in lsf_fwhm_pix) if f != 1.0
+                      else tuple(lsf_fwhm_pix), model_resolution=model_resolution)
         self.lsf = lsf
+        mid = float(np.mean(lsf.fwhm(np.asarray(lsf.wave_nodes)))) / (
+            nuisance_mod.Nuisance.base_fwhm_factor(nuis))
+        self.nuisance = nuisance_mod.Nuisance(np.asarray(noise.wave, dtype=np.float64), nuis,
+                                              mid)
         self.extinction_law, self.r_v = extinction_law, float(r_v)
         self.bandpass = Bandpass(filter_name)
         if not 0.0 <= distortion < 1.0:
@@ -560,6 +573,10 @@ class Observer:
             raise SpecdenoiseError(f"unknown backend {backend!r}; choose numba or numpy")
         fnu, scale = self.clean_fnu(model_flux, rv, ebv, mag, backend=backend)
         n = fnu.shape[0]
+        nuis = {}
+        if self.nuisance.on:  # its own stream, seeded here only when some effect is on
+            nuis = self.nuisance.draw(np.random.default_rng(rng.integers(2**63)), n)
+            fnu = self.nuisance.apply_truth(fnu, nuis)
         bad = ~np.isfinite(scale)
         if bad.any():
             raise SpecdenoiseError(
@@ -590,6 +607,15 @@ class Observer:
             noise, is_z = total / nx / conversion, False
         else:
             noise, is_z = rng.standard_normal((n, self.wave.size), dtype=np.float32), True
+        resid = (self.nuisance.observed_residual(fnu, nm["sky"], conversion, nuis)
+                 if nuis else None)
+        if resid is not None:  # in the observed flux only: noise in f_nu plus the residual
+            if is_z:
+                s = np.sqrt((var_noise + np.maximum(fnu * conversion, 0.0))
+                            / n_exp_arr[:, None]) / conversion
+                noise, is_z = noise * s + resid, False
+            else:
+                noise = noise + resid
 
         out = {k: np.empty((n, self.wave.size), dtype=np.float32)
                for k in ("flux", "flux_clean", "sigma")}
@@ -598,6 +624,7 @@ class Observer:
         finish(fnu, conversion, var_noise, n_exp_arr, noise, is_z, raw_coef, amp,
                self.calib_basis, out["flux"], out["flux_clean"], out["sigma"], norm, snr, coef)
         out.update(snr=snr, norm=norm, calib_coef=coef)
+        out.update({k: v for k, v in nuis.items() if not k.startswith("_")})
         if return_physical:
             counts = fnu * conversion
             variance = var_noise + np.maximum(counts, 0.0)

@@ -6,7 +6,7 @@ the grid's axes from what their names say, and has each file read and resampled 
 wavelength grid, in parallel. A reader is any object with the attributes and methods of
 :class:`GridReader`; :data:`READERS` lists them.
 
-To add a format (PHOENIX, say): write ``simulate/phoenix.py`` with a reader object, then add it
+To add a format: write ``simulate/NAME.py`` (as ``phoenix.py``) with a reader object, then add it
 to :data:`READERS` -- one line. Its ``family`` is the word on the command line.
 """
 
@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from specdenoise.simulate import bosz
+from specdenoise.simulate import bosz, phoenix
 
 
 class ModelFile(Protocol):
@@ -52,15 +52,17 @@ class GridReader(Protocol):
         """The vacuum grid (nm) every file is resampled onto, from the first file's own."""
 
     def read_resampled(self, f: ModelFile, wave_out: np.ndarray,
-                       resolution: float | None) -> tuple[np.ndarray, np.ndarray]:
+                       resolution: float | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(flux, continuum) of one file on ``wave_out``, float32; :class:`SpecdenoiseError`
-        naming the file on any problem with it."""
+        naming the file on any problem with it.  A reader whose files have no continuum
+        (PHOENIX) returns None for it and sets ``has_continuum = False`` (default True)."""
 
 
 #: every reader, by name
 READERS: dict[str, GridReader] = {r.name: r for r in (
     bosz.BOSZ2017,
     bosz.BOSZ2024,
+    phoenix.PHOENIX_ACES,
 )}
 
 
