@@ -32,10 +32,10 @@ from specdenoise.cluster.profiles import (
     JobKeeper,
     build_cluster,
     check_submit_command,
-    job_script,
     load_profile,
     resolve_profile,
     scale,
+    show,
     wait_for_workers,
 )
 from specdenoise.errors import SpecdenoiseError
@@ -115,12 +115,17 @@ def connect(
         yield client
 
 
-def worker_job_script(profile_path: str | Path) -> tuple[str, list[str]]:
-    """(the batch script a profile's worker jobs run, as :func:`connect` submits it, with
-    ``tcp://HOST:PORT`` for the scheduler; notes on what cannot be checked offline): what
-    ``specdenoise cluster show`` prints. Starts no scheduler."""
+def worker_job_script(profile_path: str | Path) -> str:
+    """The batch script a profile's worker jobs run, as :func:`connect` submits it, with
+    ``tcp://HOST:PORT`` for the scheduler (what ``specdenoise cluster show`` prints). Starts
+    no scheduler."""
+    return describe_profile(profile_path)[0]
+
+
+def describe_profile(profile_path: str | Path) -> tuple[str, list[str]]:
+    """(:func:`worker_job_script`, notes on what cannot be checked offline)."""
     path = resolve_profile(profile_path) or Path(profile_path)
-    return job_script(load_profile(path), low_overhead_settings())
+    return show(load_profile(path), low_overhead_settings())
 
 
 def _restore_environ(saved: dict[str, str]) -> None:

@@ -379,9 +379,14 @@ def scale(cluster, profile: dict, workers: int | None = None) -> int | None:
 PORT_WORD = "PORT"
 
 
-def job_script(profile: dict, dask_settings: Mapping | None = None) -> tuple[str, list[str]]:
-    """(the batch script the profile's jobs run, notes on what cannot be checked here): what
-    ``specdenoise cluster show`` prints. Starts no scheduler and submits nothing."""
+def job_script(profile: dict, dask_settings: Mapping | None = None) -> str:
+    """The batch script the profile's jobs run, with ``tcp://HOST:PORT`` for the scheduler
+    (what ``specdenoise cluster show`` prints). Starts no scheduler and submits nothing."""
+    return show(profile, dask_settings)[0]
+
+
+def show(profile: dict, dask_settings: Mapping | None = None) -> tuple[str, list[str]]:
+    """(:func:`job_script`, notes on what cannot be checked here)."""
     cls = _jobqueue_class(profile)
     from dask_jobqueue.core import Job
 

@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _show(args) -> int:
     import sys
 
-    from specdenoise.cluster import worker_job_script
+    from specdenoise.cluster.connect import describe_profile
 
-    script, notes = worker_job_script(args.profile)
+    script, notes = describe_profile(args.profile)
     print(script)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -362,7 +362,7 @@ def remove_store(path: str | Path, kind: Kind) -> None:
 
 
 #: what a training run folder holds (``train`` and ``train --submit`` write these; names
-#: starting with "." are their temporaries); ``slurm-*.out`` / ``*.log`` are batch job logs
+#: ".<name>." are their temporaries); ``slurm-*.out`` are batch job logs
 RUN_ENTRIES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.csv", "learning_curve.png",
                          "tensorboard", "train.sbatch", "train.pbs", "pbs.out"})
 
@@ -372,8 +372,10 @@ SUBMIT_ENTRIES = frozenset({"train.sbatch", "train.pbs", "pbs.out"})
 
 
 def _run_entry(name: str) -> bool:
-    return (name in RUN_ENTRIES or name.startswith(".")
-            or (name.startswith("slurm-") and name.endswith(".out")) or name.endswith(".log"))
+    """Whether ``name`` is something train or --submit writes (or a temporary of one)."""
+    if name.startswith("."):  # a temporary: ".checkpoint.pt.<tag>.tmp" and the like
+        return any(name.startswith(f".{e}.") for e in RUN_ENTRIES)
+    return name in RUN_ENTRIES or (name.startswith("slurm-") and name.endswith(".out"))
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -421,8 +423,8 @@ def check_run_folder(out: str | Path, *, inputs: Iterable[str | Path] = (),
             raise SpecdenoiseError(f"--out {out} holds {outputs[0]!r}, which no training run "
                                    "wrote; nothing was written (choose a new or empty folder)")
         return False
-    if resume:
-        return False
+    if resume or not (out / CHECKPOINT_NAME).is_file():
+        return False  # (a run stopped before its first epoch: begun again from scratch)
     if not overwrite:
         raise SpecdenoiseError(f"{out} already holds a training run; pass --resume to continue "
                                "it, --overwrite to replace it, or choose another --out")
