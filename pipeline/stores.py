@@ -364,7 +364,8 @@ def remove_store(path: str | Path, kind: Kind) -> None:
 #: what a training run folder holds (``train`` and ``train --submit`` write these; names
 #: ".<name>." are their temporaries); ``slurm-*.out`` are batch job logs
 RUN_ENTRIES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.csv", "learning_curve.png",
-                         "tensorboard", "train.sbatch", "train.pbs", "pbs.out"})
+                         "tensorboard", "train.sbatch", "train.pbs", "pbs.out",
+                         "uncertainty.json"})  # the last: train/uncertainty.py's calibration
 
 
 #: what ``train --submit`` leaves in a run folder before the run begins

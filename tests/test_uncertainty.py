@@ -270,3 +270,13 @@ def test_beta_nll_and_the_detached_mean():
         pred, aux = loop._forward(model, model, batch, cfg)
         grad = torch.autograd.grad(aux["nll"], pred, allow_unused=True)[0]
         assert (grad is None) == detach
+
+
+def test_a_calibrated_run_is_a_run_train_overwrite_may_replace(head_run):
+    """Training writes uncertainty.json into the run folder; the output-folder check of
+    ``train --overwrite`` must count it as the run's own file, not a stranger's."""
+    from specdenoise import stores as st
+    from specdenoise.train.uncertainty import CALIBRATION_NAME
+
+    assert (head_run / CALIBRATION_NAME).is_file()
+    assert st.check_run_folder(head_run, overwrite=True) is True
