@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         help="denoise a dataset or a FITS/CSV spectrum with a trained model",
         description=(
             "Denoise every spectrum of a dataset into a new Zarr store (flux_denoised plus the "
-            "input's coordinates), or one FITS/CSV spectrum file into a CSV."
+            "input's coordinates), or the spectra of a PFS pfsArm/pfsMerged/pfsObject file or a "
+            "FITS/CSV spectrum file into FITS (--out X.fits) or CSV."
         ),
     )
     p.add_argument("--model", required=True, metavar="RUN_DIR|CKPT",
@@ -21,10 +22,15 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="IN.zarr", help="dataset to denoise")
     src.add_argument("--spectrum", metavar="FILE",
-                     help="a spectrum file on the model's pixel grid (4096 PFS red-arm MR "
-                          "pixels; wavelengths, when given, in nm, vacuum, within half a pixel "
-                          "of the grid). FITS (.fits, .fit, .fts, .fits.gz): the first HDU with "
-                          "data, either a table with a 'flux' column (one pixel per row, or one "
+                     help="a PFS pfsArm (medium-resolution red arm 'm'), pfsMerged or "
+                          "pfsObject file (masked pixels are not trusted and stay masked; "
+                          "another wavelength grid covering the model's is resampled flux-"
+                          "conservingly and the result mapped back), or a spectrum file on "
+                          "the model's pixel grid (4096 PFS red-arm MR pixels; wavelengths, "
+                          "when given, in nm, vacuum, within half a pixel of the grid; a FITS "
+                          "image's 1-D WCS or a table column's unit is read). FITS (.fits, "
+                          ".fit, .fts, .fits.gz): the first HDU with data, either a table with a "
+                          "'flux' column (one pixel per row, or one "
                           "spectrum per row as a vector) and optionally a 'wave', 'wavelength' "
                           "or 'lambda' column and a noise column ('sigma'/'error'/'err', "
                           "'ivar' or 'variance'), or a 1-D (one spectrum) or 2-D (one per row) "
@@ -35,13 +41,26 @@ def register(subparsers) -> None:
                           "flux unit. Models trained with sigma as an input (the 'best' "
                           "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
-                   help="OUT.zarr (with --data) or OUT.csv (with --spectrum: columns wave, flux, "
+                   help="OUT.zarr (with --data); with --spectrum, OUT.fits writes FITS (a PFS "
+                        "input keeps its product's layout and identifiers; a plain spectrum "
+                        "an image or table) and any other name CSV (columns wave, flux, "
                         "flux_denoised, and a leading 'spectrum' column for several spectra)")
+    p.add_argument("--fiber-id", type=int, nargs="+", action="extend", metavar="N",
+                   help="with a pfsArm or pfsMerged --spectrum: denoise only these fibers "
+                        "(default: every fiber)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT.zarr (a denoised store only) or OUT.csv")
     p.set_defaults(func=run)
+
+
+def _spectrum_stage(args: argparse.Namespace) -> bool:
+    """FITS output, a PFS product or a plain FITS spectrum go through ``stage_spectrum``
+    (PFS layouts, WCS wavelengths, resampling); text to CSV stays with ``infer.denoise_file``."""
+    from specdenoise.stage_spectrum import is_fits
+
+    return bool(args.fiber_id) or is_fits(args.out) or is_fits(args.spectrum)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         out = infer.denoise_dataset(args.model, args.data, args.out, batch_size=args.batch_size,
                                     device=args.device, overwrite=args.overwrite)
+    elif _spectrum_stage(args):
+        from specdenoise.stage_spectrum import denoise_spectrum_file
+
+        out = denoise_spectrum_file(args.model, args.spectrum, args.out, device=args.device,
+                                    overwrite=args.overwrite, fiber_ids=args.fiber_id)
     else:
         out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device,
                                  overwrite=args.overwrite)
