@@ -119,7 +119,8 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     import xarray as xr
     import zarr
 
-    from specdenoise.schema import SPECTRUM_DIM, UNITS, WAVE_DIM
+    from specdenoise import schema
+    from specdenoise.schema import SPECTRUM_DIM, WAVE_DIM
     from specdenoise.simulate.progress import iterate
 
     with codecs.quiet_legacy():
@@ -130,7 +131,7 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     template = xr.Dataset(
         {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
                         da.zeros((n, n_wave), dtype=np.float32, chunks=(info.chunk_size, n_wave)),
-                        {"units": UNITS["flux"]})},
+                        schema.attrs_of(DENOISED_VAR))},
         coords=coords,
         attrs={
             "specdenoise_kind": DENOISED_KIND,
