@@ -19,7 +19,8 @@ from specdenoise import __version__
 from specdenoise.errors import SpecdenoiseError
 
 #: stage modules, in the order they appear in ``--help``
-STAGES = ("grid", "etc", "simulate", "train", "denoise", "evaluate", "run", "cluster")
+STAGES = ("grid", "etc", "simulate", "train", "denoise", "evaluate", "run", "export", "info",
+          "cluster")
 
 
 class _SubcommandParser(argparse.ArgumentParser):
