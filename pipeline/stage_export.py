@@ -90,6 +90,13 @@ def _prepare(ds, fmt: str):
     return ds
 
 
+def _text(values) -> np.ndarray:
+    """Fixed-width unicode of an object or variable-width string array (both engines and FITS
+    write it)."""
+    values = np.asarray(values)
+    return np.array([str(v) for v in values.ravel()]).reshape(values.shape)
+
+
 def _engine(fmt: str, out: Path) -> str:
     import importlib.util
 
@@ -117,6 +124,8 @@ def export_store(store, to, *, overwrite: bool = False) -> Path:
     engine = _engine(fmt, out)
 
     def write(tmp: Path) -> None:
+        import xarray as xr
+
         if kind is stores.SUMMARY:
             tree = obj.copy()
             for node in tree.subtree:
@@ -125,9 +134,11 @@ def export_store(store, to, *, overwrite: bool = False) -> Path:
         else:
             ds = _prepare(obj, "netcdf3" if engine == "scipy" else "netcdf4")
             # object (string) arrays: fixed-width unicode, which both engines write
-            for name, var in ds.variables.items():
-                if var.dtype == object:
-                    ds[name] = var.astype(str)
+            for name, var in list(ds.variables.items()):
+                if var.dtype == object or var.dtype.kind == "T":
+                    text = xr.Variable(var.dims, _text(var.values), var.attrs)
+                    ds = ds.assign_coords({name: text}) if name in ds.coords else \
+                        ds.assign({name: text})
             ds.to_netcdf(tmp, engine=engine)
 
     return stores.write_file(out, write, overwrite=overwrite, inputs=(store,))
@@ -142,8 +153,8 @@ def _fits_hdus(ds, prefix: str = ""):
         values = np.asarray(var.values)
         hname = f"{prefix}{name}".upper()[:68]
         unit = var.attrs.get("units", "")
-        if values.dtype == object or values.dtype.kind in "SU":
-            text = values.astype(str).ravel()
+        if values.dtype == object or values.dtype.kind in "SUT":
+            text = _text(values).ravel()
             width = max([1, *(len(v) for v in text)])
             col = fits.Column(name=str(name), format=f"{width}A", array=text)
             hdu = fits.BinTableHDU.from_columns([col], name=hname)
