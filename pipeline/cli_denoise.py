@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         from specdenoise.stage_spectrum import denoise_spectrum_file
 
         out = denoise_spectrum_file(args.model, args.spectrum, args.out, device=args.device,
-                                    overwrite=args.overwrite, fiber_ids=args.fiber_id)
+                                    overwrite=args.overwrite, fiber_ids=args.fiber_id,
+                                    uncertainty=getattr(args, "uncertainty", None))
     else:
         out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device,
                                  overwrite=args.overwrite)

@@ -149,8 +149,28 @@ def run_info(config: dict, in_path, variance_source: str, resampled: bool) -> di
             "resampled": resampled, "input": str(Path(in_path).resolve())}
 
 
+def _uncertainty_fn(model_path, device, method, bad):
+    """The denoiser's own uncertainty, where this installation has one
+    (``infer.load_denoiser``, issue 18): a ``sigma_fn`` for :func:`denoise_spectrum_file`, or
+    None (then the input's variance is written and the header says so)."""
+    from specdenoise.train import infer
+
+    load = getattr(infer, "load_denoiser", None)
+    if load is None:
+        return None
+    denoiser = load(model_path, device=device,
+                    method=None if method in (None, "auto") else method)
+
+    def sigma_fn(model, flux, sigma):
+        block = denoiser(flux, sigma, good=~bad)
+        return block.flux_denoised, block.sigma_denoised
+
+    return sigma_fn
+
+
 def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=None,
-                          overwrite: bool = False, sigma_fn=None) -> Path:
+                          overwrite: bool = False, sigma_fn=None,
+                          uncertainty: str | None = None) -> Path:
     """Denoise the spectra of ``in_path`` (PFS product, FITS or text) into ``out``.
 
     ``out`` ending in ``.fits`` (``.fit``, ``.fts``, ``.fits.gz``) is FITS: a PFS input gives
@@ -159,8 +179,11 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
     wave, flux, flux_denoised``). ``fiber_ids``: only these fibers of a pfsArm/pfsMerged file.
     ``sigma_fn(model, flux, sigma) -> (denoised, sigma_denoised)``, both (n, n_wave) on the
     model's grid: a denoiser that gives its own uncertainty; without it the network's output is
-    the flux and the input's variance is written (header ``SDVARSRC = 'input'``). Nothing is
-    written unless every spectrum denoises; the file appears complete or not at all.
+    the flux and the input's variance is written (header ``SDVARSRC = 'input'``). Without
+    ``sigma_fn`` the denoiser's own uncertainty is used where this installation has one
+    (``infer.load_denoiser``), unless ``uncertainty`` is ``"none"``; ``uncertainty`` (``auto``,
+    ``head``, ``sample``, ``both``) picks its method. Nothing is written unless every spectrum
+    denoises; the file appears complete or not at all.
     """
     from specdenoise.train.checkpoint import load_model
     from specdenoise.train.infer import _inputs, check_spectra, denoise_array
@@ -183,6 +206,8 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
             "'sigma' (or 'error'), 'ivar' or 'variance' column (a third column in a bare "
             "text file), or use a model trained with in_channels 1")
     sig32 = None if sigma is None else sigma.astype(np.float32)
+    if sigma_fn is None and uncertainty != "none":
+        sigma_fn = _uncertainty_fn(model_path, device, uncertainty, bad)
     if sigma_fn is not None:
         denoised, sigma_den = sigma_fn(model, flux32, sig32)
     else:

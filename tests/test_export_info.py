@@ -32,8 +32,20 @@ def stores(tmp_path_factory, small_grid):
     cube = build_cube(data, d / "cube.zarr", methods, block=4, progress=False)
     write_summary(summarize(open_cube(cube), {"snr": [0, 20, 40, 100], "*": 2}),
                   d / "summary.zarr", d / "summary.csv")
+    # an ETC table from two runs of the ETC's ECSV output
+    from test_etc import DARK, _write_ecsv_run
+
+    from specdenoise.simulate.etc_table import import_etc_runs, runs_to_dataset, write_table
+    from specdenoise.simulate.noise import BuiltinNoise
+
+    runs = d / "etc_runs"
+    runs.mkdir()
+    noise = BuiltinNoise()
+    for z in (0.0, 40.0):
+        _write_ecsv_run(runs / f"z{z:.0f}.ecsv", noise, DARK | {"zenith": z})
+    etc = write_table(runs_to_dataset(import_etc_runs([runs])), d / "etc.zarr")
     return {"dataset": data, "denoised": den, "cube": cube, "summary": d / "summary.zarr",
-            "grid": small_grid}
+            "grid": small_grid, "etc": etc}
 
 
 def test_attributes_units_long_names_flags_and_spectrum_ids(stores):
@@ -64,7 +76,7 @@ def test_attributes_units_long_names_flags_and_spectrum_ids(stores):
     assert cube["mask"].attrs["flag_meanings"] == flags["flag_meanings"]
 
 
-@pytest.mark.parametrize("kind", ["dataset", "denoised", "cube"])
+@pytest.mark.parametrize("kind", ["dataset", "denoised", "cube", "etc", "grid"])
 def test_export_to_hdf5_netcdf_and_fits(stores, kind, tmp_path, capsys):
     pytest.importorskip("h5netcdf", reason="h5netcdf not installed: no HDF5 export")
     src = xr.open_zarr(stores[kind])
@@ -128,7 +140,8 @@ def test_info_on_every_kind(stores, tmp_path, capsys):
                            ("cube", ["error cube", "specdenoise evaluate --data",
                                      "mean |R| by denoiser: scaled", "S/N (median"]),
                            ("summary", ["evaluation summary", "groups:"]),
-                           ("grid", ["grid store", "axis teff", "grid nodes present: 24 of 24"])):
+                           ("grid", ["grid store", "axis teff", "grid nodes present: 24 of 24"]),
+                           ("etc", ["ETC table", "axis zenith", "0 .. 40"])):
         assert cli.main(["info", str(stores[kind])]) == 0
         text = capsys.readouterr().out
         for part in expected:
