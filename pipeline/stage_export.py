@@ -46,7 +46,9 @@ def _open(path) -> tuple[object, dict, stores.Kind]:
             warnings.simplefilter("ignore")
             tree = xr.open_datatree(path, engine="zarr")
         return tree, attrs, kind
-    ds = stores.open_store(path, kind, consolidated=None)
+    with warnings.catch_warnings():  # ETC tables and grids are not consolidated
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+        ds = stores.open_store(path, kind, consolidated=None)
     return ds, attrs, kind
 
 
