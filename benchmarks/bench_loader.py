@@ -4,7 +4,7 @@ Writes a temporary dataset of synthetic spectra, then measures
 
 - spectra/s delivered by the training loader (fresh noise, distortion, renormalisation, shuffle
   buffer, batching) with 0 and ``--workers`` DataLoader workers, for one epoch after a warm-up;
-- training samples/s (forward + backward + SGD step) for the paper U-Net, the quick-preset
+- training samples/s (forward + backward + SGD step) for the paper U-Net, the tiny-preset
   U-Net, the best-preset U-Net and the paper DAE on the CPU, in float32 and under bf16
   autocast side by side (and with ``--compile`` also bf16 + ``torch.compile``);
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     models = {
         "unet_paper": ("unet", PRESETS["paper"]["model_cfg"]["unet"]),
-        "unet_quick": ("unet", PRESETS["quick"]["model_cfg"]["unet"]),
+        "unet_tiny": ("unet", PRESETS["tiny"]["model_cfg"]["unet"]),
         "unet_best": ("unet", PRESETS["best"]["model_cfg"]["unet"]),
         "dae_paper": ("dae", PRESETS["paper"]["model_cfg"]["dae"]),
     }

@@ -5,7 +5,7 @@ prints each run's validation mean |R| and training spectra/s, and the ratios bf1
 Target: bf16 within 5 % of fp32's |R|. The last line is one JSON object.
 
     python benchmarks/bench_precision.py --data train.zarr --val val.zarr \\
-        [--preset quick --model unet --epochs 3]
+        [--preset tiny --model unet --epochs 3]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--val", required=True)
-    p.add_argument("--preset", default="quick")
+    p.add_argument("--preset", default="tiny")
     p.add_argument("--model", default="unet")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=0)

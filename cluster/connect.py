@@ -28,12 +28,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from specdenoise.cluster.profiles import (
+    SPEC_HELP,
     JobKeeper,
     build_cluster,
     check_submit_command,
     job_script,
     load_profile,
+    resolve_profile,
     scale,
+    wait_for_workers,
 )
 from specdenoise.errors import SpecdenoiseError
 
@@ -44,6 +47,11 @@ LOW_OVERHEAD = {
     "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
     "distributed.admin.system-monitor.interval": ("500ms", "1s"),
 }
+
+
+#: the least ``--memory-limit`` accepted (bytes): an idle Dask worker process holds about
+#: 150 MB, so a smaller limit has the nanny restart it every half second, for ever
+MIN_WORKER_MEMORY = 256 * 2**20
 
 
 def low_overhead_settings() -> dict:
@@ -74,12 +82,17 @@ def check_local_options(spec, workers=None, threads_per_worker=None, memory_limi
         from dask.utils import parse_bytes
 
         try:
-            ok = parse_bytes(str(memory_limit)) > 0
+            size = parse_bytes(str(memory_limit))
         except (ValueError, TypeError):
-            ok = False
-        if not ok:
+            size = 0
+        if not size > 0:
             raise SpecdenoiseError(f"--memory-limit {memory_limit!r} is not a size; give "
                                    "e.g. 4GB or 500MiB (or auto)")
+        if size < MIN_WORKER_MEMORY:
+            raise SpecdenoiseError(
+                f"--memory-limit {memory_limit} is less than a Dask worker needs to start "
+                f"({MIN_WORKER_MEMORY // 2**20} MiB; a simulation worker keeps ~1.3 GB at "
+                "1000 spectra per chunk): it would be restarted for ever")
 
 
 @contextlib.contextmanager
@@ -102,10 +115,12 @@ def connect(
         yield client
 
 
-def worker_job_script(profile_path: str | Path) -> str:
-    """The batch script a profile's worker jobs run, as :func:`connect` submits it (what
-    ``specdenoise cluster show`` prints)."""
-    return job_script(load_profile(Path(profile_path)), low_overhead_settings())
+def worker_job_script(profile_path: str | Path) -> tuple[str, list[str]]:
+    """(the batch script a profile's worker jobs run, as :func:`connect` submits it, with
+    ``tcp://HOST:PORT`` for the scheduler; notes on what cannot be checked offline): what
+    ``specdenoise cluster show`` prints. Starts no scheduler."""
+    path = resolve_profile(profile_path) or Path(profile_path)
+    return job_script(load_profile(path), low_overhead_settings())
 
 
 def _restore_environ(saved: dict[str, str]) -> None:
@@ -133,13 +148,17 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
         threads = threads_per_worker or 1
         n_workers = workers or max(1, n_cpu // threads)
         saved = dict(os.environ)
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            processes=True,
-            memory_limit=memory_limit or "auto",
-            dashboard_address=":0",
-        )
+        # the worker processes log only errors (they share this terminal: closing them on
+        # Ctrl-C printed a warning per cancelled task before the one-line message)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        with _workers_ignore_sigint():
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=True,
+                memory_limit=memory_limit or "auto",
+                dashboard_address=":0",
+            )
         _restore_environ(saved)
         client = Client(cluster)
         try:
@@ -151,19 +170,21 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
     elif _is_address(spec):
         try:
             client = Client(spec, timeout="20s")
-        except OSError as exc:
-            raise SpecdenoiseError(f"cannot reach the Dask scheduler at {spec}: {exc}") from None
+        except Exception as exc:  # OSError, ValueError: a garbage address; TimeoutError
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise SpecdenoiseError(f"cannot reach the Dask scheduler at {spec}: {why}") from None
         try:
             yield client
         finally:
             client.close()
-    elif spec.endswith((".yaml", ".yml")):
-        profile = load_profile(Path(spec))
+    elif resolve_profile(spec) is not None:
+        profile = load_profile(resolve_profile(spec))
         check_submit_command(profile)
         cluster = build_cluster(profile, settings)
         keeper = None
         try:
-            scale(cluster, profile, workers=workers)
+            n_jobs = scale(cluster, profile, workers=workers)
+            wait_for_workers(cluster, profile, n_jobs)
             keeper = JobKeeper(cluster)
             client = Client(cluster)
             try:
@@ -176,7 +197,23 @@ def _connect(spec, workers, threads_per_worker, memory_limit, settings) -> Itera
                 keeper.stop()
             cluster.close()
     else:
-        raise SpecdenoiseError(
-            f"--cluster {spec!r}: expected 'local', a scheduler address like tcp://HOST:8786, "
-            "or a YAML profile such as cluster/slurm.yaml"
-        )
+        raise SpecdenoiseError(f"--cluster {spec!r}: expected {SPEC_HELP}")
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start local worker processes with SIGINT ignored: Ctrl-C reaches every process of the
+    terminal's process group, and each worker printed its own traceback before this
+    process's one line. The workers end when this process closes the cluster (its clean-up
+    on KeyboardInterrupt), and Python keeps an inherited "ignore" for SIGINT."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -30,6 +30,17 @@ variable                      dims                        meaning
 ``seconds``, ``n_denoised``,  (denoiser,)                 wall time spent denoising, spectra
 ``spectra_per_s``                                         denoised, and their ratio
 ``template_<p>``              (spectrum,)                 template-fit parameters (when run)
+``sigma_denoised``            (denoiser, spectrum, wave)  the method's 1-sigma error of D
+                                                          (flux units); NaN for methods
+                                                          without one (baselines)
+``z``                         (denoiser, spectrum, wave)  (D - F) / sigma_denoised; NaN where
+                                                          ``rel_err`` is or there is no sigma
+``chi2_red``, ``chi2_peak``   (denoiser, spectrum)        consistency statistics of D with the
+                                                          noisy input, global and over 5
+                                                          pixels (see
+                                                          :mod:`specdenoise.train.uncertainty`)
+``suspect``                   (denoiser, spectrum)        1.0 flagged, 0.0 not, NaN not
+                                                          checked; its mean is the flag rate
 ============================  ==========================  ====================================
 
 Coordinates: ``denoiser`` (method names), ``denoiser_kind`` (``network``, ``baseline`` or
@@ -51,7 +62,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specdenoise import __version__, codecs, schema, stores
+from specdenoise import __version__, codecs, metrics, schema, stores
 from specdenoise.errors import SpecdenoiseError
 
 CUBE_KIND = stores.CUBE.name
@@ -83,20 +94,62 @@ class Method:
     info: dict = field(default_factory=dict)
     extras: tuple[str, ...] = ()
     wave: np.ndarray | None = None  # pixel grid a network was trained on, nm
+    #: True: ``denoise`` returns ``(denoised, extras)`` whose extras also hold
+    #: :data:`UNCERTAINTY_EXTRAS` (``sigma_denoised`` (n, n_wave), ``chi2_red``,
+    #: ``chi2_peak`` and ``suspect`` (n,)); they fill the cube's uncertainty variables
+    uncertainty: bool = False
+
+
+# ---- uncertainty block (trust-net): sigma_denoised, z, chi2_red, suspect
+#: what a method with ``uncertainty=True`` returns among its extras
+UNCERTAINTY_EXTRAS = ("sigma_denoised", "chi2_red", "chi2_peak", "suspect")
+
+
+def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> dict:
+    """The cube's uncertainty variables, all NaN until a method fills them."""
+    return {
+        "sigma_denoised": (cube3, lazy(shape3, c3),
+                           {"long_name": "1-sigma error of D[F_hat]", "units": units}),
+        "z": (cube3, lazy(shape3, c3),
+              {"long_name": "(D[F_hat] - F) / sigma_denoised", "units": "1"}),
+        "chi2_red": (spec_dims, lazy(shape2, c2),
+                     {"long_name": "mean of (F_hat - D)^2 / (sigma^2 + sigma_denoised^2) "
+                                   "over unmasked pixels", "units": "1"}),
+        "chi2_peak": (spec_dims, lazy(shape2, c2),
+                      {"long_name": "largest mean of (F_hat - D)^2 / (sigma^2 + "
+                                    "sigma_denoised^2) over 5 neighbouring pixels",
+                       "units": "1"}),
+        "suspect": (spec_dims, lazy(shape2, c2),
+                    {"long_name": "1: D does not explain the input (chi2_red above the "
+                                  "run's 1 % false-alarm threshold), 0: it does, NaN: not "
+                                  "checked", "units": "1"}),
+    }
+
+
+def _write_uncertainty(g, j: int, lo: int, stop: int, extras: dict, den, clean, mask) -> None:
+    """Store a block's sigma_denoised, z, chi2_red and suspect for method ``j``."""
+    sig = np.asarray(extras["sigma_denoised"], dtype=np.float32)
+    if sig.shape != den.shape:
+        raise SpecdenoiseError(f"sigma_denoised has shape {sig.shape}, the denoised flux "
+                               f"{den.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (den.astype(np.float64) - clean) / sig
+    z[~(np.asarray(clean) > 0) | (np.asarray(mask) != 0) | ~(sig > 0)] = np.nan
+    suspect = np.asarray(extras["suspect"], dtype=np.float32)
+    suspect[suspect < 0] = np.nan  # -1: not checked
+    g["sigma_denoised"][j, lo:stop] = sig
+    g["z"][j, lo:stop] = z.astype(np.float32)
+    g["chi2_red"][j, lo:stop] = np.asarray(extras["chi2_red"], dtype=np.float32)
+    g["chi2_peak"][j, lo:stop] = np.asarray(extras["chi2_peak"], dtype=np.float32)
+    g["suspect"][j, lo:stop] = suspect
+# ---- end of the uncertainty block
 
 
 def relative_error(denoised: np.ndarray, clean: np.ndarray,
                    mask: np.ndarray | None = None) -> np.ndarray:
-    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``."""
-    d = np.asarray(denoised, dtype=np.float64)
-    f = np.asarray(clean, dtype=np.float64)
-    bad = ~(f > 0)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.abs(d - f) / f
-    r[bad] = np.nan
-    return r.astype(np.float32)
+    """``|denoised - clean| / clean`` as float32; NaN where ``clean <= 0`` or ``mask != 0``
+    (the registry's ``abs_rel``, :data:`specdenoise.metrics.METRICS`)."""
+    return metrics.pixel_values("abs_rel", denoised, clean, mask)
 
 
 def _row_stats(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +253,9 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
         data_vars[v] = (spec2, lazy((n, n_wave), c2), schema.attrs_of(v))
     data_vars["mask"] = (spec2, da.zeros((n, n_wave), dtype=np.uint8, chunks=c2),
                          schema.attrs_of("mask"))
+    data_vars.update(_uncertainty_vars(cube3, (METHOD_DIM, schema.SPECTRUM_DIM),
+                                       (n_m, n, n_wave), (n_m, n), c3, (1, block), lazy,
+                                       schema.UNITS["flux"]))
     for m in methods:
         for e in m.extras:
             data_vars[f"{m.name}_{e}"] = ((schema.SPECTRUM_DIM,), lazy((n,), (block,)),
@@ -274,6 +330,8 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
                         g["denoised"][j, lo:stop] = den
                     for e in m.extras:
                         g[f"{m.name}_{e}"][lo:stop] = np.asarray(extras[e], dtype=np.float32)
+                    if m.uncertainty:
+                        _write_uncertainty(g, j, lo, stop, extras, den, clean[:k], mask[:k])
                     bar.update(hi - lo)
         g["seconds"][:] = seconds
         g["n_denoised"][:] = counts
@@ -299,12 +357,26 @@ def method_info(cube: xr.Dataset) -> dict[str, dict]:
 
 
 def network_method(run_dir, *, device=None, batch_size: int = 256,
-                   name: str | None = None) -> Method:
-    """A trained denoiser (run directory or ``checkpoint.pt``) as a :class:`Method`."""
-    from specdenoise.train.checkpoint import load_model
-    from specdenoise.train.infer import denoise_array
+                   name: str | None = None, uncertainty: str | None = "auto",
+                   samples: int | None = None) -> Method:
+    """A trained denoiser (run directory or ``checkpoint.pt``) as a :class:`Method`.
 
-    model, config = load_model(run_dir, device=device)
+    ``uncertainty``: how its ``sigma_denoised`` is estimated (``auto``: the run's calibrated
+    method, see :func:`specdenoise.train.infer.load_denoiser`; ``head``, ``sample``, ``both``;
+    None or ``none``: no uncertainty). The method's time then includes the uncertainty's
+    (``sample``: K + 1 passes of the network).
+    """
+    from specdenoise.train.checkpoint import load_model
+    from specdenoise.train.infer import denoise_array, load_denoiser
+
+    with_unc = uncertainty not in (None, "none")
+    if with_unc:
+        denoiser = load_denoiser(run_dir, device=device, batch_size=batch_size,
+                                 method=None if uncertainty == "auto" else uncertainty,
+                                 samples=samples)
+        model, config = denoiser.model, denoiser.config
+    else:
+        model, config = load_model(run_dir, device=device)
     m = config.get("model", {})
     summary = m.get("summary", {})
     train = config.get("train", {})
@@ -315,8 +387,15 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
             + f", {config.get('epoch')} epochs"
             + (f", trained on {train.get('data')}" if train.get("data") else ""))
 
+    calls = [0]  # blocks come in order: the sampling seed of a block is its number
+
     def denoise(flux, sigma, mask):
-        return denoise_array(model, flux, batch_size=batch_size, sigma=sigma)
+        if not with_unc:
+            return denoise_array(model, flux, batch_size=batch_size, sigma=sigma)
+        calls[0] += 1
+        b = denoiser(flux, sigma, good=np.asarray(mask) == 0, seed=calls[0])
+        return b.flux_denoised, {"sigma_denoised": b.sigma_denoised, "chi2_red": b.chi2_red,
+                                 "chi2_peak": b.chi2_peak, "suspect": b.suspect}
 
     # one warm-up call, so that the speed measured later is not the first call's set-up
     n_wave = getattr(model, "n_wave", 4096)
@@ -326,10 +405,18 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
     info = {"checkpoint": config.get("path"), "model": m.get("name"), "model_cfg": m.get("cfg"),
             "epochs": config.get("epoch"), "parameters": n_par,
             "device": str(next(model.parameters()).device),
-            "train_data": train.get("data"), "preset": train.get("preset")}
+            "train_data": train.get("data"), "preset": train.get("preset"),
+            "train_identity": (config.get("data_identity") or {}).get("train")}
+    if with_unc:
+        cal = denoiser.calibration
+        info["uncertainty"] = {"method": denoiser.uncertainty_method,
+                               "samples": denoiser.samples or (cal.samples if cal else None),
+                               "calibrated_on": None if cal is None else cal.dataset,
+                               "suspect_threshold": None if cal is None else cal.threshold}
     wave = config.get("wave")
     return Method(label, "network", desc, denoise, info=info,
-                  wave=None if wave is None else np.asarray(wave, dtype=np.float64))
+                  wave=None if wave is None else np.asarray(wave, dtype=np.float64),
+                  uncertainty=with_unc)
 
 
 def check_wave(method: Method, wave: np.ndarray) -> None:

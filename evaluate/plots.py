@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
@@ -76,6 +77,17 @@ def robust_limits(*arrays, lo: float = 0.5, hi: float = 99.5, pad: float = 0.08)
     return a - pad * span, b + pad * span
 
 
+def percent_axis(ax, axis: str = "y") -> None:
+    """Label a log axis of fractions in per cent (0.01 -> "1"), as the tables are."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{100 * v:.3g}")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{100 * v:.2g}" if str(f"{100 * v:.2g}")[0] in "235" else ""))
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,27 +100,59 @@ def _names(tree: xr.DataTree, by: str) -> list[str]:
     return [str(n) for n in tree[by].to_dataset()[METHOD_DIM].values]
 
 
+#: the panels of the S/N figure: summary variable, axis label, log scale, in per cent, the
+#: value that means perfect (a reference line)
+SNR_PANELS = (
+    ("mean", "mean |R| (%)", True, True, None),
+    ("line_abs_rel", "mean |R| on line pixels (%)", True, True, None),
+    ("structure_kept", "line structure kept (1 = all)", False, False, 1.0),
+    ("bias", "signed bias (D - F) / F (%)", False, True, 0.0),
+)
+
+
 def plot_error_vs_snr(tree: xr.DataTree, path, template_n: int | None = None) -> Path:
-    """Mean |R| per S/N bin, every method and the template fit in one panel (log axes)."""
+    """Mean |R| per S/N bin, every method and the template fit (log axes); beside it, when the
+    summary has them, |R| on line pixels, the line structure kept and the signed bias, with
+    bootstrap 68 % intervals as error bars."""
     ds = tree["snr"].to_dataset()
     names = _names(tree, "snr")
     colors = method_colors(names)
     x = ds["snr_bins"].values
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name in names:
-        y = ds["mean"].sel({METHOD_DIM: name}).values
-        ok = np.isfinite(y) & (x > 0)
-        label = method_label(name)
-        if name == "template" and template_n:
-            label += f" (on its {template_n} spectra)"
-        ax.plot(x[ok], y[ok], marker="o", color=colors[name], ms=4,
-                ls="--" if name == "template" else "-", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(LABELS["snr"])
-    ax.set_ylabel("mean |R| = |D - F| / F")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    panels = [p for p in SNR_PANELS if p[0] in ds]
+    ncol = 1 if len(panels) == 1 else 2
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(7.5 if ncol == 1 else 12, 4.8 * nrow / (
+        1 if ncol == 1 else 1.3)), squeeze=False)
+    for ax, (var, ylabel, logy, pct, ref) in zip(axes.ravel(), panels, strict=False):
+        key = "abs_rel" if var == "mean" else var
+        for name in names:
+            y = ds[var].sel({METHOD_DIM: name}).values
+            ok = np.isfinite(y) & (x > 0)
+            label = method_label(name)
+            if name == "template" and template_n:
+                label += f" (on its {template_n} spectra)"
+            err = None
+            if f"{key}_p16" in ds:
+                lo = ds[f"{key}_p16"].sel({METHOD_DIM: name}).values[ok]
+                hi = ds[f"{key}_p84"].sel({METHOD_DIM: name}).values[ok]
+                err = np.abs(np.stack([y[ok] - lo, hi - y[ok]]))
+                err = np.where(np.isfinite(err), err, 0)
+            ax.errorbar(x[ok], y[ok], yerr=err, marker="o", color=colors[name], ms=4,
+                        capsize=2, ls="--" if name == "template" else "-", label=label)
+        if ref is not None:
+            ax.axhline(ref, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        if logy:
+            ax.set_yscale("log")
+        if pct:
+            percent_axis(ax)
+        ax.set_xlabel(LABELS["snr"])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -131,13 +175,14 @@ def plot_error_vs_parameters(tree: xr.DataTree, path,
                 y = ds[stat].sel({METHOD_DIM: name}).values
                 ax.plot(x, y, "o-", color=colors[name], ms=3, lw=1.2 if row == 0 else 0.9)
             ax.set_yscale("log")
+            percent_axis(ax)
             if b == "snr" and np.all(x > 0):
                 ax.set_xscale("log")
             ax.grid(alpha=0.3, which="both")
             if row == 1:
                 ax.set_xlabel(LABELS.get(b, b))
             if col == 0:
-                ax.set_ylabel(f"{stat} |R| in the bin")
+                ax.set_ylabel(f"{stat} |R| in the bin (%)")
     if by:
         handles = [plt.Line2D([], [], color=colors[n], marker="o", ms=3, label=method_label(n))
                    for n in names]
@@ -196,7 +241,7 @@ def plot_examples(cube: xr.Dataset, path, spectra: Sequence[int] | None = None,
                 if den is None or not np.isfinite(den).any():
                     continue
                 top.plot(wave[sel], den[sel], color=colors[m], lw=0.8, label=method_label(m))
-                res = (den[sel] - clean[sel]) / clean[sel]
+                res = 100 * (den[sel] - clean[sel]) / clean[sel]  # per cent
                 residuals.append(res)
                 bottom.plot(wave[sel], res, color=colors[m], lw=0.6)
             # percentiles, not extremes: a noise spike or a line core must not flatten the rest
@@ -208,12 +253,13 @@ def plot_examples(cube: xr.Dataset, path, spectra: Sequence[int] | None = None,
                 half = max(abs(lim[0]), abs(lim[1]))
                 bottom.set_ylim(-half, half)
             bottom.axhline(0, color="k", lw=0.5)
-            bottom.set_ylabel("(D - F) / F")
+            bottom.set_ylabel("(D - F) / F (%)")
             top.set_ylabel("normalised flux")
             if col == 0:
                 top.set_title(title, fontsize=9, loc="left")
-            if k == 0 and col == 0:
-                top.legend(fontsize=7, ncol=4, loc="lower left")
+            if k == 0 and col == 0:  # above the first panel, not over a spectrum
+                top.legend(fontsize=7, ncol=6, loc="lower left", bbox_to_anchor=(0, 1.12),
+                           frameon=False, borderaxespad=0)
             if k == len(spectra) - 1:
                 bottom.set_xlabel("wavelength [nm, vacuum]")
     fig.tight_layout()
@@ -237,7 +283,8 @@ def plot_error_vs_wavelength(cube: xr.Dataset, path) -> Path:
     if v.size:  # a few line cores and sky lines reach far up: show them cut, not the rest squeezed
         ax.set_ylim(0.7 * np.percentile(v, 0.5), 1.5 * np.percentile(v, 99.8))
     ax.set_xlabel("wavelength [nm, vacuum]")
-    ax.set_ylabel("mean |R| over spectra")
+    ax.set_ylabel("mean |R| over spectra (%)")
+    percent_axis(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=min(len(names), 6))
     fig.tight_layout()

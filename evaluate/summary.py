@@ -17,6 +17,17 @@ variable           dims                                 meaning
 ``n_spectra``      (denoiser, snr_bins)                 spectra in the bin that the method denoised
 =================  ===================================  ==========================================
 
+and, for every metric ``<name>`` of :data:`specdenoise.metrics.METRICS` the cube can give
+(``abs_rel``, ``bias``, ``line_abs_rel``, ``cont_abs_rel``, ``structure_kept``, ``ca2_ew_err``,
+``ca2_ew_bias``; with ``sigma_denoised`` in the cube ``cover_1sigma``, ``cover_2sigma``,
+``z_std``; with ``suspect`` ``suspect_rate``), (denoiser, snr_bins) variables ``<name>``,
+``<name>_p16`` and ``<name>_p84`` (a bootstrap 68 % interval: :data:`N_BOOT` resamples of the
+bin's spectra, seeded, so the same cube gives the same numbers) and ``<name>_vs_best_p16`` /
+``<name>_vs_best_p84`` (the interval of the method's score minus the best competitor's on the
+same resamples: reaching 0, the two are tied; the report also calls a lead inside either
+mean's own interval a tie). Group ``all`` holds the same metrics over all
+spectra (one bin); it is not a binning variable and stays out of the CSV.
+
 with coordinates ``snr_bins`` (bin centre; for an open-ended bin such as S/N > 50 the mean of
 the values in it), ``snr_lo`` and ``snr_hi`` (edges; a bin holds ``lo < x <= hi``, the first one
 also ``x = lo``). S/N is spread over orders of magnitude, so its default bins are
@@ -29,13 +40,14 @@ from __future__ import annotations
 
 import csv
 import shutil
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from specdenoise import schema, stores
+from specdenoise import metrics, schema, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.cube import METHOD_DIM
 
@@ -47,6 +59,12 @@ DEFAULT_N_BINS = 8
 SNR_EDGES = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, np.inf)
 DEFAULT_EDGES = {"snr": SNR_EDGES}
 PIXELS = (schema.SPECTRUM_DIM, schema.WAVE_DIM)
+#: bootstrap over spectra: resamples per bin and the fixed seed (with the binning variable and
+#: the bin index) that makes every interval reproducible
+N_BOOT = 400
+BOOT_SEED = 18
+#: spectra read at a time when the metrics are computed
+METRIC_BLOCK = 512
 
 
 def bin_edges(values: np.ndarray, spec: int | Sequence[float] = DEFAULT_N_BINS) -> np.ndarray:
@@ -169,6 +187,148 @@ def _finish(ds: xr.Dataset, by: str, edges: np.ndarray, cube: xr.Dataset) -> xr.
     return ds
 
 
+def available_metrics(cube: xr.Dataset) -> list[str]:
+    """The registry's metrics this cube can give (``metrics.METRICS`` order): those whose
+    ``needs`` the cube carries (``z`` stands in for ``sigma_denoised``)."""
+    have = set(cube.data_vars)
+    if "z" in have:
+        have.add("sigma_denoised")
+    return [name for name, m in metrics.METRICS.items() if set(m.needs) <= have]
+
+
+def _per_method(cube: xr.Dataset, name: str, j: int, lo: int, hi: int):
+    """Rows lo:hi of a (denoiser, spectrum[, wave]) variable for method j, or None."""
+    if name not in cube.data_vars:
+        return None
+    var = cube[name]
+    if METHOD_DIM not in var.dims:
+        return var.isel({schema.SPECTRUM_DIM: slice(lo, hi)}).values
+    return var.isel({METHOD_DIM: j, schema.SPECTRUM_DIM: slice(lo, hi)}).values
+
+
+def metric_parts(cube: xr.Dataset, names: Sequence[str] | None = None,
+                 block: int = METRIC_BLOCK) -> dict[str, dict[str, np.ndarray]]:
+    """Per method and metric, the per-spectrum additive statistics (``Metric.parts``):
+    method -> metric -> (n_spectrum, k) float64.
+
+    Reads the cube ``block`` spectra at a time; the truth's continuum and line pixels are
+    computed once per block for all methods."""
+    names = available_metrics(cube) if names is None else list(names)
+    n = cube.sizes[schema.SPECTRUM_DIM]
+    chunks = cube["rel_err"].encoding.get("chunks") if "rel_err" in cube else None
+    if chunks:  # whole stored chunks: each is read once
+        block = max(1, min(int(chunks[1]), 1024))
+    wave = cube[schema.WAVE_DIM].values
+    methods = [str(m) for m in cube[METHOD_DIM].values]
+    out: dict[str, dict[str, list]] = {m: {k: [] for k in names} for m in methods}
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        clean = cube["flux_clean"].isel({schema.SPECTRUM_DIM: slice(lo, hi)}).values
+        clean = clean.astype(np.float64)
+        shared: dict = {}
+        for j, m in enumerate(methods):
+            rel = _per_method(cube, "rel_err", j, lo, hi)
+            den = _per_method(cube, "denoised", j, lo, hi)
+            sig = _per_method(cube, "sigma_denoised", j, lo, hi)
+            z = _per_method(cube, "z", j, lo, hi)
+            # a method without an uncertainty (all NaN) has no flag rate either
+            has_sigma = any(a is not None and np.isfinite(a).any() for a in (sig, z))
+            b = metrics.Block(
+                denoised=None if den is None else den.astype(np.float64), clean=clean,
+                good=np.isfinite(rel), wave=wave, rel_err=rel,
+                sigma_denoised=sig, z=z,
+                suspect=(_per_method(cube, "suspect", j, lo, hi)
+                         if has_sigma or (sig is None and z is None) else None),
+                shared=shared)
+            for k in names:
+                out[m][k].append(metrics.METRICS[k].parts(b))
+    return {m: {k: np.concatenate(v, axis=0) for k, v in d.items()} for m, d in out.items()}
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each value as ``groupby_bins(include_lowest=True)`` places it (lo < x <= hi,
+    the first bin also x = lo); -1 outside every bin."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.searchsorted(edges, v, side="left") - 1
+    idx[v == edges[0]] = 0
+    idx[~np.isfinite(v) | (idx < 0) | (idx > edges.size - 2)] = -1
+    return idx
+
+
+def _score(metric: metrics.Metric, v):
+    """A number where lower is better, for ranking methods by ``metric``."""
+    return {"lower": v, "higher": -v, "zero": np.abs(v), "one": np.abs(v - 1)}[metric.better]
+
+
+def _competitors(cube: xr.Dataset) -> list[str]:
+    """Methods that compete for 'best': networks and baselines, not 'none' nor a reference."""
+    kinds = (cube["denoiser_kind"].values if "denoiser_kind" in cube.coords
+             else np.array(["baseline"] * cube.sizes[METHOD_DIM]))
+    return [str(m) for m, k in zip(cube[METHOD_DIM].values, kinds, strict=True)
+            if k != "reference" and m != "none"]
+
+
+def metric_stats(cube: xr.Dataset, parts: Mapping[str, Mapping[str, np.ndarray]],
+                 which: np.ndarray, n_bins: int, seed_key: str,
+                 n_boot: int = N_BOOT) -> dict[str, np.ndarray]:
+    """Per metric in bins (``which``: the bin of each spectrum, -1 for none): the value, the
+    bootstrap 68 % interval (``_p16``, ``_p84``) and, for ranked metrics, the 68 % interval of
+    the method's score minus the best competitor's on the same resamples (``_vs_best_p16``,
+    ``_vs_best_p84``; an interval that reaches 0 is a tie). Arrays (denoiser, bin)."""
+    methods = list(parts)
+    comp = [m for m in _competitors(cube) if m in parts]
+    names = list(next(iter(parts.values()))) if parts else []
+    shape = (len(methods), n_bins)
+    out = {f"{k}{s}": np.full(shape, np.nan) for k in names
+           for s in ("", "_p16", "_p84", "_vs_best_p16", "_vs_best_p84")}
+    for i in range(n_bins):
+        rows = np.flatnonzero(which == i)
+        seed = [BOOT_SEED, zlib.crc32(seed_key.encode()), i]
+        w = metrics.bootstrap_weights(rows.size, n_boot, seed)
+        for k in names:
+            mt = metrics.METRICS[k]
+            for a, m in enumerate(methods):
+                v, lo, hi = metrics.bootstrap(parts[m][k][rows], mt.finish, w)
+                out[k][a, i], out[f"{k}_p16"][a, i], out[f"{k}_p84"][a, i] = v, lo, hi
+            if mt.better is None or not comp:
+                continue
+            scores = {m: _score(mt, out[k][methods.index(m), i]) for m in comp}
+            ranked = [m for m in comp if np.isfinite(scores[m])]
+            if not ranked:
+                continue
+            best = min(ranked, key=scores.get)
+            pb = parts[best][k][rows]
+            if w.size == 0:
+                continue
+            sb = _score(mt, mt.finish(w @ pb))
+            for a, m in enumerate(methods):
+                if m == best:
+                    out[f"{k}_vs_best_p16"][a, i] = out[f"{k}_vs_best_p84"][a, i] = 0.0
+                    continue
+                d = _score(mt, mt.finish(w @ parts[m][k][rows])) - sb
+                d = d[np.isfinite(d)]
+                if d.size:
+                    lo, hi = np.quantile(d, (0.16, 0.84))
+                    out[f"{k}_vs_best_p16"][a, i], out[f"{k}_vs_best_p84"][a, i] = lo, hi
+    return out
+
+
+def _metric_vars(stats: Mapping[str, np.ndarray], dim: str) -> dict:
+    out = {}
+    for key, arr in stats.items():
+        name = key.split("_p16")[0].split("_p84")[0].split("_vs_best")[0]
+        m = metrics.METRICS[name]
+        unit = {"percent": "1", "angstrom": "Angstrom"}.get(m.unit, m.unit)
+        what = {"": m.description, "_p16": f"16th percentile of the bootstrap of {name}",
+                "_p84": f"84th percentile of the bootstrap of {name}",
+                "_vs_best_p16": f"16th percentile of the bootstrap of the method's {name} "
+                                "score minus the best competitor's (<= 0 <= p84: a tie)",
+                "_vs_best_p84": f"84th percentile of the bootstrap of the method's {name} "
+                                "score minus the best competitor's"}[key[len(name):]]
+        out[key] = ((METHOD_DIM, dim), arr, {"long_name": what, "units": unit})
+    return out
+
+
 def summarize(cube: xr.Dataset, bins: Mapping[str, int | Sequence[float]] | None = None,
               by: Sequence[str] = DEFAULT_BY,
               quantiles: Sequence[float] = DEFAULT_QUANTILES) -> xr.DataTree:
@@ -207,12 +367,32 @@ def summarize(cube: xr.Dataset, bins: Mapping[str, int | Sequence[float]] | None
             parts[name].append(stats.expand_dims({METHOD_DIM: [method]}))
     groups = {name: _finish(xr.concat(parts[name], dim=METHOD_DIM), name, edges[name], cube)
               for name in by}
+    # the registry's metrics, with bootstrap intervals over spectra (and an "all" group: one
+    # bin holding every spectrum, for the overall numbers)
+    mparts = metric_parts(cube)
+    for name in by:
+        which = _bin_index(cube[name].values, edges[name])
+        stats = metric_stats(cube, mparts, which, edges[name].size - 1, name)
+        groups[name] = groups[name].assign(_metric_vars(stats, f"{name}_bins"))
+    n = cube.sizes[schema.SPECTRUM_DIM]
+    done = cube["mean_rel_err"].notnull().sum(schema.SPECTRUM_DIM).values.astype(np.int64)
+    everything = xr.Dataset(
+        {"n_spectra": ((METHOD_DIM, "all_bins"), done[:, None]),
+         **_metric_vars(metric_stats(cube, mparts, np.zeros(n, np.int64), 1, "all"),
+                        "all_bins")},
+        coords={METHOD_DIM: groups[by[0]][METHOD_DIM].values if by else
+                cube[METHOD_DIM].values.astype(object), "all_bins": [0]})
+    groups["all"] = everything
     tree = xr.DataTree.from_dict(groups)
     tree.attrs = {
         "definition": "|R| = |D[F_hat] - F| / F; statistics over all pixels of the spectra in "
                       "a bin",
         "quantiles": q,
         "by": list(by),
+        "metrics": [k for k in metrics.METRICS if k in groups["all"]],
+        "bootstrap": f"{N_BOOT} resamples of the spectra of each bin with replacement, "
+                     f"numpy default_rng([{BOOT_SEED}, crc32(variable), bin]); _p16 and _p84 are "
+                     "the 16th and 84th percentiles (a 68 % interval)",
         "dataset": cube.attrs.get("dataset", ""),
     }
     return tree
@@ -236,6 +416,10 @@ def to_rows(tree: xr.DataTree) -> list[dict]:
                 }
                 for j, qq in enumerate(q):
                     row[f"q{qq * 100:g}"] = float(d["quantiles"][i, j])
+                for k in tree.attrs.get("metrics", []):
+                    for suffix in ("", "_p16", "_p84"):
+                        if f"{k}{suffix}" in d:
+                            row[f"{k}{suffix}"] = float(d[f"{k}{suffix}"][i])
                 rows.append(row)
     return rows
 

@@ -10,6 +10,7 @@ Import map (one namespace, several root folders, see ``pyproject.toml``):
 - ``specdenoise.cluster`` (``cluster/``): Dask cluster profiles.
 """
 
+import os
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
@@ -19,6 +20,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 from specdenoise.errors import SpecdenoiseError  # noqa: E402
+
+# PyTorch's CPU kernels end every parallel region in an OpenMP barrier. libgomp lets a thread
+# that reaches the barrier first spin on its core, so when another process is busy on the other
+# core, the spinning thread keeps that core from the thread it waits for, at every barrier:
+# training collapsed about tenfold beside one busy process. Threads that sleep at once free the
+# core instead (benchmarks/bench_shared_cores.py measures both). libgomp reads the variable when
+# it loads, i.e. on ``import torch``: import specdenoise first. A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Zarr warns on every consolidated v3 store; consolidation is what makes opening a store one read.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")

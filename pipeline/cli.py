@@ -5,22 +5,27 @@ its parser and sets ``func`` (called with the parsed namespace; returns an exit 
 A :class:`~specdenoise.SpecdenoiseError` ends the program with its one-line message and status 2,
 and so do the failures a user's environment or files cause (an unwritable or full disk, a
 missing folder, too little memory, a chunk that cannot be decoded): see :func:`known_failure`.
-``--debug`` (anywhere on the command line) shows the traceback instead.
+``--debug`` (anywhere on the command line) shows the traceback instead, and lets Dask's and
+PyTorch's own log messages through (:func:`specdenoise.options.quiet_libraries`). The options
+several commands share are defined once, in :mod:`specdenoise.options`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
+import signal
 import sys
+import threading
 
 from specdenoise import __version__
 from specdenoise.errors import SpecdenoiseError
 
 #: stage modules, in the order they appear in ``--help``
-STAGES = ("grid", "etc", "simulate", "train", "denoise", "evaluate", "run", "export", "info",
-          "cluster")
+STAGES = ("grid", "etc", "simulate", "train", "denoise", "calibrate", "evaluate", "run",
+          "export", "info", "cluster")
 
 
 class _SubcommandParser(argparse.ArgumentParser):
@@ -61,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEBUG_HELP = "show the full traceback of an error instead of one line"
+DEBUG_HELP = ("show the full traceback of an error instead of one line, and Dask's and "
+              "PyTorch's own log messages and warnings")
 
 
 def _add_debug(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -94,24 +100,52 @@ def known_failure(exc: BaseException) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and PBS send before a walltime or preemption kill, and what ``kill``
+    sends), raised in the main thread like Ctrl-C so that the same clean-ups run: temporaries
+    removed, batch jobs cancelled, finished chunks kept."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    from specdenoise.options import quiet_libraries
+
     try:
-        status = args.func(args)
+        with sigterm_as_interrupt(), quiet_libraries(debug):
+            status = args.func(args)
     except SpecdenoiseError as exc:
         if debug:
             raise
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"specdenoise {args.command}: interrupted; finished work is kept, "
-            "re-run the same command with --resume to continue",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"specdenoise {args.command}: {'terminated (SIGTERM)' if term else 'interrupted'}; "
+              + (hint(args) if hint else "re-run the same command (with --overwrite if "
+                                  "it says an output exists)"),
+              file=sys.stderr)
+        return 143 if term else 130
     except Exception as exc:
         message = None if debug else known_failure(exc)
         if message is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
 
 
@@ -17,8 +18,7 @@ def register(subparsers) -> None:
             "FITS/CSV spectrum file into FITS (--out X.fits) or CSV."
         ),
     )
-    p.add_argument("--model", required=True, metavar="RUN_DIR|CKPT",
-                   help="run directory of 'specdenoise train' or its checkpoint.pt")
+    options.add_run(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="IN.zarr", help="dataset to denoise")
     src.add_argument("--spectrum", metavar="FILE",
@@ -41,44 +41,67 @@ def register(subparsers) -> None:
                           "flux unit. Models trained with sigma as an input (the 'best' "
                           "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
-                   help="OUT.zarr (with --data); with --spectrum, OUT.fits writes FITS (a PFS "
-                        "input keeps its product's layout and identifiers; a plain spectrum "
-                        "an image or table) and any other name CSV (columns wave, flux, "
-                        "flux_denoised, and a leading 'spectrum' column for several spectra)")
+                   help="OUT.zarr (with --data: flux_denoised, sigma_denoised, chi2_red, "
+                        "chi2_peak, suspect); with --spectrum, OUT.fits writes FITS (a PFS "
+                        "input keeps its product's layout and identifiers, COVAR = "
+                        "sigma_denoised**2; a plain spectrum an image or table) and any other "
+                        "name CSV (columns wave, flux, flux_denoised, sigma_denoised, chi2_red, "
+                        "chi2_peak, suspect, and a leading 'spectrum' column for several "
+                        "spectra)")
     p.add_argument("--fiber-id", type=int, nargs="+", action="extend", metavar="N",
                    help="with a pfsArm or pfsMerged --spectrum: denoise only these fibers "
                         "(default: every fiber)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT.zarr (a denoised store only) or OUT.csv")
+    p.add_argument("--uncertainty", default="auto",
+                   choices=("auto", "head", "sample", "both", "none"),
+                   help="how sigma_denoised is estimated: auto (default: the method the run was "
+                        "calibrated for, else 'head' for a network trained with uncertainty "
+                        "'nll', else 'sample'), head (the network's own), sample (re-noise "
+                        "the denoised spectrum K times, the spread of the outputs; any "
+                        "network, K+1 passes), both, or none (flux_denoised only)")
+    p.add_argument("--samples", type=int, default=None, metavar="K",
+                   help="draws for --uncertainty sample/both (default: the calibration's, "
+                        "else 8)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="spectra per forward pass (default 256; smaller needs less memory)")
+    options.add_device(p)
+    options.add_overwrite(p, "an existing OUT.zarr (a denoised store only) or OUT.csv")
+    options.add_no_progress(p)
     p.set_defaults(func=run)
 
 
 def _spectrum_stage(args: argparse.Namespace) -> bool:
-    """FITS output, a PFS product or a plain FITS spectrum go through ``stage_spectrum``
-    (PFS layouts, WCS wavelengths, resampling); text to CSV stays with ``infer.denoise_file``."""
+    """FITS output or a PFS product go through ``stage_spectrum`` (PFS layouts, WCS
+    wavelengths, resampling); a plain spectrum to CSV stays with ``infer.denoise_file``."""
+    from specdenoise.pfsio import is_pfs_file
     from specdenoise.stage_spectrum import is_fits
 
-    return bool(args.fiber_id) or is_fits(args.out) or is_fits(args.spectrum)
+    return bool(args.fiber_id) or is_fits(args.out) or (is_fits(args.spectrum)
+                                                        and is_pfs_file(args.spectrum))
 
 
 def run(args: argparse.Namespace) -> int:
     from specdenoise.train import infer
 
+    run_dir = options.run_dir(args)
     if args.batch_size < 1:
         raise SpecdenoiseError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.samples is not None and args.samples < 2:
+        raise SpecdenoiseError(f"--samples must be at least 2, got {args.samples}")
+    options.check_device(args.device)
     if args.data is not None:
-        out = infer.denoise_dataset(args.model, args.data, args.out, batch_size=args.batch_size,
-                                    device=args.device, overwrite=args.overwrite)
+        out = infer.denoise_dataset(run_dir, args.data, args.out, batch_size=args.batch_size,
+                                    device=args.device, overwrite=args.overwrite,
+                                    progress=not args.no_progress,
+                                    uncertainty=args.uncertainty, samples=args.samples)
     elif _spectrum_stage(args):
         from specdenoise.stage_spectrum import denoise_spectrum_file
 
-        out = denoise_spectrum_file(args.model, args.spectrum, args.out, device=args.device,
+        out = denoise_spectrum_file(run_dir, args.spectrum, args.out, device=args.device,
                                     overwrite=args.overwrite, fiber_ids=args.fiber_id,
-                                    uncertainty=getattr(args, "uncertainty", None))
+                                    uncertainty=args.uncertainty, samples=args.samples)
     else:
-        out = infer.denoise_file(args.model, args.spectrum, args.out, device=args.device,
-                                 overwrite=args.overwrite)
+        out = infer.denoise_file(run_dir, args.spectrum, args.out, device=args.device,
+                                 overwrite=args.overwrite, uncertainty=args.uncertainty,
+                                 samples=args.samples)
     print(f"wrote {out}")
     return 0

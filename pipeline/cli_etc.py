@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdenoise import stores
+from specdenoise import options, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS
 from specdenoise.simulate.source import (
@@ -44,28 +44,19 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "etc", help="exposure-time calculator for the PFS MR red arm; `etc import` builds "
         "an ETC noise table",
-        description=__doc__.split("\n\n")[0] + " See `specdenoise etc --help`.",
+        description=__doc__.split("\n\n")[0] + " See `specdenoise etc import --help` for the "
+        "second form.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Forms:\n  specdenoise etc --mag 22 --out snr.npz [conditions]\n"
                "  specdenoise etc import PATH... --out TABLE.zarr",
+        add_help=False,
     )
+    p.add_argument("-h", "--help", action=_Help, help="show this help message and exit "
+                   "(`etc import --help`: the help of the import form)")
     p.add_argument("action", nargs="*", metavar="import PATH",
                    help="`import` followed by ETC outputs (.dat, gsetc parameter files, .ecsv, "
                         "or folders of them)")
-    cond = p.add_argument_group("observing conditions")
-    cond.add_argument("--seeing", type=float, default=None, help="FWHM at 800 nm, arcsec "
-                      "(default 0.8)")
-    cond.add_argument("--zenith", type=float, default=None, help="zenith angle, deg (35)")
-    cond.add_argument("--field-angle", type=float, default=None, help="field angle, deg (0)")
-    cond.add_argument("--moon-zenith", type=float, default=None,
-                      help="Moon zenith angle, deg; >= 90: no Moon (90)")
-    cond.add_argument("--moon-separation", type=float, default=None,
-                      help="Moon-target angle, deg (60)")
-    cond.add_argument("--moon-phase", type=float, default=None,
-                      help="fraction of the lunar cycle since new Moon, 0..0.5: 0 new, 0.25 "
-                           "quarter, 0.5 full (waning phases give the same light) (0)")
-    cond.add_argument("--exp-time", type=float, default=None, help="seconds per exposure (900)")
-    cond.add_argument("--n-exp", type=int, default=None, help="number of exposures (4)")
+    _add_conditions(p, "observing conditions")
     src = p.add_argument_group("source")
     src.add_argument("--mag", type=float, help="AB magnitude (flat f_nu, or the spectrum's "
                      "magnitude through --filter)")
@@ -79,9 +70,59 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="OUT.npz or OUT.csv; TABLE.zarr "
                    "for `import`")
     p.add_argument("--plot", type=Path, help="also draw signal, sky and S/N to this PNG")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT.npz/OUT.csv, or an existing ETC table")
+    options.add_overwrite(p, "an existing OUT.npz/OUT.csv/PNG, or an existing ETC table")
+    options.add_no_progress(p)
     p.set_defaults(func=run)
+
+
+def _add_conditions(p, title: str) -> None:
+    cond = p.add_argument_group(title)
+    cond.add_argument("--seeing", type=float, default=None, help="FWHM at 800 nm, arcsec "
+                      "(default 0.8)")
+    cond.add_argument("--zenith", type=float, default=None, help="zenith angle, deg (35)")
+    cond.add_argument("--field-angle", type=float, default=None, help="field angle, deg (0)")
+    cond.add_argument("--moon-zenith", type=float, default=None,
+                      help="Moon zenith angle, deg; >= 90: no Moon (90)")
+    cond.add_argument("--moon-separation", type=float, default=None,
+                      help="Moon-target angle, deg (60)")
+    cond.add_argument("--moon-phase", type=float, default=None,
+                      help="fraction of the lunar cycle since new Moon, 0..0.5: 0 new, 0.25 "
+                           "quarter, 0.5 full (waning phases give the same light) (0)")
+    cond.add_argument("--exp-time", type=float, default=None, help="seconds per exposure (900)")
+    cond.add_argument("--n-exp", type=int, default=None, help="number of exposures (4)")
+
+
+def import_parser() -> argparse.ArgumentParser:
+    """The help of ``specdenoise etc import`` (its options are parsed by the etc parser)."""
+    p = argparse.ArgumentParser(
+        prog="specdenoise etc import",
+        description="Build an ETC noise table (Zarr) from outputs of the real PFS ETC, for "
+                    "`specdenoise simulate --noise TABLE.zarr`: legacy .dat noise/snc files with "
+                    "their gsetc parameter files (one run per parameter file), v2 ECSV tables "
+                    "(noise and snc paired by identical conditions), or folders of them.",
+        epilog="Example: specdenoise etc import runs/ --out etc_table.zarr")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="ETC output files or folders")
+    p.add_argument("--out", type=Path, required=True, metavar="TABLE.zarr",
+                   help="the ETC table to write")
+    _add_conditions(p, "observing conditions of lone legacy .dat files (no parameter file)")
+    options.add_overwrite(p, "an existing ETC table")
+    options.add_no_progress(p)
+    from specdenoise.cli import DEBUG_HELP
+
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    return p
+
+
+class _Help(argparse.Action):
+    """``etc --help``, or after ``import`` the import form's own help."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        action = getattr(namespace, "action", None) or []
+        (import_parser() if action[:1] == ["import"] else parser).print_help()
+        parser.exit()
 
 
 DEFAULTS = {"seeing": 0.8, "zenith": 35.0, "field_angle": 0.0, "moon_zenith": 90.0,
@@ -120,7 +161,12 @@ def run_import(args, paths) -> int:
 
     if not paths:
         raise SpecdenoiseError("etc import: give the ETC output files or folders to import")
-    runs = etc_table.import_etc_runs(paths, _conditions(args, defaults=False))
+    # the output is checked before any file is read (write_table checks it again), and its
+    # folder made: an unwritable place fails now, not after the whole import
+    stores.check_output(args.out, stores.ETC_TABLE, overwrite=args.overwrite)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs = etc_table.import_etc_runs(paths, _conditions(args, defaults=False),
+                                     progress=not args.no_progress)
     ds = etc_table.runs_to_dataset(runs, source=" ".join(str(p) for p in paths))
     out = etc_table.write_table(ds, args.out, overwrite=args.overwrite)
     axes = [d for d in ds["sky_rate"].dims if d != "wave"]

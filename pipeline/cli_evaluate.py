@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
 from specdenoise.stage_evaluate import DEFAULT_TEMPLATE_N, evaluate
@@ -29,9 +30,7 @@ def register(subparsers) -> None:
             "HTML report into EVAL_DIR."
         ),
     )
-    p.add_argument("--model", action="append", default=[], metavar="RUN_DIR",
-                   help="run directory of 'specdenoise train' (or its checkpoint.pt); repeat "
-                        "for several models side by side")
+    options.add_run(p, several=True)
     p.add_argument("--data", required=True, metavar="VAL.zarr", help="dataset to evaluate on")
     p.add_argument("--out", required=True, metavar="EVAL_DIR", help="output folder")
     p.add_argument("--train", metavar="TRAIN.zarr",
@@ -52,11 +51,12 @@ def register(subparsers) -> None:
                    help="Savitzky-Golay window in pixels, odd (default 11, order 4)")
     p.add_argument("--gaussian-sigma", type=float, default=1.0,
                    help="Gaussian smoothing sigma in pixels (default 1.0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps for the networks "
-                                                  "(default: best available)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--overwrite", action="store_true", help="replace outputs in EVAL_DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_device(p)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="spectra per forward pass of a network (default 256; smaller needs "
+                        "less memory)")
+    options.add_overwrite(p, "the outputs evaluate writes in EVAL_DIR (nothing else there)")
+    options.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -64,13 +64,15 @@ def run(args: argparse.Namespace) -> int:
     baselines = None
     if args.baselines is not None:
         baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    if not args.model and baselines == []:
-        raise SpecdenoiseError("nothing to evaluate: give --model RUN_DIR or some --baselines")
+    if not args.runs and baselines == []:
+        raise SpecdenoiseError("nothing to evaluate: give --run RUN_DIR or some --baselines")
     if args.batch_size < 1:
         raise SpecdenoiseError(f"--batch-size must be at least 1, got {args.batch_size}")
-    evaluate(args.model, args.data, args.out, train=args.train, baselines=baselines,
+    if args.runs:
+        options.check_device(args.device)
+    evaluate(args.runs, args.data, args.out, train=args.train, baselines=baselines,
              template_n=args.template_n, bins=args.bins, device=args.device,
              batch_size=args.batch_size, pca_k=args.pca_k, savgol_window=args.savgol_window,
              gaussian_sigma=args.gaussian_sigma, overwrite=args.overwrite,
-             progress=False if args.no_progress else None)
+             progress=not args.no_progress)
     return 0

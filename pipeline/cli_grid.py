@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from specdenoise import options
 from specdenoise.simulate.readers import families
 
 
@@ -31,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("source", choices=["builtin"], help="which generator (only 'builtin')")
     b.add_argument("--out", type=Path, help="where to write the store (default: the cache)")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_overwrite(b, "an existing grid store")
+    options.add_no_progress(b)
     b.set_defaults(func=_build)
 
     i = gsub.add_parser(
@@ -53,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--resolution", type=float, help="degrade to this resolving power R")
     i.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable files (listed at the end) instead of stopping")
-    i.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_overwrite(i, "an existing grid store")
+    options.add_no_progress(i)
     i.set_defaults(func=_import)
 
     s = gsub.add_parser("info", help="describe a grid store")

@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from specdenoise import options
 from specdenoise.stage_run import PRESETS, run
+
+#: ``run --preset`` choices with what each costs (README, 'What it measures')
+PRESET_HELP = {
+    "quick": "12,000 + 300 spectra, the quick training preset (10 epochs of 3000 spectra), "
+             "every baseline: about 8 min on two CPU cores and 658 MiB of disk, built-in "
+             "grid included",
+    "paper": "the published set-up: 1000 + 1000 spectra, U-Net and DAE, 50 epochs each: "
+             "83 min on two CPU cores",
+    "best": "the best training preset on a pool of 100,000 spectra (1.9 GB): 1 h 40 min on "
+            "two CPU cores, mean |R| 1.40 %",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,25 +27,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Build the built-in grid, simulate training and validation sets on a local Dask "
             "cluster, train the denoiser(s), evaluate them against baselines and write a "
-            "report. 'quick' took 8.1 minutes on two CPU cores, built-in grid build included "
-            "(README, 'What it measures'); 'paper' is the published set-up (1000 + 1000 "
-            "spectra, U-Net and DAE, 50 epochs; hours on a CPU); 'best' trains the best preset "
-            "on a pool of 100,000 spectra (1.9 GB; 1 h 40 min on two CPU cores, mean |R| "
-            "1.40 %). "
-            "Re-running continues an interrupted run."
+            "report. Each step prints the command it runs. Re-running the same command "
+            "continues an interrupted run."
         ),
     )
-    p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
+    options.add_preset(p, {name: PRESET_HELP.get(name, "") for name in PRESETS}, "quick")
     p.add_argument("--workdir", type=Path, default=Path("specdenoise-run"),
                    help="folder for every output (default ./specdenoise-run)")
-    p.add_argument("--seed", type=int, default=1, help="simulation seed (validation: seed+1)")
-    p.add_argument("--workers", type=int, help="local Dask worker processes")
-    p.add_argument("--device", help="training device: auto (default), cpu, cuda, mps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
+    p.add_argument("--seed", type=int, default=1,
+                   help="simulation seed of the training set; the validation set uses seed+1 "
+                        "(default 1)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="Dask worker processes of the simulation (default: one per CPU core)")
+    options.add_device(p)
+    options.add_overwrite(p, "the datasets, training runs and evaluation in WORKDIR "
+                             "(default: keep what is complete and continue)")
+    options.add_no_progress(p)
+    p.set_defaults(func=_run, on_interrupt=lambda args: "finished steps are kept: re-run the "
+                   "same command to continue")
 
 
 def _run(args) -> int:
+    options.check_device(args.device)
     run(args.preset, args.workdir, seed=args.seed, workers=args.workers, device=args.device,
-        progress=not args.no_progress)
+        progress=not args.no_progress, overwrite=args.overwrite)
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
+from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.stage_train import DEFAULT_WORKERS
 from specdenoise.train.presets import (
@@ -29,29 +31,37 @@ def register(subparsers) -> None:
     )
     p.add_argument("--data", required=True, help="training dataset (Zarr path or fsspec URL)")
     p.add_argument("--val", help="validation dataset (its stored noisy flux is used as is)")
-    p.add_argument("--model", choices=MODEL_NAMES, default=None,
-                   help=f"network (default {DEFAULT_MODEL})")
+    p.add_argument("--arch", dest="model", choices=MODEL_NAMES, default=None,
+                   help=f"the kind of network: unet, dae (dense autoencoder) or physics "
+                        f"(default {DEFAULT_MODEL}; formerly --model)")
+    options.add_alias(p, "--model", "--arch", "model", choices=MODEL_NAMES)
     p.add_argument("--model-cfg", metavar="JSON", default=None,
                    help='model options over the preset\'s, e.g. \'{"depth": 3, "filters": 16, '
                         '"kernel_size": 5}\' (unet: depth, filters, bottleneck_filters, '
-                        'kernel_size, dropout, out_activation, in_channels, residual; dae: '
-                        'widths, batch_norm, dropout, out_activation, in_channels, residual; '
+                        'kernel_size, dropout, out_activation, in_channels, residual, '
+                        'uncertainty; dae: widths, batch_norm, dropout, out_activation, '
+                        'in_channels, residual, uncertainty; '
                         'physics: params, unet (U-Net options, or null for the template fit '
                         'alone), encoder, emulator, detach, param_weight, emulator_weight). '
                         'in_channels 2 feeds sigma beside the flux; residual predicts a '
-                        'correction to the noisy input (with out_activation "identity")')
-    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="; ".join(f"{k}: {v}" + (" (default)" if k == DEFAULT_PRESET else "")
-                                  for k, v in PRESET_HELP.items()))
+                        'correction to the noisy input (with out_activation "identity"); '
+                        'uncertainty "nll" adds a head that predicts each pixel\'s error '
+                        '(sigma_denoised), trained with beta-NLL')
+    options.add_preset(p, {name: PRESET_HELP.get(name, "") for name in PRESETS},
+                       DEFAULT_PRESET, store_default=False,
+                       extra="training set-up; options given here win over it. Costs "
+                             "measured on two CPU cores (README, 'What it measures').")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--init-from", metavar="RUN", default=None,
-                   help="chain: train --model on the outputs of the trained run RUN (kept "
+                   help="chain: train --arch on the outputs of the trained run RUN (kept "
                         "frozen), e.g. a DAE refining a U-Net; the result denoises on its own. "
-                        "--model physics from a physics run: start from its encoder and "
+                        "--arch physics from a physics run: start from its encoder and "
                         "emulator (staged training: fit with '{\"unet\": null}' first)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch (split over DDP ranks)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="spectra per optimizer step, the global "
+                   "batch split over DDP ranks (default: the preset's)")
+    p.add_argument("--lr", type=float, help="learning rate; the peak one for onecycle "
+                   "(default: the preset's)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"),
                    help="sgd (with the step schedule unless --scheduler) or adamw (with the "
                         "cosine schedule unless --scheduler)")
@@ -72,7 +82,7 @@ def register(subparsers) -> None:
     p.add_argument("--noise-on-device", action="store_true",
                    help="draw noise and distortion on the training device (GPU) instead of in "
                         "the loader workers")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    options.add_device(p)
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="arithmetic of the network: bf16 autocast (the output head and the "
@@ -86,18 +96,36 @@ def register(subparsers) -> None:
     p.add_argument("--distortion-max", type=float, default=None,
                    help="largest |d - 1| of the fresh distortion draws (default 0.02)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (the per-epoch lines are still logged)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int,
-                   help=f"DataLoader worker processes (default {DEFAULT_WORKERS}); the batches "
-                        "depend on it, so "
-                        "a resumed run keeps the number it started with")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the training run in RUN_DIR (only a folder holding nothing but "
+                        "a run's files; the old run is kept until the new one's first epoch)")
+    options.add_no_progress(p)
+    p.add_argument("--seed", type=int, help="seed of the initial weights, the noise draws and "
+                   "the batch order (default 0); the same seed repeats a run bit for bit on a "
+                   "CPU")
+    p.add_argument("--loader-workers", dest="workers", type=int, metavar="N",
+                   help=f"PyTorch DataLoader processes that read and augment batches (default "
+                        f"{DEFAULT_WORKERS}); the batches depend on it, so a resumed run keeps "
+                        "the number it started with (formerly --workers)")
+    options.add_alias(p, "--workers", "--loader-workers", "workers", type=int, metavar="N")
     p.add_argument("--submit", metavar="PROFILE.yaml",
                    help="run as one batch job instead: write RUN_DIR/train.sbatch from the "
                         "profile (e.g. cluster/slurm.yaml) and sbatch it; the script resumes "
                         "from the checkpoint when submitted again (PBS profiles: qsub)")
-    p.set_defaults(func=run, _parser=p)
+    p.set_defaults(func=run, _parser=p, on_interrupt=_on_interrupt)
+
+
+def _on_interrupt(args) -> str:
+    """What to do after Ctrl-C: resume only when an epoch finished and left a checkpoint."""
+    from pathlib import Path
+
+    from specdenoise.stores import CHECKPOINT_NAME
+
+    if (Path(args.out) / CHECKPOINT_NAME).exists():
+        return ("the checkpoint of the last finished epoch is kept: re-run the same command "
+                "with --resume to continue from it")
+    return ("no epoch had finished, so there is no checkpoint to resume from: re-run the "
+            "same command (without --resume) to start again")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,10 +134,15 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "submit", None):
         from specdenoise.submit import rebuild_argv
 
-        argv = rebuild_argv(args._parser, args, skip=("submit", "resume"))
-        return stage_train.submit(args.submit, argv, args.out)
+        argv = rebuild_argv(args._parser, args, skip=("submit", "resume", "overwrite"))
+        return stage_train.submit(args.submit, argv, args.out,
+                                  inputs=(args.data, args.val, args.init_from),
+                                  overwrite=args.overwrite)
+    options.check_device(args.device)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        # standard output, as the progress lines: standard error holds only a failure's line
+        logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
+                            datefmt=options.TIME_FORMAT, stream=sys.stdout)
     model_cfg = None
     if args.model_cfg is not None:
         try:
@@ -121,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, row = stage_train.train(
         args.data, args.val, args.out, model=args.model, preset=args.preset,
         model_cfg=model_cfg, resume=args.resume, progress=False if args.no_progress else None,
+        overwrite=args.overwrite,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         scheduler=args.scheduler, loss=args.loss, device=args.device, compile=args.compile,
         precision=args.precision, seed=args.seed, workers=args.workers,

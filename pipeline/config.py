@@ -294,11 +294,12 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                                    f"{', '.join(PRESETS)}")
         cfg = _merge(cfg, PRESETS[preset], "", errors)
     if path is not None:
+        from specdenoise.stores import read_text
+
         path = Path(path)
-        if not path.exists():
-            raise SpecdenoiseError(f"config file {path} does not exist")
+        text = read_text(path, "config file")
         try:
-            user = tomllib.loads(path.read_text())
+            user = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SpecdenoiseError(f"config file {path} is not valid TOML: {exc}") from None
         cfg = _merge(cfg, user, "", errors)

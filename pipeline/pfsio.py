@@ -126,6 +126,21 @@ def product_of(path: Path, names: set[str]) -> str | None:
     return None
 
 
+def is_pfs_file(path) -> bool:
+    """Is ``path`` a PFS data product (by its name, else its HDU names)? False when unreadable
+    (the reader then says why)."""
+    from astropy.io import fits
+
+    path = Path(path)
+    if _PRODUCT_NAME.match(path.name):
+        return True
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            return product_of(path, {h.name for h in hdul}) is not None
+    except Exception:
+        return False
+
+
 def mask_planes(header) -> dict[str, int]:
     """Plane name -> bit number from ``MP_<NAME>`` keys, or the datamodel's order without them."""
     planes = {k[3:]: int(v) for k, v in header.items() if k.startswith("MP_")}

@@ -8,7 +8,10 @@ into one output folder, locked while written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +19,13 @@ from pathlib import Path
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate import baselines as bl
+from specdenoise.simulate.progress import stamp
 from specdenoise.stage_grid import resolve_grid
 
 DEFAULT_TEMPLATE_N = 100
+#: the list of plain files evaluate wrote into EVAL_DIR (path relative to it -> sha256): with
+#: --overwrite only these, unchanged, are replaced, never a user's own report.md or PNG
+MANIFEST = ".specdenoise-evaluate.json"
 
 
 def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str] | None = None,
@@ -54,11 +61,14 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         "figures": out / "figures",
         "report_md": out / "report.md",
         "report_html": out / "report.html",
+        "parameters_csv": out / "parameters.csv",
     }
     existing = [p for p in targets.values() if os.path.lexists(p)]
     if existing and not overwrite:
         raise SpecdenoiseError(f"{existing[0]} exists; choose another --out or pass --overwrite")
-    _check_replaceable_outputs(targets)
+    _check_replaceable_outputs(targets, out)
+    n_wave = int(ds.sizes.get("wave", 0)) or None
+    _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave)
     if template_n is not None and template_n < 1:
         raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got {template_n}")
 
@@ -79,15 +89,37 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     # cleared); resolving it is the stage's work, not the baseline's
     grid_path = (resolve_grid(bl.simulated_grid(ds.attrs))
                  if any(bl.BASELINES[b].needs == "config" for b in names) else None)
+    if names:  # PCA learns its basis and the template fit builds its library: minutes
+        log(f"preparing the baselines ({', '.join(names)}) {stamp()}")
     methods += bl.baseline_methods(
         names, data_attrs=ds.attrs, grid_path=grid_path, train=train, template_n=template_n,
         pca_k=pca_k, savgol_window=savgol_window, gaussian_sigma=gaussian_sigma,
         progress=progress)
 
+    # parameter recovery: the template fit again, on each network's denoised spectra
+    fitter = ((lambda: bl.template_fitter_for(ds.attrs, grid_path=grid_path))
+              if "template" in names and models else None)
     out.mkdir(parents=True, exist_ok=True)
     with stores.locked(out):
         return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
-                              bin_spec, overwrite, progress, log)
+                              bin_spec, overwrite, progress, log, fitter,
+                              given=[data, train, *models, out])
+
+
+def _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave) -> None:
+    """One line for baseline options no spectrum could use (before anything is computed)."""
+    import math
+
+    limit = n_wave or math.inf
+    if not (isinstance(savgol_window, int) and 5 <= savgol_window <= limit
+            and savgol_window % 2 == 1):
+        raise SpecdenoiseError(f"--savgol-window must be an odd number of pixels from 5 to the "
+                               f"spectrum's {n_wave}, got {savgol_window}")
+    if not (math.isfinite(gaussian_sigma) and 0 < gaussian_sigma <= limit / 4):
+        raise SpecdenoiseError(f"--gaussian-sigma must be a positive number of pixels up to a "
+                               f"quarter of the spectrum, got {gaussian_sigma}")
+    if not (isinstance(pca_k, int) and pca_k >= 1):
+        raise SpecdenoiseError(f"--pca-k must be at least 1, got {pca_k}")
 
 
 def _baselines_to_run(requested: Sequence[str] | None, data, *, train, has_config: bool,
@@ -110,40 +142,135 @@ def _baselines_to_run(requested: Sequence[str] | None, data, *, train, has_confi
     return names
 
 
-def _check_replaceable_outputs(targets: dict[str, Path]) -> None:
-    """With --overwrite: each existing output must be what evaluate writes there."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(out: Path) -> dict[str, str]:
+    """The files an earlier evaluate wrote into ``out`` (relative path -> sha256)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _check_replaceable_outputs(targets: dict[str, Path], out: Path) -> None:
+    """With --overwrite: each existing output must be what evaluate wrote there (the stores by
+    their kind, the plain files by the manifest: listed, and unchanged since)."""
     for name, kind in (("cube", stores.CUBE), ("summary", stores.SUMMARY)):
         if os.path.lexists(targets[name]):
             stores.check_replaceable(targets[name], kind)
-    for name in ("summary_csv", "report_md", "report_html"):
+    written = _manifest(out)
+
+    def ours(p: Path) -> bool:
+        rel = p.relative_to(out).as_posix()
+        return (not p.is_symlink() and p.is_file() and rel in written
+                and _sha256(p) == written[rel])
+
+    for name in ("summary_csv", "report_md", "report_html", "parameters_csv"):
         p = targets[name]
-        if os.path.lexists(p) and (p.is_dir() or p.is_symlink()):
-            raise SpecdenoiseError(f"{p} is a folder or a link, not the {p.name} evaluate "
-                                   "writes; nothing was replaced")
+        if os.path.lexists(p) and not ours(p):
+            raise SpecdenoiseError(f"{p} was not written by evaluate (or was changed since); "
+                                   "nothing was replaced (choose another --out)")
     figures = targets["figures"]
     if os.path.lexists(figures):
         others = ([figures.name] if figures.is_symlink() or not figures.is_dir() else
-                  [p.name for p in figures.iterdir() if p.suffix != ".png" or not p.is_file()])
+                  [p.name for p in sorted(figures.iterdir()) if not ours(p)])
         if others:
             raise SpecdenoiseError(f"{figures} holds {others[0]!r}, which evaluate did not "
-                                   "write; nothing was replaced")
+                                   "write (or which was changed since); nothing was replaced")
+
+
+#: an absolute POSIX path of two or more parts in running text (not a URL, not an HTML tag)
+_ABSOLUTE = re.compile(r"(?<![\w.~:/<-])/[\w.+@-]+(?:/[\w.+@-]+)+/?")
+
+
+def relative_paths(text: str, base: Path, given: Sequence = ()) -> str:
+    """``text`` with every path in it relative to the work folder ``base``.
+
+    A report names the dataset, the runs and its own outputs; written as absolute paths they
+    tie it to the machine it ran on, and as typed they are relative to wherever the command
+    ran. Paths in ``given`` (as typed, relative to the current folder) and every absolute path
+    become relative to ``base`` (the folder holding EVAL_DIR: for ``specdenoise run``, its
+    work folder), so the report and its Python block read the same from there on any machine.
+    """
+    base = Path(os.path.abspath(base))
+
+    def rel(path: str) -> str:
+        return os.path.relpath(os.path.abspath(path), base)
+
+    for p in sorted({str(g) for g in given if not Path(g).is_absolute()}, key=len, reverse=True):
+        text = re.sub(r"(?<=[`\"'( ])" + re.escape(p) + r"(?=[/`\"') ,]|$)",
+                      lambda _m, p=p: rel(p), text, flags=re.M)
+    return _ABSOLUTE.sub(lambda m: rel(m.group(0)), text)
 
 
 def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets, bin_spec,
-                   overwrite, progress, log) -> dict[str, Path]:
-    if overwrite and targets["figures"].exists():
-        shutil.rmtree(targets["figures"])
+                   overwrite, progress, log, fitter=None, given=()) -> dict[str, Path]:
+    from specdenoise.evaluate import recovery
+
+    if overwrite:  # a table of an earlier evaluation must not be read as this one's
+        targets["parameters_csv"].unlink(missing_ok=True)
     cube_mod.build_cube(data, targets["cube"], methods, overwrite=overwrite, progress=progress)
     log(f"error cube:  {targets['cube']}")
     cube = cube_mod.open_cube(targets["cube"])
+    rows = recovery.recover(cube, fitter(), progress=progress, log=log) if fitter else []
+    if rows:
+        recovery.write_csv(rows, targets["parameters_csv"])
+        log(f"parameters:  {targets['parameters_csv']}")
     tree = summary.summarize(cube, bin_spec)
     summary.write_summary(tree, targets["summary"], targets["summary_csv"], overwrite=overwrite)
     log(f"summary:     {targets['summary']} and {targets['summary_csv']}")
-    figures = plots.make_figures(cube, tree, targets["figures"])
+    # the figures are drawn in a new folder and swapped in whole: an interrupt leaves the old
+    # ones (and the old report that links them) as they were
+    tmp = stores.temp_dir(targets["figures"])
+    try:
+        drawn = plots.make_figures(cube, tree, tmp)
+        figures = {k: targets["figures"] / p.name for k, p in drawn.items()}
+        _swap_in(tmp, targets["figures"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log(f"figures:     {targets['figures']}/ ({', '.join(p.name for p in figures.values())})")
     report.write_report(cube, tree, figures, out, outputs={
         "cube": targets["cube"], "summary": targets["summary"],
-        "summary CSV": targets["summary_csv"]})
+        "summary CSV": targets["summary_csv"],
+        **({"parameters CSV": targets["parameters_csv"]} if rows else {})}, recovery=rows)
+    for name in ("report_md", "report_html"):
+        path = targets[name]
+        path.write_text(relative_paths(path.read_text(encoding="utf-8"), out.parent,
+                                       [g for g in given if g is not None]),
+                        encoding="utf-8")
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
+    files = [targets["summary_csv"], targets["report_md"], targets["report_html"],
+             *figures.values(), *([targets["parameters_csv"]] if rows else [])]
+    text = json.dumps({"files": {p.relative_to(out).as_posix(): _sha256(p) for p in files}},
+                      indent=1)
+    stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
     log("\n" + report.terminal_summary(cube, tree))
     return targets
+
+
+def record_outputs(out: Path, names: Sequence[str]) -> None:
+    """Record the files ``names`` (relative to ``out``) in evaluate's manifest as they are now,
+    after a caller (``run``) rewrote them: a later ``evaluate --overwrite`` may replace them."""
+    out = Path(out)
+    files = {**_manifest(out), **{n: _sha256(out / n) for n in names}}
+    text = json.dumps({"files": files}, indent=1)
+    stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Put the finished folder ``new`` at ``folder``; an old one (already checked to hold only
+    evaluate's figures) is moved aside first and deleted after."""
+    if os.path.lexists(folder):
+        old = stores.temp_dir(folder.with_name(folder.name + ".old"))
+        os.rename(folder, old / folder.name)
+        os.rename(new, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, folder)

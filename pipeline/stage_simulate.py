@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import shutil
 import time
 import zlib
 from collections.abc import Mapping
@@ -40,6 +42,27 @@ def grid_provenance(path: Path, spec: str) -> dict:
         "source": ds.attrs.get("source"),
         "content_hash": ds.attrs.get("content_hash"),
     }
+
+
+def check_same_grid(cfg: Mapping, grid_path: Path) -> None:
+    """Refuse to resume a store begun on a grid whose content differs from the grid now at
+    the configured path (the config hash holds the grid's path, not its content): the store
+    would mix chunks of both grids."""
+    now = grid_provenance(grid_path, cfg["grid"]).get("content_hash")
+    for _split, path, _n in plan(cfg):
+        attrs = stores.read_attrs(path) if path.exists() else None
+        prov = (attrs or {}).get("grid_provenance") or {}
+        if isinstance(prov, str):  # stored as JSON text
+            try:
+                prov = json.loads(prov)
+            except ValueError:
+                prov = {}
+        then = prov.get("content_hash") if isinstance(prov, dict) else None
+        if then and then != now:
+            raise SpecdenoiseError(
+                f"{path} was begun on another grid than the one now at {cfg['grid']} (content "
+                f"hash {then} then, {now} now); --resume would mix both: put the old grid "
+                "back, or start again with --overwrite")
 
 
 def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
@@ -74,6 +97,31 @@ def check_lsf_on_grid(cfg: Mapping, grid_path: Path) -> None:
     lsf = LSF(fwhm_pix=tuple(cfg["observe"]["lsf_fwhm_pix"]),
               model_resolution=float(resolution) if resolution else None)
     lsf.sigma_pix(pixel_wave())  # raises with the reason
+
+
+def check_rv_on_grid(cfg: Mapping, grid_path: Path) -> None:
+    """Refuse radial velocities whose Doppler shift needs model wavelengths beyond the grid
+    (before any store is created): the first chunk would fail in a worker, after the store
+    exists, and the re-run would ask for --resume, which fails the same way."""
+    from specdenoise.simulate.observe import doppler_shift_pixels
+
+    dist = cfg["params"].get("rv")
+    if not dist:
+        return
+    extremes = ([dist["value"]] if dist["dist"] == "fixed" else
+                [dist[k] for k in ("low", "high") if dist.get(k) is not None])
+    if not extremes:
+        return
+    _interp, observer = engine.forward_model(cfg, grid_path)
+    m, _t = observer.table.split_shift(doppler_shift_pixels(np.asarray(extremes, float),
+                                                            observer.h))
+    try:
+        observer.table.check_shift(m)
+    except SpecdenoiseError:
+        raise SpecdenoiseError(
+            f"params.rv reaches {max(extremes, key=abs):g} km/s, whose Doppler shift needs "
+            f"model wavelengths beyond the grid {cfg['grid']}; narrow it with --set or use a "
+            "grid covering more wavelength") from None
 
 
 def make_noise(spec: str):
@@ -233,8 +281,11 @@ def simulate(
                                    "to start again")
         stores.check_output(path, stores.DATASET, overwrite=overwrite, allow_existing=resume)
     grid_path = resolve_grid(cfg["grid"])
+    if resume and not overwrite:
+        check_same_grid(cfg, grid_path)
     check_params_on_grid(cfg, grid_path)
     check_lsf_on_grid(cfg, grid_path)
+    check_rv_on_grid(cfg, grid_path)
     make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
     with contextlib.ExitStack() as held:
         for _split, path, _n in plan(cfg):
@@ -245,8 +296,6 @@ def simulate(
 
 def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
               overwrite, progress) -> list[Path]:
-    from specdenoise.cluster import connect
-
     stored_cfg = {k: v for k, v in cfg.items() if k != "out"}
     chash = config_hash(cfg)
     attrs = {
@@ -267,6 +316,36 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         n_chunks = -(-n // cfg["chunk_size"])
         pending |= overwrite or not path.exists() or len(schema.done_chunks(path)) < n_chunks
     paths = [p for _, p, _ in plan(cfg)]
+    # --overwrite writes the new store under a temporary name and renames it into place when
+    # complete: until then the old store stays whole (an interrupt or a failed task keeps it)
+    where = {p: (_new_name(p) if overwrite and p.exists() else p) for p in paths}
+    try:
+        _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker,
+                      memory_limit, overwrite, progress, attrs, compressors, keepbits, wave,
+                      pending, chash, where)
+        for path, tmp in where.items():
+            if tmp != path:
+                stores.publish(tmp, path, stores.DATASET, overwrite=True)
+    finally:
+        for path, tmp in where.items():
+            if tmp != path and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def _new_name(path: Path) -> Path:
+    """A unique unused name beside ``path`` for its replacement to be written under."""
+    tmp = stores.temp_dir(path)
+    tmp.rmdir()  # the store is created there (the name stays ours: we hold the lock)
+    return tmp
+
+
+def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
+                  overwrite, progress, attrs, compressors, keepbits, wave, pending, chash,
+                  where) -> None:
+    """Create the stores (at ``where[path]``), run the missing chunks, finalize them."""
+    from specdenoise.cluster import connect
+
     with contextlib.ExitStack() as stack:
         if pending and client is None:
             # connect before any store is created: a scheduler that cannot be reached (or a
@@ -275,7 +354,8 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
                 cluster, workers=workers, threads_per_worker=threads_per_worker,
                 memory_limit=memory_limit))
         jobs = []
-        for split, path, n in plan(cfg):
+        for split, final, n in plan(cfg):
+            path = where[final]
             schema.create_dataset_store(
                 path, n, cfg["chunk_size"], wave,
                 attrs={**attrs, "split": split or "all"},
@@ -290,14 +370,14 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
                     jobs.append((split, path, c, count))
         if jobs:
             _execute(client, jobs, cfg, grid_path, chash, progress)
-    for _split, path, n in plan(cfg):
+    for _split, final, n in plan(cfg):
+        path = where[final]
         n_chunks = -(-n // cfg["chunk_size"])
         missing = set(range(n_chunks)) - schema.done_chunks(path)
         if missing:
-            raise SpecdenoiseError(f"{path}: {len(missing)} chunk(s) not written; re-run with "
+            raise SpecdenoiseError(f"{final}: {len(missing)} chunk(s) not written; re-run with "
                                    "--resume")
         schema.finalize_dataset(path)
-    return paths
 
 
 def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:

@@ -149,7 +149,7 @@ def run_info(config: dict, in_path, variance_source: str, resampled: bool) -> di
             "resampled": resampled, "input": str(Path(in_path).resolve())}
 
 
-def _uncertainty_fn(model_path, device, method, bad):
+def _uncertainty_fn(model_path, device, method, bad, samples=None):
     """The denoiser's own uncertainty, where this installation has one
     (``infer.load_denoiser``, issue 18): a ``sigma_fn`` for :func:`denoise_spectrum_file`, or
     None (then the input's variance is written and the header says so)."""
@@ -159,7 +159,7 @@ def _uncertainty_fn(model_path, device, method, bad):
     if load is None:
         return None
     denoiser = load(model_path, device=device,
-                    method=None if method in (None, "auto") else method)
+                    method=None if method in (None, "auto") else method, samples=samples)
 
     def sigma_fn(model, flux, sigma):
         block = denoiser(flux, sigma, good=~bad)
@@ -170,7 +170,7 @@ def _uncertainty_fn(model_path, device, method, bad):
 
 def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=None,
                           overwrite: bool = False, sigma_fn=None,
-                          uncertainty: str | None = None) -> Path:
+                          uncertainty: str | None = None, samples: int | None = None) -> Path:
     """Denoise the spectra of ``in_path`` (PFS product, FITS or text) into ``out``.
 
     ``out`` ending in ``.fits`` (``.fit``, ``.fts``, ``.fits.gz``) is FITS: a PFS input gives
@@ -182,8 +182,8 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
     the flux and the input's variance is written (header ``SDVARSRC = 'input'``). Without
     ``sigma_fn`` the denoiser's own uncertainty is used where this installation has one
     (``infer.load_denoiser``), unless ``uncertainty`` is ``"none"``; ``uncertainty`` (``auto``,
-    ``head``, ``sample``, ``both``) picks its method. Nothing is written unless every spectrum
-    denoises; the file appears complete or not at all.
+    ``head``, ``sample``, ``both``) picks its method and ``samples`` its number of draws.
+    Nothing is written unless every spectrum denoises; the file appears complete or not at all.
     """
     from specdenoise.train.checkpoint import load_model
     from specdenoise.train.infer import _inputs, check_spectra, denoise_array
@@ -207,7 +207,7 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
             "text file), or use a model trained with in_channels 1")
     sig32 = None if sigma is None else sigma.astype(np.float32)
     if sigma_fn is None and uncertainty != "none":
-        sigma_fn = _uncertainty_fn(model_path, device, uncertainty, bad)
+        sigma_fn = _uncertainty_fn(model_path, device, uncertainty, bad, samples)
     if sigma_fn is not None:
         denoised, sigma_den = sigma_fn(model, flux32, sig32)
     else:

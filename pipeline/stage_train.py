@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from specdenoise import stores
@@ -21,7 +22,7 @@ DEFAULT_WORKERS = 2
 
 def train(data, val, out, *, model: str | None = None, preset: str | None = None,
           model_cfg: dict | None = None, resume: bool = False, progress: bool | None = None,
-          **options):
+          overwrite: bool = False, **options):
     """Train a denoiser into the run directory ``out``, or continue it with ``resume``.
 
     ``options`` are :class:`~specdenoise.train.loop.TrainConfig` fields; None keeps the
@@ -29,9 +30,21 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
     defaults to :data:`DEFAULT_MODEL` with :data:`DEFAULT_PRESET` and :data:`DEFAULT_WORKERS`.
     An optimizer given without a scheduler brings its own (sgd: step, adamw: cosine).
     ``progress``: a progress bar per epoch (None: only on a terminal).
-    Returns ``(config, last epoch's metrics row)``.
+    ``overwrite``: replace a run in ``out`` (only a folder holding nothing but a run's files);
+    the old run is kept aside until the new one has its first checkpoint, and put back if
+    the new one stops before. Returns ``(config, last epoch's metrics row)``.
     """
     from specdenoise.train import loop
+
+    seed = options.get("seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise SpecdenoiseError(f"--seed must be a non-negative integer, got {seed}")
+    if resume and overwrite:
+        raise SpecdenoiseError("--resume continues a run and --overwrite replaces it; pass one")
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # (under torchrun only rank 0 checks: the others may see the folder rank 0 just began)
+    replace = rank0 and stores.check_run_folder(
+        out, inputs=(data, val, options.get("init_from")), overwrite=overwrite, resume=resume)
 
     opts = dict(options)
     if opts.get("scheduler") is None and opts.get("optimizer") is not None:
@@ -45,18 +58,37 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
         cfg = loop.make_config(data, val, out, model=model or DEFAULT_MODEL,
                                preset=preset or DEFAULT_PRESET, model_cfg=model_cfg, **opts)
     if cfg.workers < 0:
-        raise SpecdenoiseError(f"--workers must be 0 or more, got {cfg.workers}")
+        raise SpecdenoiseError(f"--loader-workers must be 0 or more, got {cfg.workers}")
     # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
-    lock = (stores.locked(cfg.out) if int(os.environ.get("RANK", "0")) == 0
-            else contextlib.nullcontext())
+    lock = stores.locked(cfg.out) if rank0 else contextlib.nullcontext()
     with lock:
-        row = loop.train(cfg, resume=resume, progress=progress)
+        aside = stores.move_aside(cfg.out) if replace else None
+        try:
+            row = loop.train(cfg, resume=resume, progress=progress)
+        except BaseException:
+            out_path = Path(cfg.out)
+            if aside is not None and not (out_path / stores.CHECKPOINT_NAME).exists():
+                shutil.rmtree(out_path, ignore_errors=True)  # the new run had no epoch yet
+                os.rename(aside, out_path)
+                aside = None
+            raise
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
     return cfg, row
 
 
-def submit(profile: str | Path, argv: list[str], out: str | Path) -> int:
+def submit(profile: str | Path, argv: list[str], out: str | Path, *,
+           inputs=(), overwrite: bool = False) -> int:
     """Run ``specdenoise train ARGV`` as a batch job from a cluster profile (the job script
-    resumes from the run's checkpoint when submitted again); returns the exit status."""
+    resumes from the run's checkpoint when submitted again); returns the exit status.
+
+    The run folder is checked as for :func:`train` (a run already there is continued by the
+    job; ``overwrite`` replaces it and an existing job script)."""
     from specdenoise.submit import submit as submit_job
 
-    return submit_job(profile, "train", argv, out)
+    if stores.check_run_folder(out, inputs=inputs, overwrite=overwrite,
+                               resume=not overwrite):
+        with stores.locked(out):
+            shutil.rmtree(stores.move_aside(out))
+    return submit_job(profile, "train", argv, out, overwrite=overwrite)

@@ -197,6 +197,47 @@ def _check_chunks(path, names, optional, label) -> None:
                 "from the store (deleted or never copied); re-create or re-copy it")
 
 
+def regular_file(path: str | Path, what: str, *, max_bytes: int) -> Path:
+    """Refuse anything but a regular file of at most ``max_bytes`` as the input ``what`` (a
+    folder, a device such as /dev/zero, a FIFO or socket would hang a reader or feed it
+    without end); returns the path."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SpecdenoiseError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise SpecdenoiseError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SpecdenoiseError(f"{what} {path} is a folder; give a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecdenoiseError(f"{what} {path} is not a regular file (a device, FIFO or "
+                               "socket); give a file")
+    if st.st_size > max_bytes:
+        raise SpecdenoiseError(f"{what} {path} is {st.st_size:,} bytes, more than any "
+                               f"{what} should be ({max_bytes:,}); is it the right file?")
+    return path
+
+
+def read_text(path: str | Path, what: str, *, max_bytes: int = 1 << 20) -> str:
+    """The text of a small input file (a config, a profile), refused when it is not a regular
+    file of at most ``max_bytes`` (:func:`regular_file`) or not UTF-8 text."""
+    path = regular_file(path, what, max_bytes=max_bytes)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise SpecdenoiseError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise SpecdenoiseError(f"{what} {path} is larger than {max_bytes:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecdenoiseError(f"{what} {path} is not text (UTF-8)") from None
+
+
 # --------------------------------------------------------------------------- checking outputs
 
 
@@ -320,6 +361,83 @@ def remove_store(path: str | Path, kind: Kind) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+#: what a training run folder holds (``train`` and ``train --submit`` write these; names
+#: starting with "." are their temporaries); ``slurm-*.out`` / ``*.log`` are batch job logs
+RUN_ENTRIES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.csv", "learning_curve.png",
+                         "tensorboard", "train.sbatch", "train.pbs", "pbs.out"})
+
+
+#: what ``train --submit`` leaves in a run folder before the run begins
+SUBMIT_ENTRIES = frozenset({"train.sbatch", "train.pbs", "pbs.out"})
+
+
+def _run_entry(name: str) -> bool:
+    return (name in RUN_ENTRIES or name.startswith(".")
+            or (name.startswith("slurm-") and name.endswith(".out")) or name.endswith(".log"))
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a training run (its checkpoint, or the config.json train wrote)."""
+    path = Path(path)
+    if (path / CHECKPOINT_NAME).is_file():
+        return True
+    try:
+        return "train" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_run_folder(out: str | Path, *, inputs: Iterable[str | Path] = (),
+                     overwrite: bool = False, resume: bool = False) -> bool:
+    """May ``out`` be a training run folder? Refuses the working directory and its parents,
+    an input or a folder holding one, a file, a Zarr store, a folder holding anything but a
+    training run's files, and an existing run without ``resume`` or ``overwrite`` (which
+    replaces only a folder holding nothing but a run's files). Returns whether ``out`` holds
+    a run that ``overwrite`` is to replace.
+    """
+    out = Path(out)
+    refuse_unsafe_target(out, inputs)
+    if not os.path.lexists(out):
+        return False
+    if out.is_symlink() or not out.is_dir():
+        raise SpecdenoiseError(f"--out {out} is a file or a link, not a run folder; choose "
+                               "another --out")
+    if (out / "zarr.json").exists():
+        raise SpecdenoiseError(f"--out {out} is a Zarr store, not a run folder; choose another "
+                               "--out")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return False
+    foreign = [e for e in entries if not _run_entry(e)]
+    if foreign:
+        raise SpecdenoiseError(f"--out {out} holds {foreign[0]!r}, which is not part of a "
+                               "training run; nothing was written (choose a new or empty "
+                               "folder)")
+    if not is_run_folder(out):
+        # a job script and its logs (a submitted run not begun) are fine; a config.json or
+        # metrics.csv that no run wrote is the user's
+        outputs = [e for e in entries if e in RUN_ENTRIES and e not in SUBMIT_ENTRIES]
+        if outputs:
+            raise SpecdenoiseError(f"--out {out} holds {outputs[0]!r}, which no training run "
+                                   "wrote; nothing was written (choose a new or empty folder)")
+        return False
+    if resume:
+        return False
+    if not overwrite:
+        raise SpecdenoiseError(f"{out} already holds a training run; pass --resume to continue "
+                               "it, --overwrite to replace it, or choose another --out")
+    return True
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename ``path`` to a hidden unique name beside it (to be deleted once its replacement
+    exists, or put back); returns the new name."""
+    path = Path(path)
+    trash = _trash_name(path)
+    os.rename(path, trash)
+    return trash
+
+
 # --------------------------------------------------------------------------- temporaries
 
 
@@ -421,11 +539,26 @@ def _alive(pid: int) -> bool:
 
 
 def _read_lock(path: Path) -> dict | None:
+    """The lock's content; None when it is gone or not a lock this module wrote. Raises
+    PermissionError when the lock exists but this user may not read it."""
     try:
         data = json.loads(path.read_text())
+    except PermissionError:
+        raise
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), None when
+    unknown: with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
 
 
 #: a live writer touches its lock this often (seconds) ...
@@ -435,19 +568,34 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 
 
-def _stale(holder: dict | None, path: Path | None = None) -> bool:
-    if holder is None:  # unreadable: not written by this module's atomic link
+def _untouched(path: Path | None) -> bool:
+    """Whether nobody touched the lock at ``path`` for :data:`STALE_AFTER_S` seconds."""
+    if path is None:
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    except OSError:
         return True
-    if path is not None:
-        try:
-            if time.time() - path.stat().st_mtime > STALE_AFTER_S:
-                return True
-        except OSError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # a process on another host: only its heartbeat tells
+
+
+def _stale(holder: dict | None, path: Path | None = None) -> bool:
+    """Whether a lock's writer is gone.
+
+    On this host the writer's pid decides (and its start time, where recorded, so that a
+    reused pid is not taken for the writer): a live writer keeps its lock however long it was
+    stopped (``SIGSTOP``, a suspended job), a dead one loses it at once. On another host only
+    the heartbeat tells: a lock untouched for :data:`STALE_AFTER_S` seconds is stale. A lock
+    that does not hold this module's content is judged by its age alone.
+    """
+    if holder is None:
+        return _untouched(path)
     pid = holder.get("pid")
-    return not isinstance(pid, int) or not _alive(pid)
+    if holder.get("host") != socket.gethostname():
+        return _untouched(path)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _alive(pid):
+        return True
+    started = holder.get("pid_start")
+    return started is not None and _process_start(pid) not in (None, started)
 
 
 class _Heartbeat(threading.Thread):
@@ -477,8 +625,8 @@ def locked(out: str | Path) -> Iterator[Path]:
     """
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-          "token": uuid.uuid4().hex}
+    me = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+          "host": socket.gethostname(), "started": time.time(), "token": uuid.uuid4().hex}
     fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".new", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -488,12 +636,19 @@ def locked(out: str | Path) -> Iterator[Path]:
                 os.link(name, path)
                 break
             except FileExistsError:
-                holder = _read_lock(path)
-                if not _stale(holder, path):
+                try:
+                    holder = _read_lock(path)
+                except PermissionError:
                     raise SpecdenoiseError(
-                        f"{out} is being written by process {holder.get('pid')} on "
-                        f"{holder.get('host')} (lock {path}); wait for it to finish, or delete "
-                        "the lock file if that process is gone") from None
+                        f"{out} is locked by another user (lock {path}, which you may not "
+                        "read); wait for their run to finish, or ask them to remove the lock "
+                        "if it is gone") from None
+                if not _stale(holder, path):
+                    who = (f"process {holder.get('pid')} on {holder.get('host')}"
+                           if holder else "another writer")
+                    raise SpecdenoiseError(
+                        f"{out} is being written by {who} (lock {path}); wait for it to "
+                        "finish, or delete the lock file if that process is gone") from None
                 _reclaim(path, holder)
         else:
             raise SpecdenoiseError(f"cannot take the lock {path}; try again")
@@ -505,8 +660,9 @@ def locked(out: str | Path) -> Iterator[Path]:
         yield path
     finally:
         beat.done.set()
-        if (_read_lock(path) or {}).get("token") == me["token"]:
-            path.unlink(missing_ok=True)
+        with contextlib.suppress(PermissionError):
+            if (_read_lock(path) or {}).get("token") == me["token"]:
+                path.unlink(missing_ok=True)
 
 
 def _reclaim(path: Path, holder: dict | None) -> None:
@@ -516,7 +672,11 @@ def _reclaim(path: Path, holder: dict | None) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    if _read_lock(aside) != holder and not _stale(_read_lock(aside), aside):
+    try:
+        now = _read_lock(aside)
+    except PermissionError:
+        now = None
+    if now != holder and not _stale(now, aside):
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
     aside.unlink(missing_ok=True)

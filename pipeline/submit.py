@@ -24,9 +24,10 @@ import sys
 from pathlib import Path
 
 from specdenoise.cluster.batch import SYSTEMS, BatchSystem, JobRequest, memory_size
-from specdenoise.cluster.profiles import load_profile, value_problems
+from specdenoise.cluster.profiles import load_profile, resolve_profile, value_problems
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.stores import CHECKPOINT_NAME as CHECKPOINT
+from specdenoise.stores import write_file
 
 
 def rebuild_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -38,6 +39,8 @@ def rebuild_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
     words: list[str] = []
     for action in parser._actions:
         if not action.option_strings or action.dest in skip or action.dest in ("help", "debug"):
+            continue
+        if getattr(action, "deprecated_alias", False):  # the new spelling passes it on
             continue
         value = getattr(args, action.dest, action.default)
         if value == action.default:
@@ -118,15 +121,29 @@ def _system(profile: dict) -> BatchSystem:
     return system
 
 
-def submit(profile_path: Path, stage: str, stage_argv: list[str], run_dir: Path) -> int:
-    """Write RUN_DIR/<stage>.sbatch (or .pbs) and submit it; prints what to do next."""
-    profile = load_profile(Path(profile_path))
+def submit(profile_path: Path, stage: str, stage_argv: list[str], run_dir: Path, *,
+           overwrite: bool = False) -> int:
+    """Write RUN_DIR/<stage>.sbatch (or .pbs) and submit it; prints what to do next.
+
+    An existing script is replaced only when it is the one this command would write, or
+    with ``overwrite`` (a user's edited script is never lost silently)."""
+    profile = load_profile(resolve_profile(profile_path) or Path(profile_path))
     system = _system(profile)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "specdenoise.cli", stage, *stage_argv]
     script = run_dir / f"{stage}.{system.script_suffix}"
-    script.write_text(job_script(profile, command, run_dir, name=f"specdenoise-{stage}"))
+    text = job_script(profile, command, run_dir, name=f"specdenoise-{stage}")
+    if not overwrite and os.path.lexists(script):
+        try:
+            same = script.read_text() == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            raise SpecdenoiseError(f"{script} exists and differs from the script this command "
+                                   f"writes; submit it yourself ('{system.submit[0]} {script}'), "
+                                   "or pass --overwrite to replace it")
+    write_file(script, lambda tmp: tmp.write_text(text), overwrite=True)
     submit_cmd = system.submit[0]
     if system.missing_command():
         raise SpecdenoiseError(f"{submit_cmd} not found on PATH; wrote {script}: submit it "

@@ -17,15 +17,21 @@ Physics, in the order it is computed for every grid node (Teff, log g, [M/H], [a
 3. **Continuum** ``pi B_lambda(T(tau_eff))`` in erg s-1 cm-2 nm-1 (surface flux), the
    Eddington-Barbier estimate with ``tau_eff = 2/3 kappa(850 nm) / kappa(lambda)``: a blackbody at
    Teff redward of the Paschen edge, a little fainter blueward of it in hot stars.
-4. **Lines**: about 80 real atomic lines (:mod:`.linelist`; Ca II triplet, Na I, K I, Rb I, O I,
-   N I, C I, Mg I, Al I, Si I, Ca I, Ti I, Fe I, Fe II, Ni I), the hydrogen Paschen series
-   (n = 3 -> 10...40, Rydberg wavelengths, Kramers oscillator strengths) and a deterministic
-   pseudo-random forest of weak neutral-metal lines (fixed seed). Line-centre opacity relative to
-   the continuum, ``eta0``, comes from Boltzmann excitation and Saha ionisation at the layer, the
-   abundances scaled by [M/H] (and [alpha/M] for O, Mg, Si, Ca, Ti) and one global scale factor.
-   Profiles are Voigt functions (Humlicek 1982 W4) with thermal + microturbulent Doppler width,
-   radiative, van der Waals (per neutral hydrogen, so the wings grow with pressure, hence log g)
-   and, for hydrogen, linear Stark damping from the electron density (Holtsmark field).
+4. **Lines**: about 80 hand-typed real atomic lines with their gf (:mod:`.linelist`; Ca II
+   triplet, Na I, K I, Rb I, O I, N I, C I, Mg I, Al I, Si I, Ca I, Ti I, Fe I, Fe II, Ni I);
+   about 850 more with their own gf from public lists where they cover the range (690-740 nm
+   VALD, 758-793 nm GALAH DR3; :func:`.linelist.gf_lines`); about 200 more real neutral-atom
+   lines at their real positions with their real excitation and van der Waals constants (Barklem
+   et al. 2000, :func:`.linelist.barklem_lines`) but a statistical log gf (``listed_loggf`` at 4
+   eV, ``listed_gf_slope`` per eV); the hydrogen Paschen series (n = 3 -> 10...40, Rydberg
+   wavelengths, Kramers oscillator strengths); and a deterministic pseudo-random forest of weak
+   high-excitation neutral-metal lines (fixed seed) for the many weak lines no list here has.
+   Line-centre opacity relative to the continuum, ``eta0``, comes from Boltzmann excitation and
+   Saha ionisation at the layer, the abundances scaled by [M/H] (and [alpha/M] for O, Mg, Si,
+   Ca, Ti) and one global scale factor. Profiles are Voigt functions (Humlicek 1982 W4) with
+   thermal + microturbulent Doppler width, radiative, van der Waals (per neutral hydrogen, so
+   the wings grow with pressure, hence log g) and, for hydrogen, linear Stark damping from the
+   electron density (Holtsmark field).
 5. **Molecules**: CO, TiO and CN in chemical equilibrium (Guldberg-Waage with approximate
    dissociation constants); TiO gamma/delta and CN red-system bands are red-degraded band-head
    envelopes, not rotational lines. Giants (log g < 3.5) get first-dredge-up [C/M] = -0.2,
@@ -43,7 +49,14 @@ equivalent widths and the mean line depth over 710-885 nm of the 6000 K / log g 
 4750 K / log g 4.5 solar dwarfs come close to BOSZ 2024 at R = 5000 (tests check +-40 % and a
 factor 2); ``HYDROGEN_SCALE`` keeps the Paschen lines of a 6000 K dwarf as weak as BOSZ's;
 ``BAND_SIGMA`` and the giant factor on TiO were set by eye so TiO appears below about 4200 K and
-CN in cool giants, as in M and K stars. None of this was fitted to any other star.
+CN in cool giants, as in M and K stars. Generator version 2 (issue 19.5) was set against the
+three real model spectra that ``benchmarks/grid_vs_real.py`` compares through the PFS red-arm
+chain (BOSZ 2024 6000/4.0 and 4750/4.5, PHOENIX-ACES 3900/4.5; ``results/builtin_grid/``): the
+listed lines' ``listed_loggf``/``listed_gf_slope`` and the forest's size, log gf and excitation
+ranges (fine-structure RMS and mean line depth), ``CA2_COOL_TEFF``/``CA2_COOL_POWER`` (the Ca II
+triplet of the 3900 K dwarf) and the weight of the broad TiO envelope in :mod:`.linelist` (its
+790-883 nm continuum shape). No other star constrains them; the dependence on log g and [M/H] is
+the model's own, untested against real models.
 """
 
 from __future__ import annotations
@@ -66,10 +79,12 @@ from specdenoise.simulate.linelist import (
     ELEMENTS,
     HELIUM,
     MOLECULAR_BANDS,
+    barklem_lines,
+    gf_lines,
 )
 
 #: Bumped whenever the generated spectra change; part of the cache key.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 FLUX_UNIT = "erg s-1 cm-2 nm-1 (surface flux)"
 
@@ -89,9 +104,14 @@ DEFAULT_SETTINGS: dict = {
     "tau_line": 0.5,  # grey optical depth of the line-forming layer
     "forest_lines": 2500,
     "forest_seed": 20250402,
-    "forest_loggf": [-4.45, -1.75],  # log gf range at 4 eV excitation
+    "forest_loggf": [-4.3, -2.0],  # log gf range at 4 eV excitation
     "forest_gf_slope": 0.4,  # d(log gf)/d(chi / eV): high-excitation lines have larger gf
-    "forest_chi_ev": [1.0, 5.5],
+    "forest_chi_ev": [3.5, 5.5],
+    # lines of known position and excitation but no gf (linelist.barklem_lines): log gf at
+    # 4 eV
+    "listed_loggf": -0.1,
+    "listed_gf_slope": 0.55,  # their d(log gf)/d(chi / eV)
+    "listed_lines": True,  # False: no gf_lines/barklem_lines (ATOMIC_LINES, Paschen, forest)
 }
 
 APPROXIMATION = (
@@ -104,11 +124,14 @@ PHYSICS = [
     "scattering opacity; Paschen jump)",
     "real atomic lines (Ca II triplet, Na I, K I, Rb I, O I, N I, C I, Mg I, Al I, Si I, Ca I, "
     "Ti I, Fe I/II, Ni I) with Boltzmann excitation and Saha ionisation",
+    "about 850 lines with gf from VALD (690-740 nm) and GALAH DR3 (758-793 nm); about 200 real "
+    "line positions of Barklem et al. (2000) with a statistical log gf",
+    "Ca II weakened below 4750 K and a broad TiO envelope, both set against PHOENIX-ACES 3900 K",
     "hydrogen Paschen series with linear Stark broadening",
     "Voigt profiles: thermal + microturbulent Doppler, radiative and van der Waals damping",
     "abundances scaled by [M/H]; O, Mg, Si, Ca, Ti also by [alpha/M]",
     "CO/TiO/CN chemical equilibrium; TiO gamma/delta and CN red band envelopes",
-    "deterministic pseudo-random weak neutral-metal line forest",
+    "deterministic pseudo-random forest of weak high-excitation neutral-metal lines",
     "Gaussian broadening to the stated resolution, vacuum wavelengths",
 ]
 
@@ -132,6 +155,12 @@ LINE_SCALE = 0.06
 #: several times stronger than in real A/F stars (their n = 3 population is very
 #: temperature-sensitive and they form deeper, over a wide range of layers).
 HYDROGEN_SCALE = 0.1
+#: Below CA2_COOL_TEFF the Ca II opacity is multiplied by (Teff / CA2_COOL_TEFF)**CA2_COOL_POWER:
+#: the one-layer model keeps the triplet as strong in M dwarfs as in K dwarfs, where real
+#: models weaken it (PHOENIX-ACES 3900 K has 0.55-0.75x the equivalent widths of version 1,
+#: which had no such factor). Set against that one spectrum; see the module docstring.
+CA2_COOL_TEFF = 4750.0
+CA2_COOL_POWER = 4.5
 #: Maximum central depth of a saturated line (the surface source function is not zero).
 DEPTH_MAX = 0.80
 #: Van der Waals widths are multiplied by this (Unsoeld underestimates them; factors 2-3 are
@@ -212,7 +241,9 @@ _EL_U = np.array([ELEMENTS[e][5:8] for e in _EL_NAMES])
 
 @lru_cache(maxsize=8)
 def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
-                loggf_range: tuple, gf_slope: float, chi_range: tuple) -> dict[str, np.ndarray]:
+                loggf_range: tuple, gf_slope: float, chi_range: tuple,
+                listed_loggf: float, listed: bool,
+                listed_slope: float) -> dict[str, np.ndarray]:
     """All lines as arrays: vacuum wavelength (nm), element, stage, chi (eV), log gf, log gamma6,
     hydrogen upper level (0 for metals)."""
     rows = []
@@ -220,6 +251,28 @@ def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
         lam = float(air_to_vacuum(np.array([wair]), "AA")[0]) / 10.0
         rows.append((lam, _EL[el], stage, chi, loggf, DEFAULT_LOG_GAMMA6 if lg6 is None else lg6,
                      0))
+    have = [(r[1], r[0]) for r in rows]  # (element index, vacuum nm) of lines with gf
+
+    def listed_already(el: int, lam: float) -> bool:
+        return any(e == el and abs(w - lam) < 0.005 for e, w in have)
+
+    # lines with their own gf from public lists (VALD 690-740 nm, GALAH 758-793 nm)
+    for el, stage, lam, chi, loggf, lg6 in (gf_lines() if listed else []):
+        if listed_already(_EL[el], lam):
+            continue
+        rows.append((lam, _EL[el], stage, chi, loggf, DEFAULT_LOG_GAMMA6 if lg6 is None else lg6,
+                     0))
+    have = [(r[1], r[0]) for r in rows]
+    # real positions, excitations and damping without gf (Barklem et al. 2000): a statistical
+    # log gf rising with excitation; lines already listed with gf are skipped
+    for el, wair, chi, lg6 in (barklem_lines() if listed else []):
+        lam = float(air_to_vacuum(np.array([wair]), "AA")[0]) / 10.0
+        if listed_already(_EL[el], lam):
+            continue
+        # the slope is a trend of iron-group lines of 1-5.5 eV: not extrapolated to the
+        # high-excitation C, N, O, S lines
+        loggf = listed_loggf + listed_slope * (min(chi, chi_range[1]) - 4.0)
+        rows.append((lam, _EL[el], 0, chi, loggf, lg6, 0))
     # Paschen series: vacuum wavelengths from the Rydberg formula, Kramers f with a mean Gaunt
     # factor 0.85 (f(3->4) comes out 0.93 against the exact 0.84: good to ~10 %).
     for nu in range(10, 41):
@@ -252,7 +305,8 @@ def _line_table(wmin_nm: float, wmax_nm: float, n_forest: int, seed: int,
 def _lines_for(s: Mapping) -> dict[str, np.ndarray]:
     return _line_table(float(s["wave_min_nm"]), float(s["wave_max_nm"]), int(s["forest_lines"]),
                        int(s["forest_seed"]), tuple(s["forest_loggf"]), float(s["forest_gf_slope"]),
-                       tuple(s["forest_chi_ev"]))
+                       tuple(s["forest_chi_ev"]), float(s["listed_loggf"]),
+                       bool(s["listed_lines"]), float(s["listed_gf_slope"]))
 
 
 # ---- the line-forming layer ------------------------------------------------------------------
@@ -417,6 +471,8 @@ def _line_params(lay: Mapping, lines: Mapping, s: Mapping, r_fine: float):
                / (_SQRT_PI * dop_cm))
     eta0 = LINE_SCALE * kappa_l / kappa_c
     eta0[:, lines["nu"] > 0] *= HYDROGEN_SCALE
+    ca2 = (el == _EL["Ca"]) & (stage == 1)
+    eta0[:, ca2] *= np.minimum(1.0, lay["teff"][:, None] / CA2_COOL_TEFF) ** CA2_COOL_POWER
     # damping: radiative (classical x 3) + van der Waals per neutral H
     n_tot = (lay["pg"] - lay["pe"]) / (_K_B * lay["t"])
     n_h0 = (n_tot / lay["n_nuc"] * lay["x_h0"])[:, None]

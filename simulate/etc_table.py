@@ -41,6 +41,7 @@ from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import atmosphere, pfs
 from specdenoise.simulate.noise import BuiltinNoise, broadcast_conditions, etc_variance
+from specdenoise.simulate.progress import iterate
 
 #: condition axes a table can vary over (the names of ``evaluate``'s arguments)
 AXES = ("seeing", "zenith", "field_angle", "moon_zenith", "moon_separation", "moon_phase")
@@ -206,12 +207,14 @@ def _merge(noise: dict | None, snc: dict | None, cond: Mapping, where: str) -> d
     return run
 
 
-def import_etc_runs(paths, conditions: Mapping | None = None) -> list[dict]:
+def import_etc_runs(paths, conditions: Mapping | None = None, progress: bool = False
+                    ) -> list[dict]:
     """Collect ETC runs from files and folders.
 
     Each gsetc parameter file contributes one run (its noise and snc files, looked up next to it
     or among ``paths``); ECSV tables pair by identical conditions; legacy ``.dat`` files without
-    a parameter file take ``conditions`` (one run only).  Returns a list of runs
+    a parameter file take ``conditions`` (one run only); ``progress``: a bar (or a line per
+    tenth of the files in a log file).  Returns a list of runs
     ``{"conditions", "wave", "sky", "variance", "conversion"}``.
     """
     files = _expand(paths)
@@ -221,7 +224,7 @@ def import_etc_runs(paths, conditions: Mapping | None = None) -> list[dict]:
     used: set[Path] = set()
     runs = []
     legacy, ecsv = {}, []
-    for f in files:
+    for f in iterate(files, "etc import", "file", enabled=progress):
         if f.suffix.lower() == ".ecsv":
             ecsv.append(read_ecsv(f) | {"path": f})
             continue

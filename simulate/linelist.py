@@ -1,9 +1,10 @@
 """Atomic and molecular data for the built-in synthetic grid (:mod:`.builtin_grid`).
 
-Everything here is typed in by hand from standard references and rounded: wavelengths to
-0.01 Å, oscillator strengths (log gf) and van der Waals constants to about 0.1 dex. That is
-plenty for a grid that is approximate by design (see the module docstring of ``builtin_grid``)
-and is why nothing here is meant for abundance work.
+The constants and ``ATOMIC_LINES`` are typed in by hand from standard references and rounded:
+wavelengths to 0.01 Å, oscillator strengths (log gf) and van der Waals constants to about
+0.1 dex. That is plenty for a grid that is approximate by design (see the module docstring of
+``builtin_grid``) and is why nothing here is meant for abundance work. The two files in
+``data/`` hold longer line lists (facts only; sources below).
 
 Sources of the numbers, by kind:
 
@@ -14,10 +15,31 @@ Sources of the numbers, by kind:
 - line positions (air), lower-level excitation energies and log gf: NIST / VALD-like values as
   commonly quoted for these well-known lines (Ca II infrared triplet, Na I, K I, O I, Mg I,
   Si I, Ca I, Ti I, Fe I, Al I, N I, Ni I, Rb I);
-- molecular band heads (air, approximate to a few Å): TiO gamma and delta systems, CN red system.
+- molecular band heads (air, approximate to a few Å): TiO gamma and delta systems, CN red system;
+- the weak-line forest's positions (:func:`barklem_lines`): every neutral-atom line of 690-910 nm
+  in the van der Waals table of Barklem, Piskunov & O'Mara (2000, A&AS 142, 467; VizieR
+  J/A+AS/142/467): air wavelengths, lower-level energies and broadening constants, taken (facts
+  only) from ``Barklem_2000.fits`` as distributed in the public repository
+  ``github.com/iaescala/moog2turbo`` (commit 813584f) into
+  ``data/barklem2000_neutral_690_910nm.csv``.
+  That table has no oscillator strengths: the grid gives those lines a statistical log gf
+  (see ``builtin_grid``);
+- lines with their own log gf where a public list was available offline (:func:`gf_lines`,
+  ``data/gf_lines_690_793nm.csv``): 690-740 nm from the VALD line list (February 2015;
+  Ryabchikova et al. 2015, Phys. Scr. 90, 054005) as distributed per element in the public
+  repository ``github.com/MingjieJian/pymoog`` (commit fd6665f), 758.5-792.7 nm from the GALAH
+  DR3 master line list v5.2 (Buder et al. 2021, MNRAS 506, 150) as packaged in
+  ``github.com/ajwheeler/Korg.jl`` (commit 740343f). The file's header gives the selection.
 """
 
 from __future__ import annotations
+
+import csv
+from functools import lru_cache
+from pathlib import Path
+
+#: The data files of this package (facts only, each with its source in its header).
+DATA_DIR = Path(__file__).parent / "data"
 
 #: element -> (atomic mass in u, solar log eps, alpha element?, first and second ionisation
 #: energies in eV, partition functions U of the neutral, singly and doubly ionised stage)
@@ -37,6 +59,9 @@ ELEMENTS: dict[str, tuple[float, float, bool, float, float, float, float, float]
     "Fe": (55.845, 7.50, False, 7.902, 16.199, 25.0, 40.0, 25.0),
     "Ni": (58.693, 6.22, False, 7.640, 18.169, 28.0, 9.0, 1.0),
     "Rb": (85.468, 2.52, False, 4.177, 27.29, 2.0, 1.0, 1.0),
+    "S": (32.06, 7.12, True, 10.360, 23.338, 8.8, 4.0, 9.0),
+    "V": (50.942, 3.93, False, 6.746, 14.66, 40.0, 30.0, 25.0),
+    "Co": (58.933, 4.99, False, 7.881, 17.084, 30.0, 25.0, 20.0),
 }
 
 #: Helium by number relative to hydrogen (not scaled with [M/H]).
@@ -152,6 +177,11 @@ MOLECULAR_BANDS: dict[str, list[tuple[float, float, float]]] = {
         (8442.0, 0.30, 50.0),
         (8452.0, 0.25, 50.0),
         (8859.0, 0.30, 120.0),
+        # the overlapping gamma/gamma' sequences and their rotational lines blanket the whole red
+        # of M dwarfs: one broad envelope from the gamma head. Its weight was set so that the
+        # 3900 K / log g 4.5 dwarf's continuum shape over 790-883 nm matches PHOENIX-ACES
+        # (benchmarks/grid_vs_real.py); it is not a band of its own.
+        (7054.0, 15.0, 1500.0),
     ],
     # CN red system (A-X), Delta v = +2 and +3 sequences
     "CN": [
@@ -165,3 +195,29 @@ MOLECULAR_BANDS: dict[str, list[tuple[float, float, float]]] = {
 
 #: Molecular dissociation energies D0 in eV (Huber & Herzberg 1979, rounded).
 DISSOCIATION_EV = {"TiO": 6.87, "CN": 7.76, "CO": 11.09}
+
+
+@lru_cache(maxsize=1)
+def barklem_lines() -> list[tuple[str, float, float, float]]:
+    """Neutral-atom lines of 690-910 nm: (element, air wavelength Å, lower-level excitation eV,
+    log10 van der Waals FWHM per H atom at 10^4 K in rad s^-1 cm^3), from the package's
+    ``data/barklem2000_neutral_690_910nm.csv`` (source in the module docstring)."""
+    with open(DATA_DIR / "barklem2000_neutral_690_910nm.csv", newline="") as fh:
+        rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+        return [(r["element"], float(r["lambda_air_A"]), float(r["chi_eV"]),
+                 float(r["log_gamma6"])) for r in rows]
+
+
+@lru_cache(maxsize=1)
+def gf_lines() -> list[tuple[str, int, float, float, float, float | None]]:
+    """Lines with their own log gf: (element, stage 0/1, vacuum wavelength nm, lower-level
+    excitation eV, log gf, log10 van der Waals width per H atom at 10^4 K or None), from the
+    package's ``data/gf_lines_690_793nm.csv`` (sources in the module docstring)."""
+    with open(DATA_DIR / "gf_lines_690_793nm.csv", newline="") as fh:
+        rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+        out = []
+        for r in rows:
+            lg6 = float(r["log_gamma6"])
+            out.append((r["element"], int(r["stage"]), float(r["lambda_vac_nm"]),
+                        float(r["chi_eV"]), float(r["loggf"]), None if lg6 < -50 else lg6))
+        return out

@@ -3,9 +3,12 @@
 A live bar redraws itself with carriage returns; written to a file (a batch job's log, ``tee``)
 every redraw stays in it (206 of them made 17 KB of a 20 KB log). So :func:`bar` draws a tqdm
 bar only where someone watches -- a terminal or a Jupyter kernel -- and otherwise prints one
-line per tenth of the work::
+time-stamped line (local time, :func:`stamp`) per tenth of the work::
 
-    simulate: 30 % (900/3000 spec, 12 s, 75 spec/s)
+    simulate: 30 % (900/3000 spec, 12 s, 75 spec/s) [2026-12-06 06:30:12]
+
+The lines go to standard output, beside the command's other log lines, so that standard error
+holds nothing but a failure's one-line message; a live bar draws on standard error.
 
 ``enabled``: False draws nothing; True draws the live bar or the lines; None draws the live
 bar on a terminal and nothing elsewhere (for stages that log their own progress).
@@ -17,6 +20,14 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
+
+#: the time stamp closing every progress and log line written to a file (local time)
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def stamp() -> str:
+    """The time stamp of a log line: ``[2026-12-06 06:30:12]`` (local time)."""
+    return time.strftime(f"[{TIME_FORMAT}]")
 
 
 def is_live(stream=None) -> bool:
@@ -36,7 +47,7 @@ class LineProgress:
     def __init__(self, total: int | None, desc: str, unit: str, stream=None, step: float = 0.1,
                  disable: bool = False):
         self.total, self.desc, self.unit = total, desc, unit
-        self.stream = sys.stderr if stream is None else stream
+        self.stream = sys.stdout if stream is None else stream
         self.step = step
         self.disable = disable
         self.n = 0
@@ -70,7 +81,7 @@ class LineProgress:
         of = f"/{self.total}" if self.total else ""
         extra = f", {self._postfix}" if self._postfix else ""
         print(f"{self.desc}: {pct}({self.n}{of} {self.unit}, {elapsed:.0f} s, {rate:.3g} "
-              f"{self.unit}/s{extra})", file=self.stream, flush=True)
+              f"{self.unit}/s{extra}) {stamp()}", file=self.stream, flush=True)
 
     def close(self) -> None:
         """Report a last line when the work stopped between two tenths (or had no total)."""

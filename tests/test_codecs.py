@@ -208,7 +208,7 @@ def test_denoise_cli_refuses_a_corrupt_chunk_and_leaves_nothing(run, new_store, 
     bad = damaged_copy(new_store, tmp_path, "flux", 2, how)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = _cli(["denoise", "--model", str(run[0]), "--data", str(bad), "--out",
+    proc = _cli(["denoise", "--run", str(run[0]), "--data", str(bad), "--out",
                  str(out_dir / "den.zarr"), "--device", "cpu"])
     _one_line_error(proc, r"^specdenoise denoise: error: corrupt chunk 2 of flux in ")
     assert list(out_dir.iterdir()) == [], "a (hidden) temporary store was left behind"
@@ -240,7 +240,7 @@ def test_older_store_truncated_chunk_is_refused_not_decoded(run, new_store,  # n
     with pytest.raises(SpecdenoiseError, match=rf"^corrupt chunk 1 of flux in {old}"):
         schema.open_dataset(old)
     out = tmp_path / "den.zarr"
-    proc = _cli(["denoise", "--model", str(run[0]), "--data", str(old), "--out", str(out),
+    proc = _cli(["denoise", "--run", str(run[0]), "--data", str(old), "--out", str(out),
                  "--device", "cpu"])
     _one_line_error(proc, r"corrupt chunk 1 of flux in ")
     assert not any(tmp_path.glob(".den.zarr*"))

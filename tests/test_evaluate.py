@@ -8,6 +8,7 @@ grid whose spectra depend on every parameter (where the template fit must find t
 from __future__ import annotations
 
 import csv
+import os
 import re
 
 import numpy as np
@@ -151,7 +152,7 @@ def tiny_run(smooth, tmp_path_factory):
     from specdenoise.train import loop
 
     out = tmp_path_factory.mktemp("run") / "unet"
-    cfg = loop.make_config(smooth[0], None, out, model="unet", preset="quick",
+    cfg = loop.make_config(smooth[0], None, out, model="unet", preset="tiny",
                            model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=20,
                            workers=0, device="cpu", seed=0, shuffle_buffer=0)
     loop.train(cfg, progress=False)
@@ -296,7 +297,7 @@ def test_template_fit_recovers_parameters(simulated):
 
 def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    status = cli.main(["evaluate", "--model", str(tiny_run), "--data", str(simulated["val"]),
+    status = cli.main(["evaluate", "--run", str(tiny_run), "--data", str(simulated["val"]),
                        "--train", str(simulated["train"]), "--out", str(out),
                        "--baselines", "none,gaussian,pca,template", "--template-n", "2",
                        "--pca-k", "4", "--bins", "3", "--bins", "snr=0,60,120,400"])
@@ -318,12 +319,27 @@ def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert len(figures) == 4 and all((out / f).is_file() for f in figures)
     assert "figures/error_vs_snr.png" in figures
-    for text in ("How to read", "template", "unet", "spectra / s", str(simulated["val"]),
+    # paths relative to the work folder (the one holding EVAL_DIR), none of this machine's
+    assert str(simulated["val"]) not in md
+    for text in ("How to read", "template", "unet", "spectra / s",
+                 os.path.relpath(simulated["val"], out.parent),
                  "Which denoiser is best", "Best overall: **", "median over its pixels",
                  "x template (2 spectra)", "ran on the first 2 of the 12 spectra"):
         assert text in md, text
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "<table>" in page
+    # parameters recovered by the template fit from the noisy input and from the denoised
+    # spectra, on the template's 2 spectra, against the truth
+    with open(out / "parameters.csv") as fh:
+        params = list(csv.DictReader(fh))
+    assert [(r["source"], int(float(r["spectrum"]))) for r in params] == [
+        ("noisy input", 0), ("noisy input", 1), ("unet denoised", 0), ("unet denoised", 1)]
+    truth = schema.open_dataset(simulated["val"])["teff"].values[:2]
+    np.testing.assert_allclose([float(r["teff_true"]) for r in params[:2]], truth, rtol=1e-6)
+    np.testing.assert_allclose([float(r["teff_fit"]) for r in params[:2]],
+                               cube["template_teff"].values[:2], rtol=1e-5)
+    assert "## Stellar parameters recovered by the template fit" in md
+    assert md.index("## Warnings") < md.index("## Which denoiser is best")
     # the terminal ends with the comparison table: every method and the template fit
     tail = printed[printed.index("report:"):]
     assert "S/N 0-60" in tail and "x template (2 spectra)" in tail and "Best overall:" in tail
@@ -336,7 +352,7 @@ def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "{tmp}/no-such-run", "--data", "{val}"], "no checkpoint at"),
+    (["--run", "{tmp}/no-such-run", "--data", "{val}"], "no checkpoint at"),
     (["--data", "{tmp}/missing.zarr", "--baselines", "none"], "does not exist"),
     (["--data", "{val}", "--baselines", "pca"], "needs a training set"),
     (["--data", "{val}", "--baselines", "none,wiener"], "unknown baseline 'wiener'"),
@@ -396,3 +412,26 @@ def test_comparison_numbers_match_numpy(smooth, tmp_path):
     text = report.terminal_summary(cube, tree)
     assert "median over its pixels" in text and f"Best overall: {best}," in text
     assert "**" not in text
+
+
+def test_report_shows_a_second_set_beside_the_first(smooth, tmp_path):
+    """``run --preset best`` evaluates the wide-S/N set too and rewrites the main report with
+    it beside the default set (report.rewrite_with_companions): the same folder, one more
+    section, the warnings and answer of the second set in it."""
+    from specdenoise.evaluate import report
+    from specdenoise.stage_evaluate import evaluate
+
+    main, wide = tmp_path / "evaluation", tmp_path / "evaluation-wide"
+    for folder, data in ((main, smooth[1]), (wide, smooth[0])):
+        evaluate([], data, folder, baselines=["none", "gaussian"], progress=False,
+                 log=lambda *a: None)
+    before = (main / "report.md").read_text()
+    md, page = report.rewrite_with_companions(main, {"Wide-S/N validation set": wide})
+    text = md.read_text()
+    assert "## Wide-S/N validation set" not in before
+    sec = text[text.index("## Wide-S/N validation set"):]
+    assert str(smooth[0]) in sec and "(60 spectra)" in sec and "Best overall: **gaussian**" in sec
+    # the rest of the report is unchanged: its figures still linked, its warnings first
+    assert text.index("## Warnings") < text.index("## Which denoiser is best")
+    assert len(re.findall(r"\]\((figures/[^)]+\.png)\)", text)) == 4
+    assert "Wide-S/N validation set" in page.read_text()

@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"pipeline": "specdenoise", "simulate": "specdenoise.simulate",
            "train": "specdenoise.train", "evaluate": "specdenoise.evaluate",
            "cluster": "specdenoise.cluster"}
-#: (``codecs``: the Zarr codecs every store kind is written with, and their error messages)
+#: (``codecs``: the Zarr codecs every store kind is written with, and their error messages;
+#: ``metrics``: the definitions of what is measured, read by training and evaluation alike)
 CONTRACTS = {"specdenoise", "specdenoise.errors", "specdenoise.stores", "specdenoise.schema",
+             "specdenoise.metrics",
              "specdenoise.codecs"}
 #: third-party packages physics must not import (parallelism and deep learning live elsewhere)
 NOT_IN_PHYSICS = {"dask", "distributed", "dask_jobqueue", "torch"}

@@ -36,8 +36,8 @@ from specdenoise.simulate.grids import open_grid
 
 pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
 
-TINY = ["--preset", "quick", "--model-cfg", '{"depth": 2, "filters": 4}', "--batch-size", "8",
-        "--workers", "0", "--device", "cpu"]
+TINY = ["--preset", "tiny", "--model-cfg", '{"depth": 2, "filters": 4}', "--batch-size", "8",
+        "--loader-workers", "0", "--device", "cpu"]
 NOWHERE = Path("/proc/specdenoise-no-such-folder")  # not creatable, not even by root
 
 
@@ -96,19 +96,19 @@ def test_overwrite_refuses_a_store_marked_right_but_holding_more(small_grid, tmp
 def test_denoise_never_replaces_its_input(run, tmp_path, capsys):  # noqa: F811
     data = make_dataset(tmp_path / "x.zarr", n=8, chunk=4)
     for out in (data, tmp_path):
-        status, err = run_cli(capsys, "denoise", "--model", run[0], "--data", data, "--out",
+        status, err = run_cli(capsys, "denoise", "--run", run[0], "--data", data, "--out",
                               out, "--overwrite", "--device", "cpu")
         assert status == 2 and "input" in err
     ds = schema.open_dataset(data)
     assert {"flux", "flux_clean", "sigma"} <= set(ds)
     # a denoised store is replaced with --overwrite, a dataset is not
     out = tmp_path / "d.zarr"
-    assert run_cli(capsys, "denoise", "--model", run[0], "--data", data, "--out", out,
+    assert run_cli(capsys, "denoise", "--run", run[0], "--data", data, "--out", out,
                    "--device", "cpu")[0] == 0
-    assert run_cli(capsys, "denoise", "--model", run[0], "--data", data, "--out", out,
+    assert run_cli(capsys, "denoise", "--run", run[0], "--data", data, "--out", out,
                    "--overwrite", "--device", "cpu")[0] == 0
     other = make_dataset(tmp_path / "other.zarr", n=8, chunk=4)
-    status, err = run_cli(capsys, "denoise", "--model", run[0], "--data", data, "--out", other,
+    status, err = run_cli(capsys, "denoise", "--run", run[0], "--data", data, "--out", other,
                           "--overwrite", "--device", "cpu")
     assert status == 2 and "dataset" in err and schema.open_dataset(other)
 
@@ -215,7 +215,7 @@ def test_evaluate_and_denoise_refuse_missing_chunks(run, tmp_path, capsys, var, 
                           tmp_path / "eval")
     assert status == 2 and var in err and "missing" in err
     if var != "flux_clean":  # denoise reads flux and the coordinates only
-        status, err = run_cli(capsys, "denoise", "--model", run[0], "--data", data, "--out",
+        status, err = run_cli(capsys, "denoise", "--run", run[0], "--data", data, "--out",
                               tmp_path / "d.zarr", "--device", "cpu")
         assert status == 2 and var in err and "missing" in err
 
@@ -355,7 +355,7 @@ def test_unwritable_outputs_are_one_line_in_every_stage(run, small_grid, tmp_pat
                  ["etc", "--mag", "22", "--out", NOWHERE / "e.npz"],
                  ["etc", "import", runs, "--out", NOWHERE / "t.zarr"],
                  ["train", "--data", data, "--out", NOWHERE / "run", "--epochs", "1", *TINY],
-                 ["denoise", "--model", run[0], "--data", data, "--out", NOWHERE / "x.zarr"],
+                 ["denoise", "--run", run[0], "--data", data, "--out", NOWHERE / "x.zarr"],
                  ["evaluate", "--data", data, "--baselines", "none", "--out", NOWHERE / "e"]):
         status, err = run_cli(capsys, *argv)
         assert status == 2 and str(NOWHERE) in err, argv
@@ -381,7 +381,7 @@ def test_bad_execution_options_are_one_line(small_grid, tmp_path, capsys):
 def test_denoise_spectrum_into_a_missing_folder_is_one_line(run, tmp_path, capsys):  # noqa: F811
     spec = tmp_path / "s.csv"
     np.savetxt(spec, np.full(4096, 0.5))
-    status, err = run_cli(capsys, "denoise", "--model", run[0], "--spectrum", spec, "--out",
+    status, err = run_cli(capsys, "denoise", "--run", run[0], "--spectrum", spec, "--out",
                           tmp_path / "missing_dir" / "x.csv", "--device", "cpu")
     assert status == 2 and "missing_dir" in err
 
@@ -425,7 +425,7 @@ def test_validation_on_another_wavelength_grid(run, tmp_path, capsys):  # noqa: 
     status, err = run_cli(capsys, "train", "--data", data, "--val", val, "--out",
                           tmp_path / "run", "--epochs", "1", *TINY)
     assert status == 2 and "another wavelength grid" in err and "740.0000" in err
-    status, err = run_cli(capsys, "evaluate", "--model", run[0], "--data", val, "--baselines",
+    status, err = run_cli(capsys, "evaluate", "--run", run[0], "--data", val, "--baselines",
                           "none", "--out", tmp_path / "eval", "--device", "cpu")
     assert status == 2 and "740.0000" in err and "710.0000" in err
 
@@ -438,7 +438,7 @@ def test_denoise_spectrum_refuses_what_cannot_be_a_spectrum(run, tmp_path, capsy
                                                             make, message):
     spec = tmp_path / "s.csv"
     make(spec)
-    status, err = run_cli(capsys, "denoise", "--model", run[0], "--spectrum", spec, "--out",
+    status, err = run_cli(capsys, "denoise", "--run", run[0], "--spectrum", spec, "--out",
                           tmp_path / "o.csv", "--device", "cpu")
     assert status == 2 and message in err and not (tmp_path / "o.csv").exists()
 
@@ -448,7 +448,7 @@ def test_denoise_spectrum_refuses_an_image(run, tmp_path, capsys):  # noqa: F811
 
     image = tmp_path / "img.fits"
     fits.PrimaryHDU(np.full((4096, 4096), 100, np.uint8)).writeto(image)
-    status, err = run_cli(capsys, "denoise", "--model", run[0], "--spectrum", image, "--out",
+    status, err = run_cli(capsys, "denoise", "--run", run[0], "--spectrum", image, "--out",
                           tmp_path / "o.csv", "--device", "cpu")
     assert status == 2 and "image" in err
 
@@ -462,7 +462,7 @@ def test_denoise_spectrum_out_needs_overwrite_and_never_follows_a_link(run, tmp_
     victim = tmp_path / "victim.txt"
     victim.write_text("not yours")
     (tmp_path / ".o.csv.tmp").symlink_to(victim)  # the old fixed temporary name
-    argv = ["denoise", "--model", run[0], "--spectrum", spec, "--out", out, "--device", "cpu"]
+    argv = ["denoise", "--run", run[0], "--spectrum", spec, "--out", out, "--device", "cpu"]
     status, err = run_cli(capsys, *argv)
     assert status == 2 and "--overwrite" in err and out.read_text() == "keep"
     assert run_cli(capsys, *argv, "--overwrite")[0] == 0
@@ -486,9 +486,9 @@ def test_resume_with_other_loader_workers_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(capsys, "train", "--data", data, "--out", out, "--epochs", "1", *TINY)[0] == 0
     resume = ["train", "--data", data, "--out", out, "--epochs", "2", "--resume"]
-    status, err = run_cli(capsys, *resume, "--workers", "2")
+    status, err = run_cli(capsys, *resume, "--loader-workers", "2")
     assert status == 2 and "workers = 0, not 2" in err
-    assert run_cli(capsys, *resume, "--workers", "0")[0] == 0
+    assert run_cli(capsys, *resume, "--loader-workers", "0")[0] == 0
 
 
 # --------------------------------------------------------------------------- case 14

@@ -25,9 +25,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "specdenoise.cli", "train", "--data", str(train), "--val", str(val),
-           "--out", str(out), "--model", "unet", "--model-cfg", '{"depth": 2, "filters": 4}',
-           "--preset", "quick", "--epochs", "2",
-           "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+           "--out", str(out), "--arch", "unet", "--model-cfg", '{"depth": 2, "filters": 4}',
+           "--preset", "tiny", "--epochs", "2",
+           "--batch-size", "8", "--loader-workers", "0", "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "metrics.csv") as f:

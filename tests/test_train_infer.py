@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognize
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("infer")
     data = make_dataset(d / "data.zarr", n=20, chunk=8)
-    cfg = loop.make_config(data, None, d / "run", model="unet", preset="quick",
+    cfg = loop.make_config(data, None, d / "run", model="unet", preset="tiny",
                            model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=10,
                            workers=0, device="cpu")
     n = torch.get_num_threads()
@@ -52,7 +52,7 @@ def test_denoise_array_is_scale_free(run):
 
 def test_denoise_dataset_keeps_coordinates(run, tmp_path, capsys):
     out = tmp_path / "den.zarr"
-    assert cli.main(["denoise", "--model", str(run[0]), "--data", str(run[1]), "--out",
+    assert cli.main(["denoise", "--run", str(run[0]), "--data", str(run[1]), "--out",
                      str(out), "--batch-size", "6", "--device", "cpu"]) == 0
     src, den = xr.open_zarr(run[1]), xr.open_zarr(out)
     assert den.attrs["complete"] and den.attrs["specdenoise_kind"] == infer.DENOISED_KIND
@@ -64,7 +64,7 @@ def test_denoise_dataset_keeps_coordinates(run, tmp_path, capsys):
     np.testing.assert_allclose(den[infer.DENOISED_VAR].values[9:12],
                                infer.denoise_array(model, src["flux"].values[9:12]), rtol=1e-6)
     assert not list(tmp_path.glob(".den.zarr.tmp*"))
-    assert cli.main(["denoise", "--model", str(run[0]), "--data", str(run[1]), "--out",
+    assert cli.main(["denoise", "--run", str(run[0]), "--data", str(run[1]), "--out",
                      str(out)]) == 2
     assert "exists" in capsys.readouterr().err
 
@@ -85,7 +85,7 @@ def test_denoise_spectrum_files(run, tmp_path, capsys):
     fits.PrimaryHDU(flux).writeto(img_in)
     for src in (csv_in, fits_in, img_in):
         out = tmp_path / f"{src.stem}{src.suffix[1:]}_out.csv"
-        assert cli.main(["denoise", "--model", str(run[0]), "--spectrum", str(src), "--out",
+        assert cli.main(["denoise", "--run", str(run[0]), "--spectrum", str(src), "--out",
                          str(out)]) == 0
         table = np.genfromtxt(out, delimiter=",", names=True)
         np.testing.assert_allclose(table["wave"], WAVE, atol=1e-6)
@@ -93,16 +93,16 @@ def test_denoise_spectrum_files(run, tmp_path, capsys):
 
     short = tmp_path / "short.csv"
     np.savetxt(short, flux[:1000])
-    assert cli.main(["denoise", "--model", str(run[0]), "--spectrum", str(short), "--out",
+    assert cli.main(["denoise", "--run", str(run[0]), "--spectrum", str(short), "--out",
                      str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "has 1000 pixels; the model expects 4096" in err and "\n" not in err
     shifted = tmp_path / "air.csv"
     np.savetxt(shifted, np.c_[WAVE - 0.2, flux], delimiter=",")
-    assert cli.main(["denoise", "--model", str(run[0]), "--spectrum", str(shifted), "--out",
+    assert cli.main(["denoise", "--run", str(run[0]), "--spectrum", str(shifted), "--out",
                      str(tmp_path / "o.csv")]) == 2
     assert "wavelengths differ" in capsys.readouterr().err
-    assert cli.main(["denoise", "--model", str(tmp_path), "--spectrum", str(csv_in), "--out",
+    assert cli.main(["denoise", "--run", str(tmp_path), "--spectrum", str(csv_in), "--out",
                      str(tmp_path / "o.csv")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
@@ -119,7 +119,7 @@ def sigma_run(tmp_path_factory):
     """A tiny U-Net that takes sigma as a second input channel."""
     d = tmp_path_factory.mktemp("infer_sigma")
     data = make_dataset(d / "data.zarr", n=12, chunk=6)
-    cfg = loop.make_config(data, None, d / "run", model="unet", preset="quick",
+    cfg = loop.make_config(data, None, d / "run", model="unet", preset="tiny",
                            model_cfg={"depth": 2, "filters": 4, "in_channels": 2}, epochs=1,
                            batch_size=6, workers=0, device="cpu")
     loop.train(cfg)
@@ -150,7 +150,7 @@ def test_spectrum_files_carry_their_noise_to_a_sigma_model(sigma_run, tmp_path, 
                                    fits.Column("IVAR", "D", array=ivar)]).writeto(fits_in)
     for src in [*(tmp_path / n for n in files), fits_in]:
         out = tmp_path / f"{src.stem}_{src.suffix[1:]}_out.csv"
-        assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(src),
+        assert cli.main(["denoise", "--run", str(sigma_run[0]), "--spectrum", str(src),
                          "--out", str(out)]) == 0, src
         table = np.genfromtxt(out, delimiter=",", names=True)
         np.testing.assert_allclose(table["flux_denoised"], expected, rtol=1e-4, atol=1e-6,
@@ -161,10 +161,10 @@ def test_spectrum_files_carry_their_noise_to_a_sigma_model(sigma_run, tmp_path, 
     ivar0[100:110] = 0
     dead = tmp_path / "dead.csv"
     np.savetxt(dead, np.c_[flux, ivar0], delimiter=",", header="flux,ivar", comments="")
-    assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(dead),
+    assert cli.main(["denoise", "--run", str(sigma_run[0]), "--spectrum", str(dead),
                      "--out", str(tmp_path / "dead_out.csv")]) == 0
     np.savetxt(dead, np.c_[flux, 0 * ivar], delimiter=",", header="flux,ivar", comments="")
-    assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(dead),
+    assert cli.main(["denoise", "--run", str(sigma_run[0]), "--spectrum", str(dead),
                      "--out", str(tmp_path / "dead_out2.csv")]) == 2
     assert "no pixel with a usable ivar" in capsys.readouterr().err
     assert not (tmp_path / "dead_out2.csv").exists()
@@ -172,7 +172,7 @@ def test_spectrum_files_carry_their_noise_to_a_sigma_model(sigma_run, tmp_path, 
     # no noise in the file: one clear message, no output
     nonoise = tmp_path / "nonoise.csv"
     np.savetxt(nonoise, np.c_[WAVE, flux], delimiter=",", header="wave,flux", comments="")
-    assert cli.main(["denoise", "--model", str(sigma_run[0]), "--spectrum", str(nonoise),
+    assert cli.main(["denoise", "--run", str(sigma_run[0]), "--spectrum", str(nonoise),
                      "--out", str(tmp_path / "n_out.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "has none: add a 'sigma'" in err and "\n" not in err

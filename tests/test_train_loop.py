@@ -31,7 +31,7 @@ def tiny_config(datasets, out, **kw):
     opts.update(kw)
     model = opts.pop("model", "unet")
     model_cfg = opts.pop("model_cfg", TINY_UNET if model == "unet" else {"widths": [64, 16]})
-    return loop.make_config(datasets[0], datasets[1], out, model=model, preset="quick",
+    return loop.make_config(datasets[0], datasets[1], out, model=model, preset="tiny",
                             model_cfg=model_cfg, **opts)
 
 
@@ -82,13 +82,14 @@ def test_dae_with_device_noise_and_chi2(datasets, tmp_path):
 
 
 def test_presets_and_schedules(tmp_path):
-    paper = loop.make_config("a", "b", tmp_path)
+    paper = loop.make_config("a", "b", tmp_path, preset="paper")
+    assert loop.make_config("a", "b", tmp_path).preset == "quick"  # what a user starts with
     assert (paper.optimizer, paper.lr, paper.batch_size, paper.epochs, paper.loss) == (
         "sgd", 0.1, 100, 50, "mse")
     assert loop.lr_at(paper, 19) == pytest.approx(0.1)
     assert loop.lr_at(paper, 20) == pytest.approx(0.01)
     assert loop.lr_at(paper, 49) == pytest.approx(0.01)
-    quick = loop.make_config("a", "b", tmp_path, preset="quick", epochs=4)
+    quick = loop.make_config("a", "b", tmp_path, preset="tiny", epochs=4)
     assert quick.optimizer == "adamw" and loop.lr_at(quick, 0) == quick.lr
     assert loop.lr_at(quick, 2) == pytest.approx(quick.lr / 2)
     with pytest.raises(SpecdenoiseError, match="unknown loss"):
@@ -98,9 +99,9 @@ def test_presets_and_schedules(tmp_path):
 def test_cli_train_and_errors(datasets, tmp_path, capsys):
     train, val = datasets
     out = tmp_path / "cli"
-    args = ["train", "--data", str(train), "--val", str(val), "--model", "unet", "--preset",
-            "quick", "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0",
-            "--device", "cpu", "--model-cfg", '{"depth": 2, "filters": 4}']
+    args = ["train", "--data", str(train), "--val", str(val), "--arch", "unet", "--preset",
+            "tiny", "--out", str(out), "--epochs", "1", "--batch-size", "8",
+            "--loader-workers", "0", "--device", "cpu", "--model-cfg", '{"depth": 2, "filters": 4}']
     assert cli.main(args) == 0
     assert "validation mean |R|" in capsys.readouterr().out
     # the same --out again without --resume
@@ -114,10 +115,10 @@ def test_cli_train_and_errors(datasets, tmp_path, capsys):
     # a dataset with NaNs fails with one line, even from a DataLoader worker
     bad = make_dataset(tmp_path / "nan.zarr", n=16, chunk=8, nan_at=11)
     assert cli.main(["train", "--data", str(bad), "--out", str(tmp_path / "nan"), "--preset",
-                     "quick", "--workers", "1", "--device", "cpu", "--model-cfg", "[3]"]) == 2
+                     "tiny", "--loader-workers", "1", "--device", "cpu", "--model-cfg", "[3]"]) == 2
     assert "--model-cfg must be a JSON object" in capsys.readouterr().err
     assert cli.main(["train", "--data", str(bad), "--out", str(tmp_path / "nan"), "--preset",
-                     "quick", "--workers", "1", "--device", "cpu"]) == 2
+                     "tiny", "--loader-workers", "1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "NaN" in err and "spectrum 11" in err
     # missing variable / wrong wavelength length

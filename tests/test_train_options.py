@@ -126,7 +126,7 @@ def test_learning_curve_figure_and_best_preset_cli(datasets, tmp_path, capsys):
     status = cli.main(["train", "--data", str(train), "--val", str(val), "--preset", "best",
                        "--model-cfg", '{"depth": 2, "filters": 4, "kernel_size": 3}',
                        "--epochs", "2", "--epoch-size", "16", "--batch-size", "8",
-                       "--workers", "0", "--device", "cpu", "--out", str(out)])
+                       "--loader-workers", "0", "--device", "cpu", "--out", str(out)])
     assert status == 0
     png = out / "learning_curve.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -43,7 +43,7 @@ def tiny_config(datasets, out, **kw):
     opts = {"epochs": 2, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3,
             "shuffle_buffer": 16, "model_cfg": TINY}
     opts.update(kw)
-    return loop.make_config(datasets[0], datasets[1], out, model="physics", preset="quick",
+    return loop.make_config(datasets[0], datasets[1], out, model="physics", preset="tiny",
                             **opts)
 
 
@@ -167,7 +167,7 @@ def test_training_resume_and_inference(datasets, tmp_path):
     want = tdata.read_params(tdata.inspect_store(datasets[0]), DEFAULT_PARAMS)
     assert spec["param_loc"] == pytest.approx(want.mean(axis=0).tolist(), rel=1e-6)
     # specdenoise denoise: the whole validation store through the command line
-    assert cli.main(["denoise", "--model", str(tmp_path / "straight"), "--data",
+    assert cli.main(["denoise", "--run", str(tmp_path / "straight"), "--data",
                      str(datasets[1]), "--out", str(tmp_path / "den.zarr")]) == 0
     import xarray as xr
 
@@ -192,7 +192,7 @@ def test_staged_training_starts_from_a_fit(datasets, tmp_path):
     loop.train(tiny_config(datasets, tmp_path / "fit", epochs=1, model_cfg=fit_cfg))
     fit = read_checkpoint(tmp_path / "fit")["model"]
     assert not any(k.startswith("unet.") for k in fit["state"])
-    # the quick preset's encoder and emulator give way to the fit's (its weights define them)
+    # the tiny preset's encoder and emulator give way to the fit's (its weights define them)
     loop.train(tiny_config(datasets, tmp_path / "full", epochs=1, weight_decay=0.0,
                            model_cfg={"unet": TINY["unet"], "param_weight": 0.0,
                                       "emulator_weight": 0.0},
@@ -209,7 +209,7 @@ def test_staged_training_starts_from_a_fit(datasets, tmp_path):
     assert any(k.startswith("unet.") for k in full["state"])
     with pytest.raises(SpecdenoiseError, match="only from another physics run"):
         loop.train(loop.make_config(datasets[0], None, tmp_path / "y", model="dae",
-                                    preset="quick", device="cpu", workers=0,
+                                    preset="tiny", device="cpu", workers=0,
                                     init_from=str(tmp_path / "fit")))
 
 
@@ -219,10 +219,10 @@ def test_bad_settings_end_in_one_line(datasets, tmp_path, capsys):
     old = make_dataset(tmp_path / "old.zarr", n=16, chunk=8)  # logg ... never written: NaN
     with pytest.raises(SpecdenoiseError, match="logg is NaN or infinite at spectrum 0"):
         loop.train(loop.make_config(old, None, tmp_path / "nan", model="physics",
-                                    preset="quick", device="cpu", workers=0, model_cfg=TINY))
+                                    preset="tiny", device="cpu", workers=0, model_cfg=TINY))
     status = cli.main(["train", "--data", str(datasets[0]), "--out", str(tmp_path / "cli"),
-                       "--model", "physics", "--preset", "quick", "--model-cfg",
-                       '{"params": ["teff", "vsini"]}', "--workers", "0", "--device", "cpu"])
+                       "--arch", "physics", "--preset", "tiny", "--model-cfg",
+                       '{"params": ["teff", "vsini"]}', "--loader-workers", "0", "--device", "cpu"])
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vsini" in err[0]
@@ -250,6 +250,6 @@ def test_second_grid_guard_run(datasets, tmp_path):
     # simulation refuses to sharpen): observe with the narrowest LSF it accepts
     assert cli.main([*argv, "--set", "observe.lsf_fwhm_pix=[3.6,4.4]"]) == 0
     loop.train(tiny_config(datasets, tmp_path / "run", epochs=1))
-    assert cli.main(["evaluate", "--model", str(tmp_path / "run"), "--data",
+    assert cli.main(["evaluate", "--run", str(tmp_path / "run"), "--data",
                      str(tmp_path / "bosz.zarr"), "--out", str(tmp_path / "eval"),
                      "--baselines", "none"]) == 0

@@ -12,6 +12,7 @@ weights_only=True)``:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -41,7 +42,24 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION,
              "package_version": __version__, **state}
-    return stores.write_file(path, lambda tmp: torch.save(state, tmp), overwrite=True)
+    return stores.write_file(path, lambda tmp: _save(state, tmp), overwrite=True)
+
+
+def _save(state: dict, tmp: Path) -> None:
+    """``torch.save``, whose failure to write (a full disk, a quota) is a RuntimeError naming
+    a position in its zip writer: one line instead, the last checkpoint kept."""
+    try:
+        torch.save(state, tmp)
+    except RuntimeError as exc:
+        try:
+            st = os.statvfs(tmp.parent)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = None
+        why = ("the disk is full" if free is not None and free < (1 << 20) else
+               f"the write failed ({' '.join(str(exc).split())[:120]})")
+        raise SpecdenoiseError(f"cannot write the checkpoint in {tmp.parent}: {why}; the last "
+                               "checkpoint is kept") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -86,13 +104,27 @@ def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
 
     Returns ``(model, config)``; ``config`` has the training configuration under ``train``,
     and ``model`` (name, cfg, summary), ``normalisation``, ``wave``, ``epoch``,
-    ``package_version``, ``history`` and ``path``.
+    ``package_version``, ``history``, ``data_identity`` and ``path``.
     """
     state = read_checkpoint(path)
     device = torch.device(device) if device is not None else default_device()
-    m = state["model"]
-    model = build_model(m["name"], **m["cfg"])
-    model.load_state_dict(m["state"])
+    m = state.get("model")
+    where = resolve_checkpoint(path)
+    if not (isinstance(m, dict) and isinstance(m.get("name"), str)
+            and isinstance(m.get("cfg"), dict) and isinstance(m.get("state"), dict)):
+        raise SpecdenoiseError(f"checkpoint {where} lacks its model entry (name, cfg, weights); "
+                               "it was not written by 'specdenoise train' or is damaged")
+    huge = _huge_number(m["cfg"])
+    if huge is not None:
+        raise SpecdenoiseError(f"checkpoint {where} asks for a model with {huge[0]} = {huge[1]}; "
+                               "refused (a damaged or foreign checkpoint)")
+    try:
+        model = build_model(m["name"], **m["cfg"])
+        model.load_state_dict(m["state"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise SpecdenoiseError(f"checkpoint {where}: its weights do not fit its model "
+                               f"{m['name']!r} ({first})") from None
     model.to(device).eval()
     config = {
         "path": str(resolve_checkpoint(path)),
@@ -103,5 +135,29 @@ def load_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
         "epoch": state.get("epoch"),
         "package_version": state.get("package_version"),
         "history": state.get("history", []),
+        "data_identity": state.get("data_identity"),  # what it was trained on (guards)
     }
     return model, config
+
+
+#: the largest number a model configuration may hold (pixels, filters, widths): larger ones
+#: would allocate without end before any check
+MAX_MODEL_NUMBER = 10**6
+
+
+def _huge_number(cfg, key: str = "cfg") -> tuple[str, object] | None:
+    """(key, value) of the first number in a model configuration beyond MAX_MODEL_NUMBER."""
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            found = _huge_number(v, str(k))
+            if found:
+                return found
+    elif isinstance(cfg, list | tuple):
+        for v in cfg:
+            found = _huge_number(v, key)
+            if found:
+                return found
+    elif isinstance(cfg, int | float) and not isinstance(cfg, bool):
+        if not abs(cfg) <= MAX_MODEL_NUMBER:
+            return key, cfg
+    return None

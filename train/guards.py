@@ -80,8 +80,8 @@ def grid_mismatch(a, b) -> float | None:
     """The largest difference of two pixel grids in pixels (None when they agree to within
     half a pixel); grids of different lengths differ by ``inf``."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return math.inf
+    if a.shape != b.shape or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.inf  # (a NaN would compare as "close": NaN > 0.5 is False)
     step = abs(float(a[1] - a[0])) if a.size > 1 else 1.0
     worst = float(np.max(np.abs(a - b))) / step if a.size else 0.0
     return worst if worst > 0.5 else None

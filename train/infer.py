@@ -2,11 +2,21 @@
 
 Every spectrum is scaled exactly as in training -- divided by median(flux) / 0.5 -- passed
 through the network and multiplied back, so outputs are in the units of the input.
+
+With an uncertainty (the default of :func:`denoise_dataset` and :func:`denoise_file`; for
+arrays :func:`load_denoiser` / :func:`denoise_with_uncertainty`) every output also carries
+``sigma_denoised`` (1-sigma error of each denoised pixel, flux units), ``chi2_red`` and
+``chi2_peak`` (the per-spectrum consistency statistics, global and over 5 pixels) and
+``suspect`` (1: the denoised spectrum does not
+explain its input as well as 99 % of the validation spectra do; 0: it does; -1: not checked);
+see :mod:`specdenoise.train.uncertainty`.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +29,22 @@ from specdenoise.train import data as tdata
 from specdenoise.train.checkpoint import load_model
 from specdenoise.train.models import model_input
 
+log = logging.getLogger("specdenoise.denoise")
+
 DENOISED_VAR = "flux_denoised"
+SIGMA_VAR = "sigma_denoised"
+CHI2_VAR = "chi2_red"
+PEAK_VAR = "chi2_peak"
+SUSPECT_VAR = "suspect"
+#: uncertainty choices of ``denoise``: the calibrated method of the run (auto), one method, none
+UNCERTAINTY_CHOICES = ("auto", "head", "sample", "both", "none")
+#: CF flag attributes of ``suspect``
+SUSPECT_ATTRS = {"flag_values": [-1, 0, 1], "flag_meanings": "unchecked consistent suspect",
+                 "long_name": "denoised spectrum does not explain its input (chi2_red above "
+                              "the run's 1 % false-alarm threshold)"}
 DENOISED_KIND = stores.DENOISED.name
+#: the largest spectrum file read (bytes): a spectrum of 4096 pixels is ~100 kB as text
+MAX_SPECTRUM_FILE = 2 << 30
 _WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
 #: noise columns a spectrum file may carry, by kind (the first found is used)
 _NOISE_NAMES = {"sigma": ("sigma", "error", "err", "flux_err", "uncertainty"),
@@ -37,23 +61,15 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
-                  device=None, sigma=None) -> np.ndarray:
-    """Denoise spectra ``flux`` (n, n_wave) float32, any flux units; returns (n, n_wave) float32.
-
-    A 1-D input (n_wave,) gives a 1-D output. ``device``: where to run (default: the model's).
-    ``sigma``: the 1-sigma noise of ``flux`` in the same units, for models that take it
-    (``in_channels`` 2); ignored by the others.
-    """
+def _check_inputs(model, flux, sigma, needs_sigma: bool):
+    """(flux (n, n_wave) float32, sigma or None, squeeze) after the checks every path makes."""
     flux = np.asarray(flux, dtype=np.float32)
     squeeze = flux.ndim == 1
     flux = np.atleast_2d(flux)
-    needs_sigma = getattr(model, "in_channels", 1) == 2
-    if needs_sigma:
-        if sigma is None:
-            raise SpecdenoiseError("this model also takes the noise sigma of every pixel; "
-                                   "give sigma with the flux")
+    if needs_sigma and sigma is None:
+        raise SpecdenoiseError("this model also takes the noise sigma of every pixel; "
+                               "give sigma with the flux")
+    if sigma is not None:
         sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float32))
         if sigma.shape != flux.shape:
             raise SpecdenoiseError(f"sigma has shape {sigma.shape}, flux {flux.shape}")
@@ -65,6 +81,20 @@ def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
     if not np.isfinite(flux).all():
         row = int(np.nonzero(~np.isfinite(flux).all(axis=1))[0][0])
         raise SpecdenoiseError(f"spectrum {row} has NaN or infinite flux; fill or drop it first")
+    return flux, sigma, squeeze
+
+
+@torch.no_grad()
+def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
+                  device=None, sigma=None) -> np.ndarray:
+    """Denoise spectra ``flux`` (n, n_wave) float32, any flux units; returns (n, n_wave) float32.
+
+    A 1-D input (n_wave,) gives a 1-D output. ``device``: where to run (default: the model's).
+    ``sigma``: the 1-sigma noise of ``flux`` in the same units, for models that take it
+    (``in_channels`` 2); ignored by the others.
+    """
+    needs_sigma = getattr(model, "in_channels", 1) == 2
+    flux, sigma, squeeze = _check_inputs(model, flux, sigma, needs_sigma)
     device = torch.device(device) if device is not None else _model_device(model)
     model_device = _model_device(model)
     was_training = model.training
@@ -87,34 +117,200 @@ def denoise_array(model: torch.nn.Module, flux, batch_size: int = 256,
     return out[0] if squeeze else out
 
 
+@dataclass
+class DenoisedBlock:
+    """What denoising a block of n spectra of n_wave pixels gives.
+
+    ``flux_denoised`` (n, n_wave) float32, in the input's flux units; ``sigma_denoised``
+    (n, n_wave) float32, the calibrated 1-sigma error of each denoised pixel in the same units
+    (None when no uncertainty was asked for); ``chi2_red`` and ``chi2_peak`` (n,) float32,
+    the consistency statistics (NaN: not computed, the input had no sigma; see
+    :mod:`specdenoise.train.uncertainty`); ``suspect`` (n,) int8: 1 suspect, 0 consistent,
+    -1 not checked (no calibration or no input sigma).
+    """
+
+    flux_denoised: np.ndarray
+    sigma_denoised: np.ndarray | None
+    chi2_red: np.ndarray
+    suspect: np.ndarray
+    chi2_peak: np.ndarray | None = None
+
+
+def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
+                             method: str | None = None, samples: int | None = None,
+                             good=None, batch_size: int = 256, device=None,
+                             seed: int = 0) -> DenoisedBlock:
+    """Denoise ``flux`` (n, n_wave) and give each pixel's error and each spectrum's check.
+
+    ``sigma`` (n, n_wave): the input's 1-sigma noise in the units of ``flux`` (needed for
+    sampling, for models that take it and for the consistency check). ``calibration``: a
+    :class:`~specdenoise.train.uncertainty.Calibration` (None: raw sigma, nothing flagged).
+    ``method`` (``head``, ``sample``, ``both``; None: the calibration's, else ``head`` for a
+    network with an uncertainty head and ``sample`` for any other) and ``samples`` (K; None:
+    the calibration's or 8). A calibration fitted for another method is not applied.
+    ``good`` (n, n_wave) bool: pixels the check may use (None: all). ``flux_denoised`` is
+    what :func:`denoise_array` gives.
+    """
+    from specdenoise.train import uncertainty as unc
+
+    needs_sigma = getattr(model, "in_channels", 1) == 2
+    flux, sigma, _ = _check_inputs(model, flux, sigma, needs_sigma)
+    if method is None:
+        method = calibration.method if calibration is not None else unc.default_method(model)
+    if samples is None:
+        samples = (calibration.samples if calibration is not None
+                   and calibration.method == method else unc.DEFAULT_SAMPLES)
+    if calibration is not None and (calibration.method != method
+                                    or (method != "head" and calibration.samples != samples)):
+        log.warning("the run is calibrated for uncertainty %r with %d samples, not %r with %d: "
+                    "sigma_denoised is not calibrated and nothing is flagged",
+                    calibration.method, calibration.samples, method, samples)
+        calibration = None
+    den, raw = unc.raw_uncertainty(model, flux, sigma, method=method, samples=samples,
+                                   seed=seed, batch_size=batch_size, device=device)
+    if not (np.isfinite(den).all() and np.isfinite(raw).all()):
+        row = int(np.nonzero(~(np.isfinite(den) & np.isfinite(raw)).all(axis=1))[0][0])
+        raise SpecdenoiseError(f"the model gives NaN or infinite flux for spectrum {row}; its "
+                               "weights are damaged (retrain, or use an earlier checkpoint)")
+    out = unc.apply(calibration, den, raw, flux, sigma, good)
+    return DenoisedBlock(den, out["sigma_denoised"], out["chi2_red"], out["suspect"],
+                         out["chi2_peak"])
+
+
+def denoise_array_with_sigma(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
+                             method: str | None = None, samples: int | None = None,
+                             batch_size: int = 256, device=None,
+                             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(denoised, sigma_denoised)``, both (n, n_wave) float32 in the units of ``flux``.
+
+    :func:`denoise_with_uncertainty` without the consistency check.
+    """
+    b = denoise_with_uncertainty(model, flux, sigma, calibration=calibration, method=method,
+                                 samples=samples, batch_size=batch_size, device=device,
+                                 seed=seed)
+    return b.flux_denoised, b.sigma_denoised
+
+
+@dataclass
+class Denoiser:
+    """A trained run ready to denoise blocks of spectra with uncertainties.
+
+    ``denoiser(flux, sigma, good=None, seed=0)`` returns a :class:`DenoisedBlock`. Built by
+    :func:`load_denoiser`; ``method``/``samples`` None means the run's calibrated choice.
+    """
+
+    model: torch.nn.Module
+    config: dict
+    calibration: object | None
+    method: str | None = None
+    samples: int | None = None
+    batch_size: int = 256
+
+    def __call__(self, flux, sigma=None, good=None, seed: int = 0) -> DenoisedBlock:
+        return denoise_with_uncertainty(self.model, flux, sigma, calibration=self.calibration,
+                                        method=self.method, samples=self.samples, good=good,
+                                        batch_size=self.batch_size, seed=seed)
+
+    @property
+    def uncertainty_method(self) -> str:
+        from specdenoise.train import uncertainty as unc
+
+        if self.method is not None:
+            return self.method
+        return (self.calibration.method if self.calibration is not None
+                else unc.default_method(self.model))
+
+
+def load_denoiser(model_path, *, device=None, method: str | None = None,
+                  samples: int | None = None, batch_size: int = 256) -> Denoiser:
+    """A :class:`Denoiser` from a run directory or checkpoint, with its calibration (if the
+    run has one; see ``specdenoise calibrate``)."""
+    from specdenoise.train import uncertainty as unc
+
+    model, config = load_model(model_path, device=device)
+    cal = unc.read_calibration(config["path"])
+    if method is not None:
+        unc.check_method(model, method, unc.DEFAULT_SAMPLES if samples is None else samples)
+    return Denoiser(model, config, cal, method, samples, batch_size)
+
+
 def denoise_dataset(model_path, in_zarr, out_zarr, *, batch_size: int = 256, device=None,
-                    overwrite: bool = False, progress: bool | None = None) -> Path:
+                    overwrite: bool = False, progress: bool | None = None,
+                    uncertainty: str = "auto", samples: int | None = None) -> Path:
     """Denoise every spectrum's ``flux`` of a dataset into a new store at ``out_zarr``.
 
     The output holds ``flux_denoised`` (spectrum, wave) float32, chunked like the input, with
-    all of the input's coordinates (``wave`` and the per-spectrum parameters). It is written
-    in a temporary folder and renamed when complete, so an interrupted run leaves nothing that
+    all of the input's coordinates (``wave`` and the per-spectrum parameters). Unless
+    ``uncertainty`` is ``"none"`` it also holds ``sigma_denoised`` (spectrum, wave) float32
+    (flux units), ``chi2_red`` and ``chi2_peak`` (spectrum,) float32 and ``suspect``
+    (spectrum,) int8 (see
+    :class:`DenoisedBlock`); ``uncertainty`` ``"auto"`` uses the run's calibrated method,
+    else ``head``, ``sample`` or ``both`` with ``samples`` draws. It is written in a
+    temporary folder and renamed when complete, so an interrupted run leaves nothing that
     looks finished; ``overwrite`` replaces only a denoised store, never the input.
     """
+    if uncertainty not in UNCERTAINTY_CHOICES:
+        raise SpecdenoiseError(f"unknown uncertainty {uncertainty!r}; choose one of "
+                               f"{', '.join(UNCERTAINTY_CHOICES)}")
     from specdenoise.schema import per_spectrum_names
 
     out = Path(out_zarr)
     if tdata.is_url(out_zarr):
         raise SpecdenoiseError(f"cannot write {out_zarr}: denoised output must be a local path")
     stores.check_output(out, stores.DENOISED, overwrite=overwrite, inputs=(in_zarr,))
-    model, config = load_model(model_path, device=device)
-    needs = _inputs(model)
+    den = None
+    if uncertainty == "none":
+        model, config = load_model(model_path, device=device)
+        needs = _inputs(model)
+    else:
+        den = load_denoiser(model_path, device=device, samples=samples, batch_size=batch_size,
+                            method=None if uncertainty == "auto" else uncertainty)
+        model, config = den.model, den.config
+        needs = ("flux", "sigma")  # the check and sampling need the noise
     info = tdata.inspect_store(in_zarr, needs, n_wave=model.n_wave)
+    _check_data_wave(config.get("wave"), tdata.read_wave(info), in_zarr)
     if not tdata.is_url(in_zarr):
         # a lost chunk would read as fill values: refuse rather than denoise them
         stores.check_chunks(in_zarr, needs, optional=("wave", *per_spectrum_names()))
     with stores.locked(out):
         return _denoise_dataset(model, config, in_zarr, out, info, batch_size=batch_size,
-                                overwrite=overwrite, progress=progress)
+                                overwrite=overwrite, progress=progress, denoiser=den)
+
+
+def _check_data_wave(model_wave, wave, in_zarr) -> None:
+    """Refuse a dataset on another pixel grid than the model's (shifted, reversed, or holding
+    a NaN), as evaluate and train do."""
+    from specdenoise.train.guards import describe_grid, grid_mismatch
+
+    if model_wave is None or wave is None:
+        return
+    off = grid_mismatch(model_wave, wave)
+    if off is not None:
+        raise SpecdenoiseError(
+            f"the model was trained on another wavelength grid ({describe_grid(model_wave)}) "
+            f"than {in_zarr} ({describe_grid(wave)}; they differ by up to {off:.3g} pixels); "
+            "denoise data simulated on its grid")
+
+
+#: a spectrum whose median noise is more than this many times its median flux holds no
+#: signal to recover (its noise column is in other units, or it is not a spectrum)
+MAX_NOISE_TO_SIGNAL = 100.0
+
+
+def check_noise(flux: np.ndarray, sigma: np.ndarray, name) -> None:
+    """Refuse noise that swamps the flux (median sigma / median flux > MAX_NOISE_TO_SIGNAL):
+    the denoiser would return a flat nothing, and say nothing."""
+    ratio = np.median(sigma, axis=1) / np.abs(np.median(flux, axis=1))
+    bad = np.nonzero(~(ratio <= MAX_NOISE_TO_SIGNAL))[0]
+    if bad.size:
+        row = int(bad[0])
+        raise SpecdenoiseError(
+            f"{name}: spectrum {row}'s noise is {ratio[row]:.3g} times its flux (median); "
+            "check the noise column's units (sigma, inverse variance or variance?)")
 
 
 def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, overwrite,
-                     progress) -> Path:
+                     progress, denoiser=None) -> Path:
     import dask.array as da
     import xarray as xr
     import zarr
@@ -128,10 +324,20 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     with codecs.reading(in_zarr, list(src.coords)):
         coords = {k: v.variable.compute() for k, v in src.coords.items()}
     n, n_wave = info.n_spectrum, info.n_wave
+    chunks2 = (info.chunk_size, n_wave)
+    data_vars = {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
+                                da.zeros((n, n_wave), dtype=np.float32, chunks=chunks2),
+                                schema.attrs_of(DENOISED_VAR))}
+    unc_attrs = {}
+    if denoiser is not None:
+        data_vars.update(_uncertainty_vars(n, n_wave, info.chunk_size, schema.UNITS["flux"]))
+        cal = denoiser.calibration
+        unc_attrs = {"uncertainty_method": denoiser.uncertainty_method,
+                     "uncertainty_calibrated": cal is not None
+                     and cal.method == denoiser.uncertainty_method,
+                     "uncertainty_calibration": "" if cal is None else cal.dataset}
     template = xr.Dataset(
-        {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
-                        da.zeros((n, n_wave), dtype=np.float32, chunks=(info.chunk_size, n_wave)),
-                        schema.attrs_of(DENOISED_VAR))},
+        data_vars,
         coords=coords,
         attrs={
             "specdenoise_kind": DENOISED_KIND,
@@ -141,11 +347,12 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
             "model_name": config["model"]["name"],
             "model_epoch": config["epoch"],
             "chunk_size": info.chunk_size,
+            **unc_attrs,
         },
     )
     tmp = stores.temp_dir(out)
-    encoding = {DENOISED_VAR: {"chunks": (info.chunk_size, n_wave),
-                               "compressors": codecs.default_compressors()}}
+    encoding = {name: {"chunks": v.data.chunksize, "compressors": codecs.default_compressors()}
+                for name, v in template.data_vars.items()}
     for k, v in coords.items():
         encoding[k] = {"compressors": codecs.default_compressors()}
         if v.dims == (SPECTRUM_DIM,):
@@ -157,14 +364,45 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
         dst = zarr.open_group(str(tmp), mode="r+")
         for chunk in iterate(range(info.n_chunks), "denoise", "chunk", enabled=progress):
             lo, hi = info.chunk_bounds(chunk)
-            arrays = tdata.read_chunk(src_group, info, chunk, _inputs(model))
-            dst[DENOISED_VAR][lo:hi] = denoise_array(model, arrays["flux"],
-                                                     batch_size=batch_size,
-                                                     sigma=arrays.get("sigma"))
+            if denoiser is None:
+                arrays = tdata.read_chunk(src_group, info, chunk, _inputs(model))
+                dst[DENOISED_VAR][lo:hi] = denoise_array(model, arrays["flux"],
+                                                         batch_size=batch_size,
+                                                         sigma=arrays.get("sigma"))
+                continue
+            arrays = tdata.read_chunk(src_group, info, chunk, ("flux", "sigma"))
+            block = denoiser(arrays["flux"], arrays["sigma"], good=arrays["good"], seed=chunk)
+            dst[DENOISED_VAR][lo:hi] = block.flux_denoised
+            dst[SIGMA_VAR][lo:hi] = block.sigma_denoised
+            dst[CHI2_VAR][lo:hi] = block.chi2_red
+            dst[PEAK_VAR][lo:hi] = block.chi2_peak
+            dst[SUSPECT_VAR][lo:hi] = block.suspect
         publish_store(tmp, out, stores.DENOISED, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _uncertainty_vars(n: int, n_wave: int, chunk: int, units: str) -> dict:
+    """Empty (lazy) ``sigma_denoised``, ``chi2_red`` and ``suspect`` of a denoised store."""
+    import dask.array as da
+
+    from specdenoise.schema import SPECTRUM_DIM, WAVE_DIM
+
+    return {
+        SIGMA_VAR: ((SPECTRUM_DIM, WAVE_DIM),
+                    da.zeros((n, n_wave), dtype=np.float32, chunks=(chunk, n_wave)),
+                    {"units": units, "long_name": "1-sigma error of flux_denoised "
+                     "(calibrated on the run's validation set)"}),
+        CHI2_VAR: ((SPECTRUM_DIM,), da.zeros((n,), dtype=np.float32, chunks=(chunk,)),
+                   {"units": "1", "long_name": "mean over unmasked pixels of (flux - "
+                    "flux_denoised)^2 / (sigma^2 + sigma_denoised^2)"}),
+        PEAK_VAR: ((SPECTRUM_DIM,), da.zeros((n,), dtype=np.float32, chunks=(chunk,)),
+                   {"units": "1", "long_name": "largest mean of (flux - flux_denoised)^2 / "
+                    "(sigma^2 + sigma_denoised^2) over 5 neighbouring pixels"}),
+        SUSPECT_VAR: ((SPECTRUM_DIM,), da.full((n,), -1, dtype=np.int8, chunks=(chunk,)),
+                      dict(SUSPECT_ATTRS)),
+    }
 
 
 # --------------------------------------------------------------------------- spectrum files
@@ -180,9 +418,7 @@ def read_spectrum_file(path) -> tuple[np.ndarray | None, np.ndarray, np.ndarray 
     fluxes (no noise). Pixels whose noise carries no information (ivar 0, a non-finite or
     non-positive sigma) get a sigma of 100 times the spectrum's median flux: 'ignore me'.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SpecdenoiseError(f"spectrum file {path} does not exist")
+    path = stores.regular_file(path, "spectrum file", max_bytes=MAX_SPECTRUM_FILE)
     suffix = "".join(path.suffixes[-2:]).lower()
     try:
         if suffix.endswith((".fits", ".fit", ".fits.gz", ".fts")):
@@ -275,6 +511,10 @@ def _read_fits(path: Path):
                 wname = next((names[w] for w in _WAVE_NAMES if w in names), None)
                 wave = None if wname is None else np.asarray(hdu.data[wname], np.float64)
                 if flux.ndim == 2 and wave is not None and wave.ndim == 2:
+                    if not np.array_equal(wave, np.broadcast_to(wave[0], wave.shape)):
+                        raise SpecdenoiseError(
+                            f"{path}: the table's rows have different wavelength grids; "
+                            "resample them onto one grid first")
                     wave = wave[0]
                 found = _noise_column(names)
                 noise = None if found is None else (
@@ -286,8 +526,33 @@ def _read_fits(path: Path):
                     f"{path}: HDU {hdu.name or 0} is a {' x '.join(map(str, data.shape))} "
                     "image, not spectra; give one spectrum (1-D) or fewer spectra than "
                     "pixels as rows of a 2-D array, or a table with a 'flux' column")
-            return None, data, None
+            return _wcs_wave(hdu.header, data.shape[-1], path), data, None
     raise SpecdenoiseError(f"{path}: no HDU with data")
+
+
+def _wcs_wave(header, n_pix: int, path) -> np.ndarray | None:
+    """The wavelengths (nm) an image's linear WCS gives its pixels (FITS paper III: CRVAL1,
+    CRPIX1, CDELT1 or CD1_1, CUNIT1; Angstrom when no unit and the values are > 2000; a
+    log10 axis from CTYPE1 '...-LOG' or the IRAF keyword DC-FLAG = 1); None without one."""
+    if "CRVAL1" not in header:
+        return None
+    step = header.get("CDELT1", header.get("CD1_1"))
+    if step is None:
+        return None
+    pix = np.arange(1, n_pix + 1, dtype=np.float64)
+    x = float(header["CRVAL1"]) + (pix - float(header.get("CRPIX1", 1.0))) * float(step)
+    ctype = str(header.get("CTYPE1", "")).upper()
+    if ctype.endswith("-LOG") or header.get("DC-FLAG") == 1:
+        x = 10.0 ** x
+    elif ctype and not ctype.startswith(("WAVE", "AWAV", "LINEAR")):
+        raise SpecdenoiseError(f"{path}: the image's axis is {ctype!r}, not wavelength; "
+                               "give a spectrum with a wavelength axis")
+    unit = str(header.get("CUNIT1", "")).strip().lower()
+    scale = {"angstrom": 0.1, "a": 0.1, "nm": 1.0, "m": 1e9, "um": 1e3, "micron": 1e3}.get(
+        unit, 0.1 if not unit and np.nanmedian(x) > 2000 else 1.0 if not unit else None)
+    if scale is None:
+        raise SpecdenoiseError(f"{path}: unknown wavelength unit CUNIT1 = {unit!r}")
+    return x * scale
 
 
 def check_spectra(flux: np.ndarray, name) -> None:
@@ -311,18 +576,32 @@ def check_spectra(flux: np.ndarray, name) -> None:
                                "spectrum cannot be denoised)")
 
 
-def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool = False) -> Path:
+def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool = False,
+                 uncertainty: str = "auto", samples: int | None = None) -> Path:
     """Denoise the spectrum (or spectra) in a FITS or CSV file; write ``out_csv``.
 
     Columns: ``wave`` (nm; from the file, else the model's training grid), ``flux`` and
     ``flux_denoised``; with several spectra a leading ``spectrum`` column numbers them.
+    Unless ``uncertainty`` is ``"none"`` (see :func:`denoise_dataset`): ``sigma_denoised``
+    (flux units) per pixel, and ``chi2_red``, ``chi2_peak`` and ``suspect`` (1, 0, or -1 =
+    not checked), per spectrum, repeated on each of its rows. A file without a noise column
+    gets a sigma only from a network with an uncertainty head, and no check.
     An existing ``out_csv`` is replaced only with ``overwrite``.
     """
+    if uncertainty not in UNCERTAINTY_CHOICES:
+        raise SpecdenoiseError(f"unknown uncertainty {uncertainty!r}; choose one of "
+                               f"{', '.join(UNCERTAINTY_CHOICES)}")
     out = Path(out_csv)
     stores.check_output(out, None, overwrite=overwrite, inputs=(in_path,))
     if not out.parent.is_dir():
         raise SpecdenoiseError(f"cannot write {out}: folder {out.parent} does not exist")
-    model, config = load_model(model_path, device=device)
+    denoiser = None
+    if uncertainty == "none":
+        model, config = load_model(model_path, device=device)
+    else:
+        denoiser = load_denoiser(model_path, device=device, samples=samples,
+                                 method=None if uncertainty == "auto" else uncertainty)
+        model, config = denoiser.model, denoiser.config
     wave, flux, sigma = read_spectrum_file(in_path)
     n_wave = model.n_wave
     if flux.shape[1] != n_wave:
@@ -332,8 +611,9 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
         )
     model_wave = config.get("wave")
     if wave is not None and model_wave is not None:
-        step = abs(model_wave[1] - model_wave[0])
-        if wave.shape != (n_wave,) or np.max(np.abs(wave - np.asarray(model_wave))) > step / 2:
+        from specdenoise.train.guards import grid_mismatch
+
+        if grid_mismatch(wave, model_wave) is not None:
             raise SpecdenoiseError(
                 f"{in_path}: wavelengths differ from the model's grid "
                 f"({model_wave[0]:.3f}-{model_wave[-1]:.3f} nm, vacuum) by more than half a "
@@ -342,20 +622,50 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     if wave is None:
         wave = np.asarray(model_wave if model_wave is not None else np.arange(n_wave), float)
     check_spectra(flux, in_path)
+    if sigma is not None:
+        check_noise(flux, sigma, in_path)
     takes_sigma = "sigma" in _inputs(model)
     if takes_sigma and sigma is None:
         raise SpecdenoiseError(
             f"this model also takes each pixel's noise, and {in_path} has none: add a "
             "'sigma' (or 'error'), 'ivar' or 'variance' column (a third column in a bare "
             "text file), or use a model trained with in_channels 1")
-    den = denoise_array(model, flux, sigma=sigma if takes_sigma else None)
-    rows = []
     many = len(flux) > 1
     header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
-    for i in range(len(flux)):
-        prefix = f"{i}," if many else ""
-        rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}" for w, f, d in zip(wave, flux[i], den[i],
-                                                                          strict=True)]
+    rows = []
+    if denoiser is None:
+        den = denoise_array(model, flux, sigma=sigma if takes_sigma else None)
+        for i in range(len(flux)):
+            prefix = f"{i}," if many else ""
+            rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}"
+                     for w, f, d in zip(wave, flux[i], den[i], strict=True)]
+    else:
+        if sigma is None and denoiser.uncertainty_method != "head":
+            if uncertainty != "auto":
+                raise SpecdenoiseError(
+                    f"{in_path} has no noise column: uncertainty {uncertainty!r} samples the "
+                    "input's noise. Add a 'sigma' (or 'error'), 'ivar' or 'variance' column, "
+                    "or pass --uncertainty none")
+            log.warning("%s has no noise column: sigma_denoised and chi2_red are left NaN "
+                        "(this network's uncertainty is sampled from the input's noise)",
+                        in_path)
+            den = denoise_array(model, flux)
+            nan = np.full(len(den), np.nan, np.float32)
+            block = DenoisedBlock(den, np.full_like(den, np.nan), nan,
+                                  np.full(len(den), -1, np.int8), nan)
+        else:
+            block = denoiser(flux, sigma)
+        header += f",{SIGMA_VAR},{CHI2_VAR},{PEAK_VAR},{SUSPECT_VAR}"
+        for i in range(len(flux)):
+            prefix = f"{i}," if many else ""
+            tail = f",{block.chi2_red[i]:.6g},{block.chi2_peak[i]:.6g},{int(block.suspect[i])}"
+            rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
+                     for w, f, d, e in zip(wave, flux[i], block.flux_denoised[i],
+                                           block.sigma_denoised[i], strict=True)]
+        n_sus = int((block.suspect == 1).sum())
+        if n_sus:
+            log.warning("%d of %d spectra in %s are suspect: the denoised flux does not explain "
+                        "the input (see README, 'suspect')", n_sus, len(flux), in_path)
     text = header + "\n" + "\n".join(rows) + "\n"
     return stores.write_file(out, lambda tmp: tmp.write_text(text), overwrite=overwrite,
                              inputs=(in_path,))

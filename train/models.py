@@ -42,16 +42,33 @@ def _activation(name: str) -> nn.Module:
         ) from None
 
 
+#: what a network may say about its own error: nothing, or a per-pixel Gaussian log-variance
+UNCERTAINTIES = ("none", "nll")
+#: the log-variance head's output is kept in this range (normalised flux units squared: a
+#: sigma from 1e-5 to 4.5 times the median-0.5 flux), so exp() can neither vanish nor overflow
+LOGVAR_RANGE = (-23.0, 3.0)
+LOGVAR_INIT = -10.6
+
+
+def _check_uncertainty(uncertainty: str) -> str:
+    if uncertainty not in UNCERTAINTIES:
+        raise SpecdenoiseError(f"unknown uncertainty {uncertainty!r}; choose one of "
+                               f"{', '.join(UNCERTAINTIES)}")
+    return uncertainty
+
+
 class _Head(nn.Module):
     """Last projection and output activation, always in float32.
 
     Under bf16 autocast a sigmoid output would be quantised to ~0.4 %, coarser than the ~1 %
     errors we want to measure, so the head leaves autocast. A residual head adds its output to
-    the noisy flux (also in float32).
+    the noisy flux (also in float32). With ``n_out=2`` (a heteroscedastic head) ``layer`` gives
+    two values per pixel: the mean (activation and residual apply to it) and the log-variance
+    of its error, clamped to :data:`LOGVAR_RANGE`.
     """
 
     def __init__(self, in_features: int, layer: nn.Module, activation: str,
-                 residual: bool = False):
+                 residual: bool = False, n_out: int = 1):
         super().__init__()
         if residual and activation not in ("identity", "none"):
             raise SpecdenoiseError("a residual output needs out_activation 'identity' (the "
@@ -59,13 +76,28 @@ class _Head(nn.Module):
         self.layer = layer
         self.activation = _activation(activation)
         self.residual = bool(residual)
+        self.n_out = int(n_out)
+        if self.n_out == 2 and getattr(layer, "bias", None) is not None:
+            # start the log-variance near a 1 % error of the median flux, (0.005)^2: what a
+            # denoiser reaches, so the first epochs need not climb there from exp(0) = 1
+            with torch.no_grad():
+                layer.bias.view(2, -1)[1].fill_(LOGVAR_INIT)
 
-    def forward(self, h: torch.Tensor, flux: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, flux: torch.Tensor):
+        """(b, 1, n) or (b, n) mean; with ``n_out=2`` a pair (mean, log-variance)."""
         with torch.autocast(h.device.type, enabled=False):
-            out = self.activation(self.layer(h.float()))
+            raw = self.layer(h.float())
+            if self.n_out == 2:  # conv: (b, 2, n); dense: (b, 2 n)
+                raw = raw.reshape(raw.shape[0], 2, -1)
+                mean, logvar = raw[:, :1], raw[:, 1:]
+            else:
+                mean, logvar = raw, None
+            out = self.activation(mean)
             if self.residual:
                 out = out + flux.float().reshape(out.shape)
-            return out
+            if logvar is None:
+                return out
+            return out, logvar.clamp(*LOGVAR_RANGE)
 
 
 def _split_input(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +158,12 @@ class UNet(nn.Module):
         (the physics model: rendering, flux, sigma); channel 0 is what ``residual`` corrects.
     residual
         Predict a correction to the noisy flux, channel 0 (needs ``out_activation="identity"``).
+    uncertainty
+        ``"none"`` (default): the network gives the denoised flux only. ``"nll"``: a
+        heteroscedastic head also gives the log-variance of each pixel's error (normalised
+        flux units squared), trained with a beta-NLL loss (see
+        :func:`specdenoise.train.loop.beta_nll`); ``forward(x, return_logvar=True)`` returns
+        ``(mean, logvar)``, both (b, n).
     """
 
     def __init__(
@@ -139,8 +177,10 @@ class UNet(nn.Module):
         n_wave: int = N_WAVE,
         in_channels: int = 1,
         residual: bool = False,
+        uncertainty: str = "none",
     ):
         super().__init__()
+        self.uncertainty = _check_uncertainty(uncertainty)
         if isinstance(filters, int):
             filters = [filters * 2**i for i in range(depth)]
         filters = [int(f) for f in filters]
@@ -172,9 +212,11 @@ class UNet(nn.Module):
             self.upsamples.append(nn.ConvTranspose1d(c_in, f, kernel_size=2, stride=2))
             self.decoders.append(_conv_block(2 * f, f, kernel_size))
             c_in = f
-        self.head = _Head(c_in, nn.Conv1d(c_in, 1, kernel_size=1), out_activation, residual)
+        n_out = 2 if self.uncertainty == "nll" else 1
+        self.head = _Head(c_in, nn.Conv1d(c_in, n_out, kernel_size=1), out_activation, residual,
+                          n_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_logvar: bool = False):
         h, flux = _split_input(x, self.in_channels)
         skips = []
         for enc in self.encoders:
@@ -184,14 +226,27 @@ class UNet(nn.Module):
         h = self.bottleneck(h)
         for up, dec, skip in zip(self.upsamples, self.decoders, reversed(skips), strict=True):
             h = dec(torch.cat([up(h), skip], dim=1))
-        return self.head(h, flux).squeeze(1)
+        return _outputs(self.head(h, flux), return_logvar)
+
+
+def _outputs(out, return_logvar: bool):
+    """A head's output as the model returns it: the mean (b, n), or (mean, log-variance)."""
+    if isinstance(out, tuple):
+        mean, logvar = (o.reshape(o.shape[0], -1) for o in out)
+        return (mean, logvar) if return_logvar else mean
+    mean = out.reshape(out.shape[0], -1)
+    if return_logvar:
+        raise SpecdenoiseError("this network has no uncertainty head (uncertainty 'none'); "
+                               "estimate its uncertainty by sampling instead")
+    return mean
 
 
 class DAE(nn.Module):
     """Dense denoising autoencoder (the authors' earlier model, arXiv:2409.11625).
 
     ``n_wave -> widths[0] -> ... -> widths[-1] -> ... -> widths[0] -> n_wave``, ReLU between
-    layers, optional batch norm and dropout after each hidden layer.
+    layers, optional batch norm and dropout after each hidden layer. ``uncertainty`` as for
+    :class:`UNet` (the last layer then gives ``2 n_wave`` values: means, then log-variances).
     """
 
     def __init__(
@@ -203,8 +258,10 @@ class DAE(nn.Module):
         n_wave: int = N_WAVE,
         in_channels: int = 1,
         residual: bool = False,
+        uncertainty: str = "none",
     ):
         super().__init__()
+        self.uncertainty = _check_uncertainty(uncertainty)
         widths = [int(w) for w in widths]
         if not widths:
             raise SpecdenoiseError("DAE needs at least one hidden width")
@@ -222,11 +279,13 @@ class DAE(nn.Module):
             if dropout:
                 layers.append(nn.Dropout(dropout))
         self.body = nn.Sequential(*layers)
-        self.head = _Head(sizes[-1], nn.Linear(sizes[-1], n_wave), out_activation, residual)
+        n_out = 2 if self.uncertainty == "nll" else 1
+        self.head = _Head(sizes[-1], nn.Linear(sizes[-1], n_out * n_wave), out_activation,
+                          residual, n_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_logvar: bool = False):
         h, flux = _split_input(x, self.in_channels)
-        return self.head(self.body(h.flatten(1)), flux)
+        return _outputs(self.head(self.body(h.flatten(1)), flux), return_logvar)
 
 
 class Chain(nn.Module):
@@ -250,17 +309,20 @@ class Chain(nn.Module):
         for p in self.first.parameters():
             p.requires_grad_(False)
         self.n_wave, self.in_channels = n_wave, self.first.in_channels
+        self.uncertainty = getattr(self.second, "uncertainty", "none")
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.first.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_logvar: bool = False):
         with torch.no_grad():
             y = self.first(x).float()
         if self.second.in_channels == 2:
             y = torch.stack([y, x[:, 1].to(y.dtype)], dim=1)
+        if return_logvar:  # the second network's head speaks for the chain
+            return self.second(y, return_logvar=True)
         return self.second(y)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -205,7 +206,7 @@ def slurm_simulate_run(slurm, small_grid, tmp_path_factory):
                            capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     wait_no_jobs()
-    return {"out": out, "cwd": cwd, "jobs": jobs, "stderr": r.stderr}
+    return {"out": out, "cwd": cwd, "jobs": jobs, "stderr": r.stderr, "out_text": r.stdout}
 
 
 @pytest.mark.slurm
@@ -214,13 +215,19 @@ def test_simulate_on_slurm_identical(slurm_simulate_run, reference):
     ids = sorted(run["jobs"].seen, key=int)
     assert len(ids) >= 2, f"expected the profile's 2 worker jobs in squeue, saw {ids}"
     # a job still pending when the work ran out is cancelled before it starts (no log);
-    # every job that did start ran a worker that reached the scheduler on 127.0.0.1
+    # every job that did start ran a worker that reached the scheduler on the address the
+    # profile names (this machine's address on its default route, not loopback)
+    from specdenoise.cluster.profiles import load_profile, scheduler_host
+
+    host = scheduler_host(load_profile(PROFILE))[0]
     logs = [run["cwd"] / f"slurm-{job}.out" for job in ids]
     started = [p for p in logs if p.exists()]
     assert started, f"none of the jobs {ids} started"
     for log in started:
         text = log.read_text()
-        assert re.search(r"Registered to:\s+tcp://127\.0\.0\.1:\d+", text), text[-2000:]
+        assert re.search(rf"Registered to:\s+tcp://{re.escape(host)}:\d+", text), text[-2000:]
+    assert re.search(r"submitted 2 batch jobs \(\d+, \d+\); waiting for workers", run["out_text"])
+    assert re.search(r"\d of 2 workers connected", run["out_text"])
     assert_identical(reference, run["out"])
 
 
@@ -235,7 +242,7 @@ def test_cluster_show_prints_the_job_script(slurm_simulate_run):
     # Two words differ by design: the scheduler's port (each run starts its own scheduler on
     # a free port) and the worker name (SLURMCluster-0, -1, ... in the jobs).
     def per_run(text: str) -> str:
-        text = re.sub(r"tcp://127\.0\.0\.1:\d+", "tcp://127.0.0.1:PORT", text)
+        text = re.sub(r"(tcp://[^\s:]+):(\d+|PORT)\b", r"\1:PORT", text)
         return re.sub(r"--name \S+", "--name NAME", text)
 
     shown = r.stdout.removesuffix("\n")
@@ -260,7 +267,7 @@ def _simulate_and_scancel(small_grid, out, tmp_path, victims, env=None):
             cancelled = victims(jobs)
             n_done = len(schema.done_chunks(out))
             subprocess.run(["scancel", *cancelled], check=True, timeout=30)
-            _, err = proc.communicate(timeout=300)
+            _, err = proc.communicate(timeout=600)  # generous: other work shares the cores
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -282,6 +289,112 @@ def test_scancel_one_worker_job_mid_run_identical(slurm, small_grid, reference, 
     wait_no_jobs()
 
 
+# --------------------------------------------------------------------------- waiting, refusals,
+# interrupts (issue 23 points 2-3, hostile case 11)
+
+
+def _profile(tmp_path: Path, **extra) -> Path:
+    """The shipped profile with ``extra`` keys changed, as a file in ``tmp_path``."""
+    import yaml
+
+    data = yaml.safe_load(PROFILE.read_text())
+    data.update(extra)
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.slurm
+def test_a_job_sbatch_refuses_is_one_line_not_a_wait(slurm, small_grid, tmp_path):
+    wait_no_jobs()
+    out = tmp_path / "s.zarr"
+    t0 = time.time()
+    r = subprocess.run(_simulate_cmd(small_grid, out, str(_profile(tmp_path,
+                                                                   queue="nosuchpartition"))),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "sbatch refused the worker job" in err[-1], r.stderr
+    assert "nosuchpartition" in err[-1] or "partition" in err[-1].lower()
+    assert time.time() - t0 < 200 and not out.exists()
+    wait_no_jobs()
+
+
+@pytest.fixture
+def blocker(slurm):
+    """A job holding every CPU of the node: worker jobs stay pending while it lives."""
+    wait_no_jobs()
+    cpus = os.cpu_count() or 2
+    r = subprocess.run(["sbatch", "--parsable", "-J", "blocker", "-c", str(cpus), "-o",
+                        "/dev/null", "--wrap", "sleep 600"], capture_output=True, text=True,
+                       timeout=30, check=True)
+    job = r.stdout.strip().split(";")[0]
+    wait_for(lambda: any(j == job and st == "RUNNING" for j, _, st in squeue_jobs()), 60,
+             "the blocker job to run")
+    yield job
+    subprocess.run(["scancel", job], timeout=30)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_waiting_is_shown_and_an_interrupt_while_pending_cancels_the_jobs(
+        blocker, small_grid, tmp_path, sig, status):
+    out = tmp_path / "s.zarr"
+    cmd = _simulate_cmd(small_grid, out, str(_profile(tmp_path, wait_hint_after=3)))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # the waiting lines, as they come
+            lines.append(line)
+            if "no worker has connected after" in line:
+                break
+        else:
+            raise AssertionError(f"no waiting hint; got {lines}, {proc.stderr.read()}")
+        ids = re.search(r"submitted 2 batch jobs \((\d+), (\d+)\)", "".join(lines)).groups()
+        assert any("0 of 2 workers connected" in ln for ln in lines)
+        assert "squeue -j" in lines[-1] and str(tmp_path) in lines[-1]
+        assert {j for j, _, st in squeue_jobs() if st == "PENDING"} >= set(ids)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == status and "--resume" in err and "Traceback" not in err, err
+    wait_for(lambda: not set(ids) & {j for j, _, _ in squeue_jobs()}, 60,
+             "the pending worker jobs to be cancelled")
+    assert not out.exists()  # nothing was begun
+
+
+@pytest.mark.slurm
+def test_sigterm_mid_run_cancels_jobs_keeps_chunks_and_resumes_identical(
+        slurm, small_grid, reference, tmp_path):
+    wait_no_jobs()
+    out = tmp_path / "s.zarr"
+    with JobWatcher("dask-worker") as jobs:
+        proc = subprocess.Popen(_simulate_cmd(small_grid, out, str(PROFILE)), cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: out.exists() and len(schema.done_chunks(out)) >= 2, 240,
+                     "two written chunks")
+            proc.send_signal(signal.SIGTERM)  # what SLURM sends the job before a walltime kill
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 143 and "--resume" in err and "Traceback" not in err, err
+    kept = schema.done_chunks(out)
+    assert 2 <= len(kept) < -(-N // CHUNK)
+    wait_for(lambda: not set(jobs.seen) & {j for j, _, _ in squeue_jobs()}, 60,
+             "the worker jobs to be cancelled")
+    r = subprocess.run([*_simulate_cmd(small_grid, out, str(PROFILE)), "--resume"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert_identical(reference, out)
+    wait_no_jobs()
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -295,9 +408,10 @@ def train_data(tmp_path_factory):
 
 
 def _train_args(train_data, out: Path) -> list[str]:
-    return ["train", "--data", str(train_data[0]), "--val", str(train_data[1]), "--model",
-            "unet", "--model-cfg", TINY_UNET, "--preset", "quick", "--out", str(out),
-            "--epochs", str(EPOCHS), "--batch-size", "8", "--workers", "0", "--device", "cpu",
+    return ["train", "--data", str(train_data[0]), "--val", str(train_data[1]), "--arch",
+            "unet", "--model-cfg", TINY_UNET, "--preset", "tiny", "--out", str(out),
+            "--epochs", str(EPOCHS), "--batch-size", "8", "--loader-workers", "0",
+            "--device", "cpu",
             "--seed", "3"]
 
 

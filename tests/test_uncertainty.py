@@ -1,0 +1,272 @@
+"""Per-pixel uncertainty (heteroscedastic head, sampling), its calibration, the suspect flag.
+
+Tiny real models trained on real stores (:func:`test_train_data.make_dataset`); every check
+runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
+
+from specdenoise import SpecdenoiseError, cli
+from specdenoise.evaluate import cube as cube_mod
+from specdenoise.train import infer, loop
+from specdenoise.train import uncertainty as unc
+from specdenoise.train.checkpoint import load_model, read_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+
+
+N_WAVE = 1024  # a quarter of the detector: the statistics need hundreds of spectra
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unc")
+    return {"train": make_dataset(d / "train.zarr", n=48, chunk=16, seed=0, n_wave=N_WAVE),
+            "val": make_dataset(d / "val.zarr", n=300, chunk=100, seed=11, n_wave=N_WAVE),
+            "test": make_dataset(d / "test.zarr", n=300, chunk=100, seed=23, n_wave=N_WAVE),
+            "dir": d}
+
+
+def _train(stores, name, val, **model_cfg):
+    cfg = loop.make_config(stores["train"], val, stores["dir"] / name, model="unet",
+                           preset="quick", epochs=2, batch_size=12, device="cpu", lr=1e-2,
+                           n_wave=N_WAVE,
+                           model_cfg={"depth": 2, "filters": 4, "in_channels": 2, **model_cfg})
+    loop.train(cfg)
+    return stores["dir"] / name
+
+
+@pytest.fixture(scope="module")
+def head_run(stores):
+    """A network with an uncertainty head; training calibrates it on the validation set."""
+    return _train(stores, "head", stores["val"], uncertainty="nll")
+
+
+@pytest.fixture(scope="module")
+def plain_run(stores):
+    """A network as every older run is (no head), calibrated afterwards for 4 samples."""
+    run = _train(stores, "plain", None)
+    assert unc.read_calibration(run) is None
+    unc.calibrate_run(run, stores["val"], samples=4, device="cpu")
+    return run
+
+
+def _arrays(path, n=None):
+    g = xr.open_zarr(path)
+    sl = slice(None, n)
+    return (g["flux"].values[sl], g["sigma"].values[sl], g["flux_clean"].values[sl],
+            g["mask"].values[sl] == 0)
+
+
+def test_head_trains_and_gives_finite_positive_sigma(head_run, stores):
+    state = read_checkpoint(head_run)
+    assert state["model"]["cfg"]["uncertainty"] == "nll"
+    rows = state["history"]
+    assert all(np.isfinite(r["train_nll_loss"]) and np.isfinite(r["val_nll_loss"])
+               for r in rows)
+    model, _ = load_model(head_run, device="cpu")
+    flux, sigma, clean, good = _arrays(stores["test"], 20)
+    mean, logvar = model(torch.stack([torch.from_numpy(flux), torch.from_numpy(sigma)], 1),
+                         return_logvar=True)
+    assert logvar.shape == mean.shape == (20, N_WAVE)
+    den, s = infer.denoise_array_with_sigma(model, flux, sigma)
+    assert np.isfinite(s).all() and (s > 0).all()
+    # the flux is the plain pass, bit for bit
+    np.testing.assert_array_equal(den, infer.denoise_array(model, flux, sigma=sigma))
+    # training wrote a calibration fitted on the validation set
+    cal = unc.read_calibration(head_run)
+    assert cal.method == "head" and cal.n_spectra == 300 and cal.dataset == str(stores["val"])
+    assert all(s > 0 for s in cal.scale)
+
+
+def test_old_checkpoints_load_and_denoise_unchanged(plain_run, stores, tmp_path):
+    state = read_checkpoint(plain_run)
+    assert "uncertainty" not in state["model"]["cfg"]  # what every older checkpoint holds
+    assert state["model"]["state"]["head.layer.weight"].shape[0] == 1
+    model, _ = load_model(plain_run, device="cpu")
+    flux, sigma, clean, good = _arrays(stores["test"], 12)
+    plain = infer.denoise_array(model, flux, sigma=sigma)
+    block = infer.denoise_with_uncertainty(model, flux, sigma, method="sample", samples=4)
+    np.testing.assert_array_equal(block.flux_denoised, plain)
+    assert np.isfinite(block.sigma_denoised).all() and (block.sigma_denoised > 0).all()
+    with pytest.raises(SpecdenoiseError, match="no uncertainty head"):
+        model(torch.zeros(1, 2, N_WAVE), return_logvar=True)
+    with pytest.raises(SpecdenoiseError, match="needs a network trained with"):
+        infer.denoise_with_uncertainty(model, flux, sigma, method="head")
+    # sampling is seeded: the same seed gives the same sigma, another seed another one
+    again = infer.denoise_with_uncertainty(model, flux, sigma, method="sample", samples=4)
+    np.testing.assert_array_equal(again.sigma_denoised, block.sigma_denoised)
+    other = infer.denoise_with_uncertainty(model, flux, sigma, method="sample", samples=4,
+                                           seed=1)
+    assert not np.array_equal(other.sigma_denoised, block.sigma_denoised)
+
+
+def test_fit_scale_meets_the_targets_for_gaussian_errors():
+    rng = np.random.default_rng(0)
+    z = 3.0 * rng.standard_normal(200_000)
+    s = unc.fit_scale(z)
+    assert 2.85 < s < 3.15
+    assert unc.coverage(z / s) == unc.coverage(-z / s)
+    c = unc.coverage(z / s)
+    assert 0.63 <= c["cover1"] <= 0.73 and 0.92 <= c["cover2"] <= 0.97
+    assert 0.85 <= c["std_z"] <= 1.15
+
+
+def test_calibration_holds_on_independent_in_domain_data(head_run, plain_run, stores):
+    """Coverage targets and about 1 % false alarms on spectra the calibration never saw."""
+    flux, sigma, clean, good = _arrays(stores["test"])
+    good &= clean > 0
+    for run in (head_run, plain_run):
+        d = infer.load_denoiser(run, device="cpu")
+        assert d.calibration is not None
+        block = d(flux, sigma, good=good)
+        z = np.where(good, (block.flux_denoised - clean) / block.sigma_denoised, np.nan)
+        c = unc.coverage(z.ravel())
+        # fitted on another draw of the same population: the coverage carries over
+        fit = [row["calibrated"] for row in d.calibration.coverage if row["n_spectra"]]
+        w = np.array([f["n_pixels"] for f in fit])
+        for k in ("cover1", "cover2"):
+            assert abs(c[k] - np.average([f[k] for f in fit], weights=w)) < 0.03, (run.name, c)
+        if run == head_run:  # the head's errors are near Gaussian: the targets, 2 % margin
+            assert 0.61 <= c["cover1"] <= 0.75 and 0.90 <= c["cover2"] <= 0.98, c
+        # 300 spectra at 1 %: 3 expected; more than 12 has a probability below 1e-4
+        flagged = int((block.suspect == 1).sum())
+        assert (block.suspect >= 0).all()
+        assert flagged <= 12, (run.name, flagged)
+
+
+def test_spikes_and_emission_lines_are_suspect(head_run, stores):
+    """A cosmic-ray hit or an emission line well above what the network says it may miss.
+
+    The tiny test network is poor (its calibrated sigma is several times the noise), so the
+    artefacts are scaled to its total error sqrt(sigma^2 + sigma_denoised^2); what the real
+    networks catch at which S/N is measured in results/ood/.
+    """
+    flux, sigma, clean, good = _arrays(stores["test"], 40)
+    snr = unc.spectrum_snr(flux, sigma)
+    rows = np.nonzero(snr >= 10)[0][:10]
+    d = infer.load_denoiser(head_run, device="cpu")
+    clean_block = d(flux[rows], sigma[rows])
+    total = np.sqrt(sigma[rows] ** 2 + clean_block.sigma_denoised ** 2)
+    bad = flux[rows].copy()
+    pix = np.arange(N_WAVE)
+    for k in range(len(rows)):
+        if k % 2:  # a cosmic-ray hit: 2 pixels at 25 times the total error
+            bad[k, 600:602] += 25 * total[k, 600:602]
+        else:  # an emission line, FWHM 3 pixels, peak 15 times the total error
+            bad[k] += 15 * total[k, 400] * np.exp(-0.5 * ((pix - 400) / 1.3) ** 2)
+    bad_block = d(bad, sigma[rows])
+    assert (clean_block.suspect == 0).sum() >= 8
+    assert (bad_block.suspect == 1).all(), bad_block.chi2_peak
+    assert (bad_block.chi2_peak > 5 * clean_block.chi2_peak).all()
+    assert (bad_block.chi2_red > clean_block.chi2_red).all()
+
+
+def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores, tmp_path):
+    src = stores["test"]
+    out = tmp_path / "den.zarr"
+    assert cli.main(["denoise", "--model", str(head_run), "--data", str(src), "--out",
+                     str(out), "--device", "cpu", "--batch-size", "64"]) == 0
+    den = xr.open_zarr(out)
+    assert den["sigma_denoised"].shape == (300, N_WAVE)
+    assert den["sigma_denoised"].attrs["units"] == den["flux_denoised"].attrs["units"]
+    assert den["suspect"].dtype == np.int8 and den["chi2_red"].dims == ("spectrum",)
+    assert den["chi2_peak"].dims == ("spectrum",) and den["suspect"].attrs["flag_values"]
+    assert set(np.unique(den["suspect"].values)) <= {0, 1}
+    assert den.attrs["uncertainty_method"] == "head" and den.attrs["uncertainty_calibrated"]
+    d = infer.load_denoiser(head_run, device="cpu", batch_size=64)
+    flux, sigma, clean, good = _arrays(src, 100)
+    block = d(flux, sigma, good=good)
+    np.testing.assert_allclose(den["sigma_denoised"].values[:100], block.sigma_denoised,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(den["suspect"].values[:100], block.suspect)
+
+    # old-style output on request
+    bare = tmp_path / "bare.zarr"
+    assert cli.main(["denoise", "--model", str(head_run), "--data", str(src), "--out",
+                     str(bare), "--uncertainty", "none"]) == 0
+    assert "sigma_denoised" not in xr.open_zarr(bare)
+
+    # a CSV spectrum with noise: per-pixel sigma, per-spectrum chi2 and flag columns
+    csv_in = tmp_path / "star.csv"
+    np.savetxt(csv_in, np.c_[WAVE[:N_WAVE], flux[0], sigma[0]], delimiter=",",
+               header="wave,flux,sigma", comments="")
+    for run in (head_run, plain_run):
+        out_csv = tmp_path / f"{run.name}.csv"
+        assert cli.main(["denoise", "--model", str(run), "--spectrum", str(csv_in), "--out",
+                         str(out_csv)]) == 0
+        t = np.genfromtxt(out_csv, delimiter=",", names=True)
+        assert {"sigma_denoised", "chi2_red", "chi2_peak", "suspect"} <= set(t.dtype.names)
+        assert (t["sigma_denoised"] > 0).all() and np.isfinite(t["chi2_red"]).all()
+        assert len(np.unique(t["chi2_red"])) == 1 and set(np.unique(t["suspect"])) <= {0, 1}
+        np.testing.assert_allclose(t["flux_denoised"], block.flux_denoised[0] if run == head_run
+                                   else t["flux_denoised"], rtol=1e-6)
+    # the plain network was calibrated for K=4: with 3 samples it is neither calibrated nor
+    # checked (-1), and says so
+    out_csv = tmp_path / "k3.csv"
+    assert cli.main(["denoise", "--model", str(plain_run), "--spectrum", str(csv_in), "--out",
+                     str(out_csv), "--samples", "3"]) == 0
+    assert set(np.unique(np.genfromtxt(out_csv, delimiter=",", names=True)["suspect"])) == {-1}
+
+
+def test_cube_carries_sigma_z_and_suspect(head_run, stores, tmp_path):
+    from specdenoise.evaluate.baselines import baseline_methods
+
+    methods = [cube_mod.network_method(head_run, device="cpu", name="head"),
+               *baseline_methods(["none"])]
+    c = cube_mod.open_cube(cube_mod.build_cube(stores["test"], tmp_path / "c.zarr", methods,
+                                               block=100, progress=False))
+    assert c["sigma_denoised"].dims == c["z"].dims == ("denoiser", "spectrum", "wave")
+    assert c["suspect"].dims == c["chi2_red"].dims == c["chi2_peak"].dims == ("denoiser",
+                                                                              "spectrum")
+    head = c.sel(denoiser="head")
+    z = ((head["denoised"] - c["flux_clean"]) / head["sigma_denoised"]).values
+    np.testing.assert_allclose(head["z"].values, z, rtol=1e-5, atol=1e-6)
+    assert np.isnan(c["sigma_denoised"].sel(denoiser="none").values).all()
+    assert np.isnan(c["suspect"].sel(denoiser="none").values).all()
+    assert float(head["suspect"].mean()) <= 0.04
+    info = json.loads(c.attrs["methods"])["head"]["uncertainty"]
+    assert info["method"] == "head" and info["suspect_threshold"] > 0
+
+
+def test_calibrate_cli(plain_run, stores, tmp_path, capsys):
+    before = unc.read_calibration(plain_run)
+    assert cli.main(["calibrate", "--model", str(plain_run), "--data", str(stores["test"]),
+                     "--samples", "4", "--max-spectra", "100", "--device", "cpu"]) == 0
+    after = unc.read_calibration(plain_run)
+    assert after.samples == 4 and after.n_spectra == 100 and after.dataset == str(stores["test"])
+    assert "S/N" in capsys.readouterr().out
+    unc.write_calibration(plain_run, before)  # leave the fixture as it was
+    assert cli.main(["calibrate", "--model", str(plain_run), "--data", str(stores["test"]),
+                     "--uncertainty", "head"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a network trained with" in err and "\n" not in err
+
+
+def test_beta_nll_and_the_detached_mean():
+    """beta 0 is the Gaussian NLL; nll_detach_mean keeps its gradient off the mean."""
+    from specdenoise.train.models import build_model
+
+    mean, logvar = torch.tensor([[0.5, 0.4]]), torch.tensor([[-4.0, -2.0]])
+    y = torch.tensor([[0.52, 0.4]])
+    nll = 0.5 * (logvar + (y - mean) ** 2 / logvar.exp())
+    torch.testing.assert_close(loop.beta_nll(mean, logvar, y, 0.0), nll)
+    torch.testing.assert_close(loop.beta_nll(mean, logvar, y, 0.5), nll * (0.5 * logvar).exp())
+    model = build_model("unet", depth=2, filters=4, n_wave=64, uncertainty="nll",
+                        in_channels=2)
+    batch = {"x": torch.rand(3, 64) + 0.5, "sigma": torch.full((3, 64), 0.02),
+             "y": torch.rand(3, 64) + 0.5, "good": torch.ones(3, 64, dtype=torch.bool)}
+    for detach in (True, False):
+        cfg = loop.make_config("d", None, "o", model="unet", preset="quick",
+                               nll_detach_mean=detach)
+        pred, aux = loop._forward(model, model, batch, cfg)
+        grad = torch.autograd.grad(aux["nll"], pred, allow_unused=True)[0]
+        assert (grad is None) == detach

@@ -1,0 +1,497 @@
+"""Per-pixel uncertainty of a denoised spectrum, its calibration, and a consistency check.
+
+Two ways to get ``sigma_denoised``, the 1-sigma error of each denoised pixel (flux units):
+
+``head``
+    A network trained with ``uncertainty: "nll"`` (see :class:`specdenoise.train.models.UNet`)
+    gives the log-variance of its own error at every pixel, learnt with the beta-NLL loss
+    (Seitz et al. 2022, ICLR, "On the pitfalls of heteroscedastic uncertainty estimation with
+    probabilistic neural networks"). One forward pass.
+``sample``
+    Works for any network, old checkpoints included: a parametric bootstrap. The denoised
+    spectrum D is taken as the truth, K new observations ``D + sigma * eps_k`` are drawn with
+    the input's own noise, each is denoised, and the spread (standard deviation over k) of the
+    K outputs is the error. It measures how much the noise moves the output, not the
+    network's bias (line shrinkage), which the calibration below has to absorb. K + 1 passes.
+``both``
+    The two added in quadrature (a network with a head only).
+
+A raw sigma is not a calibrated one. :func:`calibrate` scales it, by one factor per S/N bin,
+so that on in-domain validation data the fraction of pixels with ``|D - F| <= sigma`` is near
+0.683, with ``<= 2 sigma`` near 0.954 and the standard deviation of ``z = (D - F) / sigma``
+near 1 (targets 0.63-0.73, 0.92-0.97, 0.85-1.15; the scale minimises the worst relative miss).
+
+The consistency check: for each spectrum, with ``r^2 = (flux - D)^2 / (sigma^2 +
+sigma_denoised^2)`` at every unmasked pixel,
+
+    chi2_red  = mean of r^2 over the spectrum
+    chi2_peak = largest mean of r^2 over any LOCAL_WINDOW (5) neighbouring pixels
+
+where ``flux`` and ``sigma`` are the noisy input and its noise. If the denoised spectrum is a
+faithful model of the input, the residual ``flux - D`` is the noise plus the network's own
+error, whose variances add (the network's error is mostly systematic -- shrunk lines -- and
+barely correlated with this noise draw). Dividing by ``sigma^2`` alone would flag every
+high-S/N spectrum whose lines the network shrinks although it says it is unsure there; adding
+``sigma_denoised^2`` keeps those quiet and leaves the statistic sensitive to what the network
+cannot explain with confidence: spikes, emission lines, sky residuals, wrong continua, lines
+of the wrong width. The two statistics look at different failures: a wrong continuum or
+line width raises ``r^2`` a little everywhere (``chi2_red``); a cosmic-ray hit, an emission
+line or a sky residual raises it a lot in a few pixels, which a mean over 4096 pixels dilutes
+(three pixels at 30 sigma move ``chi2_red`` by 0.7) and a mean over 5 pixels does not
+(``chi2_peak`` about 500). Their null distributions drift with S/N, so each is standardised
+per S/N bin (median and 1.4826 MAD of the validation spectra in the bin); a spectrum's score
+is the larger of the two standardised values, and one threshold on it, the (1 - false alarm)
+quantile over all validation spectra, sets ``suspect``. A suspect spectrum is one the
+network's output does not explain as well as it explains 99 % of the spectra it was
+validated on: look at ``flux - flux_denoised``, and do not use the denoised flux of that
+spectrum without checking it (or use the noisy input).
+
+The calibration of a run is a small JSON file (:data:`CALIBRATION_NAME`) in its run folder,
+written at the end of training from the validation set and rewritten by
+``specdenoise calibrate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdenoise.errors import SpecdenoiseError
+from specdenoise.train import data as tdata
+from specdenoise.train.models import model_input
+
+#: S/N bin edges (S/N = median over pixels of flux / sigma), the report's default bins
+SNR_EDGES = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
+METHODS = ("head", "sample", "both")
+DEFAULT_SAMPLES = 8
+CALIBRATION_NAME = "uncertainty.json"
+FALSE_ALARM = 0.01
+#: calibration targets per S/N bin: 1-sigma coverage, 2-sigma coverage, std(z)
+TARGETS = {"cover1": (0.63, 0.73), "cover2": (0.92, 0.97), "std_z": (0.85, 1.15)}
+#: a bin needs this many spectra to get its own scale and chi2 statistics (else its neighbour's)
+MIN_BIN_SPECTRA = 20
+#: pixels per bin used to fit the scale (a random subset beyond it)
+MAX_FIT_PIXELS = 400_000
+#: pixels of the local window of ``chi2_peak`` (a line or a cosmic-ray hit spans 2-5 pixels)
+LOCAL_WINDOW = 5
+#: values of ``suspect``: 1 suspect, 0 consistent, -1 not checked (no calibration or no sigma)
+SUSPECT, CONSISTENT, UNCHECKED = 1, 0, -1
+
+
+def has_head(model: torch.nn.Module) -> bool:
+    """True for a network with a heteroscedastic (``uncertainty: "nll"``) head."""
+    return getattr(model, "uncertainty", "none") == "nll"
+
+
+def default_method(model: torch.nn.Module) -> str:
+    return "head" if has_head(model) else "sample"
+
+
+def check_method(model: torch.nn.Module, method: str, samples: int) -> None:
+    if method not in METHODS:
+        raise SpecdenoiseError(f"unknown uncertainty method {method!r}; choose one of "
+                               f"{', '.join(METHODS)}")
+    if method in ("head", "both") and not has_head(model):
+        raise SpecdenoiseError(f"uncertainty method {method!r} needs a network trained with "
+                               "model option uncertainty 'nll'; use 'sample' for this one")
+    if method in ("sample", "both") and samples < 2:
+        raise SpecdenoiseError(f"sampling needs at least 2 samples, got {samples}")
+
+
+def spectrum_snr(flux: np.ndarray, sigma: np.ndarray, good: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """S/N of each spectrum, median over (unmasked) pixels of flux / sigma; (n,) float64."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.asarray(flux, np.float64) / np.asarray(sigma, np.float64)
+    if good is not None:
+        r = np.where(good, r, np.nan)
+    r = np.where(np.isfinite(r), r, np.nan)
+    out = np.full(r.shape[0], np.nan)
+    ok = np.isfinite(r).any(axis=1)
+    out[ok] = np.nanmedian(r[ok], axis=1)
+    return out
+
+
+def snr_bin(snr: np.ndarray, edges=SNR_EDGES) -> np.ndarray:
+    """Index of each S/N's bin (``lo < x <= hi``; S/N <= 0 or NaN go to the first bin)."""
+    idx = np.searchsorted(np.asarray(edges[1:-1]), np.nan_to_num(snr, nan=0.0), side="left")
+    return idx.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- raw estimates
+
+
+def _forward(model, flux: torch.Tensor, sigma: torch.Tensor | None, head: bool):
+    """(mean, sigma of the head or None) in the units of ``flux`` (b, n), float32."""
+    factor, xn = tdata.normalise(flux)
+    sn = sigma / factor if sigma is not None and getattr(model, "in_channels", 1) == 2 else None
+    x = model_input(model, xn, sn)
+    if head:
+        mean, logvar = model(x, return_logvar=True)
+        return mean.float() * factor, torch.exp(0.5 * logvar.float()) * factor
+    return model(x).float() * factor, None
+
+
+@torch.no_grad()
+def raw_uncertainty(model: torch.nn.Module, flux: np.ndarray, sigma: np.ndarray | None, *,
+                    method: str | None = None, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                    batch_size: int = 256, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Denoise ``flux`` (n, n_wave) and estimate each pixel's error before calibration.
+
+    ``sigma`` (n, n_wave): the input's 1-sigma noise in the units of ``flux`` (needed by
+    ``sample``/``both`` and by models that take it). ``method``: ``head``, ``sample`` or
+    ``both`` (None: ``head`` if the model has one, else ``sample``); ``samples``: K.
+    Returns ``(denoised, sigma_raw)``, both (n, n_wave) float32 in the units of ``flux``.
+    The denoised flux is the plain forward pass (what :func:`~specdenoise.train.infer.
+    denoise_array` gives), not the mean of the samples. Draws are keyed by ``seed``.
+    """
+    method = method or default_method(model)
+    check_method(model, method, samples)
+    flux = np.asarray(flux, np.float32)
+    if sigma is None and (method != "head" or getattr(model, "in_channels", 1) == 2):
+        raise SpecdenoiseError(f"uncertainty method {method!r} with this model needs the "
+                               "noise sigma of every input pixel")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model_dev = next(model.parameters()).device
+    was_training = model.training
+    model.to(dev).eval()
+    den = np.empty_like(flux)
+    out = np.empty_like(flux)
+    head = method in ("head", "both")
+    try:
+        for i in range(0, len(flux), batch_size):
+            f = torch.from_numpy(flux[i:i + batch_size]).to(dev)
+            s = None if sigma is None else torch.from_numpy(
+                np.asarray(sigma[i:i + batch_size], np.float32)).to(dev)
+            mean, s_head = _forward(model, f, s, head)
+            var = torch.zeros_like(mean) if s_head is None else s_head.square()
+            if method in ("sample", "both"):
+                gen = torch.Generator(device="cpu").manual_seed(tdata.key(seed, i))
+                draws = []
+                for _ in range(samples):
+                    eps = torch.randn(mean.shape, generator=gen).to(dev)
+                    draws.append(_forward(model, mean + s * eps, s, False)[0])
+                var = var + torch.stack(draws).var(dim=0, unbiased=True)
+            den[i:i + batch_size] = mean.cpu().numpy()
+            out[i:i + batch_size] = var.sqrt().cpu().numpy()
+    finally:
+        model.train(was_training).to(model_dev)
+    return den, out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class Calibration:
+    """How a run's raw sigma becomes ``sigma_denoised``, and where ``suspect`` starts.
+
+    Per S/N bin (``snr_edges``): ``scale`` multiplies the raw sigma; ``chi2_median`` and
+    ``chi2_spread`` standardise ``chi2_red``, ``peak_median`` and ``peak_spread``
+    ``chi2_peak``; ``threshold`` is the score (the larger standardised value) above which a
+    spectrum is suspect (``false_alarm`` of the fitting data lie above it). ``coverage``
+    records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z).
+    """
+
+    method: str
+    samples: int
+    snr_edges: list[float]
+    scale: list[float]
+    chi2_median: list[float]
+    chi2_spread: list[float]
+    peak_median: list[float]
+    peak_spread: list[float]
+    threshold: float
+    false_alarm: float = FALSE_ALARM
+    dataset: str = ""
+    n_spectra: int = 0
+    seed: int = 0
+    coverage: list[dict] = field(default_factory=list)
+    version: int = 1
+
+    def scale_for(self, snr: np.ndarray) -> np.ndarray:
+        return np.asarray(self.scale)[snr_bin(snr, self.snr_edges)]
+
+    def score(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray) -> np.ndarray:
+        """The larger of the standardised ``chi2_red`` and ``chi2_peak``, (n,)."""
+        return _score(chi2, peak, snr_bin(snr, self.snr_edges), self.chi2_median,
+                      self.chi2_spread, self.peak_median, self.peak_spread)
+
+    def suspect(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray) -> np.ndarray:
+        """(n,) int8: 1 suspect, 0 consistent, -1 where chi2 is NaN (not checked)."""
+        u = self.score(chi2, peak, snr)
+        out = np.where(u > self.threshold, SUSPECT, CONSISTENT).astype(np.int8)
+        out[~(np.isfinite(chi2) & np.isfinite(peak))] = UNCHECKED
+        return out
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["snr_edges"] = [None if math.isinf(e) else e for e in self.snr_edges]
+        return json.dumps(d, indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        d = dict(d)
+        d["snr_edges"] = [math.inf if e is None else float(e) for e in d["snr_edges"]]
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def calibration_path(run) -> Path:
+    """The calibration file of a run (given its folder or its checkpoint file)."""
+    run = Path(run)
+    return (run if run.is_dir() else run.parent) / CALIBRATION_NAME
+
+
+def read_calibration(run) -> Calibration | None:
+    """The run's calibration, or None if it was never calibrated."""
+    path = calibration_path(run)
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecdenoiseError(f"{path} is not a calibration file ({exc}); recalibrate with "
+                               "'specdenoise calibrate'") from None
+
+
+def write_calibration(run, cal: Calibration) -> Path:
+    """Write ``cal`` into the run folder atomically."""
+    path = calibration_path(run)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(cal.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def consistency(flux, sigma, denoised, sigma_denoised, good=None,
+                window: int = LOCAL_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """``(chi2_red, chi2_peak)`` of the input about the denoised spectrum, each (n,) float64.
+
+    All arrays (n, n_wave) in the same units; ``good``: unmasked pixels (None: all). A window
+    counts when at least half its pixels are unmasked. NaN for a spectrum without any.
+    """
+    var = (np.asarray(sigma, np.float64) ** 2 + np.asarray(sigma_denoised, np.float64) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = (np.asarray(flux, np.float64) - denoised) ** 2 / var
+    ok = np.isfinite(r2) & (var > 0)
+    if good is not None:
+        ok &= np.asarray(good, bool)
+    r2 = np.where(ok, r2, 0.0)
+    n = ok.sum(axis=1)
+    chi2 = np.where(n > 0, r2.sum(axis=1) / np.maximum(n, 1), np.nan)
+    zero = np.zeros((len(r2), 1))
+    csum = np.concatenate([zero, np.cumsum(r2, axis=1)], axis=1)
+    ccnt = np.concatenate([zero, np.cumsum(ok, axis=1)], axis=1)
+    w = min(window, r2.shape[1])
+    wsum, wcnt = csum[:, w:] - csum[:, :-w], ccnt[:, w:] - ccnt[:, :-w]
+    local = np.where(2 * wcnt >= w, wsum / np.maximum(wcnt, 1), -np.inf)
+    peak = local.max(axis=1)
+    return chi2, np.where(np.isfinite(peak), peak, np.nan)
+
+
+def chi2_red(flux, sigma, denoised, sigma_denoised, good=None) -> np.ndarray:
+    """Reduced chi2 of the input about the denoised spectrum, (n,) float64 (see the module)."""
+    return consistency(flux, sigma, denoised, sigma_denoised, good)[0]
+
+
+def _score(chi2, peak, b, chi2_median, chi2_spread, peak_median, peak_spread) -> np.ndarray:
+    u1 = (chi2 - np.asarray(chi2_median)[b]) / np.asarray(chi2_spread)[b]
+    u2 = (peak - np.asarray(peak_median)[b]) / np.asarray(peak_spread)[b]
+    return np.maximum(u1, u2)
+
+
+def _robust(values: np.ndarray, b: np.ndarray, n_bins: int) -> tuple[list, list]:
+    """Per-bin median and 1.4826 MAD of ``values`` (bins with too few: the nearest bin's)."""
+    med: list[float | None] = []
+    spread: list[float | None] = []
+    for i in range(n_bins):
+        c = values[(b == i) & np.isfinite(values)]
+        if c.size < MIN_BIN_SPECTRA:
+            med.append(None)
+            spread.append(None)
+            continue
+        m = float(np.median(c))
+        med.append(m)
+        spread.append(max(1.4826 * float(np.median(np.abs(c - m))), 1e-6 * max(abs(m), 1e-6)))
+    return _fill_bins(med), _fill_bins(spread)
+
+
+def coverage(z: np.ndarray) -> dict:
+    """1- and 2-sigma coverage and std of the finite values of ``z``."""
+    z = z[np.isfinite(z)]
+    if not z.size:
+        return {"cover1": math.nan, "cover2": math.nan, "std_z": math.nan, "n_pixels": 0}
+    a = np.abs(z)
+    return {"cover1": float((a <= 1).mean()), "cover2": float((a <= 2).mean()),
+            "std_z": float(z.std()), "n_pixels": int(z.size)}
+
+
+def _miss(stats: dict) -> float:
+    """The worst miss of the targets, in units of each target's half-width (0: all met)."""
+    worst = 0.0
+    for k, (lo, hi) in TARGETS.items():
+        v, half = stats[k], (hi - lo) / 2
+        worst = max(worst, max(lo - v, v - hi, 0.0) / half)
+    return worst
+
+
+def fit_scale(z_raw: np.ndarray) -> float:
+    """The factor s for which z_raw / s best meets :data:`TARGETS`.
+
+    Minimises the worst miss, then the distance of the 1-sigma coverage from 0.683, over a
+    fine grid around the 68.3 % quantile of |z_raw|.
+    """
+    z = z_raw[np.isfinite(z_raw)]
+    if not z.size:
+        return 1.0
+    a = np.sort(np.abs(z))
+    s0 = float(np.quantile(a, 0.6827)) or 1.0
+    sd = float(z.std())
+    best, best_key = s0, (math.inf, math.inf)
+    for s in s0 * np.exp(np.linspace(-1.0, 1.0, 201)):
+        c1 = np.searchsorted(a, s, side="right") / a.size
+        c2 = np.searchsorted(a, 2 * s, side="right") / a.size
+        key = (_miss({"cover1": c1, "cover2": c2, "std_z": sd / s}), abs(c1 - 0.6827))
+        if key < best_key:
+            best, best_key = float(s), key
+    return best
+
+
+def _fill_bins(values: list[float | None]) -> list[float]:
+    """Bins without enough data take the nearest bin's value (1.0 if none has one)."""
+    have = [i for i, v in enumerate(values) if v is not None]
+    if not have:
+        return [1.0] * len(values)
+    return [values[i] if values[i] is not None
+            else values[min(have, key=lambda j: (abs(j - i), j))] for i in range(len(values))]
+
+
+def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: str,
+                    samples: int, false_alarm: float = FALSE_ALARM, edges=SNR_EDGES,
+                    dataset: str = "", seed: int = 0) -> Calibration:
+    """Fit a :class:`Calibration` on in-domain spectra with known truth ``clean``.
+
+    All arrays (n, n_wave) in one flux unit; ``good`` (n, n_wave) bool: unmasked pixels with
+    a positive ``clean``. ``sigma_raw`` from :func:`raw_uncertainty`.
+    """
+    if not 0 < false_alarm < 1:
+        raise SpecdenoiseError(f"false-alarm rate must be in (0, 1), got {false_alarm}")
+    snr = spectrum_snr(flux, sigma, good)
+    b = snr_bin(snr, edges)
+    n_bins = len(edges) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_raw = np.where(good, (denoised - clean) / sigma_raw, np.nan)
+    rng = np.random.default_rng(seed)
+    scales: list[float | None] = []
+    for i in range(n_bins):
+        rows = b == i
+        if rows.sum() < MIN_BIN_SPECTRA:
+            scales.append(None)
+            continue
+        z = z_raw[rows].ravel()
+        z = z[np.isfinite(z)]
+        if z.size > MAX_FIT_PIXELS:
+            z = rng.choice(z, MAX_FIT_PIXELS, replace=False)
+        scales.append(fit_scale(z))
+    scale = _fill_bins(scales)
+    s_cal = sigma_raw * np.asarray(scale)[b][:, None]
+    chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
+    med_f, spread_f = _robust(chi2, b, n_bins)
+    pmed_f, pspread_f = _robust(peak, b, n_bins)
+    u = _score(chi2, peak, b, med_f, spread_f, pmed_f, pspread_f)
+    u = u[np.isfinite(u)]
+    threshold = float(np.quantile(u, 1 - false_alarm)) if u.size else math.inf
+    table = []
+    for i in range(n_bins):
+        rows = b == i
+        table.append({"snr_lo": edges[i], "snr_hi": None if math.isinf(edges[i + 1])
+                      else edges[i + 1], "n_spectra": int(rows.sum()),
+                      "scale": scale[i], "raw": coverage(z_raw[rows].ravel()),
+                      "calibrated": coverage(z_raw[rows].ravel() / scale[i])})
+    return Calibration(method=method, samples=int(samples), snr_edges=[float(e) for e in edges],
+                       scale=scale, chi2_median=med_f, chi2_spread=spread_f,
+                       peak_median=pmed_f, peak_spread=pspread_f, threshold=threshold,
+                       false_alarm=float(false_alarm), dataset=dataset,
+                       n_spectra=int(len(flux)), seed=int(seed), coverage=table)
+
+
+def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) -> dict:
+    """Calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red`` and ``chi2_peak``
+    (n,) float32 and ``suspect`` (n,) int8 for spectra denoised with :func:`raw_uncertainty`.
+
+    Without a calibration the raw sigma is kept and nothing is flagged (``suspect`` -1);
+    without the input's ``sigma`` there is no chi2 (NaN) and no flag. A spectrum's S/N (for
+    its bin) is taken from the input, median of flux / sigma; without sigma, the first bin's
+    scale is used.
+    """
+    n = len(denoised)
+    nan = np.full(n, np.nan, np.float32)
+    if sigma is None:
+        snr = np.full(n, np.nan)
+        s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
+        return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": nan,
+                "chi2_peak": nan.copy(), "suspect": np.full(n, UNCHECKED, np.int8)}
+    snr = spectrum_snr(flux, sigma, good)
+    s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
+    chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
+    suspect = (np.full(n, UNCHECKED, np.int8) if cal is None
+               else cal.suspect(chi2, peak, snr))
+    return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": chi2.astype(np.float32),
+            "chi2_peak": peak.astype(np.float32), "suspect": suspect}
+
+
+def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
+              samples: int = DEFAULT_SAMPLES, max_spectra: int | None = 2000,
+              false_alarm: float = FALSE_ALARM, batch_size: int = 256, device=None,
+              seed: int = 0) -> Calibration:
+    """Fit the calibration of ``model`` on a dataset with ``flux``, ``flux_clean``, ``sigma``.
+
+    Reads the first ``max_spectra`` spectra (None: all) chunk by chunk; in-domain data the
+    network was not trained on (its validation set).
+    """
+    method = method or default_method(model)
+    check_method(model, method, samples)
+    info = tdata.inspect_store(data, tdata.VAL_VARS, n_wave=getattr(model, "n_wave", 4096))
+    group = tdata.open_group(info.path, info.storage_options)
+    parts: dict[str, list] = {k: [] for k in ("den", "raw", "flux", "sigma", "clean", "good")}
+    n = 0
+    for chunk in range(info.n_chunks):
+        if max_spectra is not None and n >= max_spectra:
+            break
+        a = tdata.read_chunk(group, info, chunk, tdata.VAL_VARS)
+        take = len(a["flux"]) if max_spectra is None else min(len(a["flux"]), max_spectra - n)
+        a = {k: v[:take] for k, v in a.items()}
+        den, raw = raw_uncertainty(model, a["flux"], a["sigma"], method=method,
+                                   samples=samples, seed=tdata.key(seed, chunk),
+                                   batch_size=batch_size, device=device)
+        for k, v in (("den", den), ("raw", raw), ("flux", a["flux"]), ("sigma", a["sigma"]),
+                     ("clean", a["flux_clean"]), ("good", a["good"] & (a["flux_clean"] > 0))):
+            parts[k].append(v)
+        n += take
+    if n < MIN_BIN_SPECTRA:
+        raise SpecdenoiseError(f"{data}: {n} spectra are too few to calibrate on (at least "
+                               f"{MIN_BIN_SPECTRA}; a few hundred give a stable threshold)")
+    p = {k: np.concatenate(v) for k, v in parts.items()}
+    return fit_calibration(p["den"], p["raw"], p["flux"], p["sigma"], p["clean"], p["good"],
+                           method=method, samples=samples, false_alarm=false_alarm,
+                           dataset=str(data), seed=seed)
+
+
+def calibrate_run(run, data, *, method: str | None = None, samples: int = DEFAULT_SAMPLES,
+                  max_spectra: int | None = 2000, false_alarm: float = FALSE_ALARM,
+                  batch_size: int = 256, device=None, seed: int = 0) -> Calibration:
+    """(Re)calibrate the trained run ``run`` on ``data`` and write its calibration file."""
+    from specdenoise.train.checkpoint import load_model
+
+    model, _ = load_model(run, device=device)
+    cal = calibrate(model, data, method=method, samples=samples, max_spectra=max_spectra,
+                    false_alarm=false_alarm, batch_size=batch_size, seed=seed)
+    write_calibration(run, cal)
+    return cal
