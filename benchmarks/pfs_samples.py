@@ -47,7 +47,7 @@ def main() -> None:
                                          "sigma": truth["sigma"], "mask": truth["mask_store"]})
         schema.finalize_dataset(store)
     den_store = work / "truth_denoised.zarr"
-    assert cli.main(["denoise", "--model", args.model, "--data", str(store), "--out",
+    assert cli.main(["denoise", "--run", args.model, "--data", str(store), "--out",
                      str(den_store), "--overwrite"]) == 0
     import xarray as xr
 
@@ -61,7 +61,7 @@ def main() -> None:
           f"{'noisy %':>8} {'max rel diff':>12}")
     for name in ("pfsArm-100077-m1.fits", "pfsMerged-100077.fits"):
         out = work / f"denoised-{name}"
-        assert cli.main(["denoise", "--model", args.model, "--spectrum",
+        assert cli.main(["denoise", "--run", args.model, "--spectrum",
                          str(args.samples / name), "--out", str(out), "--overwrite"]) == 0
         with fits.open(out) as f:
             fiber = f["FIBERID"].data
@@ -74,7 +74,7 @@ def main() -> None:
     got, rows = [], []
     for k, path in enumerate(objs):
         out = work / f"denoised-{path.name}"
-        assert cli.main(["denoise", "--model", args.model, "--spectrum", str(path), "--out",
+        assert cli.main(["denoise", "--run", args.model, "--spectrum", str(path), "--out",
                          str(out), "--overwrite"]) == 0
         row = int(truth["object_index"][k])
         with fits.open(out) as f:
