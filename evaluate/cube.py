@@ -222,6 +222,10 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
         schema.WAVE_DIM: ds[schema.WAVE_DIM].variable.compute(),
         **per_spec,
     }
+    # every cube carries a spectrum id (the dataset's, else its index), so selecting or
+    # sorting spectra keeps their identity
+    coords.setdefault(schema.SPECTRUM_DIM, (schema.SPECTRUM_DIM, np.arange(n, dtype=np.int64),
+                                            schema.attrs_of(schema.SPECTRUM_DIM)))
     import dask.array as da
 
     cube3 = (METHOD_DIM, schema.SPECTRUM_DIM, schema.WAVE_DIM)
@@ -246,7 +250,9 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
         data_vars["denoised"] = (cube3, lazy((n_m, n, n_wave), c3),
                                  {"long_name": "D[F_hat]", "units": schema.UNITS["flux"]})
     for v in ("flux", "flux_clean", "sigma"):
-        data_vars[v] = (spec2, lazy((n, n_wave), c2), {"units": schema.UNITS[v]})
+        data_vars[v] = (spec2, lazy((n, n_wave), c2), schema.attrs_of(v))
+    data_vars["mask"] = (spec2, da.zeros((n, n_wave), dtype=np.uint8, chunks=c2),
+                         schema.attrs_of("mask"))
     data_vars.update(_uncertainty_vars(cube3, (METHOD_DIM, schema.SPECTRUM_DIM),
                                        (n_m, n, n_wave), (n_m, n), c3, (1, block), lazy,
                                        schema.UNITS["flux"]))
@@ -268,7 +274,7 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
     for k in PROVENANCE_ATTRS:
         if k in ds.attrs:
             attrs[f"dataset_{k}"] = _attr_json(ds.attrs[k])
-    template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    template = schema.complete_attrs(xr.Dataset(data_vars, coords=coords, attrs=attrs))
     encoding = {name: {"chunks": tuple(ch[0] for ch in var.chunks)}
                 for name, var in template.data_vars.items() if var.chunks is not None}
     for k in per_spec:
@@ -299,6 +305,7 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
                 g["flux"][lo:hi] = flux
                 g["flux_clean"][lo:hi] = clean
                 g["sigma"][lo:hi] = sigma
+                g["mask"][lo:hi] = mask
                 for j, m in enumerate(methods):
                     stop = hi if m.limit is None else min(hi, m.limit)
                     if stop <= lo:

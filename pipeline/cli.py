@@ -25,7 +25,7 @@ from specdenoise.errors import SpecdenoiseError
 
 #: stage modules, in the order they appear in ``--help``
 STAGES = ("grid", "etc", "simulate", "train", "denoise", "calibrate", "evaluate", "run",
-          "cluster")
+          "export", "info", "cluster")
 
 
 class _SubcommandParser(argparse.ArgumentParser):

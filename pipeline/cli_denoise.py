@@ -14,17 +14,23 @@ def register(subparsers) -> None:
         help="denoise a dataset or a FITS/CSV spectrum with a trained model",
         description=(
             "Denoise every spectrum of a dataset into a new Zarr store (flux_denoised plus the "
-            "input's coordinates), or one FITS/CSV spectrum file into a CSV."
+            "input's coordinates), or the spectra of a PFS pfsArm/pfsMerged/pfsObject file or a "
+            "FITS/CSV spectrum file into FITS (--out X.fits) or CSV."
         ),
     )
     options.add_run(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="IN.zarr", help="dataset to denoise")
     src.add_argument("--spectrum", metavar="FILE",
-                     help="a spectrum file on the model's pixel grid (4096 PFS red-arm MR "
-                          "pixels; wavelengths, when given, in nm, vacuum, within half a pixel "
-                          "of the grid). FITS (.fits, .fit, .fts, .fits.gz): the first HDU with "
-                          "data, either a table with a 'flux' column (one pixel per row, or one "
+                     help="a PFS pfsArm (medium-resolution red arm 'm'), pfsMerged or "
+                          "pfsObject file (masked pixels are not trusted and stay masked; "
+                          "another wavelength grid covering the model's is resampled flux-"
+                          "conservingly and the result mapped back), or a spectrum file on "
+                          "the model's pixel grid (4096 PFS red-arm MR pixels; wavelengths, "
+                          "when given, in nm, vacuum, within half a pixel of the grid; a FITS "
+                          "image's 1-D WCS or a table column's unit is read). FITS (.fits, "
+                          ".fit, .fts, .fits.gz): the first HDU with data, either a table with a "
+                          "'flux' column (one pixel per row, or one "
                           "spectrum per row as a vector) and optionally a 'wave', 'wavelength' "
                           "or 'lambda' column and a noise column ('sigma'/'error'/'err', "
                           "'ivar' or 'variance'), or a 1-D (one spectrum) or 2-D (one per row) "
@@ -36,9 +42,15 @@ def register(subparsers) -> None:
                           "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
                    help="OUT.zarr (with --data: flux_denoised, sigma_denoised, chi2_red, "
-                        "chi2_peak, suspect) or OUT.csv (with --spectrum: columns wave, flux, "
-                        "flux_denoised, sigma_denoised, chi2_red, chi2_peak, suspect, and a "
-                        "leading 'spectrum' column for several spectra)")
+                        "chi2_peak, suspect); with --spectrum, OUT.fits writes FITS (a PFS "
+                        "input keeps its product's layout and identifiers, COVAR = "
+                        "sigma_denoised**2; a plain spectrum an image or table) and any other "
+                        "name CSV (columns wave, flux, flux_denoised, sigma_denoised, chi2_red, "
+                        "chi2_peak, suspect, and a leading 'spectrum' column for several "
+                        "spectra)")
+    p.add_argument("--fiber-id", type=int, nargs="+", action="extend", metavar="N",
+                   help="with a pfsArm or pfsMerged --spectrum: denoise only these fibers "
+                        "(default: every fiber)")
     p.add_argument("--uncertainty", default="auto",
                    choices=("auto", "head", "sample", "both", "none"),
                    help="how sigma_denoised is estimated: auto (default: the method the run was "
@@ -57,6 +69,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _spectrum_stage(args: argparse.Namespace) -> bool:
+    """FITS output or a PFS product go through ``stage_spectrum`` (PFS layouts, WCS
+    wavelengths, resampling); a plain spectrum to CSV stays with ``infer.denoise_file``."""
+    from specdenoise.pfsio import is_pfs_file
+    from specdenoise.stage_spectrum import is_fits
+
+    return bool(args.fiber_id) or is_fits(args.out) or (is_fits(args.spectrum)
+                                                        and is_pfs_file(args.spectrum))
+
+
 def run(args: argparse.Namespace) -> int:
     from specdenoise.train import infer
 
@@ -70,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
         out = infer.denoise_dataset(run_dir, args.data, args.out, batch_size=args.batch_size,
                                     device=args.device, overwrite=args.overwrite,
                                     progress=not args.no_progress,
+                                    uncertainty=args.uncertainty, samples=args.samples)
+    elif _spectrum_stage(args):
+        from specdenoise.stage_spectrum import denoise_spectrum_file
+
+        out = denoise_spectrum_file(run_dir, args.spectrum, args.out, device=args.device,
+                                    overwrite=args.overwrite, fiber_ids=args.fiber_id,
                                     uncertainty=args.uncertainty, samples=args.samples)
     else:
         out = infer.denoise_file(run_dir, args.spectrum, args.out, device=args.device,

@@ -13,9 +13,14 @@ variable          dims                   dtype      meaning
 ``sigma``         (spectrum, wave)       float32    1-sigma noise of ``flux`` (same normalisation)
 ``mask``          (spectrum, wave)       uint8      0 = good pixel; bit flags in ``MASK_BITS``
 ``wave``          (wave,)                float64    vacuum wavelength, nm
+``spectrum``      (spectrum,)            int64      spectrum id: its index in the dataset
 per-spectrum      (spectrum,)            float32    ``PARAMS`` + ``CONDITIONS`` + ``snr``, ``norm``
 ``calib_c1..L``   (spectrum,)            float32    the calibration distortion's coefficients
 ================  =====================  =========  ==============================================
+
+Every variable carries ``units`` (a string astropy parses), ``long_name`` and, where a unit
+cannot say it, ``medium`` or ``normalisation`` (:func:`attrs_of`); ``mask`` carries the CF flag
+attributes ``flag_masks`` / ``flag_meanings`` (:func:`flag_attrs`).
 
 ``norm`` is the factor the physical flux (erg s-1 cm-2 Hz-1) was divided by:
 ``f_nu = flux * norm``. The same factor divides ``flux``, ``flux_clean`` and ``sigma``.
@@ -78,31 +83,114 @@ def calib_names(order: int) -> tuple[str, ...]:
 #: variables with dims (spectrum, wave)
 SPECTRAL_VARS = ("flux", "flux_clean", "sigma", "mask")
 
+#: units of every variable, each a string astropy parses (``astropy.units.Unit(u)``); what a
+#: unit cannot say (medium, normalisation, photometric system) is in its own attribute
+#: (:data:`EXTRA_ATTRS`)
 UNITS = {
     "teff": "K",
-    "logg": "dex (cgs)",
+    "logg": "dex",
     "m_h": "dex",
     "a_m": "dex",
     "rv": "km s-1",
     "ebv": "mag",
-    "mag": "mag (AB)",
+    "mag": "mag",
     "seeing": "arcsec",
     "zenith": "deg",
     "field_angle": "deg",
     "moon_zenith": "deg",
     "moon_separation": "deg",
-    "moon_phase": "1 (0 = new, 0.25 = quarter, 0.5 = full)",
+    "moon_phase": "1",
     "exp_time": "s",
     "n_exp": "1",
-    "snr": "1 (median over pixels of flux / sigma)",
+    "snr": "1",
     "norm": "erg s-1 cm-2 Hz-1",
-    "flux": "1 (normalised: median 0.5)",
-    "flux_clean": "1 (normalised: median 0.5)",
-    "sigma": "1 (normalised like flux)",
-    "wave": "nm (vacuum)",
+    "flux": "1",
+    "flux_clean": "1",
+    "sigma": "1",
+    "flux_denoised": "1",
+    "mask": "1",
+    "wave": "nm",
+    SPECTRUM_DIM: "1",
+}
+
+#: a human-readable name for every variable (CF ``long_name``)
+LONG_NAMES = {
+    "teff": "effective temperature",
+    "logg": "log10 surface gravity (cgs, g in cm s-2)",
+    "m_h": "metallicity [M/H]",
+    "a_m": "alpha enhancement [alpha/M]",
+    "rv": "radial velocity",
+    "ebv": "colour excess E(B-V)",
+    "mag": "HSC-i magnitude",
+    "seeing": "seeing FWHM",
+    "zenith": "zenith angle",
+    "field_angle": "distance from the field centre",
+    "moon_zenith": "zenith angle of the Moon",
+    "moon_separation": "angular distance to the Moon",
+    "moon_phase": "lunar phase (0 new, 0.25 quarter, 0.5 full)",
+    "exp_time": "exposure time of one exposure",
+    "n_exp": "number of exposures",
+    "snr": "signal-to-noise ratio, median over pixels of flux / sigma",
+    "norm": "normalisation factor: f_nu = flux * norm",
+    "flux": "noisy observed flux, normalised",
+    "flux_clean": "noiseless observed flux, normalised",
+    "sigma": "1-sigma noise of flux, normalised like flux",
+    "flux_denoised": "denoised flux",
+    "mask": "pixel quality flags (0 = good)",
+    "wave": "wavelength in vacuum",
+    SPECTRUM_DIM: "spectrum id (its index in the simulated dataset)",
+    # error cubes (evaluate/cube.py)
+    "denoiser": "denoising method",
+    "denoiser_kind": "kind of denoising method (network, baseline, reference)",
+    "seconds": "time spent denoising",
+    "n_denoised": "number of spectra denoised",
+    "spectra_per_s": "spectra denoised per second",
+    "denoised": "denoised flux D[F_hat]",
+}
+
+#: attributes beyond units and long_name (what a unit string cannot hold)
+EXTRA_ATTRS = {
+    "wave": {"medium": "vacuum", "standard_name": "radiation_wavelength"},
+    "mag": {"photometric_system": "AB"},
+    "logg": {"unit_of_g": "cm s-2"},
+    **{v: {"normalisation": "flux / norm; median of a spectrum 0.5"}
+       for v in ("flux", "flux_clean", "sigma", "flux_denoised")},
 }
 
 MASK_BITS = {"no_data": 1, "bad_pixel": 2, "sky_residual": 4}
+
+
+def flag_attrs(bits: Mapping[str, int] | None = None) -> dict:
+    """CF flag attributes of a bit mask: ``flag_masks`` (the bits), ``flag_meanings`` (names,
+    space-separated, in the same order) and ``flag_values`` omitted (bits combine)."""
+    bits = dict(MASK_BITS if bits is None else bits)
+    return {"flag_masks": [int(b) for b in bits.values()],
+            "flag_meanings": " ".join(bits), "valid_min": 0,
+            "valid_max": int(sum(bits.values()))}
+
+
+def attrs_of(name: str) -> dict:
+    """``units``, ``long_name`` and any extra attributes (medium, normalisation) of a variable;
+    a name the schema does not know gets a unit of "" and its own name as ``long_name``."""
+    if name.startswith(CALIB_PREFIX):
+        return {"units": "1", "long_name": f"calibration distortion coefficient of Legendre "
+                                           f"order {name[len(CALIB_PREFIX):]}"}
+    out = {"units": UNITS.get(name, ""), "long_name": LONG_NAMES.get(name, name),
+           **EXTRA_ATTRS.get(name, {})}
+    if name == "mask":
+        out.update(flag_attrs())
+    return out
+
+
+def complete_attrs(ds: xr.Dataset) -> xr.Dataset:
+    """Give every variable of ``ds`` (in place; returned) the schema's ``long_name`` and
+    ``units`` where it has none (a name the schema does not know: its own name, no unit)."""
+    for name, var in ds.variables.items():
+        known = attrs_of(str(name))
+        var.attrs.setdefault("long_name", known["long_name"])
+        if known["units"] or "units" in var.attrs:
+            var.attrs.setdefault("units", known["units"])
+    return ds
 
 
 def per_spectrum_names() -> tuple[str, ...]:
@@ -170,19 +258,22 @@ def create_dataset_store(
         data_vars[v] = (
             (SPECTRUM_DIM, WAVE_DIM),
             da.zeros((n_spectrum, n_wave), dtype=np.float32, chunks=chunks2),
-            {"units": UNITS[v], **rounding},
+            {**attrs_of(v), **rounding},
         )
     data_vars["mask"] = (
         (SPECTRUM_DIM, WAVE_DIM),
         da.zeros((n_spectrum, n_wave), dtype=np.uint8, chunks=chunks2),
-        {"flag_meanings": json.dumps(MASK_BITS)},
+        attrs_of("mask"),
     )
-    coords = {WAVE_DIM: (WAVE_DIM, np.asarray(wave, np.float64), {"units": UNITS["wave"]})}
+    coords = {WAVE_DIM: (WAVE_DIM, np.asarray(wave, np.float64), attrs_of(WAVE_DIM)),
+              # an id per spectrum, so that selecting or sorting keeps each spectrum's identity
+              SPECTRUM_DIM: (SPECTRUM_DIM, np.arange(n_spectrum, dtype=np.int64),
+                             attrs_of(SPECTRUM_DIM))}
     for name in (*per_spectrum_names(), *extra_coords):
         coords[name] = (
             SPECTRUM_DIM,
             da.zeros(n_spectrum, dtype=np.float32, chunks=chunk_size),
-            {"units": UNITS.get(name, "")},
+            attrs_of(name),
         )
     a = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
          for k, v in dict(attrs or {}).items()}
@@ -193,6 +284,7 @@ def create_dataset_store(
                 for v in ("flux", "flux_clean", "sigma")}
     encoding["mask"] = {"chunks": chunks2, "compressors": codecs.default_compressors()}
     encoding[WAVE_DIM] = {"compressors": codecs.default_compressors()}
+    encoding[SPECTRUM_DIM] = {"chunks": (chunk_size,), "compressors": codecs.default_compressors()}
     for name in (*per_spectrum_names(), *extra_coords):
         encoding[name] = {"chunks": (chunk_size,), "compressors": codecs.default_compressors()}
     ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False,

@@ -315,7 +315,8 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     import xarray as xr
     import zarr
 
-    from specdenoise.schema import SPECTRUM_DIM, UNITS, WAVE_DIM
+    from specdenoise import schema
+    from specdenoise.schema import SPECTRUM_DIM, WAVE_DIM
     from specdenoise.simulate.progress import iterate
 
     with codecs.quiet_legacy():
@@ -326,10 +327,10 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     chunks2 = (info.chunk_size, n_wave)
     data_vars = {DENOISED_VAR: ((SPECTRUM_DIM, WAVE_DIM),
                                 da.zeros((n, n_wave), dtype=np.float32, chunks=chunks2),
-                                {"units": UNITS["flux"]})}
+                                schema.attrs_of(DENOISED_VAR))}
     unc_attrs = {}
     if denoiser is not None:
-        data_vars.update(_uncertainty_vars(n, n_wave, info.chunk_size, UNITS["flux"]))
+        data_vars.update(_uncertainty_vars(n, n_wave, info.chunk_size, schema.UNITS["flux"]))
         cal = denoiser.calibration
         unc_attrs = {"uncertainty_method": denoiser.uncertainty_method,
                      "uncertainty_calibrated": cal is not None
