@@ -280,7 +280,11 @@ def _job_kwargs(profile: dict, dask_settings: Mapping | None) -> dict:
     for key in ("python", "local_directory"):
         if key in kwargs:
             kwargs[key] = shell_path(kwargs[key])
-    kwargs["job_script_prologue"] = [*env_exports(dask_settings or {}),
+    # the batch system hands the job this process's environment; the CLI quiets Dask's logs
+    # for its own terminal (options.quiet_libraries), but the job log is where a user looks
+    # when workers fail to connect, so the workers log as usual
+    kwargs["job_script_prologue"] = ["unset DASK_LOGGING__DISTRIBUTED",
+                                     *env_exports(dask_settings or {}),
                                      *(kwargs.get("job_script_prologue") or [])]
     return kwargs
 
