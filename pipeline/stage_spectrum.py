@@ -186,7 +186,7 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
     Nothing is written unless every spectrum denoises; the file appears complete or not at all.
     """
     from specdenoise.train.checkpoint import load_model
-    from specdenoise.train.infer import _inputs, check_spectra, denoise_array
+    from specdenoise.train.infer import check_spectra, denoise_array, require_sigma
 
     out = Path(out)
     stores.check_output(out, None, overwrite=overwrite, inputs=(in_path,))
@@ -199,12 +199,7 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
     flux, sigma, bad, resampled = to_model_grid(spectra, model_wave, n_wave)
     flux32 = flux.astype(np.float32)
     check_spectra(flux32, in_path)
-    takes_sigma = "sigma" in _inputs(model)
-    if takes_sigma and sigma is None:
-        raise SpecdenoiseError(
-            f"this model also takes each pixel's noise, and {in_path} has none: add a "
-            "'sigma' (or 'error'), 'ivar' or 'variance' column (a third column in a bare "
-            "text file), or use a model trained with in_channels 1")
+    takes_sigma = require_sigma(model, sigma, in_path)
     sig32 = None if sigma is None else sigma.astype(np.float32)
     if sigma_fn is None and uncertainty != "none":
         sigma_fn = _uncertainty_fn(model_path, device, uncertainty, bad, samples)

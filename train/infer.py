@@ -555,6 +555,18 @@ def _wcs_wave(header, n_pix: int, path) -> np.ndarray | None:
     return x * scale
 
 
+def require_sigma(model: torch.nn.Module, sigma, in_path) -> bool:
+    """Whether ``model`` takes each pixel's noise; one line when it does and ``in_path`` has
+    none."""
+    takes_sigma = "sigma" in _inputs(model)
+    if takes_sigma and sigma is None:
+        raise SpecdenoiseError(
+            f"this model also takes each pixel's noise, and {in_path} has none: add a "
+            "'sigma' (or 'error'), 'ivar' or 'variance' column (a third column in a bare "
+            "text file), or use a model trained with in_channels 1")
+    return takes_sigma
+
+
 def check_spectra(flux: np.ndarray, name) -> None:
     """Refuse data that cannot be a flux spectrum: each row needs a positive median.
 
@@ -624,12 +636,7 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     check_spectra(flux, in_path)
     if sigma is not None:
         check_noise(flux, sigma, in_path)
-    takes_sigma = "sigma" in _inputs(model)
-    if takes_sigma and sigma is None:
-        raise SpecdenoiseError(
-            f"this model also takes each pixel's noise, and {in_path} has none: add a "
-            "'sigma' (or 'error'), 'ivar' or 'variance' column (a third column in a bare "
-            "text file), or use a model trained with in_channels 1")
+    takes_sigma = require_sigma(model, sigma, in_path)
     many = len(flux) > 1
     header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
     rows = []
