@@ -525,9 +525,14 @@ class JobKeeper:
     forgets the job. This thread notices the forgotten job and asks the cluster to bring its
     jobs back to the requested number, which submits a replacement. Results do not change:
     every task is a pure function of its key, whichever worker runs it.
+
+    A job is known to be lost only if the thread saw it before the cluster forgot it, so it
+    looks every ``interval`` seconds, well inside the lost-worker timeout: at every 5 s, jobs
+    killed soon after they started were forgotten unseen under a short timeout, and never
+    replaced (the lost-jobs test hung so on an idle machine and passed on a loaded one).
     """
 
-    def __init__(self, cluster, interval: float = 5.0):
+    def __init__(self, cluster, interval: float = 1.0):
         self.cluster = cluster
         self.interval = interval
         self.replaced = 0
