@@ -102,10 +102,12 @@ def _text(values) -> np.ndarray:
 def _engine(fmt: str, out: Path) -> str:
     import importlib.util
 
-    has = importlib.util.find_spec("h5netcdf") is not None
+    # h5netcdf writes HDF5 through h5py, which it installs only on request
+    has = all(importlib.util.find_spec(m) is not None for m in ("h5netcdf", "h5py"))
     if fmt == "hdf5" and not has:
-        raise SpecdenoiseError(f"writing {out.name} (HDF5) needs the h5netcdf package: "
-                               "pip install h5netcdf (or export to .nc or .fits)")
+        raise SpecdenoiseError(f"writing {out.name} (HDF5) needs the h5netcdf and h5py "
+                               "packages: pip install 'specdenoise[io]' (or export to .nc or "
+                               ".fits)")
     return "h5netcdf" if has else "scipy"
 
 
