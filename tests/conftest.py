@@ -68,3 +68,12 @@ def write_small_grid(path: Path) -> Path:
 def small_grid(tmp_path_factory) -> Path:
     """:func:`write_small_grid`, once per test session."""
     return write_small_grid(tmp_path_factory.mktemp("grid") / "small.zarr")
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child the test will Ctrl-C: SIGINT back to its default, so Python
+    raises KeyboardInterrupt in it even when the tests run in the background (a shell starts
+    background jobs with SIGINT ignored, the ignore is inherited, and Python keeps it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sigint_default
 
 from specdenoise import SpecdenoiseError, stores
 
@@ -299,7 +300,7 @@ def test_simulate_overwrite_keeps_the_old_store_until_the_new_one_is_complete(sm
     proc = subprocess.Popen([sys.executable, "-m", "specdenoise.cli",
                              *map(str, _simulate_argv(small_grid, out, "--overwrite",
                                                       "--seed", "8", n=400))],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     _wait_for(lambda: list(tmp_path.glob(".done.zarr.tmp-*/flux")), proc)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=300)[1]
@@ -625,7 +626,8 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_without_worker_tracebacks(small_g
     # a process group of its own, as a terminal gives a command: Ctrl-C reaches all of it
     proc = subprocess.Popen([sys.executable, "-m", "specdenoise.cli",
                              *map(str, _simulate_argv(small_grid, out, n=400))],
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_default)
     _wait_for(lambda: out.exists() and len(list((out / ".done").glob("*"))) >= 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=300)[1]

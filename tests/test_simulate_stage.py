@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_identical
+from conftest import assert_identical, sigint_default
 
 from specdenoise import schema
 from specdenoise.config import load_config
@@ -136,7 +136,8 @@ def test_sigint_then_resume_identical(small_grid, reference, tmp_path):
     cmd = [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", str(N), "--chunk-size",
            str(CHUNK), "--seed", "3", "--grid", str(small_grid), "--out", str(out),
            "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     deadline = time.time() + 120
     while time.time() < deadline and len(schema.done_chunks(out)) < 2:
         time.sleep(0.01)

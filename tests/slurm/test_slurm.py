@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_identical
+from conftest import assert_identical, sigint_default
 
 from specdenoise import cli, schema
 from specdenoise.config import load_config
@@ -347,7 +347,7 @@ def test_waiting_is_shown_and_an_interrupt_while_pending_cancels_the_jobs(
     out = tmp_path / "s.zarr"
     cmd = _simulate_cmd(small_grid, out, str(_profile(tmp_path, wait_hint_after=3)))
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=sigint_default)
     lines = []
     try:
         for line in proc.stdout:  # the waiting lines, as they come
