@@ -77,3 +77,25 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def train_tiny_run(d: Path) -> tuple[Path, Path]:
+    """Train a tiny U-Net (depth 2, 4 filters, one epoch, one thread) on 20 small spectra in
+    folder ``d``; returns (run folder, its training dataset). Tests that need any trained run
+    share this one recipe."""
+    import torch
+    from test_train_data import make_dataset
+
+    from specdenoise.train import loop
+
+    data = make_dataset(d / "data.zarr", n=20, chunk=8)
+    cfg = loop.make_config(data, None, d / "run", model="unet", preset="tiny",
+                           model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=10,
+                           workers=0, device="cpu")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop.train(cfg)
+    finally:
+        torch.set_num_threads(n)
+    return d / "run", data

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sigint_default
+from conftest import sigint_default, train_tiny_run
 
 from specdenoise import SpecdenoiseError, stores
 
@@ -365,24 +365,8 @@ def test_run_never_reuses_stores_made_with_other_settings(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A tiny trained U-Net and its training data (as tests/test_train_infer.py's ``run``)."""
-    import torch
-    from test_train_data import make_dataset
-
-    from specdenoise.train import loop
-
-    d = tmp_path_factory.mktemp("tinyrun")
-    data = make_dataset(d / "data.zarr", n=20, chunk=8)
-    cfg = loop.make_config(data, None, d / "run", model="unet", preset="tiny",
-                           model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=10,
-                           workers=0, device="cpu")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loop.train(cfg)
-    finally:
-        torch.set_num_threads(n)
-    return d / "run", data
+    """A tiny trained U-Net and its training data."""
+    return train_tiny_run(tmp_path_factory.mktemp("tinyrun"))
 
 
 def _with_wave(data: Path, out: Path, edit) -> Path:

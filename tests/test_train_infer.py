@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
+from conftest import train_tiny_run
 from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
 
 from specdenoise import SpecdenoiseError, cli
@@ -17,18 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognize
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("infer")
-    data = make_dataset(d / "data.zarr", n=20, chunk=8)
-    cfg = loop.make_config(data, None, d / "run", model="unet", preset="tiny",
-                           model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=10,
-                           workers=0, device="cpu")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loop.train(cfg)
-    finally:
-        torch.set_num_threads(n)
-    return d / "run", data
+    return train_tiny_run(tmp_path_factory.mktemp("infer"))
 
 
 def test_denoise_array_is_scale_free(run):
