@@ -6,8 +6,8 @@ condition, each in a fresh Python process (libgomp reads ``OMP_WAIT_POLICY`` whe
 all in one run so that the ratios share the machine's state:
 
 - OpenMP wait policy: libgomp's default (spin, then sleep), ``PASSIVE`` (what ``specdenoise``
-  sets unless the user set one), ``ACTIVE``; and the adaptive thread governor
-  (:class:`~specdenoise.train.threads.ThreadGovernor`, ``train --threads auto``);
+  sets unless the user set one), ``ACTIVE``; and an adaptive thread governor
+  (``thread_governor.ThreadGovernor`` beside this script; measured, not used by ``train``);
 - the machine idle, and beside one busy process (a pure-Python loop; ``--nice`` sets its
   niceness).
 
@@ -29,10 +29,10 @@ import sys
 import time
 
 import torch
+from thread_governor import ThreadGovernor, usable_cores
 
 from specdenoise.train.loop import PRESETS, cpu_has_fast_bf16
 from specdenoise.train.models import build_model, model_input
-from specdenoise.train.threads import ThreadGovernor, usable_cores
 
 BUSY = "while True:\n    pass\n"
 

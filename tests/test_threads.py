@@ -1,12 +1,15 @@
-"""CPU threading of training on shared cores: the OpenMP wait policy and the thread governor."""
+"""CPU threading of training on shared cores: the OpenMP wait policy, and the thread governor
+that benchmarks/bench_shared_cores.py measures."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
-from specdenoise.train.threads import ThreadGovernor, usable_cores
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from thread_governor import ThreadGovernor, usable_cores  # noqa: E402
 
 PROBE = ("import os, specdenoise, torch; torch.ones(4).sum(); "
          "print(os.environ.get('OMP_WAIT_POLICY'))")

@@ -1,4 +1,10 @@
-"""Training on CPU cores that other processes share: pick the thread count by measuring.
+"""A thread governor for training on shared CPU cores, measured by bench_shared_cores.py.
+
+Not used by ``specdenoise train``: it changes the thread count with the machine's load, and
+the thread count changes the floating-point results, so runs would stop being reproducible;
+on this machine it also cost 9 % idle (``results/shared_cores/``).
+
+Training on CPU cores that other processes share: pick the thread count by measuring.
 
 PyTorch's CPU kernels run on an OpenMP team with one thread per core it may use. Every
 convolution ends in a barrier, so the step goes at the pace of the slowest thread. When another
