@@ -248,9 +248,7 @@ def _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets
     log(f"report:      {targets['report_md']} and {targets['report_html']}")
     files = [targets["summary_csv"], targets["report_md"], targets["report_html"],
              *figures.values(), *([targets["parameters_csv"]] if rows else [])]
-    text = json.dumps({"files": {p.relative_to(out).as_posix(): _sha256(p) for p in files}},
-                      indent=1)
-    stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
+    _write_manifest(out, {p.relative_to(out).as_posix(): _sha256(p) for p in files})
     log("\n" + report.terminal_summary(cube, tree))
     return targets
 
@@ -259,7 +257,11 @@ def record_outputs(out: Path, names: Sequence[str]) -> None:
     """Record the files ``names`` (relative to ``out``) in evaluate's manifest as they are now,
     after a caller (``run``) rewrote them: a later ``evaluate --overwrite`` may replace them."""
     out = Path(out)
-    files = {**_manifest(out), **{n: _sha256(out / n) for n in names}}
+    _write_manifest(out, {**_manifest(out), **{n: _sha256(out / n) for n in names}})
+
+
+def _write_manifest(out: Path, files: dict[str, str]) -> None:
+    """Evaluate's manifest: each file it wrote (relative to ``out``) and its sha256."""
     text = json.dumps({"files": files}, indent=1)
     stores.write_file(out / MANIFEST, lambda t: t.write_text(text), overwrite=True)
 
