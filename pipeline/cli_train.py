@@ -73,8 +73,9 @@ def register(subparsers) -> None:
                    help="spectra per epoch, drawn in turn from a larger training store so "
                         "that no spectrum is seen twice before the whole store was seen "
                         "(default: the whole store every epoch)")
-    p.add_argument("--loss", choices=("mse", "l1", "chi2", "rel_l1"),
-                   help="chi2: residuals in units of sigma; rel_l1: |F_hat - F| / F")
+    p.add_argument("--loss", choices=("mse", "l1", "chi2", "rel_l1", "rel_l1_lines"),
+                   help="chi2: residuals in units of sigma; rel_l1: |F_hat - F| / F; "
+                        "rel_l1_lines: rel_l1 with line pixels (> 3 %% deep) weighted 3x")
     p.add_argument("--no-target-distortion", dest="target_distortion", action="store_false",
                    default=None,
                    help="train to also remove the calibration distortion (default: the target "
