@@ -13,6 +13,8 @@ intervals compare them directly.
     attention   + one transformer layer over the 256 bottleneck positions
     lines       + line pixels (> 3 % deep) weighted 3x in the loss (rel_l1_lines)
     physics     the physics model (an amortised template fit in front of the same U-Net)
+    head        + an uncertainty head trained with beta-NLL at weight 0.01 (does the head
+                cost accuracy when the NLL barely pulls on the mean?)
 
 Variants train ``--jobs`` at a time, each on ``--threads`` threads (on a 2-core machine two
 one-thread runs beside each other beat two two-thread runs one after the other, and their
@@ -39,26 +41,24 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS: dict[str, list[str]] = {
-    "base": [],
-    "pool": ["--model-cfg", json.dumps({"global_context": "pool"})],
-    "attention": ["--model-cfg", json.dumps({"global_context": "attention"})],
-    "lines": ["--loss", "rel_l1_lines"],
-    "physics": ["--arch", "physics"],
+#: per variant: the network, and the options over the best preset's
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "base": ("unet", []),
+    "pool": ("unet", ["--model-cfg", json.dumps({"global_context": "pool"})]),
+    "attention": ("unet", ["--model-cfg", json.dumps({"global_context": "attention"})]),
+    "lines": ("unet", ["--loss", "rel_l1_lines"]),
+    "physics": ("physics", []),
+    "head": ("unet", ["--model-cfg", json.dumps({"uncertainty": "nll"}), "--nll-weight", "0.01"]),
 }
 
 
 def train_argv(name: str, args) -> list[str]:
-    extra = list(VARIANTS[name])
-    if name == "physics":
-        argv = ["train", "--arch", "physics"]
-        extra = []
-    else:
-        argv = ["train", "--arch", "unet"]
-    return [*argv, "--preset", "best", "--data", args.pool, "--val", args.val,
-            "--out", str(Path(args.work) / name), "--epochs", str(args.epochs),
-            "--epoch-size", str(args.epoch_size), "--seed", str(args.seed), "--resume",
-            "--no-progress", *extra]
+    arch, extra = VARIANTS[name]
+    run = Path(args.work) / name
+    resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
+    return ["train", "--arch", arch, "--preset", "best", "--data", args.pool, "--val",
+            args.val, "--out", str(run), "--epochs", str(args.epochs), "--epoch-size",
+            str(args.epoch_size), "--seed", str(args.seed), *resume, "--no-progress", *extra]
 
 
 def _finished(run: Path, epochs: int) -> bool:
@@ -90,6 +90,8 @@ def train_all(names: list[str], args) -> None:
                 log.close()
                 running.remove(item)
                 if proc.returncode:
+                    for _, other, _ in running:
+                        other.terminate()
                     raise SystemExit(f"training {name} failed (exit {proc.returncode}); see "
                                      f"{Path(args.work) / (name + '.log')}")
                 print(f"   {name} done", flush=True)
