@@ -386,7 +386,7 @@ def write_models(models: list[RealModel], path: Path) -> None:
 def denoise(model: Path, store: Path, work: Path) -> Path:
     out = work / f"{model.name}__{store.stem}.zarr"
     if not out.exists():
-        _cli("denoise", "--model", str(model), "--data", str(store), "--out", str(out))
+        _cli("denoise", "--run", str(model), "--data", str(store), "--out", str(out))
     return out
 
 
