@@ -38,6 +38,11 @@ Metrics (each computed identically on the real and the built-in observed spectru
   compared range (790-885 nm for PHOENIX, 712-883 nm otherwise); ``shape_max``/``shape_mean``:
   max and mean of |built-in / real - 1|.
 
+``trends`` (no real model to compare with): the built-in grid's own CaT equivalent widths
+(the three Cenarro bands summed, Å, PFS LSF) against log g (1-5 at [M/H] 0) and [M/H] (-2 to
++0.5 at log g 2 and 4.5) at Teff 4000, 4750, 5500 and 6500 K, so that what the model does where
+no real spectrum here constrains it is on record.
+
     python benchmarks/grid_vs_real.py [--data ../shared/data] [--out FILE.json]
 
 The last line printed is one JSON object (also written to --out).
@@ -242,6 +247,23 @@ def compare(chain, name, params, real_flux, valid, shape_range, real_cont=None,
     return row
 
 
+TREND_TEFF = (4000.0, 4750.0, 5500.0, 6500.0)
+TREND_LOGG = (1.0, 2.0, 3.0, 4.0, 5.0)
+TREND_MH = (-2.0, -1.0, 0.0, 0.5)
+
+
+def cat_trends(chain) -> dict:
+    """CaT equivalent width (Å, three bands summed) of the built-in grid over log g and [M/H]."""
+    def total(teff, logg, m_h):
+        flux, _ = builtin_observed(chain, teff, logg, m_h, 0.0)
+        return round(float(np.sum(cat_ew(chain.det, flux))), 3)
+
+    return {"teff": list(TREND_TEFF), "logg": list(TREND_LOGG), "m_h": list(TREND_MH),
+            "ew_vs_logg": [[total(t, g, 0.0) for g in TREND_LOGG] for t in TREND_TEFF],
+            "ew_vs_m_h_logg2": [[total(t, 2.0, m) for m in TREND_MH] for t in TREND_TEFF],
+            "ew_vs_m_h_logg4.5": [[total(t, 4.5, m) for m in TREND_MH] for t in TREND_TEFF]}
+
+
 def run(data: Path) -> dict:
     chain = Chain()
     det = chain.det
@@ -267,7 +289,7 @@ def run(data: Path) -> dict:
     gsmooth = np.interp(det, w, bin_average(det, gf, w))  # to the CALSPEC sampling and back
     row.update(shape_stats(det, rf, gsmooth, 712.0, 883.0))
     rows.append(row)
-    return {"rows": rows}
+    return {"rows": rows, "trends": cat_trends(chain)}
 
 
 def main(argv=None):
