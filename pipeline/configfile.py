@@ -117,6 +117,18 @@ def field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+def build(cls, table: Mapping, where: str):
+    """The dataclass ``cls`` from a TOML table: unknown or missing keys are one line, values
+    as :func:`coerce` makes them; the class checks the rest where it is built."""
+    check_keys(table, field_names(cls), where)
+    for f in dataclasses.fields(cls):
+        required = (f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING)
+        if required and f.name not in table:
+            raise SpecdenoiseError(f"{where}: '{f.name}' is missing")
+    return cls(**coerce(cls, table))
+
+
 def overlay(*layers: Mapping) -> dict:
     """Later layers win; a None value in a layer keeps the earlier one (an option not given)."""
     out: dict = {}

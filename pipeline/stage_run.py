@@ -5,6 +5,11 @@ built-in grid -> simulate (local Dask cluster) -> train -> evaluate -> report
 Each step is the same command a user would type (printed before it runs), so a run can be
 picked apart and repeated stage by stage. A step whose output is already complete is skipped,
 so re-running after an interruption continues where it stopped.
+
+What a run does is a :class:`RunConfig` made of the stages' own configurations (a
+:class:`SimulateStep` per dataset, a :class:`~specdenoise.train.config.TrainConfig` per network,
+an :class:`~specdenoise.stage_evaluate.EvaluateConfig` per evaluated dataset); each preset in
+:data:`PRESETS` is one, and ``run --config FILE`` reads one from TOML.
 """
 
 from __future__ import annotations
@@ -133,10 +138,7 @@ class RunConfig:
 
         sims, trains, evals = tables("simulate"), tables("train"), tables("evaluate")
         if sims is not None:
-            known = configfile.field_names(SimulateStep)
-            for s in sims:
-                configfile.check_keys(s, known, f"{where}: [[simulate]]")
-            values["simulate"] = tuple(SimulateStep(**configfile.coerce(SimulateStep, s))
+            values["simulate"] = tuple(configfile.build(SimulateStep, s, f"{where}: [[simulate]]")
                                        for s in sims)
         if trains is not None:
             made = []

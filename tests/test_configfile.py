@@ -228,6 +228,7 @@ def test_train_model_cfg_option_adds_to_the_files(tmp_path, capsys):
     ("run", "seed = -2\n", "--seed must be a non-negative integer"),
     ("run", '[[train]]\ndata = "train.zarr"\nout = "r"\nlr = "fast"\n', "'lr' must be a number"),
     ("run", "train = 3\n", "must be a list of tables"),
+    ("run", '[[simulate]]\nsplit = "train"\nn = 4\n', "'preset' is missing"),
     ("train", "data = \n", "is not valid TOML"),
 ])
 def test_a_bad_key_or_value_in_the_file_is_one_line(command, text, words, tmp_path, capsys):

@@ -96,11 +96,8 @@ class TrainConfig:
     def from_dict(cls, table: Mapping) -> TrainConfig:
         """The config a complete table describes (what :meth:`to_dict` gave; ``val`` left
         out is None)."""
-        values = table_values(table, "training config")
-        for name in ("data", "out"):
-            if name not in values:
-                raise SpecdenoiseError(f"training config: '{name}' is missing")
-        return cls(**{"val": None, **values})
+        return configfile.build(cls, {"val": None, **table_values(table, "training config")},
+                                "training config")
 
 
 def make_config(data, val, out, *, model: str = DEFAULT_MODEL, preset: str = DEFAULT_PRESET,
