@@ -250,3 +250,32 @@ def test_data_and_out_come_from_the_command_line_or_the_file(tmp_path, capsys):
     path.write_text('data = "d.zarr"\nout = "r"\n')
     status, out, err = run_cli(capsys, "train", "--config", path, "--print-config")
     assert status == 0 and tomllib.loads(out)["data"] == "d.zarr", err
+
+
+def test_a_run_stored_before_these_options_resumes(tmp_path, capsys):
+    """A checkpoint whose stored configuration predates fields of today's TrainConfig (and
+    says ``amp``, not ``precision``) is read by the frozen, checked config, printed, and
+    continued by ``train --resume``."""
+    import torch
+    from conftest import train_tiny_run
+
+    from specdenoise.train.checkpoint import read_checkpoint
+
+    run, data = train_tiny_run(tmp_path)
+    path = run / "checkpoint.pt"
+    state = read_checkpoint(path)
+    old = {k: v for k, v in state["config"].items()
+           if k not in ("precision", "nll_beta", "nll_weight", "nll_detach_mean",
+                        "calibrate_spectra")}
+    torch.save({**state, "config": {**old, "amp": False}}, path)
+    argv = ["train", "--data", data, "--out", run, "--resume", "--epochs", "2"]
+    status, out, err = run_cli(capsys, *argv, "--print-config")
+    assert status == 0, err
+    printed = tomllib.loads(out)
+    assert printed["precision"] == "fp32" and printed["epochs"] == 2
+    assert printed["calibrate_spectra"] == TrainConfig.calibrate_spectra
+    kept = {k: v for k, v in old.items() if k != "epochs" and v is not None}
+    assert {k: printed[k] for k in kept} == kept
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    assert read_checkpoint(path)["epoch"] == 2
