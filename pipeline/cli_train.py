@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file of training options, keyed by the names config.json uses "
-                        "(data, out, model, preset, epochs, lr, workers, model_cfg, ...; "
-                        "--print-config writes one); options given here win over it")
+                        "(data, out, model, preset, epochs, lr, workers, model_cfg over the "
+                        "preset's, ...; --print-config writes one); options given here win "
+                        "over it")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective training configuration as TOML and exit")
     p.add_argument("--data", help="training dataset (Zarr path or fsspec URL); required (or "

@@ -14,6 +14,7 @@ an :class:`~specdenoise.stage_evaluate.EvaluateConfig` per evaluated dataset); e
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
 from collections.abc import Mapping
@@ -233,6 +234,47 @@ def _train_can_overwrite() -> bool:
     return False
 
 
+#: TrainConfig fields that ``specdenoise train`` sets with an option: field -> its words
+_TRAIN_OPTIONS = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+    "optimizer": "--optimizer", "scheduler": "--scheduler", "epoch_size": "--epoch-size",
+    "loss": "--loss", "device": "--device", "precision": "--precision",
+    "distortion": "--distortion", "distortion_max": "--distortion-max", "seed": "--seed",
+    "workers": "--loader-workers", "init_from": "--init-from",
+}
+
+
+def _train_flags(tc: TrainConfig) -> list[str] | None:
+    """The ``train`` options that make ``tc`` from its preset (``--preset P`` and what differs
+    from the preset), or None when a field that differs has no option (a run file's
+    momentum, say): then the configuration goes to train as a file."""
+    import json
+
+    from specdenoise.stage_train import train_config
+
+    base = train_config(tc.data, tc.val, tc.out, model=tc.model, preset=tc.preset)
+    words = ["--preset", tc.preset]
+    for f in dataclasses.fields(tc):
+        mine, theirs = getattr(tc, f.name), getattr(base, f.name)
+        if mine == theirs:
+            continue
+        if f.name in _TRAIN_OPTIONS:
+            words += [_TRAIN_OPTIONS[f.name], str(mine)]
+        elif f.name == "model_cfg":
+            words += ["--model-cfg", json.dumps(mine)]
+        elif (f.name, mine) == ("target_distortion", False):
+            words.append("--no-target-distortion")
+        elif (f.name, mine) == ("noise", "device"):
+            words.append("--noise-on-device")
+        elif (f.name, mine) == ("compile", True):
+            words.append("--compile")
+        else:
+            return None
+    if "--optimizer" in words and "--scheduler" not in words:  # else it brings its own
+        words += ["--scheduler", tc.scheduler]
+    return words
+
+
 def _complete(path: Path) -> bool:
     try:
         import zarr
@@ -308,30 +350,35 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
 
     runs = []
     for tc in cfg.train:
+        tc = replace(tc, device=device or tc.device)
         run_dir = work / tc.out
         runs.append(run_dir)
-        if (run_dir / stores.CHECKPOINT_NAME).exists() and not overwrite:
-            # the checkpoint holds the configuration it started with
-            argv = ["train", "--data", str(work / tc.data), "--val", str(work / tc.val),
-                    "--arch", tc.model, "--out", str(run_dir), *quiet, "--resume"]
-            if device:
-                argv += ["--device", device]
+        argv = ["train", "--data", str(work / tc.data)]
+        if tc.val is not None:
+            argv += ["--val", str(work / tc.val)]
+        argv += ["--arch", tc.model, "--out", str(run_dir), *quiet]
+        exists = (run_dir / stores.CHECKPOINT_NAME).exists()
+        if exists and overwrite and not _train_can_overwrite():
+            raise SpecdenoiseError(f"--overwrite cannot replace the training run {run_dir} "
+                                   "with this version of 'specdenoise train'; remove it and "
+                                   "re-run")
+        if exists and not overwrite:
+            argv.append("--resume")  # the checkpoint holds the configuration it started with
+            if tc.device != TrainConfig.device:
+                argv += ["--device", tc.device]
         else:
-            # the whole training configuration, as a file beside the run (train has no
-            # option for some of its fields)
-            concrete = replace(tc, data=str(work / tc.data),
-                               val=None if tc.val is None else str(work / tc.val),
-                               out=str(run_dir), device=device or tc.device)
-            toml = work / f"{run_dir.name}.toml"
-            stores.write_file(toml, lambda f, c=concrete: f.write_text(
-                configfile.dumps(c.to_dict())), overwrite=True)
-            argv = ["train", "--config", str(toml), *quiet]
-            if (run_dir / stores.CHECKPOINT_NAME).exists():
-                if not _train_can_overwrite():
-                    raise SpecdenoiseError(f"--overwrite cannot replace the training run "
-                                           f"{run_dir} with this version of 'specdenoise "
-                                           "train'; remove it and re-run")
-                argv.append("--overwrite")
+            argv += ["--overwrite"] if exists else []
+            flags = _train_flags(tc)
+            if flags is None:
+                # train has no option for a field: the whole configuration goes as a file
+                # beside the run
+                concrete = replace(tc, data=argv[2], val=None if tc.val is None else argv[4],
+                                   out=str(run_dir))
+                toml = work / f"{run_dir.name}.toml"
+                stores.write_file(toml, lambda f, c=concrete: f.write_text(
+                    configfile.dumps(c.to_dict())), overwrite=True)
+                flags = ["--config", str(toml)]
+            argv += flags
         _step(f"train {tc.model} ({tc.preset} preset)", argv)
 
     evals = []

@@ -279,3 +279,28 @@ def test_a_run_stored_before_these_options_resumes(tmp_path, capsys):
     status, out, err = run_cli(capsys, *argv)
     assert status == 0, err
     assert read_checkpoint(path)["epoch"] == 2
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"device": "cpu"}, {"epochs": 2, "lr": 0.5, "workers": 0, "seed": 3},
+    {"optimizer": "sgd", "scheduler": "cosine"}, {"optimizer": "sgd", "scheduler": "step"},
+    {"model_cfg": {"depth": 2, "filters": 4, "dropout": 0.1}},
+    {"target_distortion": False, "noise": "device",
+                                                "compile": True, "precision": "fp32"},
+    {"distortion": "fresh", "distortion_max": 0.05, "epoch_size": 8, "init_from": "first"},
+])
+def test_run_prints_train_options_that_make_its_training_config(change, capsys):
+    """run's train step: the options it prints (and runs) build the run's TrainConfig, or,
+    where a field has no option, it names a config file instead."""
+    from specdenoise.stage_run import _train_flags
+
+    for tc in (t for p in RUN_PRESETS.values() for t in p.train):
+        if "model_cfg" in change:  # options over the preset's, as --model-cfg gives them
+            change = {"model_cfg": {**tc.model_cfg, **change["model_cfg"]}}
+        tc = dataclasses.replace(tc, **change)
+        flags = _train_flags(tc)
+        status, out, err = run_cli(capsys, "train", "--data", tc.data, "--val", tc.val, "--arch",
+                                   tc.model, "--out", tc.out, *flags, "--print-config")
+        assert status == 0, err
+        assert TrainConfig.from_dict(tomllib.loads(out)) == tc, flags
+        assert _train_flags(dataclasses.replace(tc, momentum=0.5)) is None
