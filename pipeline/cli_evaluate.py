@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 
 from specdenoise import options
-from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
-from specdenoise.stage_evaluate import DEFAULT_TEMPLATE_N, evaluate
+from specdenoise.stage_evaluate import DEFAULT_TEMPLATE_N, EvaluateConfig, evaluate
 
 
-def _template_n(text: str) -> int | None:
+def _template_n(text: str) -> int | str:
     if text.lower() == "all":
-        return None
+        return "all"
     try:
         return int(text)
     except ValueError:
@@ -30,49 +29,71 @@ def register(subparsers) -> None:
             "HTML report into EVAL_DIR."
         ),
     )
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of these options by name (runs, data, out, train, "
+                        "baselines, template_n, bins, ...; --print-config writes one); options "
+                        "given here win over it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective evaluation configuration as TOML and exit")
     options.add_run(p, several=True)
-    p.add_argument("--data", required=True, metavar="VAL.zarr", help="dataset to evaluate on")
-    p.add_argument("--out", required=True, metavar="EVAL_DIR", help="output folder")
+    p.add_argument("--data", metavar="VAL.zarr", help="dataset to evaluate on; required (or "
+                   "'data' in the --config file)")
+    p.add_argument("--out", metavar="EVAL_DIR", help="output folder; required (or 'out' in the "
+                   "--config file)")
     p.add_argument("--train", metavar="TRAIN.zarr",
                    help="training dataset; the pca baseline learns its basis from its flux_clean")
     p.add_argument("--baselines", default=None,
                    help="comma-separated subset of " + ",".join(BASELINES)
                         + " ('' for none; default: all that can run)")
-    p.add_argument("--template-n", type=_template_n, default=DEFAULT_TEMPLATE_N, metavar="N",
+    p.add_argument("--template-n", type=_template_n, metavar="N",
                    help=f"template-fit only the first N spectra, or 'all' (default "
                         f"{DEFAULT_TEMPLATE_N}; about 0.1-0.5 s per spectrum)")
-    p.add_argument("--bins", action="append", default=[], metavar="SPEC",
+    p.add_argument("--bins", action="append", metavar="SPEC",
                    help="summary bins: N (for every variable), NAME=N or NAME=e0,e1,... "
                         "(e.g. --bins snr=0,5,10,20,50,inf); repeatable. Default: S/N "
                         "0,2,5,10,20,50,inf (it is log-distributed), 8 equal-width bins over "
                         "the range of Teff, log g, [M/H] and [alpha/M]")
-    p.add_argument("--pca-k", type=int, default=32, help="PCA components (default 32)")
-    p.add_argument("--savgol-window", type=int, default=11,
-                   help="Savitzky-Golay window in pixels, odd (default 11, order 4)")
-    p.add_argument("--gaussian-sigma", type=float, default=1.0,
-                   help="Gaussian smoothing sigma in pixels (default 1.0)")
+    p.add_argument("--pca-k", type=int,
+                   help=f"PCA components (default {EvaluateConfig.pca_k})")
+    p.add_argument("--savgol-window", type=int,
+                   help=f"Savitzky-Golay window in pixels, odd (default "
+                        f"{EvaluateConfig.savgol_window}, order 4)")
+    p.add_argument("--gaussian-sigma", type=float,
+                   help=f"Gaussian smoothing sigma in pixels (default "
+                        f"{EvaluateConfig.gaussian_sigma})")
     options.add_device(p)
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="spectra per forward pass of a network (default 256; smaller needs "
-                        "less memory)")
+    p.add_argument("--batch-size", type=int,
+                   help=f"spectra per forward pass of a network (default "
+                        f"{EvaluateConfig.batch_size}; smaller needs less memory)")
     options.add_overwrite(p, "the outputs evaluate writes in EVAL_DIR (nothing else there)")
     options.add_no_progress(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    baselines = None
+def config(args: argparse.Namespace) -> EvaluateConfig:
+    """The evaluation the command line asks for: its options over the --config file's."""
+    from specdenoise import configfile
+
+    given = {"runs": args.runs or None, "data": args.data, "out": args.out, "train": args.train,
+             "template_n": args.template_n, "bins": args.bins, "device": args.device,
+             "batch_size": args.batch_size, "pca_k": args.pca_k,
+             "savgol_window": args.savgol_window, "gaussian_sigma": args.gaussian_sigma}
     if args.baselines is not None:
-        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    if not args.runs and baselines == []:
-        raise SpecdenoiseError("nothing to evaluate: give --run RUN_DIR or some --baselines")
-    if args.batch_size < 1:
-        raise SpecdenoiseError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.runs:
-        options.check_device(args.device)
-    evaluate(args.runs, args.data, args.out, train=args.train, baselines=baselines,
-             template_n=args.template_n, bins=args.bins, device=args.device,
-             batch_size=args.batch_size, pca_k=args.pca_k, savgol_window=args.savgol_window,
-             gaussian_sigma=args.gaussian_sigma, overwrite=args.overwrite,
+        given["baselines"] = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    table = configfile.read(args.config) if args.config is not None else {}
+    return EvaluateConfig.from_dict(configfile.overlay(table, given),
+                                    f"config file {args.config}")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config(args)
+    if args.print_config:
+        from specdenoise.configfile import dumps
+
+        print(dumps(cfg.to_dict()), end="")
+        return 0
+    if cfg.runs:
+        options.check_device(cfg.device)
+    evaluate(cfg.runs, cfg.data, cfg.out, **cfg.options(), overwrite=args.overwrite,
              progress=not args.no_progress)
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from specdenoise import options
-from specdenoise.stage_run import PRESETS, run
+from specdenoise.stage_run import PRESETS, RunConfig, run
 
 #: ``run --preset`` choices with what each costs (README, 'What it measures')
 PRESET_HELP = {
@@ -31,10 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             "continues an interrupted run."
         ),
     )
-    options.add_preset(p, {name: PRESET_HELP.get(name, "") for name in PRESETS}, "quick")
-    p.add_argument("--workdir", type=Path, default=Path("specdenoise-run"),
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of the run: preset, workdir, seed, workers, device and, over "
+                        "the preset's, [[simulate]], [[train]] (as train --config reads) and "
+                        "[[evaluate]] (as evaluate --config reads) tables; --print-config "
+                        "writes one; options given here win over it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective run configuration as TOML and exit")
+    options.add_preset(p, {name: PRESET_HELP.get(name, "") for name in PRESETS}, "quick",
+                       store_default=False)
+    p.add_argument("--workdir", type=Path,
                    help="folder for every output (default ./specdenoise-run)")
-    p.add_argument("--seed", type=int, default=1,
+    p.add_argument("--seed", type=int,
                    help="simulation seed of the training set; the validation set uses seed+1 "
                         "(default 1)")
     p.add_argument("--workers", type=int, metavar="N",
@@ -47,8 +55,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "same command to continue")
 
 
+def config(args) -> RunConfig:
+    """The run the command line asks for: its options over the --config file's."""
+    from specdenoise import configfile
+
+    table = configfile.read(args.config) if args.config is not None else {}
+    given = {"preset": args.preset, "workdir": None if args.workdir is None else str(args.workdir),
+             "seed": args.seed, "workers": args.workers, "device": args.device}
+    return RunConfig.from_dict(configfile.overlay(table, given), f"config file {args.config}")
+
+
 def _run(args) -> int:
-    options.check_device(args.device)
-    run(args.preset, args.workdir, seed=args.seed, workers=args.workers, device=args.device,
-        progress=not args.no_progress, overwrite=args.overwrite)
+    cfg = config(args)
+    if args.print_config:
+        from specdenoise.configfile import dumps
+
+        print(dumps(cfg.to_dict()), end="")
+        return 0
+    options.check_device(cfg.device)
+    run(cfg, progress=not args.no_progress, overwrite=args.overwrite)
     return 0

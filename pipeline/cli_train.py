@@ -29,7 +29,15 @@ def register(subparsers) -> None:
             "config.json. Multi-GPU: torchrun --nproc_per_node N -m specdenoise.cli train ..."
         ),
     )
-    p.add_argument("--data", required=True, help="training dataset (Zarr path or fsspec URL)")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of training options, keyed by the names config.json uses "
+                        "(data, out, model, preset, epochs, lr, workers, model_cfg over the "
+                        "preset's, ...; --print-config writes one); options given here win "
+                        "over it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective training configuration as TOML and exit")
+    p.add_argument("--data", help="training dataset (Zarr path or fsspec URL); required (or "
+                   "'data' in the --config file)")
     p.add_argument("--val", help="validation dataset (its stored noisy flux is used as is)")
     p.add_argument("--arch", dest="model", choices=MODEL_NAMES, default=None,
                    help=f"the kind of network: unet, dae (dense autoencoder) or physics "
@@ -51,7 +59,8 @@ def register(subparsers) -> None:
                        DEFAULT_PRESET, store_default=False,
                        extra="training set-up; options given here win over it. Costs "
                              "measured on two CPU cores (README, 'What it measures').")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory; required (or 'out' in the "
+                   "--config file)")
     p.add_argument("--init-from", metavar="RUN", default=None,
                    help="chain: train --arch on the outputs of the trained run RUN (kept "
                         "frozen), e.g. a DAE refining a U-Net; the result denoises on its own. "
@@ -133,21 +142,9 @@ def _on_interrupt(args) -> str:
             "same command (without --resume) to start again")
 
 
-def run(args: argparse.Namespace) -> int:
-    from specdenoise import stage_train
-
-    if getattr(args, "submit", None):
-        from specdenoise.submit import rebuild_argv
-
-        argv = rebuild_argv(args._parser, args, skip=("submit", "resume", "overwrite"))
-        return stage_train.submit(args.submit, argv, args.out,
-                                  inputs=(args.data, args.val, args.init_from),
-                                  overwrite=args.overwrite)
-    options.check_device(args.device)
-    if not logging.getLogger().handlers:
-        # standard output, as the progress lines: standard error holds only a failure's line
-        logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
-                            datefmt=options.TIME_FORMAT, stream=sys.stdout)
+def _options(args: argparse.Namespace) -> dict:
+    """The command line as :class:`~specdenoise.train.config.TrainConfig` fields (None: not
+    given), over the --config file's."""
     model_cfg = None
     if args.model_cfg is not None:
         try:
@@ -156,17 +153,62 @@ def run(args: argparse.Namespace) -> int:
             raise SpecdenoiseError(f"--model-cfg is not valid JSON: {exc}") from None
         if not isinstance(model_cfg, dict):
             raise SpecdenoiseError("--model-cfg must be a JSON object, e.g. '{\"depth\": 3}'")
+    given = {
+        "data": args.data, "val": args.val, "out": args.out, "model": args.model,
+        "preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,
+        "loss": args.loss, "device": args.device, "compile": args.compile,
+        "precision": args.precision, "seed": args.seed, "workers": args.workers,
+        "target_distortion": args.target_distortion, "distortion": args.distortion,
+        "distortion_max": args.distortion_max, "epoch_size": args.epoch_size,
+        "init_from": args.init_from, "noise": "device" if args.noise_on_device else None,
+        "nll_weight": args.nll_weight,
+    }
+    if args.config is None:
+        return {**given, "model_cfg": model_cfg}
+    from specdenoise import configfile
+    from specdenoise.train.config import table_values
+
+    where = f"config file {args.config}"
+    table = table_values(configfile.read(args.config), where)
+    file_model_cfg = table.pop("model_cfg", None)
+    if file_model_cfg is not None and not isinstance(file_model_cfg, dict):
+        raise SpecdenoiseError(f"{where}: model_cfg must be a table")
+    if file_model_cfg is not None or model_cfg is not None:  # --model-cfg over the file's
+        model_cfg = {**(file_model_cfg or {}), **(model_cfg or {})}
+    return {**configfile.overlay(table, given), "model_cfg": model_cfg}
+
+
+def run(args: argparse.Namespace) -> int:
+    from specdenoise import stage_train
+
+    opts = _options(args)
+    args.data, args.out = opts.get("data"), opts.get("out")  # for --submit and Ctrl-C
+    for name, option in (("data", "--data TRAIN.zarr"), ("out", "--out RUN_DIR")):
+        if opts.get(name) is None:
+            raise SpecdenoiseError(f"give {option} (or '{name}' in the --config file)")
+    data, val, out = opts.pop("data"), opts.pop("val", None), opts.pop("out")
+    if args.print_config:
+        from specdenoise.configfile import dumps
+
+        cfg = stage_train.train_config(data, val, out, resume=args.resume, **opts)
+        print(dumps(cfg.to_dict()), end="")
+        return 0
+    if getattr(args, "submit", None):
+        from specdenoise.submit import rebuild_argv
+
+        argv = rebuild_argv(args._parser, args,
+                            skip=("submit", "resume", "overwrite", "print_config"))
+        return stage_train.submit(args.submit, argv, out, inputs=(data, val, opts.get("init_from")),
+                                  overwrite=args.overwrite)
+    options.check_device(opts.get("device"))
+    if not logging.getLogger().handlers:
+        # standard output, as the progress lines: standard error holds only a failure's line
+        logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
+                            datefmt=options.TIME_FORMAT, stream=sys.stdout)
     cfg, row = stage_train.train(
-        args.data, args.val, args.out, model=args.model, preset=args.preset,
-        model_cfg=model_cfg, resume=args.resume, progress=False if args.no_progress else None,
-        overwrite=args.overwrite,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        scheduler=args.scheduler, loss=args.loss, device=args.device, compile=args.compile,
-        precision=args.precision, seed=args.seed, workers=args.workers,
-        target_distortion=args.target_distortion, distortion=args.distortion,
-        distortion_max=args.distortion_max, epoch_size=args.epoch_size,
-        init_from=args.init_from, noise="device" if args.noise_on_device else None,
-        nll_weight=args.nll_weight)
+        data, val, out, resume=args.resume, progress=False if args.no_progress else None,
+        overwrite=args.overwrite, **opts)
     if "val_mean_abs_rel" in row:
         print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
               f"checkpoint in {cfg.out}")

@@ -369,25 +369,8 @@ def config_hash(cfg: Mapping, keys_ignored: Iterable[str] = ("out",)) -> str:
 
 
 def to_toml(cfg: Mapping) -> str:
-    """Render a configuration as TOML (enough of TOML for our flat/nested layout)."""
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        if isinstance(v, Mapping):
-            return "{" + ", ".join(f"{k} = {fmt(x)}" for k, x in v.items()) + "}"
-        return repr(v)
+    """Render a configuration as TOML (the writer every stage's config shares)."""
+    from specdenoise.configfile import dumps
 
-    lines = [f"{k} = {fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
-    for section in ("observe",):
-        lines += ["", f"[{section}]"]
-        lines += [f"{k} = {fmt(v)}" for k, v in cfg[section].items()]
-    lines += ["", "# one distribution per parameter: fixed, uniform, normal (clipped), beta"]
-    lines += ["[params]"]
-    for name, dist in cfg["params"].items():
-        inner = ", ".join(f"{k} = {fmt(v)}" for k, v in dist.items())
-        lines.append(f"{name} = {{{inner}}}")
-    return "\n".join(lines) + "\n"
+    return dumps(cfg, comments={"params": "one distribution per parameter: fixed, uniform, "
+                                          "normal (clipped), beta"})

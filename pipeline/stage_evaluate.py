@@ -13,10 +13,11 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from specdenoise import stores
+from specdenoise import configfile, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate import baselines as bl
 from specdenoise.simulate.progress import stamp
@@ -28,12 +29,80 @@ DEFAULT_TEMPLATE_N = 100
 MANIFEST = ".specdenoise-evaluate.json"
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What ``specdenoise evaluate`` does, checked when built (``--config`` / ``--print-config``;
+    in TOML the keys are these names, ``template_n = "all"`` for every spectrum).
+
+    ``runs``: trained run folders; ``data``: the dataset evaluated; ``out``: EVAL_DIR;
+    ``train``: the training set (the pca baseline's basis); ``baselines``: names from
+    :data:`specdenoise.evaluate.baselines.BASELINES` (None: all that can run; empty: none);
+    ``template_n``: spectra the template fit sees (None: all); ``bins``: summary bin specs
+    (``--bins``); ``batch_size``: spectra per forward pass; ``pca_k``: PCA components;
+    ``savgol_window``: Savitzky-Golay window (pixels, odd); ``gaussian_sigma``: Gaussian
+    smoothing (pixels).
+    """
+
+    data: str
+    out: str
+    runs: tuple[str, ...] = ()
+    train: str | None = None
+    baselines: tuple[str, ...] | None = None
+    template_n: int | None = DEFAULT_TEMPLATE_N
+    bins: tuple[str, ...] = ()
+    device: str | None = None
+    batch_size: int = 256
+    pca_k: int = 32
+    savgol_window: int = 11
+    gaussian_sigma: float = 1.0
+
+    def __post_init__(self):
+        configfile.check_types(self, "evaluate option")
+        if not self.runs and self.baselines == ():
+            raise SpecdenoiseError("nothing to evaluate: give --run RUN_DIR or some --baselines")
+        if self.baselines:
+            bl.check_names(self.baselines)
+        if self.batch_size < 1:
+            raise SpecdenoiseError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.template_n is not None and self.template_n < 1:
+            raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got "
+                                   f"{self.template_n}")
+        _check_baseline_options(self.savgol_window, self.gaussian_sigma, self.pca_k, None)
+
+    def options(self) -> dict:
+        """:func:`evaluate`'s keyword arguments (all fields but ``runs``, ``data``, ``out``)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("runs", "data", "out")}
+
+    def to_dict(self) -> dict:
+        """The fields as TOML values (None left out, ``template_n`` None as "all")."""
+        d = asdict(self)
+        if d["template_n"] is None:
+            d["template_n"] = "all"
+        return d
+
+    @classmethod
+    def from_dict(cls, table: Mapping, where: str = "evaluate config") -> EvaluateConfig:
+        """The config a TOML table describes (``template_n = "all"`` as None)."""
+        configfile.check_keys(table, configfile.field_names(cls), where)
+        values = dict(table)
+        if isinstance(values.get("template_n"), str) and values["template_n"].lower() == "all":
+            values["template_n"] = None
+        for name, option in (("data", "--data VAL.zarr"), ("out", "--out EVAL_DIR")):
+            if values.get(name) is None:
+                raise SpecdenoiseError(f"give {option} (or '{name}' in the --config file)")
+        return cls(**configfile.coerce(cls, values))
+
+
 def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str] | None = None,
-             template_n: int | None = DEFAULT_TEMPLATE_N, bins: Sequence[str] = (),
-             device=None, batch_size: int = 256, pca_k: int = 32, savgol_window: int = 11,
-             gaussian_sigma: float = 1.0, overwrite: bool = False,
+             template_n: int | None = EvaluateConfig.template_n, bins: Sequence[str] = (),
+             device=None, batch_size: int = EvaluateConfig.batch_size,
+             pca_k: int = EvaluateConfig.pca_k, savgol_window: int = EvaluateConfig.savgol_window,
+             gaussian_sigma: float = EvaluateConfig.gaussian_sigma, overwrite: bool = False,
              progress: bool | None = None, log=print) -> dict[str, Path]:
     """Evaluate trained models (run directories) and baselines on the dataset ``data``.
+
+    The options are :class:`EvaluateConfig`'s (``evaluate(c.runs, c.data, c.out,
+    **c.options())`` runs a config ``c``).
 
     Writes into ``out``: ``cube.zarr``, ``summary.zarr``, ``summary.csv``, ``figures/*.png``,
     ``report.md`` and ``report.html``, then logs the comparison table (every method and the

@@ -5,65 +5,211 @@ built-in grid -> simulate (local Dask cluster) -> train -> evaluate -> report
 Each step is the same command a user would type (printed before it runs), so a run can be
 picked apart and repeated stage by stage. A step whose output is already complete is skipped,
 so re-running after an interruption continues where it stopped.
+
+What a run does is a :class:`RunConfig` made of the stages' own configurations (a
+:class:`SimulateStep` per dataset, a :class:`~specdenoise.train.config.TrainConfig` per network,
+an :class:`~specdenoise.stage_evaluate.EvaluateConfig` per evaluated dataset); each preset in
+:data:`PRESETS` is one, and ``run --config FILE`` reads one from TOML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from specdenoise import stores
+from specdenoise import configfile, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
 from specdenoise.simulate.progress import stamp
+from specdenoise.stage_evaluate import EvaluateConfig
+from specdenoise.train.config import TrainConfig
 
-#: per preset: spectra per split, simulation seed, models to train (name, train preset, extra);
-#: every registered baseline runs
+
+@dataclass(frozen=True)
+class SimulateStep:
+    """A dataset the run simulates: ``WORKDIR/<split>.zarr``, written by ``specdenoise simulate
+    --preset PRESET --n N --chunk-size CHUNK_SIZE --seed S`` with S the run's seed plus
+    ``seed_offset`` (train +0, val +1, val-wide +2)."""
+
+    split: str
+    preset: str
+    n: int
+    chunk_size: int
+    seed_offset: int = 0
+
+    def __post_init__(self):
+        configfile.check_types(self, f"run simulate '{self.split}' option")
+        from specdenoise.config import PRESETS as SIM_PRESETS
+
+        if self.preset not in SIM_PRESETS:
+            raise SpecdenoiseError(f"run simulate '{self.split}': unknown simulation preset "
+                                   f"{self.preset!r}; choose one of {', '.join(SIM_PRESETS)}")
+        if self.n < 1 or self.chunk_size < 1 or self.seed_offset < 0:
+            raise SpecdenoiseError(f"run simulate '{self.split}': n and chunk_size must be "
+                                   "positive and seed_offset not negative")
+
+    @property
+    def store(self) -> str:
+        return f"{self.split}.zarr"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What ``specdenoise run`` does (``--config`` / ``--print-config``; a preset is one).
+
+    ``simulate``: the datasets, in order; ``train``: one
+    :class:`~specdenoise.train.config.TrainConfig` per network; ``evaluate``: one
+    :class:`~specdenoise.stage_evaluate.EvaluateConfig` per evaluated dataset, the first one the
+    main report (the others are shown beside it). Their paths are relative to ``workdir``.
+    ``seed``: the simulation seed of the run (each dataset adds its ``seed_offset``);
+    ``workers``: Dask worker processes of the simulations (None: one per CPU core);
+    ``device``: where the networks run (None: each config's own).
+    """
+
+    simulate: tuple[SimulateStep, ...]
+    train: tuple[TrainConfig, ...]
+    evaluate: tuple[EvaluateConfig, ...]
+    preset: str = "quick"
+    workdir: str = "specdenoise-run"
+    seed: int = 1
+    workers: int | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        configfile.check_types(self, "run option")
+        if not 0 <= self.seed < 2**63:
+            raise SpecdenoiseError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.workers is not None and self.workers < 1:
+            raise SpecdenoiseError(f"--workers must be at least 1, got {self.workers}")
+        stores_made = [s.store for s in self.simulate]
+        if len(set(stores_made)) < len(stores_made):
+            raise SpecdenoiseError("run: two simulate steps write the same split")
+        runs = [c.out for c in self.train]
+        for c in self.train:
+            for path in (c.data, c.val):
+                if path is not None and path not in stores_made:
+                    raise SpecdenoiseError(f"run: training run '{c.out}' reads '{path}', which "
+                                           f"the run does not simulate ({', '.join(stores_made)})")
+        if not self.evaluate:
+            raise SpecdenoiseError("run: no evaluation (give at least one [[evaluate]])")
+        for c in self.evaluate:
+            for path in (c.data, c.train):
+                if path is not None and path not in stores_made:
+                    raise SpecdenoiseError(f"run: evaluation '{c.out}' reads '{path}', which "
+                                           f"the run does not simulate ({', '.join(stores_made)})")
+            for r in c.runs:
+                if r not in runs:
+                    raise SpecdenoiseError(f"run: evaluation '{c.out}' names run '{r}', which "
+                                           f"the run does not train ({', '.join(runs)})")
+
+    def to_dict(self) -> dict:
+        """TOML values: ``[[simulate]]``, ``[[train]]`` and ``[[evaluate]]`` tables."""
+        return {"preset": self.preset, "workdir": self.workdir, "seed": self.seed,
+                "workers": self.workers, "device": self.device,
+                "simulate": [asdict(s) for s in self.simulate],
+                "train": [c.to_dict() for c in self.train],
+                "evaluate": [c.to_dict() for c in self.evaluate]}
+
+    @classmethod
+    def from_dict(cls, table: Mapping, where: str = "run config") -> RunConfig:
+        """The run a TOML table describes: the preset it names (default quick) for the stage
+        tables it leaves out. A ``[[train]]`` table is read as ``train --config`` reads one
+        (over the train preset it names)."""
+        from specdenoise.stage_train import train_config
+        from specdenoise.train.config import table_values
+
+        configfile.check_keys(table, configfile.field_names(cls), where)
+        name = table.get("preset", "quick")
+        if name not in PRESETS:
+            raise SpecdenoiseError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        base = PRESETS[name]
+        values = {k: v for k, v in table.items() if k not in ("simulate", "train", "evaluate")}
+
+        def tables(key):
+            items = table.get(key)
+            if items is None:
+                return None
+            if not isinstance(items, list) or not all(isinstance(x, Mapping) for x in items):
+                raise SpecdenoiseError(f"{where}: '{key}' must be a list of tables ([[{key}]])")
+            return items
+
+        sims, trains, evals = tables("simulate"), tables("train"), tables("evaluate")
+        if sims is not None:
+            values["simulate"] = tuple(configfile.build(SimulateStep, s, f"{where}: [[simulate]]")
+                                       for s in sims)
+        if trains is not None:
+            made = []
+            for t in trains:
+                v = table_values(t, f"{where}: [[train]]")
+                for key in ("data", "out"):
+                    if key not in v:
+                        raise SpecdenoiseError(f"{where}: a [[train]] table lacks '{key}'")
+                made.append(train_config(v.pop("data"), v.pop("val", None), v.pop("out"), **v))
+            values["train"] = tuple(made)
+        if evals is not None:
+            values["evaluate"] = tuple(EvaluateConfig.from_dict(e, f"{where}: [[evaluate]]")
+                                       for e in evals)
+        return replace(base, **configfile.coerce(cls, values))
+
+
+def _train(model: str, preset: str) -> TrainConfig:
+    """A run's training of ``model`` with the train preset ``preset`` and nothing else."""
+    from specdenoise.stage_train import train_config
+
+    return train_config("train.zarr", "val.zarr", f"run-{model}", model=model, preset=preset)
+
+
+def _evaluate(runs, data: str, out: str, template_n: int) -> EvaluateConfig:
+    """A run's evaluation: every trained network and every registered baseline."""
+    return EvaluateConfig(data=data, out=out, runs=tuple(runs), train="train.zarr",
+                          baselines=tuple(BASELINES), template_n=template_n)
+
+
+#: ``run --preset`` choices (minutes on two CPU cores, built-in grid build included; README,
+#: 'What it measures')
 PRESETS = {
-    # minutes on two CPU cores, built-in grid build included (README, 'What it measures')
-    "quick": {
-        "sim_preset": "default",
-        "n_train": 12000,
-        "n_val": 300,
-        "chunk_size": 500,
+    "quick": RunConfig(
+        preset="quick",
+        simulate=(SimulateStep("train", "default", 12000, 500, 0),
+                  SimulateStep("val", "default", 300, 500, 1)),
         # train's quick preset: the best preset's U-Net and ingredients (sigma input,
         # relative-error loss, AdamW one-cycle) for ten epochs of 3000 spectra drawn in turn
         # from a pool of 12,000 (fresh spectra; simulating them costs seconds): the training
         # fills most of the budget
-        "models": [("unet", "quick", [])],
-        "template_n": 20,
-    },
+        train=(_train("unet", "quick"),),
+        evaluate=(_evaluate(["run-unet"], "val.zarr", "evaluation", 20),),
+    ),
     # the paper's set-up: 1000 training and 1000 validation spectra, 50 epochs, U-Net and DAE,
     # targets over 6.5 magnitudes (the simulation's paper preset)
-    "paper": {
-        "sim_preset": "paper",
-        "n_train": 1000,
-        "n_val": 1000,
-        "chunk_size": 250,
-        "models": [("unet", "paper", []), ("dae", "paper", [])],
-        "template_n": 200,
-    },
+    "paper": RunConfig(
+        preset="paper",
+        simulate=(SimulateStep("train", "paper", 1000, 250, 0),
+                  SimulateStep("val", "paper", 1000, 250, 1)),
+        train=(_train("unet", "paper"), _train("dae", "paper")),
+        evaluate=(_evaluate(["run-unet", "run-dae"], "val.zarr", "evaluation", 200),),
+    ),
     # the best denoiser we know how to train on a CPU: a pool of 100,000 spectra (1.9 GB),
     # the default validation set (1000 spectra, seed 2), the 'best' training preset (20 epochs of
     # 20,000 spectra, sized to fit two hours on two CPU cores), the template fit on 200 validation
-    # spectra
-    "best": {
-        "sim_preset": "default",
-        "n_train": 100000,
-        "n_val": 1000,
-        "chunk_size": 1000,
-        "models": [("unet", "best", [])],
-        "template_n": 200,
-        # and beside it a validation set spanning S/N ~1 to > 100 (the simulation's 'paper'
-        # magnitudes, 16.0-22.5), so that "never worse than the noisy input" is checked where
-        # the default set has no spectra (issue 18); the quick preset leaves it out (time)
-        "wide": {"sim_preset": "paper", "n": 1000},
-    },
+    # spectra; and beside it a validation set spanning S/N ~1 to > 100 (the simulation's 'paper'
+    # magnitudes, 16.0-22.5), so that "never worse than the noisy input" is checked where the
+    # default set has no spectra (issue 18); the quick preset leaves it out (time)
+    "best": RunConfig(
+        preset="best",
+        simulate=(SimulateStep("train", "default", 100000, 1000, 0),
+                  SimulateStep("val", "default", 1000, 1000, 1),
+                  SimulateStep("val-wide", "paper", 1000, 1000, 2)),
+        train=(_train("unet", "best"),),
+        evaluate=(_evaluate(["run-unet"], "val.zarr", "evaluation", 200),
+                  _evaluate(["run-unet"], "val-wide.zarr", "evaluation-wide", 200)),
+    ),
 }
-#: the wide-S/N validation set's seed is the run's seed plus this (train: +0, val: +1)
-WIDE_SEED_OFFSET = 2
-WIDE_TITLE = "Wide-S/N validation set (S/N about 1 to above 100)"
+#: the title of an evaluation shown beside the main report, by the dataset it evaluates
+COMPANION_TITLES = {"val-wide.zarr": "Wide-S/N validation set (S/N about 1 to above 100)"}
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -86,6 +232,47 @@ def _train_can_overwrite() -> bool:
         if "--overwrite" in action.option_strings:
             return True
     return False
+
+
+#: TrainConfig fields that ``specdenoise train`` sets with an option: field -> its words
+_TRAIN_OPTIONS = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+    "optimizer": "--optimizer", "scheduler": "--scheduler", "epoch_size": "--epoch-size",
+    "loss": "--loss", "device": "--device", "precision": "--precision",
+    "distortion": "--distortion", "distortion_max": "--distortion-max", "seed": "--seed",
+    "workers": "--loader-workers", "init_from": "--init-from",
+}
+
+
+def _train_flags(tc: TrainConfig) -> list[str] | None:
+    """The ``train`` options that make ``tc`` from its preset (``--preset P`` and what differs
+    from the preset), or None when a field that differs has no option (a run file's
+    momentum, say): then the configuration goes to train as a file."""
+    import json
+
+    from specdenoise.stage_train import train_config
+
+    base = train_config(tc.data, tc.val, tc.out, model=tc.model, preset=tc.preset)
+    words = ["--preset", tc.preset]
+    for f in dataclasses.fields(tc):
+        mine, theirs = getattr(tc, f.name), getattr(base, f.name)
+        if mine == theirs:
+            continue
+        if f.name in _TRAIN_OPTIONS:
+            words += [_TRAIN_OPTIONS[f.name], str(mine)]
+        elif f.name == "model_cfg":
+            words += ["--model-cfg", json.dumps(mine)]
+        elif (f.name, mine) == ("target_distortion", False):
+            words.append("--no-target-distortion")
+        elif (f.name, mine) == ("noise", "device"):
+            words.append("--noise-on-device")
+        elif (f.name, mine) == ("compile", True):
+            words.append("--compile")
+        else:
+            return None
+    if "--optimizer" in words and "--scheduler" not in words:  # else it brings its own
+        words += ["--scheduler", tc.scheduler]
+    return words
 
 
 def _complete(path: Path) -> bool:
@@ -115,42 +302,46 @@ def _check_reusable(out: Path, sim_preset: str, n: int, chunk_size: int, seed: i
             f"seed {attrs.get('seed', '?')}); use another --workdir or remove it")
 
 
-def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed: int = 1,
-        workers: int | None = None, device: str | None = None, progress: bool = True,
-        overwrite: bool = False) -> dict:
-    """Run every stage; returns the paths of the main outputs.
+def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
+        seed: int | None = None, workers: int | None = None, device: str | None = None,
+        progress: bool = True, overwrite: bool = False) -> dict:
+    """Run every stage of ``preset`` (a :data:`PRESETS` name or a :class:`RunConfig`); returns
+    the paths of the main outputs. ``workdir``, ``seed``, ``workers`` and ``device`` given (not
+    None) replace the config's.
 
     A step whose output is complete is kept (an unfinished one continues), unless
     ``overwrite``: then every output in ``workdir`` is made again.
     """
-    if preset not in PRESETS:
-        raise SpecdenoiseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    work = Path(workdir)
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise SpecdenoiseError(f"unknown preset {preset!r}; choose one of "
+                                   f"{', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    cfg = replace(preset, **configfile.overlay({"workdir": None if workdir is None
+                                                else str(workdir), "seed": seed,
+                                                "workers": workers, "device": device}))
+    seed, workers, device = cfg.seed, cfg.workers, cfg.device
+    work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)
     quiet = [] if progress else ["--no-progress"]
     t0 = time.perf_counter()
 
-    splits = [("train", p["n_train"], seed, p["sim_preset"]),
-              ("val", p["n_val"], seed + 1, p["sim_preset"])]
-    if p.get("wide"):
-        splits.append(("val-wide", p["wide"]["n"], seed + WIDE_SEED_OFFSET,
-                       p["wide"]["sim_preset"]))
-    for split, n, split_seed, sim_preset in splits:  # before any step: one line, nothing started
-        _check_reusable(work / f"{split}.zarr", sim_preset, n, p["chunk_size"],
-                        split_seed, preset, seed)
+    for s in cfg.simulate:  # before any step: one line, nothing started
+        _check_reusable(work / s.store, s.preset, s.n, s.chunk_size, seed + s.seed_offset,
+                        cfg.preset, seed)
 
     _step("built-in grid", ["grid", "build", "builtin", *quiet])
 
     data = {}
-    for split, n, split_seed, sim_preset in splits:
-        out = work / f"{split}.zarr"
+    for s in cfg.simulate:
+        out = work / s.store
+        split, n, split_seed = s.split, s.n, seed + s.seed_offset
         data[split] = out
         if _complete(out) and not overwrite:
             print(f"\n== simulate {split}: {out} is complete, kept")
             continue
-        argv = ["simulate", "--preset", sim_preset, "--n", str(n), "--chunk-size",
-                str(p["chunk_size"]), "--seed", str(split_seed), "--out", str(out), *quiet]
+        argv = ["simulate", "--preset", s.preset, "--n", str(n), "--chunk-size",
+                str(s.chunk_size), "--seed", str(split_seed), "--out", str(out), *quiet]
         if out.exists():
             argv.append("--overwrite" if overwrite else "--resume")
         if workers:
@@ -158,55 +349,81 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
         _step(f"simulate {split} ({n} spectra, seed {split_seed})", argv)
 
     runs = []
-    for model, train_preset, extra in p["models"]:
-        run_dir = work / f"run-{model}"
+    for tc in cfg.train:
+        tc = replace(tc, device=device or tc.device)
+        run_dir = work / tc.out
         runs.append(run_dir)
-        argv = ["train", "--data", str(data["train"]), "--val", str(data["val"]), "--arch",
-                model, "--out", str(run_dir), *quiet]
-        if (run_dir / stores.CHECKPOINT_NAME).exists() and overwrite:
-            if not _train_can_overwrite():
-                raise SpecdenoiseError(f"--overwrite cannot replace the training run {run_dir} "
-                                       "with this version of 'specdenoise train'; remove it "
-                                       "and re-run")
-            argv += ["--overwrite", "--preset", train_preset, *extra]
-        elif (run_dir / stores.CHECKPOINT_NAME).exists():
-            argv.append("--resume")  # the checkpoint holds the preset it started with
+        argv = ["train", "--data", str(work / tc.data)]
+        if tc.val is not None:
+            argv += ["--val", str(work / tc.val)]
+        argv += ["--arch", tc.model, "--out", str(run_dir), *quiet]
+        exists = (run_dir / stores.CHECKPOINT_NAME).exists()
+        if exists and overwrite and not _train_can_overwrite():
+            raise SpecdenoiseError(f"--overwrite cannot replace the training run {run_dir} "
+                                   "with this version of 'specdenoise train'; remove it and "
+                                   "re-run")
+        if exists and not overwrite:
+            argv.append("--resume")  # the checkpoint holds the configuration it started with
+            if tc.device != TrainConfig.device:
+                argv += ["--device", tc.device]
         else:
-            argv += ["--preset", train_preset, *extra]
-        if device:
-            argv += ["--device", device]
-        _step(f"train {model} ({train_preset} preset)", argv)
+            argv += ["--overwrite"] if exists else []
+            flags = _train_flags(tc)
+            if flags is None:
+                # train has no option for a field: the whole configuration goes as a file
+                # beside the run
+                concrete = replace(tc, data=argv[2], val=None if tc.val is None else argv[4],
+                                   out=str(run_dir))
+                toml = work / f"{run_dir.name}.toml"
+                stores.write_file(toml, lambda f, c=concrete: f.write_text(
+                    configfile.dumps(c.to_dict())), overwrite=True)
+                flags = ["--config", str(toml)]
+            argv += flags
+        _step(f"train {tc.model} ({tc.preset} preset)", argv)
 
-    eval_dir = work / "evaluation"
-    evals = [("val", eval_dir)] + ([("val-wide", work / "evaluation-wide")]
-                                   if p.get("wide") else [])
-    for split, folder in evals:
+    evals = []
+    for ec in cfg.evaluate:
+        folder = work / ec.out
+        evals.append((Path(ec.data).stem, folder))
         argv = ["evaluate"]
-        for r in runs:
-            argv += ["--run", str(r)]
-        argv += ["--data", str(data[split]), "--train", str(data["train"]), "--out",
-                 str(folder), "--baselines", ",".join(BASELINES), "--template-n",
-                 str(p["template_n"]), "--overwrite", *quiet]
-        if device:
-            argv += ["--device", device]
-        _step(f"evaluate ({split}.zarr)", argv)
-    if p.get("wide"):
+        for r in ec.runs:
+            argv += ["--run", str(work / r)]
+        argv += ["--data", str(work / ec.data)]
+        if ec.train is not None:
+            argv += ["--train", str(work / ec.train)]
+        argv += ["--out", str(folder)]
+        if ec.baselines is not None:
+            argv += ["--baselines", ",".join(ec.baselines)]
+        argv += ["--template-n", "all" if ec.template_n is None else str(ec.template_n)]
+        for b in ec.bins:
+            argv += ["--bins", b]
+        for name in ("batch_size", "pca_k", "savgol_window", "gaussian_sigma"):
+            if getattr(ec, name) != getattr(EvaluateConfig, name):
+                argv += [f"--{name.replace('_', '-')}", str(getattr(ec, name))]
+        argv += ["--overwrite", *quiet]
+        if device or ec.device:
+            argv += ["--device", device or ec.device]
+        _step(f"evaluate ({Path(ec.data).name})", argv)
+    eval_dir = evals[0][1]
+    if len(evals) > 1:
         from specdenoise.evaluate.report import rewrite_with_companions
         from specdenoise.stage_evaluate import record_outputs
 
-        # the main report shows the wide-S/N set beside the default one; the rewritten report
+        # the main report shows the other evaluations beside its own; the rewritten report
         # stays evaluate's own (its manifest), so a later --overwrite may replace it
-        rewrite_with_companions(eval_dir, {WIDE_TITLE: work / "evaluation-wide"})
+        rewrite_with_companions(eval_dir, {
+            COMPANION_TITLES.get(ec.data, f"Dataset {ec.data}"): work / ec.out
+            for ec in cfg.evaluate[1:]})
         record_outputs(eval_dir, ["report.md", "report.html"])
 
+    first, more = cfg.simulate[:2], cfg.simulate[2:]  # train and val, then any other
     outputs = {
-        "train": data["train"],
-        "val": data["val"],
+        **{s.split.replace("-", "_"): data[s.split] for s in first},
         **{f"model_{r.name.removeprefix('run-')}": r for r in runs},
         "evaluation": eval_dir,
         "report": eval_dir / "report.html",
-        **({"val_wide": data["val-wide"], "evaluation_wide": work / "evaluation-wide"}
-           if p.get("wide") else {}),
+        **{s.split.replace("-", "_"): data[s.split] for s in more},
+        **{folder.name.replace("-", "_"): folder for _, folder in evals[1:]},
     }
     print(f"\n== done in {time.perf_counter() - t0:.0f} s {stamp()}")
     for name, path in outputs.items():

@@ -20,15 +20,38 @@ from specdenoise.train.presets import DEFAULT_MODEL, DEFAULT_PRESET
 DEFAULT_WORKERS = 2
 
 
+def train_config(data, val, out, *, model: str | None = None, preset: str | None = None,
+                 model_cfg: dict | None = None, resume: bool = False, **options):
+    """The :class:`~specdenoise.train.config.TrainConfig` that :func:`train` runs (what
+    ``train --print-config`` prints), built from the same arguments.
+
+    ``options`` are :class:`~specdenoise.train.config.TrainConfig` fields; None keeps the
+    preset's value (or, on resume, the stored one; a resume may change only some). A new run
+    defaults to :data:`DEFAULT_MODEL` with :data:`DEFAULT_PRESET` and :data:`DEFAULT_WORKERS`.
+    An optimizer given without a scheduler brings its own (sgd: step, adamw: cosine).
+    """
+    from specdenoise.train import config
+
+    opts = dict(options)
+    if opts.get("scheduler") is None and opts.get("optimizer") is not None:
+        opts["scheduler"] = "step" if opts["optimizer"] == "sgd" else "cosine"
+    if resume:
+        cfg = config.resume_config(out, model=model, preset=preset, data=data, val=val,
+                                   model_cfg=model_cfg, **opts)
+    else:
+        if opts.get("workers") is None:
+            opts["workers"] = DEFAULT_WORKERS
+        cfg = config.make_config(data, val, out, model=model or DEFAULT_MODEL,
+                                 preset=preset or DEFAULT_PRESET, model_cfg=model_cfg, **opts)
+    return cfg
+
+
 def train(data, val, out, *, model: str | None = None, preset: str | None = None,
           model_cfg: dict | None = None, resume: bool = False, progress: bool | None = None,
           overwrite: bool = False, **options):
     """Train a denoiser into the run directory ``out``, or continue it with ``resume``.
 
-    ``options`` are :class:`~specdenoise.train.loop.TrainConfig` fields; None keeps the
-    preset's value (or, on resume, the stored one; a resume may change only some). A new run
-    defaults to :data:`DEFAULT_MODEL` with :data:`DEFAULT_PRESET` and :data:`DEFAULT_WORKERS`.
-    An optimizer given without a scheduler brings its own (sgd: step, adamw: cosine).
+    The run's configuration is :func:`train_config` of the same arguments.
     ``progress``: a progress bar per epoch (None: only on a terminal).
     ``overwrite``: replace a run in ``out`` (only a folder holding nothing but a run's files);
     the old run is kept aside until the new one has its first checkpoint, and put back if
@@ -36,9 +59,6 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
     """
     from specdenoise.train import loop
 
-    seed = options.get("seed")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise SpecdenoiseError(f"--seed must be a non-negative integer, got {seed}")
     if resume and overwrite:
         raise SpecdenoiseError("--resume continues a run and --overwrite replaces it; pass one")
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -46,19 +66,8 @@ def train(data, val, out, *, model: str | None = None, preset: str | None = None
     replace = rank0 and stores.check_run_folder(
         out, inputs=(data, val, options.get("init_from")), overwrite=overwrite, resume=resume)
 
-    opts = dict(options)
-    if opts.get("scheduler") is None and opts.get("optimizer") is not None:
-        opts["scheduler"] = "step" if opts["optimizer"] == "sgd" else "cosine"
-    if resume:
-        cfg = loop.resume_config(out, model=model, preset=preset, data=data, val=val,
-                                 model_cfg=model_cfg, **opts)
-    else:
-        if opts.get("workers") is None:
-            opts["workers"] = DEFAULT_WORKERS
-        cfg = loop.make_config(data, val, out, model=model or DEFAULT_MODEL,
-                               preset=preset or DEFAULT_PRESET, model_cfg=model_cfg, **opts)
-    if cfg.workers < 0:
-        raise SpecdenoiseError(f"--loader-workers must be 0 or more, got {cfg.workers}")
+    cfg = train_config(data, val, out, model=model, preset=preset, model_cfg=model_cfg,
+                       resume=resume, **options)
     # one writer per run directory (under torchrun only rank 0 writes, and holds the lock)
     lock = stores.locked(cfg.out) if rank0 else contextlib.nullcontext()
     with lock:

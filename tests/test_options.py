@@ -127,8 +127,14 @@ def test_preset_help_lists_every_choice_and_the_default():
 
 def test_train_quick_is_what_run_quick_trains():
     from specdenoise.stage_run import PRESETS as RUN_PRESETS
+    from specdenoise.stage_train import DEFAULT_WORKERS
+    from specdenoise.train.config import make_config
 
-    assert RUN_PRESETS["quick"]["models"] == [("unet", "quick", [])]
+    # one network, the U-Net with train's quick preset and no other option
+    assert [(t.model, t.preset) for t in RUN_PRESETS["quick"].train] == [("unet", "quick")]
+    assert RUN_PRESETS["quick"].train[0] == make_config(
+        "train.zarr", "val.zarr", "run-unet", model="unet", preset="quick",
+        workers=DEFAULT_WORKERS)
     quick, best = PRESETS["quick"], PRESETS["best"]
     assert quick["model_cfg"] == best["model_cfg"]
     assert (quick["epochs"], quick["epoch_size"]) == (10, 3000)

@@ -8,6 +8,7 @@ crashes) are covered where they were built.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -162,8 +163,8 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, caps
     good = (out / "checkpoint.pt").read_bytes()
     from specdenoise.train import loop
 
-    cfg = loop.resume_config(out, epochs=2)
-    cfg.lr = 1e30  # not allowed from the CLI on resume; here to make the loss explode
+    # lr is not allowed to change on resume from the CLI; here it makes the loss explode
+    cfg = dataclasses.replace(loop.resume_config(out, epochs=2), lr=1e30)
     with pytest.raises(SpecdenoiseError, match="training stopped"):
         loop.train(cfg, resume=True)
     assert (out / "checkpoint.pt").read_bytes() == good

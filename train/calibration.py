@@ -19,9 +19,9 @@ import torch
 
 from specdenoise.simulate import calibration as ref
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.train.config import DISTORTIONS
 
 MEDIAN = ref.MEDIAN
-DISTORTIONS = ("stored", "fresh")
 
 
 def basis(wave: np.ndarray | int, order: int = ref.ORDER) -> torch.Tensor:
