@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.schema import CONDITIONS, PARAMS
+from specdenoise.schema import CONDITIONS, OBSERVING, PARAMS
 from specdenoise.simulate.constants import C_KM_PER_S
 from specdenoise.simulate.source import DEFAULT_FILTER, EXTINCTION_LAWS
 
@@ -68,14 +68,8 @@ DEFAULTS: dict = {
         "rv": {"dist": "normal", "mean": 0.0, "std": 300.0, "low": -600.0, "high": 600.0},
         "ebv": {"dist": "uniform", "low": 0.0, "high": 0.1},
         "mag": {"dist": "uniform", "low": 19.0, "high": 22.5},
-        "seeing": {"dist": "uniform", "low": 0.5, "high": 1.5},
-        "zenith": {"dist": "uniform", "low": 0.0, "high": 45.0},
-        "field_angle": {"dist": "uniform", "low": 0.0, "high": 0.65},
-        "moon_zenith": {"dist": "uniform", "low": 30.0, "high": 90.0},
-        "moon_separation": {"dist": "uniform", "low": 60.0, "high": 180.0},
-        "moon_phase": {"dist": "uniform", "low": 0.0, "high": 0.25},
-        "exp_time": {"dist": "fixed", "value": 900.0},
-        "n_exp": {"dist": "fixed", "value": 4.0},
+        # the observing conditions: schema.OBSERVING, the one table of them
+        **{c.name: dict(c.default) for c in OBSERVING},
     },
 }
 
@@ -103,17 +97,7 @@ RANGES = {
     "rv": (-C_KM_PER_S, C_KM_PER_S, False, False, "km/s, below the speed of light"),
     "ebv": (0.0, 10.0, True, True, "mag"),
     "mag": (-30.0, 50.0, True, True, "AB mag"),
-    "seeing": (0.0, 10.0, False, True, "arcsec FWHM"),
-    "zenith": (0.0, 90.0, True, False, "deg, below the horizon is not observable"),
-    "field_angle": (0.0, 0.7, True, True, "deg from the PFS field centre (field radius 0.65)"),
-    "moon_zenith": (0.0, 180.0, True, True, "deg; >= 90 puts the Moon below the horizon"),
-    "moon_separation": (0.0, 180.0, True, True, "deg"),
-    # the noise model's phase is the fraction of the lunar cycle since new Moon and mirrors
-    # about full Moon (alpha = 360 |phase - 0.5|): 0..0.5 covers every brightness, and a 1
-    # meant as "full" would silently be a new Moon
-    "moon_phase": (0.0, 0.5, True, True, "0 new, 0.25 quarter, 0.5 full"),
-    "exp_time": (0.0, 1e6, False, True, "s"),
-    "n_exp": (1.0, 1e4, True, True, "exposures"),
+    **{c.name: (c.low, c.high, c.low_included, c.high_included, c.meaning) for c in OBSERVING},
 }
 
 
