@@ -28,6 +28,7 @@ import numpy as np
 
 from specdenoise import options, stores
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.schema import OBSERVING
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS
 from specdenoise.simulate.source import (
     DEFAULT_FILTER,
@@ -77,19 +78,9 @@ def register(subparsers) -> None:
 
 def _add_conditions(p, title: str) -> None:
     cond = p.add_argument_group(title)
-    cond.add_argument("--seeing", type=float, default=None, help="FWHM at 800 nm, arcsec "
-                      "(default 0.8)")
-    cond.add_argument("--zenith", type=float, default=None, help="zenith angle, deg (35)")
-    cond.add_argument("--field-angle", type=float, default=None, help="field angle, deg (0)")
-    cond.add_argument("--moon-zenith", type=float, default=None,
-                      help="Moon zenith angle, deg; >= 90: no Moon (90)")
-    cond.add_argument("--moon-separation", type=float, default=None,
-                      help="Moon-target angle, deg (60)")
-    cond.add_argument("--moon-phase", type=float, default=None,
-                      help="fraction of the lunar cycle since new Moon, 0..0.5: 0 new, 0.25 "
-                           "quarter, 0.5 full (waning phases give the same light) (0)")
-    cond.add_argument("--exp-time", type=float, default=None, help="seconds per exposure (900)")
-    cond.add_argument("--n-exp", type=int, default=None, help="number of exposures (4)")
+    for c in OBSERVING:  # the one table of observing conditions
+        cond.add_argument(c.option, type=type(c.value), default=None,
+                          help=f"{c.help} ({c.value:g})")
 
 
 def import_parser() -> argparse.ArgumentParser:
@@ -125,8 +116,7 @@ class _Help(argparse.Action):
         parser.exit()
 
 
-DEFAULTS = {"seeing": 0.8, "zenith": 35.0, "field_angle": 0.0, "moon_zenith": 90.0,
-            "moon_separation": 60.0, "moon_phase": 0.0, "exp_time": 900.0, "n_exp": 4}
+DEFAULTS = {c.name: c.value for c in OBSERVING}
 
 
 def run(args) -> int:
@@ -246,8 +236,7 @@ def run_calc(args) -> int:
     if args.plot is not None:
         stores.check_output(args.plot, None, overwrite=args.overwrite)
     model = engine.noise_model("builtin" if args.table is None else str(args.table))
-    res = model.evaluate(c["seeing"], c["zenith"], c["field_angle"], c["moon_zenith"],
-                         c["moon_separation"], c["moon_phase"], c["exp_time"], c["n_exp"])
+    res = model.evaluate(c)
     wave = model.wave
     fnu = source_fnu(wave, args.mag, args.spectrum, args.filter, args.flux_unit)
     arrays = {"wavelength": wave, "conversion": res["conversion"][0], "sky": res["sky"][0],

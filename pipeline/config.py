@@ -1,8 +1,13 @@
-"""The simulation configuration: TOML on disk, plain dicts in memory, one error per mistake.
+"""The simulation configuration: TOML on disk, a frozen :class:`SimConfig` in memory, one error
+listing every mistake.
 
-A configuration is a nested dict with the layout of :data:`DEFAULTS`. :func:`load_config`
-merges a user TOML file and ``--set key=value`` overrides into the defaults and validates the
-result; every problem found is reported on its own line in a single :class:`SpecdenoiseError`.
+On disk and on the command line a configuration has the nested layout of :data:`DEFAULTS`.
+:func:`load_config` merges a user TOML file and ``--set key=value`` overrides into the defaults
+and builds a :class:`SimConfig` from the result, which validates itself where it is built: every
+problem found is reported on its own line in a single :class:`ConfigError` (a
+:class:`SpecdenoiseError`). :meth:`SimConfig.to_dict` / :meth:`SimConfig.from_dict` convert to
+and from the plain layout; :func:`config_hash` depends on the settings only. The observing
+conditions' defaults and ranges come from their one table, :data:`specdenoise.schema.OBSERVING`.
 
 Distributions (one per parameter and condition, table ``[params.<name>]``)::
 
@@ -20,10 +25,11 @@ import json
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.schema import CONDITIONS, PARAMS
+from specdenoise.schema import CONDITIONS, OBSERVING, PARAMS
 from specdenoise.simulate.constants import C_KM_PER_S
 from specdenoise.simulate.source import DEFAULT_FILTER, EXTINCTION_LAWS
 
@@ -68,14 +74,8 @@ DEFAULTS: dict = {
         "rv": {"dist": "normal", "mean": 0.0, "std": 300.0, "low": -600.0, "high": 600.0},
         "ebv": {"dist": "uniform", "low": 0.0, "high": 0.1},
         "mag": {"dist": "uniform", "low": 19.0, "high": 22.5},
-        "seeing": {"dist": "uniform", "low": 0.5, "high": 1.5},
-        "zenith": {"dist": "uniform", "low": 0.0, "high": 45.0},
-        "field_angle": {"dist": "uniform", "low": 0.0, "high": 0.65},
-        "moon_zenith": {"dist": "uniform", "low": 30.0, "high": 90.0},
-        "moon_separation": {"dist": "uniform", "low": 60.0, "high": 180.0},
-        "moon_phase": {"dist": "uniform", "low": 0.0, "high": 0.25},
-        "exp_time": {"dist": "fixed", "value": 900.0},
-        "n_exp": {"dist": "fixed", "value": 4.0},
+        # the observing conditions: schema.OBSERVING, the one table of them
+        **{c.name: dict(c.default) for c in OBSERVING},
     },
 }
 
@@ -103,17 +103,7 @@ RANGES = {
     "rv": (-C_KM_PER_S, C_KM_PER_S, False, False, "km/s, below the speed of light"),
     "ebv": (0.0, 10.0, True, True, "mag"),
     "mag": (-30.0, 50.0, True, True, "AB mag"),
-    "seeing": (0.0, 10.0, False, True, "arcsec FWHM"),
-    "zenith": (0.0, 90.0, True, False, "deg, below the horizon is not observable"),
-    "field_angle": (0.0, 0.7, True, True, "deg from the PFS field centre (field radius 0.65)"),
-    "moon_zenith": (0.0, 180.0, True, True, "deg; >= 90 puts the Moon below the horizon"),
-    "moon_separation": (0.0, 180.0, True, True, "deg"),
-    # the noise model's phase is the fraction of the lunar cycle since new Moon and mirrors
-    # about full Moon (alpha = 360 |phase - 0.5|): 0..0.5 covers every brightness, and a 1
-    # meant as "full" would silently be a new Moon
-    "moon_phase": (0.0, 0.5, True, True, "0 new, 0.25 quarter, 0.5 full"),
-    "exp_time": (0.0, 1e6, False, True, "s"),
-    "n_exp": (1.0, 1e4, True, True, "exposures"),
+    **{c.name: (c.low, c.high, c.low_included, c.high_included, c.meaning) for c in OBSERVING},
 }
 
 
@@ -203,95 +193,292 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
-def validate(cfg: dict) -> list[str]:
-    """All problems with a merged configuration, one line each (empty when valid)."""
-    # the observer owns the noise kinds (imported here: the command line reads this module,
-    # and the observer's module compiles kernels)
-    from specdenoise.simulate.observe import NOISE_KINDS
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
-    errors: list[str] = []
 
-    def positive_int(name):
-        v = cfg.get(name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            errors.append(f"'{name}' must be a positive integer, got {v!r}")
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    positive_int("n")
-    positive_int("chunk_size")
-    if not isinstance(cfg.get("seed"), int) or cfg["seed"] < 0:
-        errors.append(f"'seed' must be a non-negative integer, got {cfg.get('seed')!r}")
-    if cfg.get("compressor") not in COMPRESSORS:
-        errors.append(f"'compressor' must be one of {', '.join(COMPRESSORS)}")
-    kb = cfg.get("keepbits")
-    if not isinstance(kb, int) or not 4 <= kb <= 23:
-        errors.append(f"'keepbits' must be an integer 4..23 (mantissa bits kept), got {kb!r}")
-    if cfg.get("missing") not in ("error", "renormalize"):
-        errors.append("'missing' must be 'error' or 'renormalize'")
-    obs = cfg["observe"]
-    fw = obs.get("lsf_fwhm_pix")
-    if not (isinstance(fw, list) and len(fw) == 2
-            and all(isinstance(x, int | float) and 0 < x < math.inf for x in fw)):
-        errors.append("'observe.lsf_fwhm_pix' must be [fwhm_at_710nm, fwhm_at_885nm] in pixels")
-    d = obs.get("distortion")
-    if not isinstance(d, int | float) or not 0 <= d <= 0.2:
-        errors.append(f"'observe.distortion' must be an amplitude 0..0.2, got {d!r}")
-    for key, hi in (("continuum", 0.5), ("lsf_scatter", 0.5), ("sky_residual", 0.5),
-                    ("telluric_residual", 0.5)):
-        v = obs.get(key)
-        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= hi:
-            errors.append(f"'observe.{key}' must be a number 0..{hi:g} (0: off), got {v!r}")
-    co = obs.get("continuum_order")
-    if not isinstance(co, int) or isinstance(co, bool) or not 1 <= co <= 30:
-        errors.append(f"'observe.continuum_order' must be an integer 1..30, got {co!r}")
-    if obs.get("noise_kind") not in NOISE_KINDS:
-        errors.append(f"'observe.noise_kind' must be one of {', '.join(NOISE_KINDS)}")
-    if obs.get("extinction_law") not in EXTINCTION_LAWS:
-        errors.append(f"'observe.extinction_law' must be one of {', '.join(EXTINCTION_LAWS)}")
-    for name, dist in cfg["params"].items():
-        kind = dist.get("dist")
+
+class ConfigError(SpecdenoiseError):
+    """A configuration with mistakes; ``problems`` lists each on its own (one line each)."""
+
+    def __init__(self, problems: list[str], where: str = ""):
+        self.problems = list(problems)
+        super().__init__(f"invalid configuration{where}: " + "; ".join(self.problems))
+
+
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One parameter's or condition's distribution (module docstring): ``dist`` and the numbers
+    its kind uses (:data:`DIST_KEYS`), in the parameter's unit. Checked by the
+    :class:`SimConfig` it is part of (:meth:`problems`: the kind's rules and the parameter's
+    range, :data:`RANGES`)."""
+
+    dist: str
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    a: float | None = None
+    b: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping, name: str = "") -> Distribution:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            kind = d.get("dist")
+            need = DIST_KEYS.get(kind, ())
+            raise ConfigError([f"'params.{name}' has keys {unknown} not used by "
+                               f"dist = \"{kind}\" (uses {', '.join(need)})"])
+        if "dist" not in d:
+            raise ConfigError([f"'params.{name}.dist' must be one of {', '.join(DIST_KEYS)}, "
+                               "got None"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """``{"dist": ..., <the kind's numbers>}``, the layout of :data:`DEFAULTS`."""
+        keys = DIST_KEYS.get(self.dist, ())
+        rest = [f.name for f in fields(self)[1:] if f.name not in keys]
+        return {"dist": self.dist, **{k: getattr(self, k) for k in (*keys, *rest)
+                                      if getattr(self, k) is not None}}
+
+    def problems(self, name: str) -> list[str]:
+        """Every mistake, one line each, as the distribution of the parameter ``name``."""
+        d, kind, errors = self.to_dict(), self.dist, []
         if kind not in DIST_KEYS:
-            errors.append(f"'params.{name}.dist' must be one of {', '.join(DIST_KEYS)}, "
-                          f"got {kind!r}")
-            continue
+            return [f"'params.{name}.dist' must be one of {', '.join(DIST_KEYS)}, got {kind!r}"]
         need = DIST_KEYS[kind]
         for k in need:
-            if not isinstance(dist.get(k), int | float) or isinstance(dist.get(k), bool):
+            if not _is_number(d.get(k)):
                 errors.append(f"'params.{name}.{k}' must be a number for dist = \"{kind}\"")
-            elif not math.isfinite(dist[k]):
-                errors.append(f"'params.{name}.{k}' must be a finite number, got {dist[k]!r}")
+            elif not math.isfinite(d[k]):
+                errors.append(f"'params.{name}.{k}' must be a finite number, got {d[k]!r}")
         # every value the distribution can draw lies in [low, high] (or is ``value``)
         for k in ("value", "low", "high"):
-            v = dist.get(k)
-            if k in need and isinstance(v, int | float) and math.isfinite(v):
+            v = d.get(k)
+            if k in need and _is_number(v) and math.isfinite(v):
                 problem = range_problem(name, v)
                 if problem:
                     errors.append(f"'params.{name}.{k}': {problem}")
-        extra = set(dist) - set(need) - {"dist"}
+        extra = set(d) - set(need) - {"dist"}
         if extra:
             errors.append(f"'params.{name}' has keys {sorted(extra)} not used by "
                           f"dist = \"{kind}\" (uses {', '.join(need)})")
-        if all(isinstance(dist.get(k), int | float) for k in need):
-            if "low" in need and dist["low"] > dist["high"]:
+        if all(_is_number(d.get(k)) for k in need):
+            if "low" in need and d["low"] > d["high"]:
                 errors.append(f"'params.{name}': low > high")
-            if kind == "normal" and dist["std"] < 0:
+            if kind == "normal" and d["std"] < 0:
                 errors.append(f"'params.{name}.std' must be >= 0")
-            if kind == "beta" and (dist["a"] <= 0 or dist["b"] <= 0):
+            if kind == "beta" and (d["a"] <= 0 or d["b"] <= 0):
                 errors.append(f"'params.{name}': beta a and b must be > 0")
-    grids = cfg.get("grids")
-    if not isinstance(grids, list) or not all(
-            isinstance(g, Mapping) and set(g) == {"grid", "weight"} and isinstance(g["grid"], str)
-            and isinstance(g["weight"], int | float) and not isinstance(g["weight"], bool)
+        return errors
+
+
+@dataclass(frozen=True)
+class ObserveConfig:
+    """The ``[observe]`` table: how a model spectrum becomes an observation (see
+    :class:`specdenoise.simulate.observe.Observer` for each setting's meaning and unit)."""
+
+    lsf_fwhm_pix: tuple[float, float] = (3.1, 3.2)
+    distortion: float = 0.02
+    noise_kind: str = "gaussian"
+    extinction_law: str = "F99"
+    filter: str = DEFAULT_FILTER
+    continuum: float = 0.0
+    continuum_order: int = 8
+    lsf_scatter: float = 0.0
+    sky_residual: float = 0.0
+    telluric_residual: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.lsf_fwhm_pix, list):  # TOML gives lists; frozen wants a tuple
+            object.__setattr__(self, "lsf_fwhm_pix", tuple(self.lsf_fwhm_pix))
+        _raise_problems(self.problems())
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["lsf_fwhm_pix"] = list(self.lsf_fwhm_pix)
+        return out
+
+    def problems(self) -> list[str]:
+        # the observer owns the noise kinds (imported here: the command line reads this
+        # module, and the observer's module compiles kernels)
+        from specdenoise.simulate.observe import NOISE_KINDS
+
+        errors = []
+        fw = self.lsf_fwhm_pix
+        if not (isinstance(fw, tuple) and len(fw) == 2
+                and all(isinstance(x, int | float) and 0 < x < math.inf for x in fw)):
+            errors.append("'observe.lsf_fwhm_pix' must be [fwhm_at_710nm, fwhm_at_885nm] in "
+                          "pixels")
+        d = self.distortion
+        if not isinstance(d, int | float) or not 0 <= d <= 0.2:
+            errors.append(f"'observe.distortion' must be an amplitude 0..0.2, got {d!r}")
+        for key in ("continuum", "lsf_scatter", "sky_residual", "telluric_residual"):
+            v, hi = getattr(self, key), 0.5
+            if not _is_number(v) or not 0 <= v <= hi:
+                errors.append(f"'observe.{key}' must be a number 0..{hi:g} (0: off), got {v!r}")
+        co = self.continuum_order
+        if not _is_count(co) or not 1 <= co <= 30:
+            errors.append(f"'observe.continuum_order' must be an integer 1..30, got {co!r}")
+        if self.noise_kind not in NOISE_KINDS:
+            errors.append(f"'observe.noise_kind' must be one of {', '.join(NOISE_KINDS)}")
+        if self.extinction_law not in EXTINCTION_LAWS:
+            errors.append(f"'observe.extinction_law' must be one of {', '.join(EXTINCTION_LAWS)}")
+        return errors
+
+
+@dataclass(frozen=True)
+class SimConfig(Mapping):
+    """The simulation configuration, frozen and validated where it is built.
+
+    Build it with :func:`load_config` (defaults, preset, TOML, ``--set``, explicit values) or
+    :meth:`from_dict` (the nested plain layout of :data:`DEFAULTS`, e.g. a dataset's ``config``
+    attribute); :meth:`to_dict` gives that layout back. It also reads like that dict
+    (``cfg["params"]["mag"]``; each read returns a fresh copy), so code written against the
+    dict keeps working; nothing can change it after it is built (``dataclasses.replace`` makes
+    a changed copy, validated again).
+    """
+
+    n: int = 1000
+    chunk_size: int = 1000
+    seed: int = 1
+    out: str = "dataset.zarr"
+    grid: str = "builtin"
+    noise: str = "builtin"
+    compressor: str = "zstd-bitround"
+    keepbits: int = 13
+    split: str = ""
+    missing: str = "error"
+    grids: tuple = ()
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
+    params: tuple[tuple[str, Distribution], ...] = ()
+
+    def __post_init__(self):
+        if isinstance(self.grids, list):
+            object.__setattr__(self, "grids", tuple(dict(g) if isinstance(g, Mapping) else g
+                                                    for g in self.grids))
+        if isinstance(self.params, Mapping):
+            object.__setattr__(self, "params", tuple(self.params.items()))
+        if not self.params:
+            object.__setattr__(self, "params", tuple(
+                (k, Distribution.from_dict(v, k)) for k, v in DEFAULTS["params"].items()))
+        _raise_problems(self.problems())
+        if self.grids and self.grid != self.grids[0]["grid"]:
+            # the first stands for the mix where one grid is named
+            object.__setattr__(self, "grid", self.grids[0]["grid"])
+        object.__setattr__(self, "_layout", self._layout_dict())
+
+    # -- the plain layout -------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SimConfig:
+        """From the nested layout of :data:`DEFAULTS` (keys left out take the defaults; a
+        dataset's ``config`` attribute is one); every mistake in one :class:`ConfigError`."""
+        names = {f.name for f in fields(cls)}
+        errors = [f"unknown option '{k}'" for k in d if k not in names]
+        top = {k: v for k, v in d.items() if k in names - {"observe", "params"}}
+        defaults = {f.name: (f.default if f.default is not MISSING else f.default_factory())
+                    for f in fields(cls) if f.name not in ("observe", "params")}
+        errors += _top_problems({**defaults, **top})
+        observe, obs = None, d.get("observe", {})
+        if not isinstance(obs, Mapping):
+            errors.append("'observe' must be a table")
+        else:
+            unknown = [k for k in obs if k not in {f.name for f in fields(ObserveConfig)}]
+            errors += [f"unknown option 'observe.{k}'" for k in unknown]
+            try:
+                observe = ObserveConfig(**{k: v for k, v in obs.items() if k not in unknown})
+            except ConfigError as exc:
+                errors += exc.problems
+        params = []
+        for name, dist in (d.get("params") or DEFAULTS["params"]).items():
+            try:
+                params.append((name, Distribution.from_dict(dist, name)))
+            except ConfigError as exc:
+                errors += exc.problems
+            except TypeError:
+                errors.append(f"'params.{name}' must be a table like {{dist = \"uniform\"}}")
+        errors += _params_problems(params)
+        if errors:
+            raise ConfigError(errors)
+        return cls(**top, observe=observe, params=tuple(params))
+
+    def to_dict(self) -> dict:
+        """The nested plain layout of :data:`DEFAULTS` (a fresh copy)."""
+        return copy.deepcopy(self._layout)
+
+    def _layout_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["grids"] = [dict(g) for g in self.grids]
+        out["observe"] = self.observe.to_dict()
+        out["params"] = {k: v.to_dict() for k, v in self.params}
+        return out
+
+    # -- read like the dict it replaces -----------------------------------------------------
+
+    def __getitem__(self, key: str):
+        return copy.deepcopy(self._layout[key])
+
+    def __iter__(self):
+        return iter(self._layout)
+
+    def __len__(self) -> int:
+        return len(self._layout)
+
+    def problems(self) -> list[str]:
+        """Every mistake, one line each (the observe table checks itself when built)."""
+        top = {f.name: getattr(self, f.name) for f in fields(self)}
+        return _top_problems(top) + _params_problems(self.params)
+
+
+def _top_problems(cfg: Mapping) -> list[str]:
+    """The top-level options' mistakes (a :class:`SimConfig`'s fields by name)."""
+    errors: list[str] = []
+    for name in ("n", "chunk_size"):
+        v = cfg[name]
+        if not _is_count(v) or v < 1:
+            errors.append(f"'{name}' must be a positive integer, got {v!r}")
+    if not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
+        errors.append(f"'seed' must be a non-negative integer, got {cfg['seed']!r}")
+    if cfg["compressor"] not in COMPRESSORS:
+        errors.append(f"'compressor' must be one of {', '.join(COMPRESSORS)}")
+    kb = cfg["keepbits"]
+    if not isinstance(kb, int) or not 4 <= kb <= 23:
+        errors.append(f"'keepbits' must be an integer 4..23 (mantissa bits kept), got {kb!r}")
+    if cfg["missing"] not in ("error", "renormalize"):
+        errors.append("'missing' must be 'error' or 'renormalize'")
+    grids = cfg["grids"]
+    if not isinstance(grids, list | tuple) or not all(
+            isinstance(g, Mapping) and set(g) == {"grid", "weight"}
+            and isinstance(g["grid"], str) and _is_number(g["weight"])
             and math.isfinite(g["weight"]) and g["weight"] > 0 for g in grids):
-        errors.append("'grids' must be a list of {grid = \"builtin\" or a store, weight = a "
-                      "positive number}")
+        errors.append("'grids' must be a list of {grid = \"builtin\" or a store, weight = "
+                      "a positive number}")
     elif len({g["grid"] for g in grids}) < len(grids):
         errors.append("'grids' names a grid twice")
-    if cfg.get("split"):
+    if cfg["split"]:
         try:
             parse_split(cfg["split"])
         except SpecdenoiseError as exc:
             errors.append(str(exc))
-    missing = [p for p in (*PARAMS, *CONDITIONS) if p not in cfg["params"]]
+    return errors
+
+
+def _params_problems(params) -> list[str]:
+    """The distributions' mistakes, and parameters left without one; ``params`` (name,
+    :class:`Distribution`) pairs."""
+    errors = [p for name, dist in params for p in dist.problems(name)]
+    have = {name for name, _ in params}
+    missing = [p for p in (*PARAMS, *CONDITIONS) if p not in have]
     if missing:
         errors.append(f"no distribution for {', '.join(missing)}")
     return errors
@@ -316,8 +503,9 @@ def parse_split(text: str) -> dict[str, float]:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
-                preset: str | None = None, **values) -> dict:
-    """Defaults, the preset, then the TOML file, ``--set`` overrides, explicit ``values``."""
+                preset: str | None = None, **values) -> SimConfig:
+    """Defaults, the preset, then the TOML file, ``--set`` overrides, explicit ``values``;
+    every mistake of all of them in one :class:`ConfigError`."""
     errors: list[str] = []
     cfg = copy.deepcopy(DEFAULTS)
     if preset is not None:
@@ -339,13 +527,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         cfg = _merge(cfg, apply_overrides({}, overrides), "", errors)
     explicit = {k: v for k, v in values.items() if v is not None}
     cfg = _merge(cfg, explicit, "", errors)
-    errors += validate(cfg)
-    if not errors and cfg["grids"]:
-        cfg["grid"] = cfg["grids"][0]["grid"]  # the first stands for the mix where one is named
+    where = f" in {path}" if path else ""
+    try:
+        built = SimConfig.from_dict(cfg)
+    except ConfigError as exc:
+        raise ConfigError(errors + exc.problems, where) from None
     if errors:
-        where = f" in {path}" if path else ""
-        raise SpecdenoiseError(f"invalid configuration{where}: " + "; ".join(errors))
-    return cfg
+        raise ConfigError(errors, where)
+    return built
 
 
 #: observe options at which the forward model is as it was before they existed

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,20 +55,75 @@ WAVE_DIM = "wave"
 
 #: stellar parameters, in grid-axis order
 PARAMS = ("teff", "logg", "m_h", "a_m")
-#: source and observing conditions drawn per spectrum
-CONDITIONS = (
-    "rv",
-    "ebv",
-    "mag",
-    "seeing",
-    "zenith",
-    "field_angle",
-    "moon_zenith",
-    "moon_separation",
-    "moon_phase",
-    "exp_time",
-    "n_exp",
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One observing condition: what every noise model may be given, per spectrum, by name.
+
+    ``unit`` is an astropy unit string (the dataset variable's ``units``); the values allowed are
+    ``low``..``high`` (each end included or not), ``meaning`` says what the range is in words;
+    ``default`` is the simulation's distribution (``specdenoise.config``) and ``value`` the one
+    value ``specdenoise etc`` assumes when the option is not given.
+    """
+
+    name: str
+    unit: str
+    long_name: str
+    low: float
+    high: float
+    low_included: bool
+    high_included: bool
+    meaning: str
+    default: Mapping
+    value: float
+    help: str
+
+    @property
+    def option(self) -> str:
+        """The command-line option (``--moon-phase``)."""
+        return "--" + self.name.replace("_", "-")
+
+
+#: THE observing conditions, in the order they are drawn (that order is part of every seeded
+#: simulation: do not reorder). The simulation config's defaults and range checks, the ``etc``
+#: options and the dataset's condition variables are all built from this table; a noise model
+#: receives them as a mapping by name (``specdenoise.simulate.noise.NoiseModel``).
+OBSERVING = (
+    Condition("seeing", "arcsec", "seeing FWHM", 0.0, 10.0, False, True, "arcsec FWHM",
+              {"dist": "uniform", "low": 0.5, "high": 1.5}, 0.8, "FWHM at 800 nm, arcsec"),
+    Condition("zenith", "deg", "zenith angle", 0.0, 90.0, True, False,
+              "deg, below the horizon is not observable",
+              {"dist": "uniform", "low": 0.0, "high": 45.0}, 35.0, "zenith angle, deg"),
+    Condition("field_angle", "deg", "distance from the field centre", 0.0, 0.7, True, True,
+              "deg from the PFS field centre (field radius 0.65)",
+              {"dist": "uniform", "low": 0.0, "high": 0.65}, 0.0, "field angle, deg"),
+    Condition("moon_zenith", "deg", "zenith angle of the Moon", 0.0, 180.0, True, True,
+              "deg; >= 90 puts the Moon below the horizon",
+              {"dist": "uniform", "low": 30.0, "high": 90.0}, 90.0,
+              "Moon zenith angle, deg; >= 90: no Moon"),
+    Condition("moon_separation", "deg", "angular distance to the Moon", 0.0, 180.0, True, True,
+              "deg", {"dist": "uniform", "low": 60.0, "high": 180.0}, 60.0,
+              "Moon-target angle, deg"),
+    # the noise model's phase is the fraction of the lunar cycle since new Moon and mirrors
+    # about full Moon (alpha = 360 |phase - 0.5|): 0..0.5 covers every brightness, and a 1
+    # meant as "full" would silently be a new Moon
+    Condition("moon_phase", "1", "lunar phase (0 new, 0.25 quarter, 0.5 full)", 0.0, 0.5,
+              True, True, "0 new, 0.25 quarter, 0.5 full",
+              {"dist": "uniform", "low": 0.0, "high": 0.25}, 0.0,
+              "fraction of the lunar cycle since new Moon, 0..0.5: 0 new, 0.25 quarter, 0.5 full "
+              "(waning phases give the same light)"),
+    Condition("exp_time", "s", "exposure time of one exposure", 0.0, 1e6, False, True, "s",
+              {"dist": "fixed", "value": 900.0}, 900.0, "seconds per exposure"),
+    Condition("n_exp", "1", "number of exposures", 1.0, 1e4, True, True, "exposures",
+              {"dist": "fixed", "value": 4.0}, 4, "number of exposures"),
 )
+#: the observing conditions by name
+OBSERVING_BY_NAME = {c.name: c for c in OBSERVING}
+#: source conditions drawn per spectrum (the observer's inputs, not the noise model's)
+SOURCE = ("rv", "ebv", "mag")
+#: source and observing conditions drawn per spectrum
+CONDITIONS = (*SOURCE, *(c.name for c in OBSERVING))
 #: derived per-spectrum quantities
 DERIVED = ("snr", "norm")
 
@@ -94,14 +150,7 @@ UNITS = {
     "rv": "km s-1",
     "ebv": "mag",
     "mag": "mag",
-    "seeing": "arcsec",
-    "zenith": "deg",
-    "field_angle": "deg",
-    "moon_zenith": "deg",
-    "moon_separation": "deg",
-    "moon_phase": "1",
-    "exp_time": "s",
-    "n_exp": "1",
+    **{c.name: c.unit for c in OBSERVING},
     "snr": "1",
     "norm": "erg s-1 cm-2 Hz-1",
     "flux": "1",
@@ -122,14 +171,7 @@ LONG_NAMES = {
     "rv": "radial velocity",
     "ebv": "colour excess E(B-V)",
     "mag": "HSC-i magnitude",
-    "seeing": "seeing FWHM",
-    "zenith": "zenith angle",
-    "field_angle": "distance from the field centre",
-    "moon_zenith": "zenith angle of the Moon",
-    "moon_separation": "angular distance to the Moon",
-    "moon_phase": "lunar phase (0 new, 0.25 quarter, 0.5 full)",
-    "exp_time": "exposure time of one exposure",
-    "n_exp": "number of exposures",
+    **{c.name: c.long_name for c in OBSERVING},
     "snr": "signal-to-noise ratio, median over pixels of flux / sigma",
     "norm": "normalisation factor: f_nu = flux * norm",
     "flux": "noisy observed flux, normalised",

@@ -33,10 +33,8 @@ from specdenoise.stage_grid import resolve_grid
 # --------------------------------------------------------------------------- resolution
 
 
-def grid_provenance(path: Path, spec: str) -> dict:
-    from specdenoise.simulate.grids import open_grid
-
-    ds = open_grid(path)
+def grid_provenance(ds, spec: str) -> dict:
+    """What identifies the grid store ``ds`` (an opened grid) that the spec ``spec`` names."""
     return {
         "grid": spec,
         "source": ds.attrs.get("source"),
@@ -44,13 +42,14 @@ def grid_provenance(path: Path, spec: str) -> dict:
     }
 
 
-def check_same_grid(cfg: Mapping, grid_path: Path) -> None:
+def check_same_grid(cfg: Mapping, provenance: Mapping, stores_plan: list) -> None:
     """Refuse to resume a store begun on a grid whose content differs from the grid now at
     the configured path (the config hash holds the grid's path, not its content): the store
     would mix chunks of both grids. With mixed grids, ``cfg["grid"]`` names one of them and
-    it is compared with that grid's entry of the store's ``grids`` attribute."""
-    now = grid_provenance(grid_path, cfg["grid"]).get("content_hash")
-    for _split, path, _n in plan(cfg):
+    it is compared with that grid's entry of the store's ``grids`` attribute. ``provenance``:
+    :func:`grid_provenance` of the grid now there; ``stores_plan``: :func:`plan`'s."""
+    now = provenance.get("content_hash")
+    for _split, path, _n in stores_plan:
         attrs = (stores.read_attrs(path) if path.exists() else None) or {}
         prov = attrs.get("grid_provenance") or {}
         mixed = attrs.get("grids")
@@ -76,13 +75,14 @@ def _json_or(text: str, default):
         return default
 
 
-def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
-    """Refuse parameter distributions that reach beyond the grid's axes (before any store is
-    created): they would fail inside the workers, or be silently cut to the grid."""
-    from specdenoise.simulate.grids import grid_axes, open_grid
+def check_params_on_grid(cfg: Mapping, grid) -> None:
+    """Refuse parameter distributions that reach beyond the axes of ``grid`` (an opened grid;
+    before any store is created): they would fail inside the workers, or be silently cut to
+    the grid."""
+    from specdenoise.simulate.grids import grid_axes
 
     problems = []
-    for name, nodes in grid_axes(open_grid(grid_path)).items():
+    for name, nodes in grid_axes(grid).items():
         dist = cfg["params"].get(name)
         if dist is None:
             continue
@@ -96,24 +96,24 @@ def check_params_on_grid(cfg: Mapping, grid_path: Path) -> None:
                                "distribution(s) with --set or use a grid that covers them")
 
 
-def check_lsf_on_grid(cfg: Mapping, grid_path: Path) -> None:
+def check_lsf_on_grid(cfg: Mapping, grid) -> None:
     """Refuse a grid whose spectra are not sharper than the configured line-spread function
     (before any store is created): the workers would fail on their first chunk and leave a
     store that asks for --resume instead of saying why."""
-    from specdenoise.simulate.grids import open_grid
     from specdenoise.simulate.lsf import LSF
     from specdenoise.simulate.pfs import pixel_wave
 
-    resolution = open_grid(grid_path).attrs.get("resolution")
+    resolution = grid.attrs.get("resolution")
     lsf = LSF(fwhm_pix=tuple(cfg["observe"]["lsf_fwhm_pix"]),
               model_resolution=float(resolution) if resolution else None)
     lsf.sigma_pix(pixel_wave())  # raises with the reason
 
 
-def check_rv_on_grid(cfg: Mapping, grid_path: Path) -> None:
-    """Refuse radial velocities whose Doppler shift needs model wavelengths beyond the grid
-    (before any store is created): the first chunk would fail in a worker, after the store
-    exists, and the re-run would ask for --resume, which fails the same way."""
+def check_rv_on_grid(cfg: Mapping, grid, noise) -> None:
+    """Refuse radial velocities whose Doppler shift needs model wavelengths beyond ``grid``
+    (an opened grid; before any store is created): the first chunk would fail in a worker,
+    after the store exists, and the re-run would ask for --resume, which fails the same way.
+    ``noise``: the config's noise model (its wavelengths are the detector's)."""
     from specdenoise.simulate.observe import doppler_shift_pixels
 
     dist = cfg["params"].get("rv")
@@ -123,7 +123,11 @@ def check_rv_on_grid(cfg: Mapping, grid_path: Path) -> None:
                 [dist[k] for k in ("low", "high") if dist.get(k) is not None])
     if not extremes:
         return
-    _interp, observer = engine.forward_model(cfg, grid_path)
+    resolution = grid.attrs.get("resolution")
+    # the workers' observer (engine.forward_model), built on the grid already open
+    observer = engine.observer(np.asarray(grid["wave"].values, dtype=np.float64), noise,
+                               cfg["observe"],
+                               model_resolution=float(resolution) if resolution else None)
     m, _t = observer.table.split_shift(doppler_shift_pixels(np.asarray(extremes, float),
                                                             observer.h))
     try:
@@ -330,34 +334,40 @@ def simulate(
 ) -> list[Path]:
     """Run the simulation stage; returns the written store paths."""
     from specdenoise.cluster import check_local_options
+    from specdenoise.simulate.grids import open_grid
 
-    # every check before any store is created or a worker started
+    # every check before any store is created or a worker started; the stores are planned
+    # once and each grid opened once here (the workers open their own)
     if client is None:
         check_local_options(cluster, workers, threads_per_worker, memory_limit)
-    for _split, path, _n in plan(cfg):
+    stores_plan = plan(cfg)
+    for _split, path, _n in stores_plan:
         if path.exists() and not (resume or overwrite):
             raise SpecdenoiseError(f"{path} exists; pass --resume to finish it or --overwrite "
                                    "to start again")
         stores.check_output(path, stores.DATASET, overwrite=overwrite, allow_existing=resume)
+    noise = make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker
     grid_paths = [resolve_grid(spec) for spec in grid_specs(cfg)]
+    provenance = []
     for spec, path in zip(grid_specs(cfg), grid_paths, strict=True):
         one = {**cfg, "grid": spec}
+        grid = open_grid(path)
+        provenance.append(grid_provenance(grid, spec))
         if resume and not overwrite:
-            check_same_grid(one, path)
-        check_params_on_grid(one, path)
-        check_lsf_on_grid(cfg, path)
-        check_rv_on_grid(one, path)
+            check_same_grid(one, provenance[-1], stores_plan)
+        check_params_on_grid(one, grid)
+        check_lsf_on_grid(cfg, grid)
+        check_rv_on_grid(one, grid, noise)
     grid_path = [str(p) for p in grid_paths] if cfg.get("grids") else grid_paths[0]
-    make_noise(cfg["noise"])  # fail early on a bad noise table, before any worker starts
     with contextlib.ExitStack() as held:
-        for _split, path, _n in plan(cfg):
+        for _split, path, _n in stores_plan:
             held.enter_context(stores.locked(path))  # one writer per store
         return _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker,
-                         memory_limit, overwrite, progress)
+                         memory_limit, overwrite, progress, stores_plan, provenance)
 
 
 def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
-              overwrite, progress) -> list[Path]:
+              overwrite, progress, stores_plan, provenance) -> list[Path]:
     stored_cfg = {k: v for k, v in cfg.items() if k != "out"}
     chash = config_hash(cfg)
     attrs = {
@@ -365,32 +375,30 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         "config_hash": chash,
         "seed": cfg["seed"],
         "package_version": __version__,
-        "grid_provenance": grid_provenance(Path(grid_path if isinstance(grid_path, str | Path)
-                                                else grid_path[0]), cfg["grid"]),
+        "grid_provenance": provenance[0],
         "noise_provenance": {"noise": cfg["noise"]},
         "title": "specdenoise simulated PFS MR red-arm spectra",
     }
     extra = (*schema.calib_names(calibration.ORDER), *nuisance_names(cfg))
     if cfg.get("grids"):  # which grid each spectrum came from: coordinate + the list in attrs
-        attrs["grids"] = [{**g, **grid_provenance(Path(p), g["grid"])}
-                          for g, p in zip(cfg["grids"], grid_path, strict=True)]
+        attrs["grids"] = [{**g, **prov} for g, prov in zip(cfg["grids"], provenance, strict=True)]
         extra = (*extra, "grid")
     compressors, keepbits = compressors_for(cfg)
     from specdenoise.simulate.pfs import pixel_wave
 
     wave = pixel_wave()
     pending = False
-    for _split, path, n in plan(cfg):
+    for _split, path, n in stores_plan:
         n_chunks = -(-n // cfg["chunk_size"])
         pending |= overwrite or not path.exists() or len(schema.done_chunks(path)) < n_chunks
-    paths = [p for _, p, _ in plan(cfg)]
+    paths = [p for _, p, _ in stores_plan]
     # --overwrite writes the new store under a temporary name and renames it into place when
     # complete: until then the old store stays whole (an interrupt or a failed task keeps it)
     where = {p: (_new_name(p) if overwrite and p.exists() else p) for p in paths}
     try:
         _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker,
                       memory_limit, overwrite, progress, attrs, compressors, keepbits, wave,
-                      pending, chash, where, extra)
+                      pending, chash, where, extra, stores_plan)
         for path, tmp in where.items():
             if tmp != path:
                 stores.publish(tmp, path, stores.DATASET, overwrite=True)
@@ -410,7 +418,7 @@ def _new_name(path: Path) -> Path:
 
 def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, memory_limit,
                   overwrite, progress, attrs, compressors, keepbits, wave, pending, chash,
-                  where, extra) -> None:
+                  where, extra, stores_plan) -> None:
     """Create the stores (at ``where[path]``), run the missing chunks, finalize them."""
     from specdenoise.cluster import connect
 
@@ -422,7 +430,7 @@ def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, 
                 cluster, workers=workers, threads_per_worker=threads_per_worker,
                 memory_limit=memory_limit))
         jobs = []
-        for split, final, n in plan(cfg):
+        for split, final, n in stores_plan:
             path = where[final]
             schema.create_dataset_store(
                 path, n, cfg["chunk_size"], wave,
@@ -438,7 +446,7 @@ def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, 
                     jobs.append((split, path, c, count))
         if jobs:
             _execute(client, jobs, cfg, grid_path, chash, progress)
-    for _split, final, n in plan(cfg):
+    for _split, final, n in stores_plan:
         path = where[final]
         n_chunks = -(-n // cfg["chunk_size"])
         missing = set(range(n_chunks)) - schema.done_chunks(path)

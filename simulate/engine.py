@@ -5,8 +5,9 @@ the ``etc`` command and the template-fit baseline -- builds it here from a simul
 (the layout of :data:`specdenoise.config.DEFAULTS`), so the three can never disagree.
 
 Noise models are chosen by a spec string through :data:`NOISE_MODELS`: ``"builtin"`` (the
-project's ETC-like model) or the path of an imported ETC table. A new kind is one entry: a
-predicate on the spec and a constructor.
+project's ETC-like model) or the path of an imported ETC table. A new kind is one entry -- which
+specs it matches and how to build a :class:`~specdenoise.simulate.noise.NoiseModel` from one --
+placed anywhere: exactly one entry may match a spec.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
+
+if TYPE_CHECKING:  # the noise module compiles kernels: imported where a model is built
+    from specdenoise.simulate.noise import NoiseModel
 
 #: grids smaller than this are loaded whole into each process; larger ones are read lazily
 LOAD_WHOLE_GRID_BYTES = 1_500_000_000
@@ -34,19 +40,46 @@ def _table(spec: str):
     return TableNoise(spec)
 
 
-#: name -> (does this spec select it?, constructor from the spec); the first match wins
-NOISE_MODELS: dict[str, tuple[Callable[[str], bool], Callable[[str], object]]] = {
-    "builtin": (lambda spec: spec == "builtin", _builtin),
-    "etc-table": (lambda spec: spec != "builtin", _table),
+def _is_table(spec: str) -> bool:
+    """A store path: ``specdenoise etc import --out TABLE.zarr`` writes one (any folder name)."""
+    return spec.endswith(".zarr") or (spec not in NOISE_MODELS and Path(spec).is_dir())
+
+
+@dataclass(frozen=True)
+class NoiseModelKind:
+    """A registered kind of noise model: ``matches(spec)`` says whether a config's ``noise``
+    string selects it, ``build(spec)`` makes the :class:`~specdenoise.simulate.noise.NoiseModel`
+    and ``spec`` describes the specs it takes (for error messages)."""
+
+    matches: Callable[[str], bool]
+    build: Callable[[str], NoiseModel]
+    spec: str
+
+
+#: name -> kind; the order does not matter: a spec that two kinds match is refused
+NOISE_MODELS: dict[str, NoiseModelKind] = {
+    "builtin": NoiseModelKind(lambda spec: spec == "builtin", _builtin, "'builtin'"),
+    "etc-table": NoiseModelKind(_is_table, _table, "an ETC table store (TABLE.zarr)"),
 }
 
 
-def noise_model(spec: str):
+def noise_kind_of(spec: str) -> str:
+    """The name of the one :data:`NOISE_MODELS` entry that matches ``spec``."""
+    spec = str(spec)
+    found = [name for name, kind in NOISE_MODELS.items() if kind.matches(spec)]
+    if len(found) > 1:
+        raise SpecdenoiseError(f"noise {spec!r} matches several noise models "
+                               f"({', '.join(found)}); rename it")
+    if not found:
+        raise SpecdenoiseError(
+            f"no noise model for {spec!r}; use "
+            + " or ".join(kind.spec for kind in NOISE_MODELS.values()))
+    return found[0]
+
+
+def noise_model(spec: str) -> NoiseModel:
     """The noise model a config's ``noise`` entry names (see :data:`NOISE_MODELS`)."""
-    for _name, (matches, build) in NOISE_MODELS.items():
-        if matches(str(spec)):
-            return build(str(spec))
-    raise SpecdenoiseError(f"no noise model for {spec!r}; use 'builtin' or an ETC table store")
+    return NOISE_MODELS[noise_kind_of(spec)].build(str(spec))
 
 
 def observer(wave, noise, obs: Mapping, *, model_resolution: float | None = None):

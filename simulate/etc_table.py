@@ -40,11 +40,20 @@ import xarray as xr
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import atmosphere, pfs
-from specdenoise.simulate.noise import BuiltinNoise, broadcast_conditions, etc_variance
+from specdenoise.simulate.noise import (
+    CONDITIONS,
+    BuiltinNoise,
+    check_backend,
+    etc_variance,
+    read_conditions,
+)
 from specdenoise.simulate.progress import iterate
 
-#: condition axes a table can vary over (the names of ``evaluate``'s arguments)
-AXES = ("seeing", "zenith", "field_angle", "moon_zenith", "moon_separation", "moon_phase")
+#: conditions a table stores per run but does not interpolate over: it keeps rates per second
+#: and forms the variance for any number of exposures (:class:`TableNoise`)
+SCALED = ("exp_time", "n_exp")
+#: condition axes a table can vary over: every other observing condition
+AXES = tuple(c for c in CONDITIONS if c not in SCALED)
 TABLE_KIND = stores.ETC_TABLE.name
 #: ETC parameter names -> ours
 ETC_PARAM_NAMES = {
@@ -52,7 +61,7 @@ ETC_PARAM_NAMES = {
     "moon_zenith_ang": "moon_zenith", "moon_target_ang": "moon_separation",
     "moon_phase": "moon_phase", "exp_time": "exp_time", "exp_num": "n_exp",
 }
-CONDITION_KEYS = AXES + ("exp_time", "n_exp")
+CONDITION_KEYS = CONDITIONS
 #: positions in a gsetc parameter file (0-based line numbers)
 _GSETC_LINES = {"seeing": 3, "zenith": 4, "field_angle": 6, "moon_zenith": 8,
                 "moon_separation": 9, "moon_phase": 10, "exp_time": 11, "n_exp": 12}
@@ -394,12 +403,12 @@ class TableNoise:
         # sky and extinction are close to linear in airmass, not in zenith angle
         return atmosphere.airmass(values) if axis == "zenith" else values
 
-    def evaluate(self, seeing, zenith, field_angle, moon_zenith, moon_separation, moon_phase,
-                 exp_time, n_exp=1) -> dict[str, np.ndarray]:
-        """Same arguments and result as :meth:`BuiltinNoise.evaluate`."""
-        cond = dict(zip(AXES + ("exp_time", "n_exp"), broadcast_conditions(
-            seeing, zenith, field_angle, moon_zenith, moon_separation, moon_phase, exp_time,
-            n_exp), strict=True))
+    def evaluate(self, conditions=None, /, *, backend: str = "numba",
+                 **named) -> dict[str, np.ndarray]:
+        """Same arguments and result as :meth:`BuiltinNoise.evaluate` (one backend: the
+        interpolation is NumPy's either way)."""
+        check_backend(backend)
+        cond = read_conditions(conditions, named)
         t = cond["exp_time"][:, None]
         n = t.shape[0]
         if self.axes:
@@ -412,6 +421,7 @@ class TableNoise:
             sky = np.repeat(self._sky_const[None], n, axis=0) * t
             conv = np.repeat(self._conv_const[None], n, axis=0) * t
         if self._builtin is not None:
-            conv = self._builtin.evaluate(*(cond[k] for k in AXES + ("exp_time",)))["conversion"]
+            # one exposure, as before: the conversion does not depend on their number
+            conv = self._builtin.evaluate({**cond, "n_exp": 1})["conversion"]
         var = etc_variance(sky, cond["exp_time"], cond["n_exp"])
         return {"conversion": conv, "sky": sky, "variance": var}

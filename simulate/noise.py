@@ -32,10 +32,15 @@ microseconds per spectrum.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.schema import OBSERVING
 from specdenoise.simulate import atmosphere, pfs, skylines
 from specdenoise.simulate.constants import C_NM_PER_S, CM2_PER_M2, MAG_TO_TAU, PHOTONS_PER_ERG_1NM
 
@@ -44,13 +49,51 @@ SKY_SUB_FLOOR = 0.01
 #: diffuse stray light (fraction of the mean sky, spread over the detector)
 STRAY_LIGHT = 0.02
 
-CONDITIONS = ("seeing", "zenith", "field_angle", "moon_zenith", "moon_separation", "moon_phase",
-              "exp_time")
+#: the conditions a noise model is given, by name, in the order of the one table of them
+#: (:data:`specdenoise.schema.OBSERVING`: names, units, ranges, defaults)
+CONDITIONS = tuple(c.name for c in OBSERVING)
+BACKENDS = ("numba", "numpy")
 
 
-def broadcast_conditions(*values) -> tuple[np.ndarray, ...]:
-    """Scalars or equal-length 1-D arrays -> float64 arrays of one common shape (n,)."""
-    arrs = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in values]
+@runtime_checkable
+class NoiseModel(Protocol):
+    """What the observer needs of a noise model (register one in
+    :data:`specdenoise.simulate.engine.NOISE_MODELS`).
+
+    ``wave`` : (n_det,) float64, the detector's vacuum wavelengths, nm.
+
+    ``evaluate(conditions, *, backend="numba")`` : ``conditions`` maps each name of
+    :data:`CONDITIONS` (units in :data:`specdenoise.schema.OBSERVING`) to a scalar or an (n,)
+    array and may hold other names, which a model ignores unless it uses them; ``backend`` is
+    ``"numba"`` or ``"numpy"`` (the NumPy reference of the same maths, where a model has one;
+    one without may ignore it).  Returns a mapping of float64 (n, n_det) arrays:
+    ``conversion`` (e^- per exposure per erg s^-1 cm^-2 Hz^-1), ``sky`` (e^- per exposure) and
+    ``variance`` (e^-2 per exposure, the object's own shot noise excluded).
+    :func:`read_conditions` turns the mapping into arrays and checks it.
+    """
+
+    wave: np.ndarray
+
+    def evaluate(self, conditions: Mapping[str, ArrayLike], /, *,
+                 backend: str = "numba") -> Mapping[str, np.ndarray]: ...
+
+
+def read_conditions(conditions: Mapping[str, ArrayLike] | None = None,
+                    named: Mapping[str, ArrayLike] | None = None,
+                    names: tuple[str, ...] = CONDITIONS) -> dict[str, np.ndarray]:
+    """``names`` taken from ``conditions`` and the keyword-style ``named`` (which wins), as
+    float64 arrays of one common shape (n,), in the order of ``names``.
+
+    Scalars broadcast; other names in the mappings are ignored; a missing ``n_exp`` is one
+    exposure, any other missing name is an error.
+    """
+    given = {**(conditions or {}), **(named or {})}
+    given.setdefault("n_exp", 1)
+    missing = [k for k in names if k not in given]
+    if missing:
+        raise SpecdenoiseError(f"the noise model needs the observing condition(s) "
+                               f"{', '.join(missing)}")
+    arrs = [np.atleast_1d(np.asarray(given[k], dtype=np.float64)) for k in names]
     if any(a.ndim != 1 for a in arrs):
         raise SpecdenoiseError("observing conditions must be scalars or 1-D arrays")
     try:
@@ -59,7 +102,13 @@ def broadcast_conditions(*values) -> tuple[np.ndarray, ...]:
         raise SpecdenoiseError(
             "observing conditions must be scalars or arrays of one common length, got lengths "
             + ", ".join(str(a.size) for a in arrs)) from None
-    return tuple(np.ascontiguousarray(a) for a in out)
+    return {k: np.ascontiguousarray(a) for k, a in zip(names, out, strict=True)}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise SpecdenoiseError(f"unknown backend {backend!r}; choose numba or numpy")
+    return backend
 
 
 def max3(sky: np.ndarray) -> np.ndarray:
@@ -206,22 +255,26 @@ class BuiltinNoise:
         self._ee_i0 = np.minimum(np.floor(pos).astype(np.int64), n_ee_nodes - 2)
         self._ee_w = pos - self._ee_i0
 
-    def evaluate(self, seeing, zenith, field_angle, moon_zenith, moon_separation, moon_phase,
-                 exp_time, n_exp=1, *, use_numba: bool = True) -> dict[str, np.ndarray]:
+    def evaluate(self, conditions: Mapping[str, ArrayLike] | None = None, /, *,
+                 backend: str = "numba", **named) -> dict[str, np.ndarray]:
         """Conversion, sky and variance per pixel for each set of conditions.
 
-        Parameters (scalars or equal-length (n,) arrays)
+        Parameters
         ----------
-        seeing : FWHM at 800 nm, arcsec
-        zenith : target zenith angle, degrees
-        field_angle : distance from the PFS field centre, degrees (0 .. 0.65)
-        moon_zenith : Moon zenith angle, degrees; >= 90 means the Moon is down
-        moon_separation : Moon-target angle, degrees
-        moon_phase : 0 new, 0.25 quarter, 0.5 full
-        exp_time : seconds per exposure
-        n_exp : number of exposures (enters the sky-subtraction floor)
+        conditions : mapping by name (or the same names as keywords, ``named``) of scalars or
+            equal-length (n,) arrays:
 
-        use_numba : the fused Numba kernel (default) or the NumPy reference of the same maths
+            seeing : FWHM at 800 nm, arcsec
+            zenith : target zenith angle, degrees
+            field_angle : distance from the PFS field centre, degrees (0 .. 0.65)
+            moon_zenith : Moon zenith angle, degrees; >= 90 means the Moon is down
+            moon_separation : Moon-target angle, degrees
+            moon_phase : 0 new, 0.25 quarter, 0.5 full
+            exp_time : seconds per exposure
+            n_exp : number of exposures (enters the sky-subtraction floor; default 1)
+
+        backend : ``"numba"``, the fused kernel (default), or ``"numpy"``, the NumPy reference
+            of the same maths
 
         Returns
         -------
@@ -229,9 +282,10 @@ class BuiltinNoise:
         Hz^-1), ``sky`` (e^- per exposure), ``variance`` (e^-2 per exposure, object excluded).
         """
         inst = self.instrument
-        seeing, zenith, fa, mz, msep, mph, t, n_exp = broadcast_conditions(
-            seeing, zenith, field_angle, moon_zenith, moon_separation, moon_phase, exp_time,
-            n_exp)
+        c = read_conditions(conditions, named)
+        seeing, zenith, fa = c["seeing"], c["zenith"], c["field_angle"]
+        mz, msep, mph = c["moon_zenith"], c["moon_separation"], c["moon_phase"]
+        t, n_exp = c["exp_time"], c["n_exp"]
         if np.any(seeing <= 0) or np.any(t <= 0) or np.any(n_exp < 1):
             raise SpecdenoiseError("seeing and exposure time must be positive and n_exp >= 1")
         if np.any((zenith < 0) | (zenith >= 90)):
@@ -241,7 +295,7 @@ class BuiltinNoise:
         omega = np.pi * pfs.fiber_radius_arcsec(inst, fa) ** 2
         ee_nodes = pfs.encircled_energy(inst, self._ee_nodes, seeing, fa)
         b_r, b_m = atmosphere.moon_brightness_v(mz, msep, mph, zenith)
-        if not use_numba:
+        if check_backend(backend) == "numpy":
             return self._assemble_numpy(x, vig_t, omega, b_r, b_m, ee_nodes, t, n_exp)
         shape = (x.size, self.wave.size)
         out = {k: np.empty(shape) for k in ("conversion", "sky", "variance")}

@@ -27,23 +27,25 @@ Steps 1-2 and 6-7 are Numba kernels (:func:`clean_spectra_numba`, :func:`finish_
 a NumPy reference (:func:`clean_spectra_numpy`, :func:`finish_numpy`); ``backend="numpy"`` runs
 the references end to end.
 
-The noise model is any object with ``wave`` ((n_det,) nm) and ``evaluate(seeing, zenith,
-field_angle, moon_zenith, moon_separation, moon_phase, exp_time, n_exp)`` returning a mapping with
-``conversion`` (e-/exposure per unit f_nu), ``sky`` (e-/exposure) and ``variance`` (e^2/exposure,
-object excluded), each (n, n_det): :class:`specdenoise.simulate.noise.BuiltinNoise` or a table.
+The noise model is a :class:`specdenoise.simulate.noise.NoiseModel`: ``wave`` ((n_det,) nm) and
+``evaluate(conditions, backend=...)``, the observing conditions given as a mapping by name
+(:data:`specdenoise.schema.OBSERVING`), returning ``conversion`` (e-/exposure per unit f_nu),
+``sky`` (e-/exposure) and ``variance`` (e^2/exposure, object excluded), each (n, n_det):
+:class:`specdenoise.simulate.noise.BuiltinNoise` or a table.
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 
 import numpy as np
 from numba import njit
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import calibration
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS, C_NM_PER_S, MAG_TO_TAU
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.lsf import LSF, build_resampling_table, resample_one
+from specdenoise.simulate.noise import read_conditions
 from specdenoise.simulate.source import (
     DEFAULT_FILTER,
     EDGE_SLOPE_LIMIT,
@@ -382,7 +384,8 @@ class Observer:
     Parameters
     ----------
     model_wave : (n_model,) log-uniform vacuum wavelengths of the model spectra, nm.
-    noise : the noise model (module docstring); its ``wave`` is the detector grid.
+    noise : the :class:`~specdenoise.simulate.noise.NoiseModel`; its ``wave`` is the detector
+        grid.
     lsf_fwhm_pix : line-spread FWHM in pixels (at 710 nm, at 885 nm), the pixel included; or
     lsf : a full :class:`.lsf.LSF` (overrides ``lsf_fwhm_pix``).
     model_resolution : resolving power of the model spectra (the grid's ``resolution`` attr);
@@ -420,10 +423,6 @@ class Observer:
         from specdenoise.simulate import nuisance as nuisance_mod
 
         self.noise = noise
-        try:
-            self._noise_has_backend = "use_numba" in inspect.signature(noise.evaluate).parameters
-        except (TypeError, ValueError):
-            self._noise_has_backend = False
         self.model_wave = np.asarray(model_wave, dtype=np.float64)
         self.wave = np.asarray(noise.wave, dtype=np.float64)
         nuis = nuisance_mod.settings(nuisance or {})
@@ -537,10 +536,9 @@ class Observer:
 
     def observe(
         self,
-        model_flux, rv, ebv, mag, seeing, zenith, field_angle, moon_zenith, moon_separation,
-        moon_phase, exp_time, n_exp, rng: np.random.Generator, *,
-        noise_kind: str | None = None, return_physical: bool = False, backend: str = "numba",
-        noise_backend: str | None = None,
+        model_flux, rv, ebv, mag, conditions: Mapping | None = None, *,
+        rng: np.random.Generator, noise_kind: str | None = None, return_physical: bool = False,
+        backend: str = "numba", noise_backend: str | None = None, **named,
     ) -> dict[str, np.ndarray]:
         """Observe n model spectra.
 
@@ -548,9 +546,11 @@ class Observer:
         ----------
         model_flux : (n, n_model) f_lambda on ``model_wave`` (units cancel in the mag scaling).
         rv : km/s; ebv : mag; mag : AB magnitude through the filter (NaN: no scaling).
-        seeing (arcsec FWHM), zenith (deg), field_angle (deg), moon_zenith (deg),
-        moon_separation (deg), moon_phase (as the noise model defines it), exp_time
-        (s per exposure), n_exp (exposures): scalars or (n,) arrays, for the noise model.
+        conditions : the observing conditions by name (:data:`specdenoise.schema.OBSERVING`:
+            seeing (arcsec FWHM), zenith (deg), field_angle (deg), moon_zenith (deg),
+            moon_separation (deg), moon_phase, exp_time (s per exposure), n_exp (exposures;
+            1 if absent)), scalars or (n,) arrays, for the noise model; or the same names as
+            keywords (``named``).
         rng : the only source of randomness.
         noise_kind : ``"gaussian"``, or ``"poisson"`` for Poisson photon noise of object + sky;
             None takes the observer's.
@@ -583,17 +583,13 @@ class Observer:
                 f"spectrum {int(np.nonzero(bad)[0][0])} has no positive flux through filter "
                 f"{self.bandpass.name}; cannot scale it to a magnitude"
             )
-        cond = [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (
-            seeing, zenith, field_angle, moon_zenith, moon_separation, moon_phase, exp_time,
-            n_exp)]
-        # the noise model's own NumPy reference goes with ours, where it has one
-        if (noise_backend or backend) == "numpy" and self._noise_has_backend:
-            nm = self.noise.evaluate(*cond, use_numba=False)
-        else:
-            nm = self.noise.evaluate(*cond)
+        cond = {k: np.ascontiguousarray(np.broadcast_to(v, (n,)))
+                for k, v in read_conditions(conditions, named).items()}
+        # the noise model's own NumPy reference goes with ours (one without ignores it)
+        nm = self.noise.evaluate(cond, backend=noise_backend or backend)
         conversion = np.ascontiguousarray(nm["conversion"], dtype=np.float64)
         var_noise = np.ascontiguousarray(nm["variance"], dtype=np.float64)
-        n_exp_arr = np.ascontiguousarray(cond[7])
+        n_exp_arr = cond["n_exp"]
 
         raw_coef, amp = self.draw_calibration(n, rng)
         if _check_noise_kind(noise_kind or self.noise_kind) == "poisson":
@@ -638,16 +634,17 @@ class Observer:
         return out
 
 
-def observe(model_flux, model_wave, noise, rv, ebv, mag, seeing, zenith, field_angle,
-            moon_zenith, moon_separation, moon_phase, exp_time, n_exp, rng, **options):
-    """One-off :meth:`Observer.observe`; ``options`` go to :class:`Observer` or to ``observe``.
+def observe(model_flux, model_wave, noise, rv, ebv, mag, conditions=None, *, rng, **options):
+    """One-off :meth:`Observer.observe`; ``options`` go to :class:`Observer`, to ``observe``,
+    or are observing conditions by name.
 
     Builds the observer (the LSF table takes a fraction of a second) on every call: keep an
     :class:`Observer` to observe repeatedly.
     """
-    call_keys = {"noise_kind", "return_physical", "backend", "noise_backend"}
-    call = {k: v for k, v in options.items() if k in call_keys}
-    setup = {k: v for k, v in options.items() if k not in call_keys}
+    import inspect
+
+    setup_keys = set(inspect.signature(Observer).parameters) - {"model_wave", "noise"}
+    setup = {k: v for k, v in options.items() if k in setup_keys}
+    call = {k: v for k, v in options.items() if k not in setup_keys}
     obs = Observer(model_wave, noise, **setup)
-    return obs.observe(model_flux, rv, ebv, mag, seeing, zenith, field_angle, moon_zenith,
-                       moon_separation, moon_phase, exp_time, n_exp, rng, **call)
+    return obs.observe(model_flux, rv, ebv, mag, conditions, rng=rng, **call)

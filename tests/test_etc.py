@@ -123,11 +123,12 @@ def test_evaluate_shapes_and_broadcasting(model):
 def test_numba_kernel_matches_numpy_reference(model):
     rng = np.random.default_rng(1)
     n = 20
-    args = (rng.uniform(0.5, 1.5, n), rng.uniform(0, 60, n), rng.uniform(0, 0.65, n),
-            rng.uniform(20, 100, n), rng.uniform(30, 180, n), rng.uniform(0, 0.5, n),
-            rng.uniform(300, 1200, n), rng.integers(1, 9, n))
-    a = model.evaluate(*args)
-    b = model.evaluate(*args, use_numba=False)
+    args = dict(seeing=rng.uniform(0.5, 1.5, n), zenith=rng.uniform(0, 60, n),
+                field_angle=rng.uniform(0, 0.65, n), moon_zenith=rng.uniform(20, 100, n),
+                moon_separation=rng.uniform(30, 180, n), moon_phase=rng.uniform(0, 0.5, n),
+                exp_time=rng.uniform(300, 1200, n), n_exp=rng.integers(1, 9, n))
+    a = model.evaluate(args)
+    b = model.evaluate(args, backend="numpy")
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=5e-4)
 
@@ -221,7 +222,8 @@ def test_legacy_import_with_params_file(tmp_path):
     out = tmp_path / "legacy.zarr"
     assert main(["etc", "import", str(DATA / "gsetc_params_mr11006.txt"), "--out", str(out)]) == 0
     table = TableNoise(out)
-    res = table.evaluate(0.8, 45.0, 0.675, 30.0, 60.0, 0.0, 900.0, n_exp=8)
+    res = table.evaluate(dict(seeing=0.8, zenith=45.0, field_angle=0.675, moon_zenith=30.0,
+                              moon_separation=60.0, moon_phase=0.0, exp_time=900.0, n_exp=8))
     snc = read_legacy(DATA / "snc_mr11006.dat")
     np.testing.assert_allclose(res["sky"][0], snc["sky"], rtol=1e-9)
     np.testing.assert_allclose(res["variance"][0], snc["variance"], rtol=3e-3)

@@ -17,6 +17,7 @@ from scipy.signal import find_peaks
 
 from specdenoise.simulate import pfs
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS
+from specdenoise.simulate.etc_table import ETC_PARAM_NAMES
 from specdenoise.simulate.noise import BuiltinNoise, snr
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -46,8 +47,7 @@ def brightest_peaks(sky: np.ndarray, n: int) -> np.ndarray:
 
 def agreement(model: BuiltinNoise, d, case: str) -> dict[str, float]:
     p = json.loads(str(d[f"{case}/params"]))
-    res = model.evaluate(p["seeing"], p["zenith_ang"], p["field_ang"], p["moon_zenith_ang"],
-                         p["moon_target_ang"], p["moon_phase"], p["exp_time"], p["exp_num"])
+    res = model.evaluate({ours: p[theirs] for theirs, ours in ETC_PARAM_NAMES.items()})
     fnu = AB_ZEROPOINT_CGS * 10.0 ** (-0.4 * float(np.median(d[f"{case}/input_mag"])))
     signal = res["conversion"][0] * fnu
     out = {
@@ -89,9 +89,7 @@ def test_legacy_outputs_agree(model):
     base = DATA / "pfs_etc"
     par = read_gsetc_params(base / "gsetc_params_mr11006.txt")["conditions"]
     snc = read_legacy(base / "snc_mr11006.dat")
-    res = model.evaluate(par["seeing"], par["zenith"], par["field_angle"], par["moon_zenith"],
-                         par["moon_separation"], par["moon_phase"], par["exp_time"],
-                         par["n_exp"])
+    res = model.evaluate(par)
     sky = np.median(res["sky"][0] / snc["sky"])
     var = np.median(res["variance"][0] / snc["variance"])
     print(f"\nsnc_mr11006: sky {sky:.3f}, variance {var:.3f}")

@@ -10,6 +10,7 @@ from dust_extinction.parameter_averages import F99, G23
 from specdenoise.simulate import lsf, source
 from specdenoise.simulate.constants import C_KM_PER_S
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.simulate.noise import CONDITIONS as CONDITION_NAMES
 from specdenoise.simulate.noise import BuiltinNoise
 from specdenoise.simulate.observe import (
     Observer,
@@ -281,9 +282,7 @@ def test_poisson_noise_has_unit_pulls(observer, stars):
 def test_sigma_is_the_noise_model_plus_object(observer, stars):
     model, kw = _draw(stars, 6)
     out = observer.observe(model, rng=np.random.default_rng(1), return_physical=True, **kw)
-    nm = observer.noise.evaluate(*[np.broadcast_to(kw[k], 6) for k in (
-        "seeing", "zenith", "field_angle", "moon_zenith", "moon_separation", "moon_phase",
-        "exp_time", "n_exp")])
+    nm = observer.noise.evaluate({k: np.broadcast_to(kw[k], 6) for k in CONDITION_NAMES})
     dist = observer.distortion(out["calib_coef"])
     sigma_counts = out["sigma_nu"] / dist * nm["conversion"]
     np.testing.assert_allclose(sigma_counts**2 * 4, nm["variance"] + out["counts"], rtol=1e-9)

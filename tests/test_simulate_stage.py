@@ -261,8 +261,7 @@ def test_stored_calibration_coefficients_describe_the_one_distortion(small_grid,
             Client(lc) as client:
         for amp in (0.02, 0.0):
             cfg = _cfg(small_grid, tmp_path / f"d{amp}.zarr", n=30, chunk_size=15,
-                       compressor="zstd")
-            cfg["observe"]["distortion"] = amp
+                       compressor="zstd", overrides=[f"observe.distortion={amp}"])
             stores[amp] = schema.open_dataset(simulate(cfg, client=client, progress=False)[0])
     ds, flat = stores[0.02], stores[0.0]
     coef = np.stack([ds[k].values for k in schema.calib_names(3)], axis=1).astype(np.float64)
