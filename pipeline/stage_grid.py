@@ -42,6 +42,7 @@ import numpy as np
 
 from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.progress import bar as progress_bar
 from specdenoise.simulate import builtin_grid
 from specdenoise.simulate.grids import (
     AXES,
@@ -52,9 +53,8 @@ from specdenoise.simulate.grids import (
     write_exists,
     write_nodes,
 )
-from specdenoise.simulate.progress import bar as progress_bar
 from specdenoise.simulate.readers import READERS, GridReader, ModelFile, readers_of
-from specdenoise.simulate.usercache import cache_dir
+from specdenoise.usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
         wavelengths, sampling...).
     overwrite : replace an existing store at the destination (for ``out=None``: rebuild the
         cache).
-    progress : show a progress bar over nodes (:func:`specdenoise.simulate.progress.bar`).
+    progress : show a progress bar over nodes (:func:`specdenoise.progress.bar`).
 
     The store is assembled in a unique temporary folder beside it while the destination is
     locked (:mod:`specdenoise.stores`) and only renamed into place when every node was

@@ -16,7 +16,7 @@ from pathlib import Path
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
-from specdenoise.simulate.progress import stamp
+from specdenoise.progress import stamp
 
 #: per preset: spectra per split, simulation seed, models to train (name, train preset, extra);
 #: every registered baseline runs

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 
 #: grids smaller than this are loaded whole into each process; larger ones are read lazily
 LOAD_WHOLE_GRID_BYTES = 1_500_000_000

@@ -39,9 +39,9 @@ import xarray as xr
 
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.progress import iterate
 from specdenoise.simulate import atmosphere, pfs
 from specdenoise.simulate.noise import BuiltinNoise, broadcast_conditions, etc_variance
-from specdenoise.simulate.progress import iterate
 
 #: condition axes a table can vary over (the names of ``evaluate``'s arguments)
 AXES = ("seeing", "zenith", "field_angle", "moon_zenith", "moon_separation", "moon_phase")

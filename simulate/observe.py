@@ -40,9 +40,9 @@ import inspect
 import numpy as np
 from numba import njit
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import calibration
 from specdenoise.simulate.constants import AB_ZEROPOINT_CGS, C_NM_PER_S, MAG_TO_TAU
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.lsf import LSF, build_resampling_table, resample_one
 from specdenoise.simulate.source import (
     DEFAULT_FILTER,

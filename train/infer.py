@@ -316,8 +316,8 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     import zarr
 
     from specdenoise import schema
+    from specdenoise.progress import iterate
     from specdenoise.schema import SPECTRUM_DIM, WAVE_DIM
-    from specdenoise.simulate.progress import iterate
 
     with codecs.quiet_legacy():
         src = xr.open_zarr(str(in_zarr), consolidated=None)
