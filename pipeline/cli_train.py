@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
 from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.progress import log_to_stdout
 from specdenoise.stage_train import DEFAULT_WORKERS
 from specdenoise.train.presets import (
     DEFAULT_MODEL,
@@ -139,10 +138,7 @@ def run(args: argparse.Namespace) -> int:
                                   inputs=(args.data, args.val, args.init_from),
                                   overwrite=args.overwrite)
     options.check_device(args.device)
-    if not logging.getLogger().handlers:
-        # standard output, as the progress lines: standard error holds only a failure's line
-        logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
-                            datefmt=options.TIME_FORMAT, stream=sys.stdout)
+    log_to_stdout()  # as the progress lines: standard error holds only a failure's line
     model_cfg = None
     if args.model_cfg is not None:
         try:

@@ -1,22 +1,26 @@
-"""``specdenoise run``: the whole pipeline in one work folder, each stage through its own CLI.
+"""``specdenoise run``: the whole pipeline in one work folder, composed of the stage functions.
 
 built-in grid -> simulate (local Dask cluster) -> train -> evaluate -> report
 
-Each step is the same command a user would type (printed before it runs), so a run can be
-picked apart and repeated stage by stage. A step whose output is already complete is skipped,
-so re-running after an interruption continues where it stopped.
+Each step calls its stage (:func:`~specdenoise.stage_grid.build_builtin_grid`,
+:func:`~specdenoise.stage_simulate.simulate`, :func:`~specdenoise.stage_train.train`,
+:func:`~specdenoise.stage_evaluate.evaluate`) and first prints the command a user would type for
+the same step, so a run can be picked apart and repeated stage by stage. A step whose output is
+already complete is skipped, so re-running after an interruption continues where it stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
-from specdenoise.progress import stamp
+from specdenoise.progress import log_to_stdout, stamp
 
 #: per preset: spectra per split, simulation seed, models to train (name, train preset, extra);
 #: every registered baseline runs
@@ -66,26 +70,42 @@ WIDE_SEED_OFFSET = 2
 WIDE_TITLE = "Wide-S/N validation set (S/N about 1 to above 100)"
 
 
-def _step(title: str, argv: list[str]) -> None:
-    from specdenoise.cli import main
-
+def _step(title: str, argv: list[str], call: Callable[[], object]) -> None:
+    """Print the command line a user would type for this step (``specdenoise ARGV``), then run
+    the stage function ``call`` that does the same."""
     print(f"\n== {title} {stamp()}\n$ specdenoise {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
-    status = main(argv)
-    if status:
-        raise SpecdenoiseError(f"step '{title}' failed (exit status {status}); fix the cause "
-                               "and re-run: finished steps are kept")
+    try:
+        call()
+    except SpecdenoiseError as exc:
+        raise SpecdenoiseError(f"step '{title}' failed: {exc}; fix the cause and re-run: "
+                               "finished steps are kept") from None
     print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def _train_can_overwrite() -> bool:
-    """Whether ``specdenoise train`` offers ``--overwrite`` (it replaces only a training run)."""
-    from specdenoise.cli import build_parser
+def _flags(options: dict) -> list[str]:
+    """``train`` options as the command line writes them (``epochs=3`` -> ``--epochs 3``)."""
+    return [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
-    for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions:
-        if "--overwrite" in action.option_strings:
-            return True
-    return False
+
+def _simulate(cfg: dict, **kwargs) -> None:
+    """The simulate step: the stage, and the lines ``specdenoise simulate`` prints."""
+    from specdenoise.stage_simulate import simulate
+
+    for path in simulate(cfg, **kwargs):
+        print(f"dataset: {path}")
+
+
+def _train(data, val, out, **kwargs) -> None:
+    """The train step: the stage, logging to standard output as ``specdenoise train`` does,
+    and its closing line."""
+    from specdenoise.stage_train import train
+
+    log_to_stdout()
+    cfg, row = train(data, val, out, **kwargs)
+    if "val_mean_abs_rel" in row:
+        print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
+              f"checkpoint in {cfg.out}")
 
 
 def _complete(path: Path) -> bool:
@@ -97,16 +117,21 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def _check_reusable(out: Path, sim_preset: str, n: int, chunk_size: int, seed: int,
-                    preset: str, run_seed: int) -> None:
+def _split_config(out: Path, sim_preset: str, n: int, chunk_size: int, seed: int) -> dict:
+    """The simulation config of one split (what ``simulate --preset ... --out OUT`` builds)."""
+    from specdenoise.config import load_config
+
+    return load_config(preset=sim_preset, n=n, chunk_size=chunk_size, seed=seed, out=str(out))
+
+
+def _check_reusable(out: Path, cfg: dict, preset: str, run_seed: int) -> None:
     """Refuse a store in the workdir that this run would not have written (another preset,
     seed or size): it would be kept, or resumed, as if it were this run's."""
     if not out.exists():
         return
-    from specdenoise.config import config_hash, load_config
+    from specdenoise.config import config_hash
 
-    want = config_hash(load_config(preset=sim_preset, n=n, chunk_size=chunk_size, seed=seed,
-                                   out=str(out)))
+    want = config_hash(cfg)
     attrs = stores.read_attrs(out) or {}
     if attrs.get("config_hash") != want:
         raise SpecdenoiseError(
@@ -123,6 +148,9 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
     A step whose output is complete is kept (an unfinished one continues), unless
     ``overwrite``: then every output in ``workdir`` is made again.
     """
+    from specdenoise.stage_evaluate import evaluate
+    from specdenoise.stage_grid import build_builtin_grid
+
     if preset not in PRESETS:
         raise SpecdenoiseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -136,11 +164,14 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
     if p.get("wide"):
         splits.append(("val-wide", p["wide"]["n"], seed + WIDE_SEED_OFFSET,
                        p["wide"]["sim_preset"]))
-    for split, n, split_seed, sim_preset in splits:  # before any step: one line, nothing started
-        _check_reusable(work / f"{split}.zarr", sim_preset, n, p["chunk_size"],
-                        split_seed, preset, seed)
+    configs = {split: _split_config(work / f"{split}.zarr", sim_preset, n, p["chunk_size"],
+                                    split_seed)
+               for split, n, split_seed, sim_preset in splits}
+    for split, *_ in splits:  # before any step: one line, nothing started
+        _check_reusable(work / f"{split}.zarr", configs[split], preset, seed)
 
-    _step("built-in grid", ["grid", "build", "builtin", *quiet])
+    _step("built-in grid", ["grid", "build", "builtin", *quiet],
+          lambda: print(f"built-in grid: {build_builtin_grid(progress=progress)}"))
 
     data = {}
     for split, n, split_seed, sim_preset in splits:
@@ -151,11 +182,14 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
             continue
         argv = ["simulate", "--preset", sim_preset, "--n", str(n), "--chunk-size",
                 str(p["chunk_size"]), "--seed", str(split_seed), "--out", str(out), *quiet]
+        resume = out.exists() and not overwrite
         if out.exists():
             argv.append("--overwrite" if overwrite else "--resume")
         if workers:
             argv += ["--workers", str(workers)]
-        _step(f"simulate {split} ({n} spectra, seed {split_seed})", argv)
+        _step(f"simulate {split} ({n} spectra, seed {split_seed})", argv,
+              functools.partial(_simulate, configs[split], workers=workers, resume=resume,
+                                overwrite=overwrite and out.exists(), progress=progress))
 
     runs = []
     for model, train_preset, extra in p["models"]:
@@ -163,19 +197,23 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
         runs.append(run_dir)
         argv = ["train", "--data", str(data["train"]), "--val", str(data["val"]), "--arch",
                 model, "--out", str(run_dir), *quiet]
-        if (run_dir / stores.CHECKPOINT_NAME).exists() and overwrite:
-            if not _train_can_overwrite():
-                raise SpecdenoiseError(f"--overwrite cannot replace the training run {run_dir} "
-                                       "with this version of 'specdenoise train'; remove it "
-                                       "and re-run")
-            argv += ["--overwrite", "--preset", train_preset, *extra]
-        elif (run_dir / stores.CHECKPOINT_NAME).exists():
+        kwargs = {"model": model, "progress": None if progress else False}
+        options = dict(extra)  # (TrainConfig field, value) pairs beyond the preset
+        exists = (run_dir / stores.CHECKPOINT_NAME).exists()
+        if exists and overwrite:
+            argv += ["--overwrite", "--preset", train_preset, *_flags(options)]
+            kwargs.update(overwrite=True, preset=train_preset, **options)
+        elif exists:
             argv.append("--resume")  # the checkpoint holds the preset it started with
+            kwargs.update(resume=True)
         else:
-            argv += ["--preset", train_preset, *extra]
+            argv += ["--preset", train_preset, *_flags(options)]
+            kwargs.update(preset=train_preset, **options)
         if device:
             argv += ["--device", device]
-        _step(f"train {model} ({train_preset} preset)", argv)
+            kwargs["device"] = device
+        _step(f"train {model} ({train_preset} preset)", argv,
+              functools.partial(_train, data["train"], data["val"], run_dir, **kwargs))
 
     eval_dir = work / "evaluation"
     evals = [("val", eval_dir)] + ([("val-wide", work / "evaluation-wide")]
@@ -189,7 +227,10 @@ def run(preset: str = "quick", workdir: str | Path = "specdenoise-run", *, seed:
                  str(p["template_n"]), "--overwrite", *quiet]
         if device:
             argv += ["--device", device]
-        _step(f"evaluate ({split}.zarr)", argv)
+        _step(f"evaluate ({split}.zarr)", argv,
+              functools.partial(evaluate, runs, data[split], folder, train=data["train"],
+                                baselines=list(BASELINES), template_n=p["template_n"],
+                                device=device, overwrite=True, progress=progress))
     if p.get("wide"):
         from specdenoise.evaluate.report import rewrite_with_companions
         from specdenoise.stage_evaluate import record_outputs
