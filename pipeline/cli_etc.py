@@ -116,8 +116,6 @@ class _Help(argparse.Action):
         parser.exit()
 
 
-
-
 def run(args) -> int:
     given = {k: getattr(args, k) for k in DEFAULTS}
     if args.action:

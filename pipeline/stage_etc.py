@@ -30,6 +30,9 @@ from specdenoise.simulate.source import DEFAULT_FILTER
 #: arrays written by ``specdenoise etc``, in this order (names are a public interface)
 COLUMNS = ("wavelength", "signal", "sky", "variance", "conversion", "snr")
 
+#: the observing conditions and their defaults: seeing (arcsec FWHM at 800 nm), zenith, field,
+#: Moon zenith and separation angles (deg), Moon phase (fraction of the cycle), exposure time
+#: (s), number of exposures
 DEFAULTS = {"seeing": 0.8, "zenith": 35.0, "field_angle": 0.0, "moon_zenith": 90.0,
             "moon_separation": 60.0, "moon_phase": 0.0, "exp_time": 900.0, "n_exp": 4}
 
