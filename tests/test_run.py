@@ -1,10 +1,10 @@
 """``specdenoise run`` composes the stage functions and prints, for each step, a command line
 that the real ``specdenoise`` parser reads as the same step.
 
-A real run on a tiny preset (the built-in grid from the user cache, a local Dask cluster, a
-tiny U-Net for one epoch, every baseline but the template fit, which first builds a library
-from the built-in grid and is covered by tests/test_evaluate.py): its printed commands are
-parsed back with :func:`specdenoise.cli.build_parser` and each must name the stage and the
+A real run on a tiny preset (a built-in grid of 16 nodes, built into a fresh user cache; a
+local Dask cluster; a tiny U-Net for one epoch; every baseline but the template fit, which first
+builds a library from the grid and is covered by tests/test_evaluate.py): its printed commands
+are parsed back with :func:`specdenoise.cli.build_parser` and each must name the stage and the
 options the step used; its outputs are complete stores; a second run keeps the finished steps.
 """
 
@@ -15,8 +15,9 @@ import shlex
 
 import pytest
 
-from specdenoise import cli, schema, stage_run
+from specdenoise import cli, schema, stage_grid, stage_run
 from specdenoise.evaluate.baselines import BASELINES
+from specdenoise.simulate import builtin_grid
 
 TINY = {
     "sim_preset": "default",
@@ -29,6 +30,10 @@ TINY = {
 }
 
 
+GRID_AXES = {"teff": [3500.0, 7500.0], "logg": [0.0, 5.0], "m_h": [-2.5, 0.75],
+             "a_m": [-0.25, 0.5]}
+
+
 def _commands(printed: str) -> list[list[str]]:
     return [shlex.split(line[len("$ specdenoise "):]) for line in printed.splitlines()
             if line.startswith("$ specdenoise ")]
@@ -39,6 +44,10 @@ def test_run_composes_the_stages_and_prints_commands_that_mean_the_same(
         tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
     monkeypatch.setitem(stage_run.PRESETS, "tiny", TINY)
+    # the built-in grid at two nodes per axis, spanning the simulation's default ranges
+    monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
+    for axis, values in GRID_AXES.items():
+        monkeypatch.setitem(builtin_grid.DEFAULT_SETTINGS, axis, {"values": values})
     baselines = {k: v for k, v in BASELINES.items() if k != "template"}
     monkeypatch.setattr(stage_run, "BASELINES", baselines)
     work = tmp_path / "work"
@@ -55,6 +64,8 @@ def test_run_composes_the_stages_and_prints_commands_that_mean_the_same(
     parser = cli.build_parser()
     grid, sim_train, sim_val, train, evaluate = (parser.parse_args(c) for c in commands)
     assert (grid.grid_command, grid.source, grid.no_progress) == ("build", "builtin", True)
+    assert f"built-in grid: {stage_grid.builtin_grid_path()}" in printed
+    assert stage_grid.builtin_grid_path().parent == tmp_path / "cache" / "specdenoise" / "grids"
     for args, split, n, seed in ((sim_train, "train", 16, 5), (sim_val, "val", 8, 6)):
         assert (args.preset, args.n, args.chunk_size, args.seed, args.workers) == \
             ("default", n, 8, seed, 1)
