@@ -377,7 +377,7 @@ class TemplateFitter:
         params = np.empty((n, len(self.axes) + 2))
         chi2 = np.empty(n)
         nfev = np.empty(n, dtype=np.int64)
-        from specdenoise.simulate.progress import iterate
+        from specdenoise.progress import iterate
 
         t0 = time.perf_counter()
         for i in iterate(range(n), "template fit", "spec", enabled=progress):

@@ -1,9 +1,12 @@
 """specdenoise: simulate Subaru PFS stellar spectra, train denoisers, measure what they recover.
 
-Import map (one namespace, several root folders, see ``pyproject.toml``):
+Import map (one namespace, several root folders, see ``pyproject.toml``); the layers and what
+each may import are README's "Where things live" (checked by ``tests/test_layers.py``):
 
-- ``specdenoise`` (``pipeline/``): CLI, configs, dataset schema, chunk codecs and checks
-  (``codecs``), stage orchestration.
+- ``specdenoise`` (``pipeline/``): the contracts (``errors``, ``stores``, ``schema``,
+  ``codecs``, ``metrics``, ``progress``, ``usercache``), the stages (``stage_*`` with
+  ``config``, ``pfsio``, ``resample``, ``submit``) and the CLI (``cli``, ``cli_*``,
+  ``options``).
 - ``specdenoise.simulate`` (``simulate/``): physics kernels.
 - ``specdenoise.train`` (``train/``): PyTorch models and training.
 - ``specdenoise.evaluate`` (``evaluate/``): error cubes, baselines, figures, report.

@@ -54,14 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 parser_class=_SubcommandParser)
     sub.required = True
-    for stage in STAGES:
-        try:
-            module = importlib.import_module(f"specdenoise.cli_{stage}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"specdenoise.cli_{stage}":
-                raise
-            continue  # stage not built yet
-        module.register(sub)
+    for stage in STAGES:  # every one is there: a missing module is a broken install, raised
+        importlib.import_module(f"specdenoise.cli_{stage}").register(sub)
     _add_debug(parser, top=True)
     return parser
 

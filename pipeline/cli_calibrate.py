@@ -1,4 +1,5 @@
-"""``specdenoise calibrate``: fit a trained run's uncertainty calibration and suspect threshold."""
+"""``specdenoise calibrate``: fit a trained run's uncertainty calibration and suspect threshold
+(the stage is :mod:`specdenoise.stage_calibrate`)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specdenoise.train import uncertainty
+    from specdenoise.stage_calibrate import calibrate
 
     run_dir = options.run_dir(args)
     if args.samples < 2:
@@ -47,15 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_spectra < 0:
         raise SpecdenoiseError(f"--max-spectra must be 0 (all) or more, got {args.max_spectra}")
     options.check_device(args.device)
-    cal = uncertainty.calibrate_run(run_dir, args.data, method=args.uncertainty,
-                                    samples=args.samples, max_spectra=args.max_spectra or None,
-                                    false_alarm=args.false_alarm, batch_size=args.batch_size,
-                                    device=args.device)
-    print(f"wrote {uncertainty.calibration_path(run_dir)} ({cal.method}, "
-          f"{cal.n_spectra} spectra; suspect above score {cal.threshold:.3g})")
-    for row in cal.coverage:
-        c = row["calibrated"]
-        print(f"  S/N {row['snr_lo']:g}-{row['snr_hi'] or 'inf'}: {row['n_spectra']} spectra, "
-              f"scale {row['scale']:.3g}, 1-sigma {c['cover1']:.3f}, 2-sigma {c['cover2']:.3f}, "
-              f"std z {c['std_z']:.3f}")
+    calibrate(run_dir, args.data, method=args.uncertainty, samples=args.samples,
+              max_spectra=args.max_spectra or None, false_alarm=args.false_alarm,
+              batch_size=args.batch_size, device=args.device)
     return 0

@@ -1,4 +1,5 @@
-"""``specdenoise denoise``: run a trained denoiser on a dataset or on spectrum files."""
+"""``specdenoise denoise``: run a trained denoiser on a dataset or on spectrum files (the stage
+is :mod:`specdenoise.stage_denoise`)."""
 
 from __future__ import annotations
 
@@ -69,18 +70,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _spectrum_stage(args: argparse.Namespace) -> bool:
-    """FITS output or a PFS product go through ``stage_spectrum`` (PFS layouts, WCS
-    wavelengths, resampling); a plain spectrum to CSV stays with ``infer.denoise_file``."""
-    from specdenoise.pfsio import is_pfs_file
-    from specdenoise.stage_spectrum import is_fits
-
-    return bool(args.fiber_id) or is_fits(args.out) or (is_fits(args.spectrum)
-                                                        and is_pfs_file(args.spectrum))
-
-
 def run(args: argparse.Namespace) -> int:
-    from specdenoise.train import infer
+    from specdenoise.stage_denoise import denoise
 
     run_dir = options.run_dir(args)
     if args.batch_size < 1:
@@ -88,20 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.samples is not None and args.samples < 2:
         raise SpecdenoiseError(f"--samples must be at least 2, got {args.samples}")
     options.check_device(args.device)
-    if args.data is not None:
-        out = infer.denoise_dataset(run_dir, args.data, args.out, batch_size=args.batch_size,
-                                    device=args.device, overwrite=args.overwrite,
-                                    progress=not args.no_progress,
-                                    uncertainty=args.uncertainty, samples=args.samples)
-    elif _spectrum_stage(args):
-        from specdenoise.stage_spectrum import denoise_spectrum_file
-
-        out = denoise_spectrum_file(run_dir, args.spectrum, args.out, device=args.device,
-                                    overwrite=args.overwrite, fiber_ids=args.fiber_id,
-                                    uncertainty=args.uncertainty, samples=args.samples)
-    else:
-        out = infer.denoise_file(run_dir, args.spectrum, args.out, device=args.device,
-                                 overwrite=args.overwrite, uncertainty=args.uncertainty,
-                                 samples=args.samples)
+    out = denoise(run_dir, args.out, data=args.data, spectrum=args.spectrum,
+                  fiber_ids=args.fiber_id, uncertainty=args.uncertainty, samples=args.samples,
+                  batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                  progress=not args.no_progress)
     print(f"wrote {out}")
     return 0

@@ -89,15 +89,7 @@ def _import(args) -> int:
 
 
 def _info(args) -> int:
-    from specdenoise.simulate.grids import grid_axes, open_grid
+    from specdenoise.stage_grid import grid_summary
 
-    ds = open_grid(args.path)
-    print(f"{args.path}: source={ds.attrs.get('source')} medium={ds.attrs.get('wave_medium')}")
-    for name, values in grid_axes(ds).items():
-        print(f"  {name:5s} {values.min():9.3f} .. {values.max():9.3f}  ({values.size} nodes)")
-    w = ds["wave"].values
-    print(f"  wave  {w[0]:9.3f} .. {w[-1]:9.3f} nm ({w.size} samples)")
-    n = int(ds["exists"].values.sum())
-    print(f"  nodes present: {n} of {ds['exists'].size}")
-    print(f"  content hash: {ds.attrs.get('content_hash')}")
+    print(grid_summary(args.path))
     return 0

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
 from specdenoise import options
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.progress import log_to_stdout
 from specdenoise.stage_train import DEFAULT_WORKERS
 from specdenoise.train.presets import (
     DEFAULT_MODEL,
@@ -202,10 +201,7 @@ def run(args: argparse.Namespace) -> int:
         return stage_train.submit(args.submit, argv, out, inputs=(data, val, opts.get("init_from")),
                                   overwrite=args.overwrite)
     options.check_device(opts.get("device"))
-    if not logging.getLogger().handlers:
-        # standard output, as the progress lines: standard error holds only a failure's line
-        logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
-                            datefmt=options.TIME_FORMAT, stream=sys.stdout)
+    log_to_stdout()  # as the progress lines: standard error holds only a failure's line
     cfg, row = stage_train.train(
         data, val, out, resume=args.resume, progress=False if args.no_progress else None,
         overwrite=args.overwrite, **opts)

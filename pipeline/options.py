@@ -26,7 +26,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from specdenoise.simulate.progress import TIME_FORMAT  # noqa: F401 (one time format for all)
+from specdenoise.progress import TIME_FORMAT  # noqa: F401 (one time format for all)
 
 DEVICE_HELP = ("where the networks run: auto (default: a CUDA GPU, else Apple MPS, else the "
                "CPU), cpu, cuda, cuda:N or mps; checked before any work starts")

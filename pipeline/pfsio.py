@@ -390,10 +390,10 @@ def _plain_wave(hdu, path: Path, n_pix: int) -> np.ndarray | None:
     h = hdu.header
     _check_medium(path, ctype=str(h.get("CTYPE1", "")), header=h)
     if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-        from specdenoise.train.infer import _WAVE_NAMES
+        from specdenoise.train.infer import WAVE_NAMES
 
         for col in hdu.columns:
-            if col.name.lower() in _WAVE_NAMES:
+            if col.name.lower() in WAVE_NAMES:
                 values = np.asarray(hdu.data[col.name], np.float64)
                 values = values[0] if values.ndim == 2 else values
                 return values * (_to_nm(col.unit, path) if col.unit else 1.0)

@@ -2,8 +2,10 @@
 
 :func:`evaluate` runs the stage (``specdenoise evaluate`` is a thin command line over it):
 trained networks and the registered baselines (:data:`specdenoise.evaluate.baselines.BASELINES`)
-denoise the same stored noisy spectra; the cube, its summaries, figures and report are written
-into one output folder, locked while written.
+denoise the same stored noisy spectra. A network reaches the evaluation as a plain callable
+(:class:`~specdenoise.evaluate.cube.Method`, made here by :func:`network_method` from its
+checkpoint), so ``evaluate/`` never imports ``train/``. The cube, its summaries, figures and
+report are written into one output folder, locked while written.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from specdenoise import configfile, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate import baselines as bl
-from specdenoise.simulate.progress import stamp
+from specdenoise.progress import stamp
 from specdenoise.stage_grid import resolve_grid
 
 DEFAULT_TEMPLATE_N = 100
@@ -146,8 +150,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
 
     methods = []
     for run_dir in models:
-        m = cube_mod.network_method(run_dir, device=device, batch_size=batch_size)
-        cube_mod.check_wave(m, ds["wave"].values)
+        m = network_method(run_dir, device=device, batch_size=batch_size)
+        check_wave(m, ds["wave"].values)
         methods.append(m)
     # two runs of the same architecture: tell them apart by their run directory
     labels = [m.name for m in methods]
@@ -173,6 +177,87 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         return _write_outputs(cube_mod, summary, plots, report, data, out, methods, targets,
                               bin_spec, overwrite, progress, log, fitter,
                               given=[data, train, *models, out])
+
+
+def network_method(run_dir, *, device=None, batch_size: int = 256,
+                   name: str | None = None, uncertainty: str | None = "auto",
+                   samples: int | None = None):
+    """A trained denoiser (run directory or ``checkpoint.pt``) as a
+    :class:`~specdenoise.evaluate.cube.Method`: the checkpoint is loaded here, and the cube
+    only calls the method's ``denoise`` (evaluation never imports training).
+
+    ``uncertainty``: how its ``sigma_denoised`` is estimated (``auto``: the run's calibrated
+    method, see :func:`specdenoise.train.infer.load_denoiser`; ``head``, ``sample``, ``both``;
+    None or ``none``: no uncertainty). The method's time then includes the uncertainty's
+    (``sample``: K + 1 passes of the network).
+    """
+    from specdenoise.evaluate.cube import Method
+    from specdenoise.train.checkpoint import load_model
+    from specdenoise.train.infer import denoise_array, load_denoiser
+
+    with_unc = uncertainty not in (None, "none")
+    if with_unc:
+        denoiser = load_denoiser(run_dir, device=device, batch_size=batch_size,
+                                 method=None if uncertainty == "auto" else uncertainty,
+                                 samples=samples)
+        model, config = denoiser.model, denoiser.config
+    else:
+        model, config = load_model(run_dir, device=device)
+    m = config.get("model", {})
+    summary = m.get("summary", {})
+    train = config.get("train", {})
+    label = name or m.get("name", "network")
+    n_par = summary.get("parameters")
+    desc = (f"{m.get('name', 'network')} network"
+            + (f", {n_par:,} parameters" if n_par else "")
+            + f", {config.get('epoch')} epochs"
+            + (f", trained on {train.get('data')}" if train.get("data") else ""))
+
+    calls = [0]  # blocks come in order: the sampling seed of a block is its number
+
+    def denoise(flux, sigma, mask):
+        if not with_unc:
+            return denoise_array(model, flux, batch_size=batch_size, sigma=sigma)
+        calls[0] += 1
+        b = denoiser(flux, sigma, good=np.asarray(mask) == 0, seed=calls[0])
+        return b.flux_denoised, {"sigma_denoised": b.sigma_denoised, "chi2_red": b.chi2_red,
+                                 "chi2_peak": b.chi2_peak, "suspect": b.suspect}
+
+    # one warm-up call, so that the speed measured later is not the first call's set-up
+    n_wave = getattr(model, "n_wave", 4096)
+    denoise_array(model, np.full((1, n_wave), 0.5, dtype=np.float32),
+                  sigma=np.full((1, n_wave), 0.05, dtype=np.float32))
+
+    info = {"checkpoint": config.get("path"), "model": m.get("name"), "model_cfg": m.get("cfg"),
+            "epochs": config.get("epoch"), "parameters": n_par,
+            "device": str(next(model.parameters()).device),
+            "train_data": train.get("data"), "preset": train.get("preset"),
+            "train_identity": (config.get("data_identity") or {}).get("train")}
+    if with_unc:
+        cal = denoiser.calibration
+        info["uncertainty"] = {"method": denoiser.uncertainty_method,
+                               "samples": denoiser.samples or (cal.samples if cal else None),
+                               "calibrated_on": None if cal is None else cal.dataset,
+                               "suspect_threshold": None if cal is None else cal.threshold}
+    wave = config.get("wave")
+    return Method(label, "network", desc, denoise, info=info,
+                  wave=None if wave is None else np.asarray(wave, dtype=np.float64),
+                  uncertainty=with_unc)
+
+
+def check_wave(method, wave: np.ndarray) -> None:
+    """Refuse a network trained on another pixel grid than the dataset's."""
+    from specdenoise.train.guards import describe_grid, grid_mismatch
+
+    mw = method.wave
+    if mw is None:
+        return
+    off = grid_mismatch(mw, wave)
+    if off is not None:
+        raise SpecdenoiseError(
+            f"model {method.name!r} was trained on another wavelength grid "
+            f"({describe_grid(mw)}) than the dataset ({describe_grid(wave)}; they differ by "
+            f"up to {off:.3g} pixels); evaluate it on data simulated on its grid")
 
 
 def _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave) -> None:

@@ -22,6 +22,8 @@ locked (:mod:`specdenoise.stores`), so two writers to one ``out`` never share a 
 second is refused. Any failure, Ctrl-C included, deletes the temporary folder: there is never a
 store at ``out`` that looks complete but is not.
 
+``specdenoise grid info PATH`` prints :func:`grid_summary`.
+
 :func:`resolve_grid` turns the ``grid`` entry of a simulation config (``"builtin"`` or a path)
 into the path of a complete grid store.
 """
@@ -42,19 +44,20 @@ import numpy as np
 
 from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.progress import bar as progress_bar
 from specdenoise.simulate import builtin_grid
 from specdenoise.simulate.grids import (
     AXES,
     finalize_grid_store,
+    grid_axes,
     grid_dataset,
     open_grid,
     partial_path,
     write_exists,
     write_nodes,
 )
-from specdenoise.simulate.progress import bar as progress_bar
 from specdenoise.simulate.readers import READERS, GridReader, ModelFile, readers_of
-from specdenoise.simulate.usercache import cache_dir
+from specdenoise.usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,21 @@ def create_grid_store(
 # --------------------------------------------------------------------------- the built-in grid
 
 
+def grid_summary(path) -> str:
+    """What ``specdenoise grid info`` prints about the grid store at ``path``: its source, each
+    axis's range and node count, the wavelength range (nm), the nodes present, the content hash."""
+    ds = open_grid(path)
+    lines = [f"{path}: source={ds.attrs.get('source')} medium={ds.attrs.get('wave_medium')}"]
+    for name, values in grid_axes(ds).items():
+        lines.append(f"  {name:5s} {values.min():9.3f} .. {values.max():9.3f}  "
+                     f"({values.size} nodes)")
+    w = ds["wave"].values
+    lines.append(f"  wave  {w[0]:9.3f} .. {w[-1]:9.3f} nm ({w.size} samples)")
+    lines.append(f"  nodes present: {int(ds['exists'].values.sum())} of {ds['exists'].size}")
+    lines.append(f"  content hash: {ds.attrs.get('content_hash')}")
+    return "\n".join(lines)
+
+
 def builtin_grid_path(settings: Mapping | None = None) -> Path:
     """Cache location ``<cache>/specdenoise/grids/builtin-<hash>.zarr`` for these settings."""
     return (cache_dir() / "specdenoise" / "grids"
@@ -153,7 +171,7 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
         wavelengths, sampling...).
     overwrite : replace an existing store at the destination (for ``out=None``: rebuild the
         cache).
-    progress : show a progress bar over nodes (:func:`specdenoise.simulate.progress.bar`).
+    progress : show a progress bar over nodes (:func:`specdenoise.progress.bar`).
 
     The store is assembled in a unique temporary folder beside it while the destination is
     locked (:mod:`specdenoise.stores`) and only renamed into place when every node was

@@ -1,10 +1,12 @@
-"""``specdenoise run``: the whole pipeline in one work folder, each stage through its own CLI.
+"""``specdenoise run``: the whole pipeline in one work folder, composed of the stage functions.
 
 built-in grid -> simulate (local Dask cluster) -> train -> evaluate -> report
 
-Each step is the same command a user would type (printed before it runs), so a run can be
-picked apart and repeated stage by stage. A step whose output is already complete is skipped,
-so re-running after an interruption continues where it stopped.
+Each step calls its stage (:func:`~specdenoise.stage_grid.build_builtin_grid`,
+:func:`~specdenoise.stage_simulate.simulate`, :func:`~specdenoise.stage_train.train`,
+:func:`~specdenoise.stage_evaluate.evaluate`) and first prints the command a user would type for
+the same step, so a run can be picked apart and repeated stage by stage. A step whose output is
+already complete is skipped, so re-running after an interruption continues where it stopped.
 
 What a run does is a :class:`RunConfig` made of the stages' own configurations (a
 :class:`SimulateStep` per dataset, a :class:`~specdenoise.train.config.TrainConfig` per network,
@@ -15,16 +17,17 @@ an :class:`~specdenoise.stage_evaluate.EvaluateConfig` per evaluated dataset); e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from specdenoise import configfile, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate.baselines import BASELINES
-from specdenoise.simulate.progress import stamp
+from specdenoise.progress import log_to_stdout, stamp
 from specdenoise.stage_evaluate import EvaluateConfig
 from specdenoise.train.config import TrainConfig
 
@@ -212,26 +215,37 @@ PRESETS = {
 COMPANION_TITLES = {"val-wide.zarr": "Wide-S/N validation set (S/N about 1 to above 100)"}
 
 
-def _step(title: str, argv: list[str]) -> None:
-    from specdenoise.cli import main
-
+def _step(title: str, argv: list[str], call: Callable[[], object]) -> None:
+    """Print the command line a user would type for this step (``specdenoise ARGV``), then run
+    the stage function ``call`` that does the same."""
     print(f"\n== {title} {stamp()}\n$ specdenoise {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
-    status = main(argv)
-    if status:
-        raise SpecdenoiseError(f"step '{title}' failed (exit status {status}); fix the cause "
-                               "and re-run: finished steps are kept")
+    try:
+        call()
+    except SpecdenoiseError as exc:
+        raise SpecdenoiseError(f"step '{title}' failed: {exc}; fix the cause and re-run: "
+                               "finished steps are kept") from None
     print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def _train_can_overwrite() -> bool:
-    """Whether ``specdenoise train`` offers ``--overwrite`` (it replaces only a training run)."""
-    from specdenoise.cli import build_parser
+def _simulate(cfg, **kwargs) -> None:
+    """The simulate step: the stage, and the lines ``specdenoise simulate`` prints."""
+    from specdenoise.stage_simulate import simulate
 
-    for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions:
-        if "--overwrite" in action.option_strings:
-            return True
-    return False
+    for path in simulate(cfg, **kwargs):
+        print(f"dataset: {path}")
+
+
+def _run_train(data, val, out, **kwargs) -> None:
+    """The train step: the stage, logging to standard output as ``specdenoise train`` does,
+    and its closing line."""
+    from specdenoise.stage_train import train
+
+    log_to_stdout()
+    cfg, row = train(data, val, out, **kwargs)
+    if "val_mean_abs_rel" in row:
+        print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
+              f"checkpoint in {cfg.out}")
 
 
 #: TrainConfig fields that ``specdenoise train`` sets with an option: field -> its words
@@ -284,16 +298,21 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def _check_reusable(out: Path, sim_preset: str, n: int, chunk_size: int, seed: int,
-                    preset: str, run_seed: int) -> None:
+def _split_config(out: Path, sim_preset: str, n: int, chunk_size: int, seed: int):
+    """The simulation config of one split (what ``simulate --preset ... --out OUT`` builds)."""
+    from specdenoise.config import load_config
+
+    return load_config(preset=sim_preset, n=n, chunk_size=chunk_size, seed=seed, out=str(out))
+
+
+def _check_reusable(out: Path, cfg, preset: str, run_seed: int) -> None:
     """Refuse a store in the workdir that this run would not have written (another preset,
     seed or size): it would be kept, or resumed, as if it were this run's."""
     if not out.exists():
         return
-    from specdenoise.config import config_hash, load_config
+    from specdenoise.config import config_hash
 
-    want = config_hash(load_config(preset=sim_preset, n=n, chunk_size=chunk_size, seed=seed,
-                                   out=str(out)))
+    want = config_hash(cfg)
     attrs = stores.read_attrs(out) or {}
     if attrs.get("config_hash") != want:
         raise SpecdenoiseError(
@@ -326,11 +345,16 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
     quiet = [] if progress else ["--no-progress"]
     t0 = time.perf_counter()
 
-    for s in cfg.simulate:  # before any step: one line, nothing started
-        _check_reusable(work / s.store, s.preset, s.n, s.chunk_size, seed + s.seed_offset,
-                        cfg.preset, seed)
+    from specdenoise.stage_evaluate import evaluate
+    from specdenoise.stage_grid import build_builtin_grid
 
-    _step("built-in grid", ["grid", "build", "builtin", *quiet])
+    configs = {s.split: _split_config(work / s.store, s.preset, s.n, s.chunk_size,
+                                      seed + s.seed_offset) for s in cfg.simulate}
+    for s in cfg.simulate:  # before any step: one line, nothing started
+        _check_reusable(work / s.store, configs[s.split], cfg.preset, seed)
+
+    _step("built-in grid", ["grid", "build", "builtin", *quiet],
+          lambda: print(f"built-in grid: {build_builtin_grid(progress=progress)}"))
 
     data = {}
     for s in cfg.simulate:
@@ -342,11 +366,14 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
             continue
         argv = ["simulate", "--preset", s.preset, "--n", str(n), "--chunk-size",
                 str(s.chunk_size), "--seed", str(split_seed), "--out", str(out), *quiet]
+        resume = out.exists() and not overwrite
         if out.exists():
             argv.append("--overwrite" if overwrite else "--resume")
         if workers:
             argv += ["--workers", str(workers)]
-        _step(f"simulate {split} ({n} spectra, seed {split_seed})", argv)
+        _step(f"simulate {split} ({n} spectra, seed {split_seed})", argv,
+              functools.partial(_simulate, configs[split], workers=workers, resume=resume,
+                                overwrite=overwrite and out.exists(), progress=progress))
 
     runs = []
     for tc in cfg.train:
@@ -358,15 +385,19 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
             argv += ["--val", str(work / tc.val)]
         argv += ["--arch", tc.model, "--out", str(run_dir), *quiet]
         exists = (run_dir / stores.CHECKPOINT_NAME).exists()
-        if exists and overwrite and not _train_can_overwrite():
-            raise SpecdenoiseError(f"--overwrite cannot replace the training run {run_dir} "
-                                   "with this version of 'specdenoise train'; remove it and "
-                                   "re-run")
+        data_path = work / tc.data
+        val_path = None if tc.val is None else work / tc.val
+        kwargs = {"progress": None if progress else False}
         if exists and not overwrite:
             argv.append("--resume")  # the checkpoint holds the configuration it started with
+            kwargs["resume"] = True
             if tc.device != TrainConfig.device:
                 argv += ["--device", tc.device]
+                kwargs["device"] = tc.device
         else:
+            # every field of the config: the stage rebuilds exactly this TrainConfig
+            kwargs.update({k: v for k, v in dataclasses.asdict(tc).items()
+                           if k not in ("data", "val", "out")}, overwrite=exists)
             argv += ["--overwrite"] if exists else []
             flags = _train_flags(tc)
             if flags is None:
@@ -379,7 +410,8 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
                     configfile.dumps(c.to_dict())), overwrite=True)
                 flags = ["--config", str(toml)]
             argv += flags
-        _step(f"train {tc.model} ({tc.preset} preset)", argv)
+        _step(f"train {tc.model} ({tc.preset} preset)", argv,
+              functools.partial(_run_train, data_path, val_path, run_dir, **kwargs))
 
     evals = []
     for ec in cfg.evaluate:
@@ -403,7 +435,12 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
         argv += ["--overwrite", *quiet]
         if device or ec.device:
             argv += ["--device", device or ec.device]
-        _step(f"evaluate ({Path(ec.data).name})", argv)
+        opts = {**ec.options(), "device": device or ec.device, "overwrite": True,
+                "progress": progress,
+                "train": None if ec.train is None else work / ec.train}
+        _step(f"evaluate ({Path(ec.data).name})", argv,
+              functools.partial(evaluate, [work / r for r in ec.runs], work / ec.data, folder,
+                                **opts))
     eval_dir = evals[0][1]
     if len(evals) > 1:
         from specdenoise.evaluate.report import rewrite_with_companions

@@ -459,7 +459,7 @@ def _write_stores(cfg, grid_path, client, cluster, workers, threads_per_worker, 
 def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
     from distributed import as_completed
 
-    from specdenoise.simulate.progress import bar as progress_bar
+    from specdenoise.progress import bar as progress_bar
 
     if progress:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)

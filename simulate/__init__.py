@@ -2,10 +2,10 @@
 
 Layering (each module imports only the ones above it):
 
-1. ``errors``, ``constants``, ``usercache``, ``progress`` -- the user-facing exception type;
-   physical constants (astropy, once); the user cache folder, where Numba's kernel cache goes
-   (never the package); the progress bars every stage draws; ``calibration`` -- the
-   flux-calibration distortion and the median normalisation (NumPy)
+1. ``constants`` -- physical constants (astropy, once); ``calibration`` -- the
+   flux-calibration distortion and the median normalisation (NumPy). The error class, the user
+   cache (where Numba's kernel cache goes) and the progress bars are the contracts layer's
+   (``specdenoise.errors``, ``.usercache``, ``.progress``)
 2. ``grids``        -- the grid store on Zarr (read/write, validation, content hash)
 3. ``builtin_grid`` (+ ``linelist``) -- the built-in approximate synthetic grid (no downloads;
    the generation only: the store, its progress bar and the user cache are the grid stage's)
@@ -24,7 +24,7 @@ Layering (each module imports only the ones above it):
 Nothing here imports Dask or torch: parallel orchestration lives in ``specdenoise`` (pipeline/).
 """
 
-from specdenoise.simulate.usercache import point_numba_cache
+from specdenoise.usercache import point_numba_cache
 
 # before any kernel module is imported: Numba fixes a kernel's cache folder when decorating it
 point_numba_cache()

@@ -39,6 +39,7 @@ import xarray as xr
 
 from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.progress import iterate
 from specdenoise.simulate import atmosphere, pfs
 from specdenoise.simulate.noise import (
     CONDITIONS,
@@ -47,7 +48,6 @@ from specdenoise.simulate.noise import (
     etc_variance,
     read_conditions,
 )
-from specdenoise.simulate.progress import iterate
 
 #: conditions a table stores per run but does not interpolate over: it keeps rates per second
 #: and forms the variance for any number of exposures (:class:`TableNoise`)

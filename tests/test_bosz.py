@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import bosz
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import open_grid, partial_path
 from specdenoise.stage_grid import import_grid, plan_grid, scan_dir
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from specdenoise import stage_grid
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import builtin_grid as bg
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import grid_axes, grid_settings, open_grid
 
 BOSZ_DIR = Path(__file__).parents[2] / "shared" / "data" / "bosz2024"

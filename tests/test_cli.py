@@ -117,3 +117,29 @@ def test_unreachable_scheduler_leaves_no_store(tmp_path, small_grid):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in r.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_every_command_is_registered_and_a_missing_one_is_an_error(monkeypatch):
+    """Each stage's cli_* module registers its command; a missing one is a broken install,
+    raised when the parser is built, never a command silently left out."""
+    from specdenoise import cli
+
+    assert set(dict(_subparsers(build_parser()))) == set(cli.STAGES)
+    monkeypatch.setattr(cli, "STAGES", (*cli.STAGES, "nosuchstage"))
+    with pytest.raises(ModuleNotFoundError, match="cli_nosuchstage"):
+        build_parser()
+
+
+def test_grid_info_describes_a_store(small_grid, capsys):
+    from specdenoise.simulate.grids import grid_axes, open_grid
+
+    assert main(["grid", "info", str(small_grid)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ds = open_grid(small_grid)
+    assert out[0] == f"{small_grid}: source={ds.attrs.get('source')} " \
+                     f"medium={ds.attrs.get('wave_medium')}"
+    for name, values in grid_axes(ds).items():
+        assert any(line.split()[:1] == [name] and f"({values.size} nodes)" in line
+                   for line in out), name
+    assert out[-2] == f"  nodes present: {int(ds['exists'].values.sum())} of {ds['exists'].size}"
+    assert out[-1] == f"  content hash: {ds.attrs.get('content_hash')}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from specdenoise.config import DEFAULTS, load_config, parse_split, to_toml
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.sampling import draw, draw_params
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from specdenoise.cli import main
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import atmosphere, pfs, skylines
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.etc_table import (
     TableNoise,
     import_etc_runs,

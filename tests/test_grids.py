@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.grids import (
     finalize_grid_store,
     grid_axes,

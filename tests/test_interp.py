@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.grids import NodeReader, open_grid, write_grid
 from specdenoise.simulate.interp import (
     GridInterpolator,

@@ -356,7 +356,8 @@ def test_training_prints_the_evaluations_number(tmp_path):
     pytest.importorskip("torch")
     from test_train_data import make_dataset
 
-    from specdenoise.evaluate.cube import build_cube, network_method, open_cube
+    from specdenoise.evaluate.cube import build_cube, open_cube
+    from specdenoise.stage_evaluate import network_method
     from specdenoise.train import loop
 
     train = make_dataset(tmp_path / "train.zarr", n=24, chunk=8, seed=0)

@@ -7,9 +7,9 @@ import speclite.filters
 from conftest import toy_grid_flux
 from dust_extinction.parameter_averages import F99, G23
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import lsf, source
 from specdenoise.simulate.constants import C_KM_PER_S
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.noise import CONDITIONS as CONDITION_NAMES
 from specdenoise.simulate.noise import BuiltinNoise
 from specdenoise.simulate.observe import (

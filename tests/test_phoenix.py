@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 from conftest import shared_file
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import phoenix
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.simulate.grids import open_grid
 from specdenoise.simulate.readers import READERS, families
 from specdenoise.stage_grid import import_grid

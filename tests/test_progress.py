@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from specdenoise.simulate import progress
+from specdenoise import progress
 
 
 def test_lines_every_tenth_without_carriage_returns():

@@ -18,7 +18,7 @@ from conftest import assert_identical, sigint_default
 
 from specdenoise import schema
 from specdenoise.config import load_config
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.stage_simulate import simulate
 
 N, CHUNK = 600, 50  # 12 chunks, enough that an interruption lands mid-run

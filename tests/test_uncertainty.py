@@ -219,8 +219,9 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
 
 def test_cube_carries_sigma_z_and_suspect(head_run, stores, tmp_path):
     from specdenoise.evaluate.baselines import baseline_methods
+    from specdenoise.stage_evaluate import network_method
 
-    methods = [cube_mod.network_method(head_run, device="cpu", name="head"),
+    methods = [network_method(head_run, device="cpu", name="head"),
                *baseline_methods(["none"])]
     c = cube_mod.open_cube(cube_mod.build_cube(stores["test"], tmp_path / "c.zarr", methods,
                                                block=100, progress=False))

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import calibration as ref
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train.config import DISTORTIONS
 
 MEDIAN = ref.MEDIAN

@@ -30,6 +30,7 @@ inspected with ``params`` (a model that learns the forward model's parameters) a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -41,8 +42,8 @@ import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
 from specdenoise import codecs, stores
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CALIB_PREFIX, SPECTRUM_DIM, WAVE_DIM
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train import calibration, guards
 from specdenoise.train.calibration import augment, norm_factor, normalise  # noqa: F401
 
@@ -207,6 +208,20 @@ def read_wave(info: StoreInfo) -> np.ndarray | None:
     if "wave" not in set(g.array_keys()):
         return None
     return np.asarray(g["wave"][:], dtype=np.float64)
+
+
+def data_identity(info) -> dict:
+    """What identifies a dataset's content cheaply: shape, chunking, its config hash and a
+    hash of the first and last spectra of ``flux_clean`` and ``sigma``."""
+    g = open_group(info.path, info.storage_options)
+    h = hashlib.sha256()
+    for name in ("flux_clean", "sigma"):
+        if name in set(g.array_keys()):
+            for row in sorted({0, info.n_spectrum - 1}):
+                h.update(np.ascontiguousarray(g[name][row], dtype=np.float32).tobytes())
+    return {"n_spectrum": info.n_spectrum, "chunk_size": info.chunk_size,
+            "n_wave": info.n_wave, "config_hash": g.attrs.get("config_hash"),
+            "sample_sha256": h.hexdigest()}
 
 
 def read_params(info: StoreInfo, names) -> np.ndarray:

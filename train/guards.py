@@ -11,13 +11,13 @@ readable composition of steps):
   checkpoint is never written (it would replace the last good one).
 - :func:`check_chunk_values` on every chunk read: normalised spectra have median 0.5, so a
   value beyond :data:`MAX_ABS_VALUE` is corrupt data (its square overflows float32 in the loss).
-- :func:`data_identity` / :func:`check_same_data`: a resumed run must see the same training and
-  validation data as the run it continues, not a store replaced at the same path.
+- :func:`check_same_data` (of what :func:`specdenoise.train.data.data_identity` read): a resumed
+  run must see the same training and validation data as the run it continues, not a store
+  replaced at the same path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -98,22 +98,6 @@ def check_same_wave(train_wave, val_wave, train_path, val_path) -> None:
             f"({describe_grid(val_wave)}) than the training set {train_path} "
             f"({describe_grid(train_wave)}; they differ by up to {off:.3g} pixels); simulate "
             "both on one grid")
-
-
-def data_identity(info) -> dict:
-    """What identifies a dataset's content cheaply: shape, chunking, its config hash and a
-    hash of the first and last spectra of ``flux_clean`` and ``sigma``."""
-    from specdenoise.train import data as tdata
-
-    g = tdata.open_group(info.path, info.storage_options)
-    h = hashlib.sha256()
-    for name in ("flux_clean", "sigma"):
-        if name in set(g.array_keys()):
-            for row in sorted({0, info.n_spectrum - 1}):
-                h.update(np.ascontiguousarray(g[name][row], dtype=np.float32).tobytes())
-    return {"n_spectrum": info.n_spectrum, "chunk_size": info.chunk_size,
-            "n_wave": info.n_wave, "config_hash": g.attrs.get("config_hash"),
-            "sample_sha256": h.hexdigest()}
 
 
 def check_same_data(saved: dict | None, current: dict, run: str) -> None:

@@ -45,7 +45,8 @@ SUSPECT_ATTRS = {"flag_values": [-1, 0, 1], "flag_meanings": "unchecked consiste
 DENOISED_KIND = stores.DENOISED.name
 #: the largest spectrum file read (bytes): a spectrum of 4096 pixels is ~100 kB as text
 MAX_SPECTRUM_FILE = 2 << 30
-_WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
+#: column names read as wavelengths (nm) in a spectrum file, in this order of preference
+WAVE_NAMES = ("wave", "wavelength", "lambda", "wave_nm", "lam")
 #: noise columns a spectrum file may carry, by kind (the first found is used)
 _NOISE_NAMES = {"sigma": ("sigma", "error", "err", "flux_err", "uncertainty"),
                 "ivar": ("ivar", "inverse_variance"),
@@ -316,8 +317,8 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
     import zarr
 
     from specdenoise import schema
+    from specdenoise.progress import iterate
     from specdenoise.schema import SPECTRUM_DIM, WAVE_DIM
-    from specdenoise.simulate.progress import iterate
 
     with codecs.quiet_legacy():
         src = xr.open_zarr(str(in_zarr), consolidated=None)
@@ -488,7 +489,7 @@ def _read_csv(path: Path):
         return table[:, 0], table[:, 1], noise
     if "flux" not in header:
         raise SpecdenoiseError(f"{path}: no 'flux' column (columns: {', '.join(header)})")
-    wave_col = next((header.index(w) for w in _WAVE_NAMES if w in header), None)
+    wave_col = next((header.index(w) for w in WAVE_NAMES if w in header), None)
     wave = None if wave_col is None else table[:, wave_col]
     found = _noise_column(header)
     noise = None if found is None else (found[0], table[:, header.index(found[1])])
@@ -508,7 +509,7 @@ def _read_fits(path: Path):
                     raise SpecdenoiseError(
                         f"{path}: table has no 'flux' column ({', '.join(hdu.columns.names)})")
                 flux = np.asarray(hdu.data[names["flux"]], dtype=np.float64)
-                wname = next((names[w] for w in _WAVE_NAMES if w in names), None)
+                wname = next((names[w] for w in WAVE_NAMES if w in names), None)
                 wave = None if wname is None else np.asarray(hdu.data[wname], np.float64)
                 if flux.ndim == 2 and wave is not None and wave.ndim == 2:
                     if not np.array_equal(wave, np.broadcast_to(wave[0], wave.shape)):

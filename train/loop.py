@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from specdenoise import metrics
-from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
 from specdenoise.train import guards
 from specdenoise.train.checkpoint import (
@@ -239,9 +239,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     """Train (or resume) the run ``cfg.out``; returns the last epoch's metrics row.
 
     ``progress``: show a progress bar (None: only on a terminal; rank 0 only), see
-    :func:`specdenoise.simulate.progress.bar`.
+    :func:`specdenoise.progress.bar`.
     """
-    from specdenoise.simulate.progress import bar as progress_bar
+    from specdenoise.progress import bar as progress_bar
 
     check_config(cfg)
     ctx = _init_distributed(cfg.device)
@@ -260,8 +260,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         wave = _read_wave(train_info)
         if val_info is not None:
             guards.check_same_wave(wave, _read_wave(val_info), cfg.data, cfg.val)
-        identity = {"train": guards.data_identity(train_info),
-                    "val": guards.data_identity(val_info) if val_info else None}
+        identity = {"train": tdata.data_identity(train_info),
+                    "val": tdata.data_identity(val_info) if val_info else None}
 
         torch.manual_seed(tdata.key(cfg.seed, 6))  # initial weights
         state = read_checkpoint(ckpt_path, map_location=device) if resume else None

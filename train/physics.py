@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CALIB_PREFIX, PARAMS, calib_names
 from specdenoise.simulate import calibration as calib_ref
 from specdenoise.simulate.constants import C_KM_PER_S
-from specdenoise.simulate.errors import SpecdenoiseError
 from specdenoise.train.calibration import median
 
 #: what the encoder estimates unless the model configuration says otherwise

@@ -16,6 +16,7 @@ bar on a terminal and nothing elsewhere (for stages that log their own progress)
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -28,6 +29,14 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 def stamp() -> str:
     """The time stamp of a log line: ``[2026-12-06 06:30:12]`` (local time)."""
     return time.strftime(f"[{TIME_FORMAT}]")
+
+
+def log_to_stdout() -> None:
+    """Send log records (INFO and up) to standard output, time-stamped like the progress lines,
+    unless logging is configured already: standard error holds only a failure's line."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s [%(asctime)s]",
+                            datefmt=TIME_FORMAT, stream=sys.stdout)
 
 
 def is_live(stream=None) -> bool:
