@@ -6,7 +6,12 @@ import argparse
 
 from specdenoise import options
 from specdenoise.evaluate.baselines import BASELINES
-from specdenoise.stage_evaluate import DEFAULT_TEMPLATE_N, EvaluateConfig, evaluate
+from specdenoise.stage_evaluate import (
+    DEFAULT_TEMPLATE_N,
+    UNCERTAINTY_CHOICES,
+    EvaluateConfig,
+    evaluate,
+)
 
 
 def _template_n(text: str) -> int | str:
@@ -61,6 +66,12 @@ def register(subparsers) -> None:
     p.add_argument("--gaussian-sigma", type=float,
                    help=f"Gaussian smoothing sigma in pixels (default "
                         f"{EvaluateConfig.gaussian_sigma})")
+    p.add_argument("--uncertainty", choices=UNCERTAINTY_CHOICES, default=None,
+                   help="how each network's sigma_denoised is estimated: auto (default: the "
+                        "way the run is calibrated for, else 'head' for a network trained "
+                        "with uncertainty \"nll\", else 'sample', 9 passes per spectrum), head, "
+                        "sample, both, or none (no sigma_denoised, calibration table or flags; "
+                        "one pass per spectrum)")
     options.add_device(p)
     p.add_argument("--batch-size", type=int,
                    help=f"spectra per forward pass of a network (default "
@@ -77,7 +88,8 @@ def config(args: argparse.Namespace) -> EvaluateConfig:
     given = {"runs": args.runs or None, "data": args.data, "out": args.out, "train": args.train,
              "template_n": args.template_n, "bins": args.bins, "device": args.device,
              "batch_size": args.batch_size, "pca_k": args.pca_k,
-             "savgol_window": args.savgol_window, "gaussian_sigma": args.gaussian_sigma}
+             "savgol_window": args.savgol_window, "gaussian_sigma": args.gaussian_sigma,
+             "uncertainty": args.uncertainty}
     if args.baselines is not None:
         given["baselines"] = [b.strip() for b in args.baselines.split(",") if b.strip()]
     table = configfile.read(args.config) if args.config is not None else {}

@@ -33,6 +33,10 @@ DEFAULT_TEMPLATE_N = 100
 MANIFEST = ".specdenoise-evaluate.json"
 
 
+#: ``evaluate --uncertainty`` choices (see :func:`network_method`)
+UNCERTAINTY_CHOICES = ("auto", "none", "head", "sample", "both")
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """What ``specdenoise evaluate`` does, checked when built (``--config`` / ``--print-config``;
@@ -44,7 +48,10 @@ class EvaluateConfig:
     ``template_n``: spectra the template fit sees (None: all); ``bins``: summary bin specs
     (``--bins``); ``batch_size``: spectra per forward pass; ``pca_k``: PCA components;
     ``savgol_window``: Savitzky-Golay window (pixels, odd); ``gaussian_sigma``: Gaussian
-    smoothing (pixels).
+    smoothing (pixels); ``uncertainty``: how each network's ``sigma_denoised`` is estimated
+    (``auto``: the run's calibrated way; ``head``, ``sample``, ``both``; ``none``: no
+    uncertainty, no calibration table or flags, and no 9 passes per spectrum for a network
+    without a head).
     """
 
     data: str
@@ -59,6 +66,7 @@ class EvaluateConfig:
     pca_k: int = 32
     savgol_window: int = 11
     gaussian_sigma: float = 1.0
+    uncertainty: str = "auto"
 
     def __post_init__(self):
         configfile.check_types(self, "evaluate option")
@@ -68,6 +76,9 @@ class EvaluateConfig:
             bl.check_names(self.baselines)
         if self.batch_size < 1:
             raise SpecdenoiseError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.uncertainty not in UNCERTAINTY_CHOICES:
+            raise SpecdenoiseError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_CHOICES)}"
+                                   f", got {self.uncertainty!r}")
         if self.template_n is not None and self.template_n < 1:
             raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got "
                                    f"{self.template_n}")
@@ -101,7 +112,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
              template_n: int | None = EvaluateConfig.template_n, bins: Sequence[str] = (),
              device=None, batch_size: int = EvaluateConfig.batch_size,
              pca_k: int = EvaluateConfig.pca_k, savgol_window: int = EvaluateConfig.savgol_window,
-             gaussian_sigma: float = EvaluateConfig.gaussian_sigma, overwrite: bool = False,
+             gaussian_sigma: float = EvaluateConfig.gaussian_sigma,
+             uncertainty: str = EvaluateConfig.uncertainty, overwrite: bool = False,
              progress: bool | None = None, log=print) -> dict[str, Path]:
     """Evaluate trained models (run directories) and baselines on the dataset ``data``.
 
@@ -150,7 +162,8 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
 
     methods = []
     for run_dir in models:
-        m = network_method(run_dir, device=device, batch_size=batch_size)
+        m = network_method(run_dir, device=device, batch_size=batch_size,
+                           uncertainty=uncertainty)
         check_wave(m, ds["wave"].values)
         methods.append(m)
     # two runs of the same architecture: tell them apart by their run directory

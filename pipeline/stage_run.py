@@ -429,7 +429,7 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
         argv += ["--template-n", "all" if ec.template_n is None else str(ec.template_n)]
         for b in ec.bins:
             argv += ["--bins", b]
-        for name in ("batch_size", "pca_k", "savgol_window", "gaussian_sigma"):
+        for name in ("batch_size", "pca_k", "savgol_window", "gaussian_sigma", "uncertainty"):
             if getattr(ec, name) != getattr(EvaluateConfig, name):
                 argv += [f"--{name.replace('_', '-')}", str(getattr(ec, name))]
         argv += ["--overwrite", *quiet]

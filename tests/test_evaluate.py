@@ -351,6 +351,22 @@ def test_cli_evaluate_end_to_end(simulated, tiny_run, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_evaluate_without_uncertainty_skips_sigma(simulated, tiny_run, tmp_path):
+    """--uncertainty none: one network pass, no sigma_denoised (NaN) in the cube; the
+    denoised flux (and so |R|) is the same as with the uncertainty."""
+    cubes = {}
+    for mode in ("auto", "none"):
+        out = tmp_path / mode
+        assert cli.main(["evaluate", "--run", str(tiny_run), "--data", str(simulated["val"]),
+                         "--out", str(out), "--baselines", "", "--uncertainty", mode,
+                         "--no-progress"]) == 0
+        cubes[mode] = open_cube(out / "cube.zarr")
+    assert np.isfinite(cubes["auto"]["sigma_denoised"].values).any()
+    assert np.isnan(cubes["none"]["sigma_denoised"].values).all()
+    np.testing.assert_array_equal(cubes["auto"]["mean_rel_err"].values,
+                                  cubes["none"]["mean_rel_err"].values)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--run", "{tmp}/no-such-run", "--data", "{val}"], "no checkpoint at"),
     (["--data", "{tmp}/missing.zarr", "--baselines", "none"], "does not exist"),
