@@ -100,7 +100,8 @@ def train_all(names: list[str], args) -> None:
 def evaluate(names: list[str], args) -> Path:
     out = Path(args.work) / "evaluation"
     argv = ["evaluate", "--data", args.val, "--out", str(out), "--baselines", "none,template",
-            "--template-n", str(args.template_n), "--overwrite", "--no-progress"]
+            "--template-n", str(args.template_n), "--uncertainty", "none", "--overwrite",
+            "--no-progress"]
     for n in names:
         argv += ["--run", str(Path(args.work) / n)]
     print(f"$ specdenoise {shlex.join(argv)}", flush=True)
