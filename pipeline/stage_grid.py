@@ -43,6 +43,7 @@ import numpy as np
 from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate import builtin_grid
+from specdenoise.simulate.builtin_grid import builtin_grid_path
 from specdenoise.simulate.grids import (
     AXES,
     finalize_grid_store,
@@ -54,7 +55,6 @@ from specdenoise.simulate.grids import (
 )
 from specdenoise.simulate.progress import bar as progress_bar
 from specdenoise.simulate.readers import READERS, GridReader, ModelFile, readers_of
-from specdenoise.simulate.usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,6 @@ def create_grid_store(
 
 
 # --------------------------------------------------------------------------- the built-in grid
-
-
-def builtin_grid_path(settings: Mapping | None = None) -> Path:
-    """Cache location ``<cache>/specdenoise/grids/builtin-<hash>.zarr`` for these settings."""
-    return (cache_dir() / "specdenoise" / "grids"
-            / f"builtin-{builtin_grid.settings_key(settings)}.zarr")
 
 
 def _complete_store(path: Path, key: str) -> bool:

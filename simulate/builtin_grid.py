@@ -67,6 +67,7 @@ import math
 from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
@@ -82,6 +83,7 @@ from specdenoise.simulate.linelist import (
     barklem_lines,
     gf_lines,
 )
+from specdenoise.simulate.usercache import cache_dir
 
 #: Bumped whenever the generated spectra change; part of the cache key.
 GENERATOR_VERSION = "2"
@@ -226,6 +228,11 @@ def settings_key(settings: Mapping | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def builtin_grid_path(settings: Mapping | None = None) -> Path:
+    """Cache location ``<cache>/specdenoise/grids/builtin-<hash>.zarr`` for these settings
+    (written by ``specdenoise.stage_grid.build_builtin_grid``; read by whoever needs the grid
+    a built-in dataset was simulated from)."""
+    return cache_dir() / "specdenoise" / "grids" / f"builtin-{settings_key(settings)}.zarr"
 
 
 # ---- line list ------------------------------------------------------------------------------

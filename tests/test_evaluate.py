@@ -435,3 +435,28 @@ def test_report_shows_a_second_set_beside_the_first(smooth, tmp_path):
     assert text.index("## Warnings") < text.index("## Which denoiser is best")
     assert len(re.findall(r"\]\((figures/[^)]+\.png)\)", text)) == 4
     assert "Wide-S/N validation set" in page.read_text()
+
+
+def test_template_fit_finds_the_cached_builtin_grid(simulated, tmp_path, monkeypatch):
+    """A dataset simulated from the built-in grid (no ``--grid``) is template-fitted against
+    the built-in grid's cache, found without the caller resolving it (that branch imported
+    ``builtin_grid_path`` from a module it had left)."""
+    import json
+    import shutil
+
+    from specdenoise.stage_grid import builtin_grid_path
+
+    monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
+    cached = builtin_grid_path()
+    assert cached.is_relative_to(tmp_path / "cache")
+    val = schema.open_dataset(simulated["val"])
+    cfg = json.loads(val.attrs["config"])
+    shutil.copytree(cfg["grid"], cached)  # this dataset's grid stands in for the built-in one
+    attrs = dict(val.attrs, config=json.dumps({**cfg, "grid": "builtin"}))
+    assert bl.simulated_grid(attrs) == "builtin"
+    fitter = bl.template_fitter_for(attrs)
+    given = bl.template_fitter_for(val.attrs)
+    assert fitter.interp._source == str(cached)
+    flux, sigma = val["flux"].values[:1], val["sigma"].values[:1]
+    np.testing.assert_array_equal(fitter.fit(flux, sigma).denoised,
+                                  given.fit(flux, sigma).denoised)
