@@ -79,6 +79,25 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (``pytest.mark.usefixtures("one_thread")``): tiny
+    tensors gain nothing from threads and suffer from them on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """:func:`train_tiny_run`, once per test session: (run folder, its training dataset).
+    Tests only read it (a test that damages a checkpoint writes its own copy)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
 def train_tiny_run(d: Path) -> tuple[Path, Path]:
     """Train a tiny U-Net (depth 2, 4 filters, one epoch, one thread) on 20 small spectra in
     folder ``d``; returns (run folder, its training dataset). Tests that need any trained run

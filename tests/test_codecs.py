@@ -21,12 +21,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from test_train_infer import run  # noqa: F401 (a tiny trained U-Net, module fixture)
 
 from specdenoise import SpecdenoiseError, codecs, schema
 from specdenoise.train import data as tdata
-
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
 
 N, CHUNK = 40, 10
 SPEC_CODECS = {"bytes", "blosc", "zstd", "crc32c"}
@@ -203,7 +200,7 @@ def _one_line_error(proc, pattern: str) -> None:
 
 
 @pytest.mark.parametrize("how", [truncate, flip_byte], ids=["truncated", "flipped"])
-def test_denoise_cli_refuses_a_corrupt_chunk_and_leaves_nothing(run, new_store,  # noqa: F811
+def test_denoise_cli_refuses_a_corrupt_chunk_and_leaves_nothing(run, new_store,
                                                                 tmp_path, how):
     bad = damaged_copy(new_store, tmp_path, "flux", 2, how)
     out_dir = tmp_path / "out"
@@ -227,7 +224,7 @@ def test_evaluate_cli_refuses_a_corrupt_chunk(new_store, tmp_path, var, chunk):
 
 
 @pytest.mark.parametrize("cname,keep", [("zstd", None), ("lz4", -1), ("lz4", 100)])
-def test_older_store_truncated_chunk_is_refused_not_decoded(run, new_store,  # noqa: F811
+def test_older_store_truncated_chunk_is_refused_not_decoded(run, new_store,
                                                             tmp_path, cname, keep):
     """Without a checksum a truncated blosc frame went to the decompressor, which may read past
     its end (lz4 cut by one byte decoded 'fine'; SIGSEGV in the issue). Its length is checked

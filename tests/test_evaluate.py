@@ -25,11 +25,9 @@ from specdenoise.evaluate.cube import (
     relative_error,
 )
 from specdenoise.evaluate.summary import open_summary, summarize, write_summary
+from specdenoise.simulate.pfs import pixel_wave
 
-# the schema's ".done" marker folder is not a Zarr node; zarr says so when consolidating
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
-
-WAVE = 710.0 + 0.042725 * np.arange(4096)
+WAVE = pixel_wave()  # nm, the PFS red arm grid
 
 
 # --------------------------------------------------------------------------- datasets

@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sigint_default, train_tiny_run
+from conftest import sigint_default
 
 from specdenoise import SpecdenoiseError, stores
-
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -363,10 +361,10 @@ def test_run_never_reuses_stores_made_with_other_settings(tmp_path):
 # --------------------------------------------------------------------------- cases 9-10, 13
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny trained U-Net and its training data."""
-    return train_tiny_run(tmp_path_factory.mktemp("tinyrun"))
+@pytest.fixture
+def tiny_run(run):
+    """A tiny trained U-Net and its training data (``conftest.run``, shared by the session)."""
+    return run
 
 
 def _with_wave(data: Path, out: Path, edit) -> Path:

@@ -43,6 +43,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from specdenoise import codecs, stores
 from specdenoise.schema import CALIB_PREFIX, SPECTRUM_DIM, WAVE_DIM
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train import calibration, guards
 from specdenoise.train.calibration import augment, norm_factor, normalise  # noqa: F401
 
@@ -96,7 +97,7 @@ class StoreInfo:
         return start, min(start + self.chunk_size, self.n_spectrum)
 
 
-def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
+def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = RED_MR_NPIX,
                   storage_options: dict | None = None, params=()) -> StoreInfo:
     """Check a dataset can feed a model with ``n_wave`` pixels; raise a one-line error if not.
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from specdenoise import metrics
 from specdenoise.simulate.errors import SpecdenoiseError
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train import data as tdata
 from specdenoise.train import guards
 from specdenoise.train.checkpoint import (
@@ -88,7 +89,7 @@ class TrainConfig:
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
     init_from: str | None = None  # a trained run: train `model` on its outputs (a chain), or
     # for the physics model, start from that run's encoder and emulator
-    n_wave: int = 4096
+    n_wave: int = RED_MR_NPIX
     # a network with an uncertainty head (model option uncertainty "nll") also learns the
     # log-variance of its error with beta-NLL (beta_nll), weighted by nll_weight; with
     # nll_detach_mean the NLL does not reach the mean directly (it still shapes the layers
