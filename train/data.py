@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +64,7 @@ def open_group(path, storage_options: dict | None = None) -> zarr.Group:
     if not is_url(path) and not os.path.exists(path):
         raise SpecdenoiseError(f"dataset {path} does not exist")
     try:
-        with warnings.catch_warnings(), codecs.quiet_legacy():
-            # the schema's ".done" marker folder is not a Zarr node
-            warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+        with codecs.quiet_legacy():
             if is_url(path):
                 return zarr.open_group(path, mode="r", storage_options=storage_options or {})
             return zarr.open_group(path, mode="r")
