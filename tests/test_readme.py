@@ -18,7 +18,6 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
 
