@@ -450,6 +450,21 @@ def _listed(system, ids: list[str]) -> set[str] | None:
     return {line.strip() for line in r.stdout.splitlines() if line.strip()}
 
 
+def _loopback_cause(cluster) -> str:
+    """The likely cause, when the scheduler listens on a loopback address (a worker on
+    another node reaches its own loopback there), for the end of an error line."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(cluster.scheduler_address).hostname
+    except (AttributeError, ValueError):
+        return ""
+    if not host or not is_loopback(host):
+        return ""
+    return (f"; the scheduler listens on {host}, a loopback address that other nodes cannot "
+            "reach: set 'interface' (e.g. ib0) or scheduler_options.host in the profile")
+
+
 def wait_for_workers(cluster, profile: dict, n_jobs: int | None, *, say=print,
                      poll: float = 0.5) -> None:
     """Wait until the first worker connects, saying what happens: "submitted N jobs (ids)",
@@ -500,7 +515,8 @@ def wait_for_workers(cluster, profile: dict, n_jobs: int | None, *, say=print,
             if time.monotonic() - gone_since > 5:  # not a moment between two squeue views
                 raise SpecdenoiseError(
                     f"the worker job(s) {', '.join(said_ids)} ended without a worker "
-                    f"connecting; see their logs in {logs} (slurm-ID.out)")
+                    f"connecting; see their logs in {logs} (slurm-ID.out)"
+                    + _loopback_cause(cluster))
         else:
             gone_since = None
         time.sleep(poll)

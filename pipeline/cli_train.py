@@ -73,8 +73,9 @@ def register(subparsers) -> None:
                    help="spectra per epoch, drawn in turn from a larger training store so "
                         "that no spectrum is seen twice before the whole store was seen "
                         "(default: the whole store every epoch)")
-    p.add_argument("--loss", choices=("mse", "l1", "chi2", "rel_l1"),
-                   help="chi2: residuals in units of sigma; rel_l1: |F_hat - F| / F")
+    p.add_argument("--loss", choices=("mse", "l1", "chi2", "rel_l1", "rel_l1_lines"),
+                   help="chi2: residuals in units of sigma; rel_l1: |F_hat - F| / F; "
+                        "rel_l1_lines: rel_l1 with line pixels (> 3 %% deep) weighted 3x")
     p.add_argument("--no-target-distortion", dest="target_distortion", action="store_false",
                    default=None,
                    help="train to also remove the calibration distortion (default: the target "
@@ -95,6 +96,10 @@ def register(subparsers) -> None:
                         "--distortion-max")
     p.add_argument("--distortion-max", type=float, default=None,
                    help="largest |d - 1| of the fresh distortion draws (default 0.02)")
+    p.add_argument("--nll-weight", type=float, default=None, metavar="W",
+                   help="weight of the beta-NLL term that trains an uncertainty head "
+                        "(uncertainty \"nll\") beside the main loss (default 1.0; 0.01 leaves "
+                        "the mean almost to the main loss)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the training run in RUN_DIR (only a folder holding nothing but "
@@ -160,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, seed=args.seed, workers=args.workers,
         target_distortion=args.target_distortion, distortion=args.distortion,
         distortion_max=args.distortion_max, epoch_size=args.epoch_size,
-        init_from=args.init_from, noise="device" if args.noise_on_device else None)
+        init_from=args.init_from, noise="device" if args.noise_on_device else None,
+        nll_weight=args.nll_weight)
     if "val_mean_abs_rel" in row:
         print(f"validation mean |R| = {row['val_mean_abs_rel']:.4%} after epoch {row['epoch']}; "
               f"checkpoint in {cfg.out}")

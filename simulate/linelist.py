@@ -151,6 +151,9 @@ ATOMIC_LINES: list[tuple[str, int, float, float, float, float | None]] = [
     ("Fe", 0, 8514.07, 2.198, -2.23, None),
     ("Fe", 0, 8611.80, 2.845, -1.93, None),
     ("Fe", 0, 8621.60, 2.949, -2.32, None),
+    # in the core of Ca II 8662 (Barklem et al. position; without it the grid gave it the
+    # statistical log gf -1.08 of barklem_lines, which made 8662 too strong in cool dwarfs)
+    ("Fe", 0, 8661.90, 2.223, -1.48, None),
     ("Fe", 0, 8674.75, 2.831, -1.80, None),
     ("Fe", 0, 8688.62, 2.176, -1.21, None),
     ("Fe", 0, 8757.19, 2.845, -2.03, None),

@@ -47,7 +47,7 @@ log = logging.getLogger("specdenoise.train")
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine", "onecycle", "none")
-LOSSES = ("mse", "l1", "chi2", "rel_l1")
+LOSSES = ("mse", "l1", "chi2", "rel_l1", "rel_l1_lines")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 #: options that may change when a run is resumed (they do not change the maths). Not
@@ -226,7 +226,39 @@ def loss_terms(name: str, pred, target, sigma) -> torch.Tensor:
         return (diff / sigma).square()
     if name == "rel_l1":  # the evaluation metric |R| itself
         return diff.abs() / target.abs().clamp_min(1e-3)
+    if name == "rel_l1_lines":  # |R| with line pixels weighted up (line_weights)
+        return diff.abs() / target.abs().clamp_min(1e-3) * line_weights(target)
     raise SpecdenoiseError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+#: the weight of a line pixel in the ``rel_l1_lines`` loss (continuum pixels weigh 1)
+LINE_LOSS_WEIGHT = 3.0
+#: width in pixels of the running maximum and running mean that give the loss's continuum
+LINE_LOSS_WINDOW = 129
+
+
+def line_weights(target: torch.Tensor, weight: float = LINE_LOSS_WEIGHT) -> torch.Tensor:
+    """Per-pixel loss weights (b, n): ``weight`` on line pixels of the clean ``target``, else 1.
+
+    A line pixel is deeper than 3 % (:data:`specdenoise.metrics.LINE_DEPTH`, the line-aware
+    metrics' threshold) below a continuum taken as the morphological closing of the target
+    over :data:`LINE_LOSS_WINDOW` pixels (5.5 nm: a running maximum, then a running minimum,
+    which fills every dip narrower than the window and keeps a sloped continuum), smoothed by
+    a running mean of the same width. That continuum is cruder than the metrics' (which fits
+    segments) and biased within half a window of the ends, but it is cheap on a batch and only
+    decides where the loss leans; the metric is unchanged.
+    """
+    from specdenoise.metrics import LINE_DEPTH
+
+    t = target.float().unsqueeze(1)
+    half = LINE_LOSS_WINDOW // 2
+    pool = torch.nn.functional.max_pool1d
+    env = -pool(-pool(t, LINE_LOSS_WINDOW, stride=1, padding=half), LINE_LOSS_WINDOW, stride=1,
+                padding=half)
+    cont = torch.nn.functional.avg_pool1d(env, LINE_LOSS_WINDOW, stride=1, padding=half,
+                                          count_include_pad=False)
+    line = (1 - t / cont.clamp_min(1e-3)) > LINE_DEPTH
+    return (1 + (weight - 1) * line.float()).squeeze(1)
 
 
 def beta_nll(mean, logvar, target, beta: float = 0.5) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The module fixture ``slurm`` uses a running SLURM when ``sinfo`` answers; otherwise, as root with
 Debian's slurm-wlm and munge installed (``.ci/run`` installs them), it starts one with
-``slurm_single_node.sh`` (beside this file) and stops exactly what it started afterwards.
+``slurm_one_machine.sh`` (beside this file) and stops exactly what it started afterwards.
 Elsewhere the tests marked ``slurm`` skip and say why; the tests of the job script itself run
 everywhere.
 
@@ -40,7 +40,7 @@ from specdenoise.stage_simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "cluster" / "slurm.yaml"
-SCRIPT = Path(__file__).resolve().parent / "slurm_single_node.sh"
+SCRIPT = Path(__file__).resolve().parent / "slurm_one_machine.sh"
 N, CHUNK, SEED = 400, 25, 3  # 16 chunks: a cancel lands mid-run
 TINY_UNET = '{"depth": 2, "filters": 4}'
 EPOCHS = 12
@@ -175,23 +175,28 @@ class JobWatcher:
 # --------------------------------------------------------------------------- simulate
 
 
-def _simulate_cmd(grid: Path, out: Path, cluster: str) -> list[str]:
-    return [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", str(N), "--chunk-size",
+def _simulate_cmd(grid: Path, out: Path, cluster: str, n: int = N) -> list[str]:
+    return [sys.executable, "-m", "specdenoise.cli", "simulate", "--n", str(n), "--chunk-size",
             str(CHUNK), "--seed", str(SEED), "--grid", str(grid), "--out", str(out),
             "--cluster", cluster, "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def reference(small_grid, tmp_path_factory):
-    """The store one in-process worker writes: what every SLURM run must reproduce."""
+def simulate_on_local_cluster(grid: Path, out: Path, n: int = N) -> Path:
+    """The store one in-process LocalCluster worker writes for :func:`_simulate_cmd`'s
+    simulation of ``n`` spectra: what every SLURM run must reproduce."""
     from distributed import Client, LocalCluster
 
-    out = tmp_path_factory.mktemp("slurm-ref") / "ref.zarr"
-    cfg = load_config(n=N, chunk_size=CHUNK, seed=SEED, grid=str(small_grid), out=str(out))
+    cfg = load_config(n=n, chunk_size=CHUNK, seed=SEED, grid=str(grid), out=str(out))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=":0") as lc, Client(lc) as client:
         simulate(cfg, client=client, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(small_grid, tmp_path_factory):
+    return simulate_on_local_cluster(small_grid,
+                                     tmp_path_factory.mktemp("slurm-ref") / "ref.zarr")
 
 
 @pytest.fixture(scope="module")
