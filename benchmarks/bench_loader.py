@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from specdenoise import schema
+from specdenoise.simulate.pfs import pixel_wave
 from specdenoise.train import data as tdata
 from specdenoise.train.loop import PRESETS
 from specdenoise.train.models import build_model, model_input, model_summary
@@ -37,7 +38,7 @@ from specdenoise.train.models import build_model, model_input, model_summary
 
 def write_dataset(path: Path, n: int, chunk: int, seed: int = 0) -> Path:
     """Smooth continua with Gaussian absorption lines, median 0.5, S/N 10-60."""
-    wave = 710.0 + 0.042725 * np.arange(4096)
+    wave = pixel_wave()
     schema.create_dataset_store(path, n, chunk, wave, attrs={"config_hash": "bench"})
     rng = np.random.default_rng(seed)
     x = np.linspace(-1, 1, 4096)

@@ -22,11 +22,12 @@ import xarray as xr
 from specdenoise import metrics as M
 from specdenoise.evaluate import summary
 from specdenoise.evaluate.cube import METHOD_DIM
+from specdenoise.simulate.pfs import pixel_wave
 
 
 def make_cube(n: int, n_methods: int, seed: int = 0) -> xr.Dataset:
     rng = np.random.default_rng(seed)
-    wave = 710.0 + 0.042724609375 * np.arange(4096)
+    wave = pixel_wave()
     lam = 10 * wave
     base = 0.5 * (1 + 0.1 * np.linspace(-1, 1, wave.size))
     for c in rng.uniform(lam[0], lam[-1], 300):

@@ -52,7 +52,6 @@ Attributes keep the dataset's provenance and a JSON description of each method.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -283,10 +282,10 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
         if template[name].dtype != object:  # strings keep zarr's own codec
             encoding.setdefault(name, {})["compressors"] = codecs.default_compressors()
 
-    tmp = stores.temp_dir(out)
     seconds = np.zeros(n_m)
     counts = np.zeros(n_m, dtype=np.int64)
-    try:
+    with stores.assembled(out, stores.CUBE, overwrite=overwrite,
+                          finish=schema.finalize_dataset) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
                          encoding=encoding)
         g = zarr.open_group(str(tmp), mode="r+")
@@ -337,9 +336,6 @@ def _build_cube(ds, data, out, methods, *, overwrite, keep_denoised, block, prog
         g["n_denoised"][:] = counts
         with np.errstate(divide="ignore", invalid="ignore"):
             g["spectra_per_s"][:] = np.where(seconds > 0, counts / seconds, np.nan)
-        schema.publish_store(tmp, out, stores.CUBE, overwrite=overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

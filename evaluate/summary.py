@@ -39,7 +39,6 @@ engine="zarr")``) and as one long CSV table, a row per (binning variable, method
 from __future__ import annotations
 
 import csv
-import shutil
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -434,12 +433,8 @@ def write_summary(tree: xr.DataTree, zarr_path, csv_path, *, overwrite: bool = F
     stores.check_output(csv_path, None, overwrite=overwrite)
     tree = tree.copy()
     tree.attrs = {**tree.attrs, stores.KIND_ATTR: stores.SUMMARY.name, "complete": True}
-    tmp = stores.temp_dir(zarr_path)
-    try:
+    with stores.assembled(zarr_path, stores.SUMMARY, overwrite=overwrite) as tmp:
         tree.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-        stores.publish(tmp, zarr_path, stores.SUMMARY, overwrite=overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rows = to_rows(tree)
 
     def write_csv(tmp_csv: Path) -> None:

@@ -29,8 +29,10 @@ attributes ``flag_masks`` / ``flag_meanings`` (:func:`flag_attrs`).
 
 Writing follows one rule so that a resumed or re-run simulation is bitwise identical: each chunk
 of ``chunk_size`` spectra is written by one task, and a chunk is recorded as done (an empty marker
-file in ``<store>/.done/``) only after all its arrays are written. A store is complete when the
-attribute ``complete`` is True, set by :func:`finalize_dataset`.
+file in :func:`done_dir`, beside the store) only after all its arrays are written. A store is
+complete when the attribute ``complete`` is True, set by :func:`finalize_dataset`, which also
+deletes the markers. (Stores written before kept the markers inside, in ``<store>/.done/``;
+:func:`done_chunks` still reads them, so such a store resumes.)
 """
 
 from __future__ import annotations
@@ -240,7 +242,9 @@ def per_spectrum_names() -> tuple[str, ...]:
 
 
 def done_dir(path: str | Path) -> Path:
-    return Path(path) / ".done"
+    """The chunk-marker folder of the dataset store ``path`` (beside it,
+    :func:`specdenoise.stores.chunk_markers`)."""
+    return stores.chunk_markers(path)
 
 
 def create_dataset_store(
@@ -290,6 +294,7 @@ def create_dataset_store(
                 "or pass --overwrite"
             )
         stores.remove_store(path, stores.DATASET)
+    stores.remove_chunk_markers(path)  # of a store deleted by hand: its chunks are not done
     n_wave = int(np.size(wave))
     if compressors is None:
         compressors = codecs.spectral_compressors("zstd")
@@ -350,38 +355,36 @@ def write_chunk(path: str | Path, chunk_index: int, chunk_size: int, arrays: Map
             value = codecs.bitround(value, int(keepbits))
         arr[start : start + value.shape[0]] = value
     marker = done_dir(path) / f"{chunk_index:08d}"
+    marker.parent.mkdir(exist_ok=True)  # (a store created before the markers moved out)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text("")
     tmp.replace(marker)
 
 
 def done_chunks(path: str | Path) -> set[int]:
-    d = done_dir(path)
-    if not d.exists():
-        return set()
-    return {int(p.name) for p in d.iterdir() if p.name.isdigit()}
+    """The chunks of the dataset store ``path`` recorded as written (markers beside the store,
+    and inside it for a store written before they moved out)."""
+    done = set()
+    for d in (done_dir(path), Path(path) / stores.LEGACY_MARKERS):
+        if d.is_dir():
+            done |= {int(p.name) for p in d.iterdir() if p.name.isdigit()}
+    return done
 
 
 def finalize_dataset(path: str | Path) -> None:
-    """Mark a store complete and consolidate its metadata (after every chunk is done)."""
-    import warnings
-
+    """Mark a store complete and consolidate its metadata (after every chunk is done); its
+    chunk markers are no longer needed and go (after the store is marked complete, so an
+    interrupt in between never loses what is written)."""
+    legacy = Path(path) / stores.LEGACY_MARKERS
+    if legacy.is_dir():  # an old store resumed: its markers leave it before zarr lists it
+        done_dir(path).mkdir(exist_ok=True)
+        for p in legacy.iterdir():
+            p.replace(done_dir(path) / p.name)
+        legacy.rmdir()
     g = zarr.open_group(str(path), mode="r+")
     g.attrs["complete"] = True
-    with warnings.catch_warnings():  # zarr notes the .done/ marker folder is not an array
-        warnings.filterwarnings("ignore", message="Object at .done is not recognized")
-        zarr.consolidate_metadata(str(path))
-
-
-def publish_store(tmp: str | Path, out: str | Path, kind: stores.Kind, *,
-                  overwrite: bool = False) -> Path:
-    """Mark a store assembled at ``tmp`` complete, consolidate it and move it to ``out``.
-
-    The rename is the last step (:func:`specdenoise.stores.publish`), so ``out`` either holds
-    the previous store of ``kind`` or the finished new one, never a half-written one.
-    """
-    finalize_dataset(tmp)
-    return stores.publish(tmp, out, kind, overwrite=overwrite)
+    zarr.consolidate_metadata(str(path))
+    stores.remove_chunk_markers(path)
 
 
 def open_dataset(path: str | Path, *, require=SPECTRAL_VARS) -> xr.Dataset:

@@ -25,6 +25,7 @@ from specdenoise import configfile, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.evaluate import baselines as bl
 from specdenoise.progress import stamp
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.stage_grid import resolve_grid
 
 DEFAULT_TEMPLATE_N = 100
@@ -237,7 +238,7 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
                                  "chi2_peak": b.chi2_peak, "suspect": b.suspect}
 
     # one warm-up call, so that the speed measured later is not the first call's set-up
-    n_wave = getattr(model, "n_wave", 4096)
+    n_wave = getattr(model, "n_wave", RED_MR_NPIX)
     denoise_array(model, np.full((1, n_wave), 0.5, dtype=np.float32),
                   sigma=np.full((1, n_wave), 0.05, dtype=np.float32))
 

@@ -280,7 +280,8 @@ def describe_store(path) -> str:
     if kind is stores.DATASET and n is not None:
         chunk = int(attrs.get("chunk_size") or n or 1)
         n_chunks = -(-n // chunk) if n else 0
-        done = len(schema.done_chunks(path))
+        # (a complete store has all; its chunk markers went when it was finalized)
+        done = n_chunks if stores.is_complete(attrs) else len(schema.done_chunks(path))
         complete += f" ({done} of {n_chunks} chunks of {chunk} spectra written)"
     lines.append(f"  spectra: {n if n is not None else '-'}; {complete}")
     if schema.WAVE_DIM in ds.coords:

@@ -46,9 +46,10 @@ from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.progress import bar as progress_bar
 from specdenoise.simulate import builtin_grid
+from specdenoise.simulate.builtin_grid import builtin_grid_path
 from specdenoise.simulate.grids import (
     AXES,
-    finalize_grid_store,
+    complete_grid_store,
     grid_axes,
     grid_dataset,
     open_grid,
@@ -57,7 +58,6 @@ from specdenoise.simulate.grids import (
     write_nodes,
 )
 from specdenoise.simulate.readers import READERS, GridReader, ModelFile, readers_of
-from specdenoise.usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +136,6 @@ def grid_summary(path) -> str:
     return "\n".join(lines)
 
 
-def builtin_grid_path(settings: Mapping | None = None) -> Path:
-    """Cache location ``<cache>/specdenoise/grids/builtin-<hash>.zarr`` for these settings."""
-    return (cache_dir() / "specdenoise" / "grids"
-            / f"builtin-{builtin_grid.settings_key(settings)}.zarr")
-
-
 def _complete_store(path: Path, key: str) -> bool:
     if not path.exists():
         return False
@@ -175,7 +169,7 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
 
     The store is assembled in a unique temporary folder beside it while the destination is
     locked (:mod:`specdenoise.stores`) and only renamed into place when every node was
-    written (:func:`specdenoise.simulate.grids.finalize_grid_store`). With ``out`` given and
+    written (:func:`specdenoise.simulate.grids.complete_grid_store`). With ``out`` given and
     a complete cached store for the same settings, the cache is copied.
     """
     key = builtin_grid.settings_key(settings)
@@ -196,16 +190,15 @@ def build_builtin_grid(out=None, *, settings=None, overwrite=False, progress=Tru
     with stores.locked(target):
         if out is None and not overwrite and _complete_store(target, key):
             return target  # another process built it while we waited for nothing
-        tmp = stores.temp_dir(target)
-        try:
-            if (out is not None and target.resolve() != cache.resolve()
-                    and _complete_store(cache, key)):
+        copy = (out is not None and target.resolve() != cache.resolve()
+                and _complete_store(cache, key))
+        with stores.assembled(target, stores.GRID, overwrite=True,
+                              finish=None if copy else complete_grid_store) as tmp:
+            if copy:
                 shutil.copytree(cache, tmp, dirs_exist_ok=True)
-                return stores.publish(tmp, target, stores.GRID, overwrite=True)
-            _generate(settings, target, tmp, progress)
-            return finalize_grid_store(tmp, target, overwrite=True, keep_failed=False)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                _generate(settings, target, tmp, progress)
+        return target
 
 
 def _generate(settings: Mapping | None, target: Path, tmp: Path, progress: bool) -> None:
@@ -511,18 +504,15 @@ def _import_locked(family, src_dir, out, lo, hi, resolution, skip_bad, overwrite
     }
     todo = [(f, idx) for f, idx in jobs if str(f.path) not in dict(bad)]
 
-    tmp = stores.temp_dir(out)
-    try:
+    with stores.assembled(out, stores.GRID, overwrite=overwrite,
+                          finish=complete_grid_store) as tmp:
         create_grid_store(out, axes, wave, exists=exists,
                           with_cont=getattr(reader, "has_continuum", True),
                           flux_unit=reader.flux_unit, attrs=attrs, tmp=tmp)
         bad += _run(todo, (str(tmp), wave, resolution, skip_bad), client, progress, family)
         if bad:
             _mark_skipped(tmp, files, index, exists, bad, progress, family)
-        return finalize_grid_store(tmp, out, overwrite=overwrite, keep_failed=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return Path(out)
 
 
 def _mark_skipped(tmp, files, index, exists, bad, progress, family) -> None:

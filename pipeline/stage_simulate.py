@@ -406,6 +406,7 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
         for path, tmp in where.items():
             if tmp != path and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+                stores.remove_chunk_markers(tmp)
     return paths
 
 

@@ -24,9 +24,14 @@ Every write of an output goes through this module:
   containing that input, the working directory or one of its parents.
 - :func:`locked` holds ``.<name>.lock`` beside the output while it is written: a second writer
   is refused while the first lives; a lock left by a process that died is reclaimed.
-- :func:`temp_dir` / :func:`write_file` assemble outputs under unique temporary names created
-  with ``O_EXCL`` (never followed through a symbolic link), and :func:`publish` renames the
-  finished store into place (the previous store, if any, is removed only after the rename).
+- :func:`assembled` (a context manager) assembles a store in a unique temporary folder beside
+  ``out`` and :func:`publish` es it when the block ends; :func:`write_file` does the same for a
+  plain file. Temporaries are created with ``O_EXCL`` or ``mkdir`` (never followed through a
+  symbolic link) and removed whatever happens; the previous store, if any, is removed only
+  after the rename.
+- :func:`chunk_markers` is where a dataset being simulated records its finished chunks: a
+  folder *beside* the store (``.<name>.done``), not inside it, so the store holds Zarr nodes
+  only (stores written before kept them in ``<store>/.done``; they are still read).
 - :func:`open_store` opens a store after checking its kind and completeness;
   :func:`check_chunks` refuses a store whose arrays lost chunk files.
 
@@ -44,7 +49,6 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +79,8 @@ class Kind:
 GRID = Kind("specdenoise-grid", "grid store", ("flux", "exists"),
             "re-run the build or import")
 DATASET = Kind("specdenoise-dataset", "dataset", ("flux", "flux_clean", "sigma"),
-               "re-run with --resume", extra_entries=(".done",))
+               "re-run with --resume", extra_entries=(".done",))  # stores written before
+               # chunk_markers() moved the markers out of the store
 ETC_TABLE = Kind("specdenoise-etc-table", "ETC table", ("sky_rate", "variance"),
                  "import it again")
 CUBE = Kind("specdenoise-error-cube", "error cube", ("rel_err",), "run the evaluation again")
@@ -96,8 +101,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def read_attrs(path: str | Path) -> dict | None:
     """The root attributes of a Zarr store, or None when ``path`` is not a readable Zarr group."""
     try:
-        with warnings.catch_warnings(), quiet_legacy():
-            warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+        with quiet_legacy():
             return dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:  # zarr raises many types for a folder that is not a store
         return None
@@ -144,8 +148,7 @@ def open_store(path: str | Path, kind: Kind, *, not_kind: str | None = None,
     if not path.exists():
         raise SpecdenoiseError(missing or f"{kind.label} {path} does not exist")
     try:
-        with warnings.catch_warnings(), quiet_legacy():
-            warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+        with quiet_legacy():
             attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception as exc:
         raise SpecdenoiseError(f"cannot open {kind.label} {path}: {exc}".splitlines()[0]) from None
@@ -359,6 +362,7 @@ def remove_store(path: str | Path, kind: Kind) -> None:
     trash = _trash_name(path)
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
+    remove_chunk_markers(path)
 
 
 #: what a training run folder holds (``train`` and ``train --submit`` write these; names
@@ -455,6 +459,45 @@ def temp_dir(out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # mode 0777 less the umask, as for any folder the user makes (mkdtemp would make it 0700)
     return _create_unique(out.parent / f".{out.name}.tmp-{{}}", lambda p: p.mkdir(0o777))
+
+
+@contextlib.contextmanager
+def assembled(out: str | Path, kind: Kind, *, overwrite: bool,
+              finish: Callable[[Path], object] | None = None) -> Iterator[Path]:
+    """Assemble the store ``out`` of ``kind`` in a new temporary folder beside it, then
+    publish it.
+
+    Yields the empty temporary folder (:func:`temp_dir`). When the block ends normally,
+    ``finish(tmp)`` completes the store (marks it complete, consolidates, checks) and
+    :func:`publish` renames it to ``out`` (replacing a store of ``kind`` only with
+    ``overwrite``). The temporary is removed whatever happens, so an error or an interrupt
+    leaves ``out`` as it was and nothing half-written beside it.
+    """
+    tmp = temp_dir(out)
+    try:
+        yield tmp
+        if finish is not None:
+            finish(tmp)
+        publish(tmp, out, kind, overwrite=overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def chunk_markers(store: str | Path) -> Path:
+    """The folder beside a dataset ``store`` in which its finished chunks are recorded while
+    it is written (``.<name>.done``; an empty file per chunk)."""
+    store = Path(store)
+    return store.with_name(f".{store.name}.done")
+
+
+#: where stores written before :func:`chunk_markers` kept their chunk markers (inside)
+LEGACY_MARKERS = ".done"
+
+
+def remove_chunk_markers(store: str | Path) -> None:
+    """Delete the chunk markers of ``store`` (beside it, and inside it for an old store)."""
+    shutil.rmtree(chunk_markers(store), ignore_errors=True)
+    shutil.rmtree(Path(store) / LEGACY_MARKERS, ignore_errors=True)
 
 
 def publish(tmp: str | Path, out: str | Path, kind: Kind, *, overwrite: bool) -> Path:

@@ -30,7 +30,6 @@ between runs (any of :data:`AXES`), each a sorted coordinate; conditions common 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -341,14 +340,10 @@ def write_table(ds: xr.Dataset, path, overwrite: bool = False) -> Path:
     path = Path(path)
     stores.check_output(path, stores.ETC_TABLE, overwrite=overwrite)
     with stores.locked(path):
-        tmp = stores.temp_dir(path)
-        try:
+        with stores.assembled(path, stores.ETC_TABLE, overwrite=overwrite) as tmp:
             ds = ds.copy()
             ds.attrs = {**ds.attrs, stores.KIND_ATTR: TABLE_KIND, "complete": True}
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-            stores.publish(tmp, path, stores.ETC_TABLE, overwrite=overwrite)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

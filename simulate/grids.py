@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -222,7 +221,15 @@ def finalize_grid_store(store: str | Path, path: str | Path, *, overwrite: bool 
     ``keep_failed``: a store that fails the check is left where it is for inspection (and the
     message says where); the importers pass False and delete it.
     """
-    store, path = Path(store), Path(path)
+    complete_grid_store(store, keep_failed=keep_failed)
+    return stores.publish(store, path, stores.GRID, overwrite=overwrite)
+
+
+def complete_grid_store(store: str | Path, *, keep_failed: bool = False) -> None:
+    """Check every existing node of a partial grid store was written and is finite, record its
+    content hash, mark it complete and consolidate it (the ``finish`` of
+    :func:`specdenoise.stores.assembled`). ``keep_failed``: the message says the partial store
+    is left for inspection."""
     g = zarr.open_group(str(store), mode="r+")
     names = [n for n in AXES if n in g]
     digest, bad = _content_hash(g, names)
@@ -233,7 +240,6 @@ def finalize_grid_store(store: str | Path, path: str | Path, *, overwrite: bool 
         )
     g.attrs.update({"content_hash": f"sha256:{digest}", "complete": True})
     zarr.consolidate_metadata(str(store))
-    return stores.publish(store, path, stores.GRID, overwrite=overwrite)
 
 
 def write_grid(
@@ -257,14 +263,12 @@ def write_grid(
     if cont is not None:
         cont = np.asarray(cont, dtype=np.float32)
     stores.check_output(path, stores.GRID, overwrite=overwrite)
-    tmp = stores.temp_dir(path)
-    try:
+    with stores.assembled(path, stores.GRID, overwrite=overwrite,
+                          finish=complete_grid_store) as tmp:
         ds, encoding = grid_dataset(axes, wave, flux, cont=cont, exists=exists,
                                     flux_unit=flux_unit, attrs=attrs)
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
-        return finalize_grid_store(tmp, path, overwrite=overwrite, keep_failed=False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return Path(path)
 
 
 def open_grid(path: str | Path) -> xr.Dataset:

@@ -67,7 +67,7 @@ from numba import njit
 from scipy.special import ndtr
 
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.simulate.pfs import RED_MR_DLAMBDA
+from specdenoise.simulate.pfs import RED_MR_DLAMBDA, RED_MR_LMAX, RED_MR_LMIN
 
 #: FWHM / sigma of a Gaussian
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -116,7 +116,7 @@ class LSF:
     """
 
     fwhm_pix: tuple[float, float] = (3.1, 3.2)
-    wave_nodes: tuple[float, float] = (710.0, 885.0)
+    wave_nodes: tuple[float, float] = (RED_MR_LMIN, RED_MR_LMAX)
     includes_pixel: bool = True
     model_resolution: float | None = None
 

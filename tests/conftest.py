@@ -79,6 +79,37 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture(scope="session")
+def dask_client():
+    """One in-process Dask cluster (one worker, one thread) for the session: the tests that only
+    need *a* client to simulate on share it instead of each starting and closing their own. Not
+    the default client, so nothing else computes on it unasked."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as lc, Client(lc, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (``pytest.mark.usefixtures("one_thread")``): tiny
+    tensors gain nothing from threads and suffer from them on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """:func:`train_tiny_run`, once per test session: (run folder, its training dataset).
+    Tests only read it (a test that damages a checkpoint writes its own copy)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
 def train_tiny_run(d: Path) -> tuple[Path, Path]:
     """Train a tiny U-Net (depth 2, 4 filters, one epoch, one thread) on 20 small spectra in
     folder ``d``; returns (run folder, its training dataset). Tests that need any trained run
@@ -99,3 +130,36 @@ def train_tiny_run(d: Path) -> tuple[Path, Path]:
     finally:
         torch.set_num_threads(n)
     return d / "run", data
+
+
+#: test modules whose every test is `slow` (seconds to a minute each: real Dask clusters, CLI
+#: subprocesses that import the whole package, simulations, training): deselected by the fast
+#: subset ``python -m pytest -m "not slow and not slurm"`` (README, "Tests"). A module not
+#: listed runs in the fast subset unless its tests are marked one by one.
+SLOW_MODULES = frozenset({
+    "test_benchmark_scripts",  # trains the ablation and chain benchmarks
+    "test_bitwise",  # two simulations
+    "test_cli",  # CLI subprocesses, a Dask scheduler
+    "test_codecs",  # a simulation, CLI subprocesses
+    "test_evaluate",  # a simulation, template fits, a trained U-Net
+    "test_export_info",  # trained runs
+    "test_hostile_hpc",  # about 40 CLI subprocesses, signals, locks
+    "test_mixed_grids",  # simulations on Dask
+    "test_nuisance",  # simulations on Dask
+    "test_numba_cache",  # fresh interpreters compiling the kernels
+    "test_options",  # CLI subprocesses, training
+    "test_pfsio",  # a trained U-Net
+    "test_progress",  # CLI subprocesses
+    "test_readme",  # the README's commands
+    "test_safety",  # about 50 CLI runs, training
+    "test_simulate_stage",  # Dask clusters, interrupted simulations
+    "test_threads",  # subprocesses timing thread use
+    "test_train_infer", "test_train_loop", "test_train_options", "test_train_physics",
+    "test_uncertainty",  # training
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

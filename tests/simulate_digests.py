@@ -17,6 +17,7 @@ script prints which ``specdenoise`` it imported.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import platform
@@ -41,31 +42,76 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha256(head + a.tobytes()).hexdigest()
 
 
-def simulate_digests(folder: Path) -> dict[str, str]:
-    """Simulate the small dataset (on ``conftest``'s small grid) under ``folder``; digest of
-    every variable and coordinate along ``spectrum`` or ``wave`` (decoded values), plus the
-    grid's flux."""
+def simulate_small(folder: Path, client=None):
+    """Simulate the small dataset (:data:`SETTINGS`, on ``conftest``'s small grid) under
+    ``folder`` (on ``client``, default a new in-process one); returns (grid store path, the
+    dataset opened)."""
     from conftest import write_small_grid
     from distributed import Client
 
     from specdenoise import schema
     from specdenoise.config import load_config
-    from specdenoise.simulate.grids import open_grid
     from specdenoise.stage_simulate import simulate
 
     grid = write_small_grid(folder / "small.zarr")
     out = folder / "sim.zarr"
     cfg = load_config(grid=str(grid), out=str(out), **SETTINGS)
-    with Client(processes=False, n_workers=1, threads_per_worker=1,
-                dashboard_address=":0") as client:
-        simulate(cfg, client=client, progress=False)
-    ds = schema.open_dataset(out)
+    with (Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
+          if client is None else contextlib.nullcontext(client)) as c:
+        simulate(cfg, client=c, progress=False)
+    return grid, schema.open_dataset(out)
+
+
+def digests_of(grid: Path, ds) -> dict[str, str]:
+    """Digest of every variable and coordinate of ``ds`` along ``spectrum`` or ``wave``
+    (decoded values), plus the grid's flux (``grid:flux``)."""
+    from specdenoise.simulate.grids import open_grid
+
     digests = {"grid:flux": _digest(open_grid(grid)["flux"].values)}
     for name in sorted({*ds.data_vars, *ds.coords}):
         var = ds[name]
         if set(var.dims) <= {"spectrum", "wave"}:
             digests[name] = _digest(var.values)
     return digests
+
+
+def simulate_digests(folder: Path) -> dict[str, str]:
+    """:func:`digests_of` the dataset :func:`simulate_small` writes under ``folder``."""
+    return digests_of(*simulate_small(folder))
+
+
+#: spectra whose every pixel the value reference keeps (one from each of the three chunks)
+FULL_SPECTRA = (0, 17, 47)
+#: the spectral variables of the value reference
+SPECTRAL = ("flux", "flux_clean", "sigma")
+
+
+def reference_values(grid: Path, ds) -> dict[str, np.ndarray]:
+    """The numbers ``tests/test_bitwise.py`` compares on any machine (``simulate_values.npz``):
+
+    * ``VAR`` for every per-spectrum variable (``teff``, ``snr``, ...) and ``wave``: all values;
+    * ``VAR:full`` for each of :data:`SPECTRAL`: every pixel of :data:`FULL_SPECTRA`, (3, 4096);
+    * ``VAR:sum``, ``VAR:isum``: per spectrum, the float64 sum of the pixels and of the pixels
+      times their index (so a shift or a change anywhere in any spectrum shows), (48,);
+    * ``mask:count``: per spectrum, the number of masked pixels, (48,);
+    * ``grid:flux:sum``: per grid node, the float64 sum of its flux.
+    """
+    from specdenoise.simulate.grids import open_grid
+
+    out = {}
+    for name in sorted({*ds.data_vars, *ds.coords}):
+        var = ds[name]
+        if var.dims in (("spectrum",), ("wave",)):
+            out[name] = np.asarray(var.values)
+    for name in SPECTRAL:
+        x = np.asarray(ds[name].values, dtype=np.float64)
+        out[f"{name}:full"] = np.asarray(ds[name].values)[list(FULL_SPECTRA)]
+        out[f"{name}:sum"] = x.sum(axis=1)
+        out[f"{name}:isum"] = x @ np.arange(x.shape[1], dtype=np.float64)
+    out["mask:count"] = np.asarray(ds["mask"].values).sum(axis=1)
+    g = np.asarray(open_grid(grid)["flux"].values, dtype=np.float64)
+    out["grid:flux:sum"] = g.reshape(-1, g.shape[-1]).sum(axis=1)
+    return out
 
 
 def environment() -> dict[str, str]:
@@ -79,12 +125,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path, help="write the digests to this JSON file")
     parser.add_argument("--commit", default="", help="the commit the code came from (recorded)")
+    parser.add_argument("--write-values", type=Path,
+                        help="also write reference_values() to this .npz file")
     args = parser.parse_args()
     import specdenoise
 
     print(f"specdenoise from {Path(specdenoise.__file__).parent}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        digests = simulate_digests(Path(tmp))
+        grid, ds = simulate_small(Path(tmp))
+        digests = digests_of(grid, ds)
+        if args.write_values:
+            np.savez_compressed(args.write_values, **reference_values(grid, ds))
     record = {
         "commit": args.commit,
         "command": "see tests/simulate_digests.py",

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train_data import make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import make_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_UNET = json.dumps({"depth": 2, "filters": 4})
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,30 +21,23 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from test_train_infer import run  # noqa: F401 (a tiny trained U-Net, module fixture)
 
 from specdenoise import SpecdenoiseError, codecs, schema
 from specdenoise.train import data as tdata
-
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
 
 N, CHUNK = 40, 10
 SPEC_CODECS = {"bytes", "blosc", "zstd", "crc32c"}
 
 
 @pytest.fixture(scope="module")
-def new_store(small_grid, tmp_path_factory) -> Path:
+def new_store(small_grid, dask_client, tmp_path_factory) -> Path:
     """A dataset simulated by the real chain with the default codecs (zstd-bitround)."""
-    from distributed import Client, LocalCluster
-
     from specdenoise.config import load_config
     from specdenoise.stage_simulate import simulate
 
     out = tmp_path_factory.mktemp("codecs") / "new.zarr"
     cfg = load_config(n=N, chunk_size=CHUNK, seed=4, grid=str(small_grid), out=str(out))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(cfg, client=client, progress=False)
+    simulate(cfg, client=dask_client, progress=False)
     return out
 
 
@@ -66,6 +59,9 @@ def write_old_way(src: Path, dst: Path, cname: str = "zstd") -> Path:
         for k in schema.per_spectrum_names():
             enc[k] = {"chunks": (CHUNK,)}
         ds.to_zarr(dst, mode="w", zarr_format=3, consolidated=True, encoding=enc)
+    (dst / ".done").mkdir()  # its chunk markers, kept inside the store then
+    for c in range(-(-N // CHUNK)):
+        (dst / ".done" / f"{c:08d}").touch()
     return dst
 
 
@@ -161,7 +157,6 @@ def test_older_store_still_reads(new_store, tmp_path):
     assert "numcodecs.bitround" in chains["flux"] and "crc32c" not in chains["flux"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numcodecs warning through our readers either
-        warnings.filterwarnings("ignore", message="Object at .done")
         a, b = schema.open_dataset(new_store), schema.open_dataset(old)
         for v in ("flux", "flux_clean", "sigma", "snr"):
             np.testing.assert_array_equal(a[v].values, b[v].values)
@@ -203,7 +198,7 @@ def _one_line_error(proc, pattern: str) -> None:
 
 
 @pytest.mark.parametrize("how", [truncate, flip_byte], ids=["truncated", "flipped"])
-def test_denoise_cli_refuses_a_corrupt_chunk_and_leaves_nothing(run, new_store,  # noqa: F811
+def test_denoise_cli_refuses_a_corrupt_chunk_and_leaves_nothing(run, new_store,
                                                                 tmp_path, how):
     bad = damaged_copy(new_store, tmp_path, "flux", 2, how)
     out_dir = tmp_path / "out"
@@ -227,7 +222,7 @@ def test_evaluate_cli_refuses_a_corrupt_chunk(new_store, tmp_path, var, chunk):
 
 
 @pytest.mark.parametrize("cname,keep", [("zstd", None), ("lz4", -1), ("lz4", 100)])
-def test_older_store_truncated_chunk_is_refused_not_decoded(run, new_store,  # noqa: F811
+def test_older_store_truncated_chunk_is_refused_not_decoded(run, new_store,
                                                             tmp_path, cname, keep):
     """Without a checksum a truncated blosc frame went to the decompressor, which may read past
     its end (lz4 cut by one byte decoded 'fine'; SIGSEGV in the issue). Its length is checked

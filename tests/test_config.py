@@ -1,21 +1,36 @@
 """The simulation config: defaults, TOML, --set overrides, one error listing every mistake."""
 
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from specdenoise.config import DEFAULTS, load_config, parse_split, to_toml
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.simulate.builtin_grid import builtin_axes
 from specdenoise.simulate.sampling import draw, draw_params
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_defaults_follow_design():
+    """Checked against what they must agree with, not restated: the default grid's extent, a
+    normal table, the README."""
     cfg = load_config()
     p = cfg["params"]
-    assert (p["teff"]["low"], p["teff"]["high"]) == (3500.0, 7500.0)
-    assert (p["mag"]["low"], p["mag"]["high"]) == (19.0, 22.5)
-    assert p["rv"] == {"dist": "normal", "mean": 0.0, "std": 300.0, "low": -600.0, "high": 600.0}
+    # the default draws span the grid the default config simulates from, edge to edge
+    assert cfg["grid"] == "builtin"
+    for name, axis in builtin_axes().items():
+        assert (p[name]["low"], p[name]["high"]) == (axis.min(), axis.max()), name
+    # RV ~ N(0, 300 km/s) clipped at +-600 = 2 sigma: a normal table leaves 4.55 % beyond, and
+    # a normal clipped at 2 sigma keeps sqrt(0.9545 - 4 phi(2) + 8 Phi(-2)) = 0.959 of its sigma
+    rv = draw(p["rv"], np.random.default_rng(0), 200_000)
+    assert abs(rv.mean()) < 3 and rv.std() == pytest.approx(300 * 0.959, rel=0.01)
+    assert np.mean(np.abs(rv) == 600) == pytest.approx(0.0455, abs=0.002)
+    # the magnitude range the README tells users
+    assert f"the default {p['mag']['low']:g}–{p['mag']['high']:g}" in README.read_text()
+    # DESIGN.md: N x 900 s exposures, N = 4 (the authors' data sets)
     assert p["n_exp"]["value"] == 4 and p["exp_time"]["value"] == 900
 
 

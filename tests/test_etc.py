@@ -74,9 +74,23 @@ def test_point_source_aperture_fraction():
 # --- atmosphere and sky lines --------------------------------------------------------------------
 
 
+def kasten_young_airmass(z_deg):
+    """Relative optical airmass of Kasten & Young (1989, Appl. Opt. 28, 4735), fitted to a
+    model atmosphere: an independent formula to hold ours against."""
+    z = np.asarray(z_deg, dtype=np.float64)
+    return 1.0 / (np.cos(np.radians(z)) + 0.50572 * (96.07995 - z) ** -1.6364)
+
+
 def test_airmass_and_moon():
-    assert atmosphere.airmass(0.0) == pytest.approx(1.0)
-    assert atmosphere.airmass(60.0) == pytest.approx(1.0 / np.sqrt(1 - 0.96 * 0.75))
+    assert atmosphere.airmass(0.0) == 1.0  # the zenith: one atmosphere
+    z = np.linspace(0.0, 45.0, 46)  # the default zenith range
+    x = atmosphere.airmass(z)
+    # the plane-parallel limit sec z near the zenith, and a real atmosphere's curvature below it
+    assert np.all(np.abs(x[:11] * np.cos(np.radians(z[:11])) - 1) < 2e-3)
+    assert np.all(x <= 1 / np.cos(np.radians(z)))
+    # within 2 % of Kasten & Young over the range simulated (the PFS ETC's homogeneous-shell
+    # formula falls 1.8 % short at 45 deg)
+    np.testing.assert_allclose(x, kasten_young_airmass(z), rtol=0.02)
     b_new = sum(atmosphere.moon_brightness_v(30.0, 60.0, 0.0, 30.0))
     b_full = sum(atmosphere.moon_brightness_v(30.0, 60.0, 0.5, 30.0))
     b_far = sum(atmosphere.moon_brightness_v(30.0, 120.0, 0.5, 30.0))
@@ -152,7 +166,15 @@ def test_conditions_move_sky_and_noise_the_right_way(model):
 def test_max3_and_snr():
     a = np.array([[1.0, 5.0, 2.0, 0.0, 3.0]])
     assert np.array_equal(max3(a), [[5, 5, 5, 3, 3]])
-    assert snr(100.0, 300.0, 4) == pytest.approx(2 * 100 / 20)
+    # measured: N exposures of s Poisson-distributed object counts plus a Gaussian background
+    # of variance V each, summed; S/N = mean / standard deviation of the sum
+    rng = np.random.default_rng(3)
+    for s, v, n in ((100.0, 300.0, 4), (9.0, 0.0, 1), (4.0, 400.0, 8)):
+        total = (rng.poisson(s, (200_000, n)) + rng.normal(0, np.sqrt(v), (200_000, n))).sum(1)
+        assert snr(s, v, n) == pytest.approx(total.mean() / total.std(), rel=0.01), (s, v, n)
+    # the limits: pure photon counting (S/N^2 = counts) and a background that dominates
+    assert snr(25.0, 0.0, 4) == pytest.approx(np.sqrt(4 * 25.0))
+    assert snr(1e-3, 1e4, 1) == pytest.approx(1e-3 / 100, rel=1e-6)
 
 
 # --- ETC tables -----------------------------------------------------------------------------------
@@ -246,9 +268,13 @@ def test_cli_npz_and_csv(tmp_path, capsys, model):
     with np.load(tmp_path / "o.npz") as d:
         arrays = {k: d[k] for k in d.files}
     assert set(arrays) == {"wavelength", "signal", "sky", "variance", "conversion", "snr"}
-    assert np.allclose(arrays["snr"], 2 * arrays["signal"]
-                       / np.sqrt(arrays["signal"] + arrays["variance"]))
-    assert np.allclose(arrays["signal"], arrays["conversion"] * 3.631e-20 * 10 ** (-8.8))
+    assert np.allclose(arrays["snr"], snr(arrays["signal"], arrays["variance"], 4))
+    # a flat f_nu source of AB magnitude 22, the zero point from astropy, not from us: its
+    # definition 10**-19.44 erg/s/cm2/Hz = 3630.8 Jy, which the ETC rounds to 3631 Jy (6e-5)
+    import astropy.units as u
+
+    fnu = (22.0 * u.ABmag).to_value(u.erg / u.s / u.cm**2 / u.Hz)
+    assert np.allclose(arrays["signal"], arrays["conversion"] * fnu, rtol=1e-4, atol=0)
     assert (tmp_path / "o.png").stat().st_size > 0
     assert main(CLI + ["--out", str(tmp_path / "o.csv")]) == 0
     csv = np.genfromtxt(tmp_path / "o.csv", delimiter=",", names=True)

@@ -25,11 +25,9 @@ from specdenoise.evaluate.cube import (
     relative_error,
 )
 from specdenoise.evaluate.summary import open_summary, summarize, write_summary
+from specdenoise.simulate.pfs import pixel_wave
 
-# the schema's ".done" marker folder is not a Zarr node; zarr says so when consolidating
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
-
-WAVE = 710.0 + 0.042725 * np.arange(4096)
+WAVE = pixel_wave()  # nm, the PFS red arm grid
 
 
 # --------------------------------------------------------------------------- datasets
@@ -114,10 +112,8 @@ def identifiable_grid_flux(axes: dict, wave: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
+def simulated(dask_client, tmp_path_factory):
     """train and val splits simulated by the real chain (Dask, one in-process worker)."""
-    from distributed import Client, LocalCluster
-
     from specdenoise.config import load_config
     from specdenoise.simulate.grids import write_grid
     from specdenoise.stage_simulate import simulate
@@ -140,9 +136,7 @@ def simulated(tmp_path_factory):
     }
     cfg = load_config(n=24, chunk_size=6, seed=5, grid=str(grid), out=str(d),
                       split="train=0.5,val=0.5", params=params)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        paths = simulate(cfg, client=client, progress=False)
+    paths = simulate(cfg, client=dask_client, progress=False)
     return {p.stem: p for p in paths}
 
 
@@ -451,3 +445,28 @@ def test_report_shows_a_second_set_beside_the_first(smooth, tmp_path):
     assert text.index("## Warnings") < text.index("## Which denoiser is best")
     assert len(re.findall(r"\]\((figures/[^)]+\.png)\)", text)) == 4
     assert "Wide-S/N validation set" in page.read_text()
+
+
+def test_template_fit_finds_the_cached_builtin_grid(simulated, tmp_path, monkeypatch):
+    """A dataset simulated from the built-in grid (no ``--grid``) is template-fitted against
+    the built-in grid's cache, found without the caller resolving it (that branch imported
+    ``builtin_grid_path`` from a module it had left)."""
+    import json
+    import shutil
+
+    from specdenoise.stage_grid import builtin_grid_path
+
+    monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
+    cached = builtin_grid_path()
+    assert cached.is_relative_to(tmp_path / "cache")
+    val = schema.open_dataset(simulated["val"])
+    cfg = json.loads(val.attrs["config"])
+    shutil.copytree(cfg["grid"], cached)  # this dataset's grid stands in for the built-in one
+    attrs = dict(val.attrs, config=json.dumps({**cfg, "grid": "builtin"}))
+    assert bl.simulated_grid(attrs) == "builtin"
+    fitter = bl.template_fitter_for(attrs)
+    given = bl.template_fitter_for(val.attrs)
+    assert fitter.interp._source == str(cached)
+    flux, sigma = val["flux"].values[:1], val["sigma"].values[:1]
+    np.testing.assert_array_equal(fitter.fit(flux, sigma).denoised,
+                                  given.fit(flux, sigma).denoised)

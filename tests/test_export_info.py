@@ -7,14 +7,14 @@ import pytest
 import xarray as xr
 from astropy import units as u
 from astropy.io import fits
-from test_train_data import make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import make_dataset
 
 from specdenoise import cli, schema
 from specdenoise.evaluate.cube import Method, build_cube, open_cube
 from specdenoise.evaluate.summary import summarize, write_summary
 from specdenoise.train import infer, loop
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

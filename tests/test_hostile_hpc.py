@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sigint_default, train_tiny_run
+from conftest import sigint_default
 
 from specdenoise import SpecdenoiseError, stores
-
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -328,9 +326,13 @@ def test_resume_refuses_a_grid_replaced_at_the_same_path(small_grid, tmp_path):
     shutil.copytree(small_grid, grid)
     out = tmp_path / "s.zarr"
     assert _cli(*_simulate_argv(grid, out)).returncode == 0
-    # as if interrupted after its first chunk: not complete, one chunk to do
-    zarr.open_group(str(out), mode="r+").attrs["complete"] = False
-    (schema.done_dir(out) / "00000001").unlink()
+    # as if interrupted before its last chunk was recorded: not complete, one chunk to do
+    g = zarr.open_group(str(out), mode="r+")
+    g.attrs["complete"] = False
+    schema.done_dir(out).mkdir()
+    for c in range(-(-g["flux"].shape[0] // g["flux"].chunks[0])):
+        if c != 1:
+            (schema.done_dir(out) / f"{c:08d}").touch()
     before = store_files(out)
     # another grid (deeper lines) written at the same path
     g = open_grid(small_grid)
@@ -363,10 +365,10 @@ def test_run_never_reuses_stores_made_with_other_settings(tmp_path):
 # --------------------------------------------------------------------------- cases 9-10, 13
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny trained U-Net and its training data."""
-    return train_tiny_run(tmp_path_factory.mktemp("tinyrun"))
+@pytest.fixture
+def tiny_run(run):
+    """A tiny trained U-Net and its training data (``conftest.run``, shared by the session)."""
+    return run
 
 
 def _with_wave(data: Path, out: Path, edit) -> Path:
@@ -612,7 +614,9 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_without_worker_tracebacks(small_g
                              *map(str, _simulate_argv(small_grid, out, n=400))],
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=sigint_default)
-    _wait_for(lambda: out.exists() and len(list((out / ".done").glob("*"))) >= 1, proc)
+    from specdenoise import schema
+
+    _wait_for(lambda: out.exists() and len(schema.done_chunks(out)) >= 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, err

@@ -18,8 +18,9 @@ import xarray as xr
 from specdenoise import metrics as M
 from specdenoise.evaluate import report, summary
 from specdenoise.evaluate.cube import METHOD_DIM
+from specdenoise.simulate.pfs import pixel_wave
 
-WAVE = 710.0 + 0.042724609375 * np.arange(4096)  # nm, the PFS red arm grid
+WAVE = pixel_wave()  # nm, the PFS red arm grid
 LAM = 10 * WAVE  # Angstrom
 CA2_VAC = (8500.36, 8544.44, 8664.52)  # Angstrom, vacuum
 

@@ -13,14 +13,14 @@ import pytest
 import xarray as xr
 from astropy.io import fits
 from conftest import shared_file
-from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import WAVE, make_dataset
 
 from specdenoise import cli, pfsio, schema
 from specdenoise import resample as rs
 from specdenoise.train import infer, loop
 from specdenoise.train.checkpoint import load_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAMPLES = ("pfs_datamodel",)
 #: the denoiser gives its own uncertainty once issue 18's ``infer.load_denoiser`` is there; the
@@ -300,7 +300,7 @@ def test_plain_fits_image_with_wcs_and_table_round_trip(run, tmp_path):
     img = tmp_path / "star_img.fits"
     h = fits.Header()
     h["CTYPE1"], h["CUNIT1"], h["CRPIX1"] = "WAVE", "nm", 1.0
-    h["CRVAL1"], h["CDELT1"] = 710.0, 0.042725
+    h["CRVAL1"], h["CDELT1"] = float(WAVE[0]), float(WAVE[1] - WAVE[0])
     fits.PrimaryHDU(flux[0].astype(np.float32), header=h).writeto(img)
     s = pfsio.read(img)
     np.testing.assert_allclose(s.wave[0], WAVE, atol=1e-9)

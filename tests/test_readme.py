@@ -17,8 +17,6 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
-
 
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)

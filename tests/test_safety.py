@@ -29,13 +29,12 @@ from test_bosz import (
     synthe_wave_angstrom,
     write2017,
 )
-from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
-from test_train_infer import run  # noqa: F401 (a tiny trained model, module fixture)
+from test_train_data import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli, schema
 from specdenoise.simulate.grids import open_grid
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--preset", "tiny", "--model-cfg", '{"depth": 2, "filters": 4}', "--batch-size", "8",
         "--loader-workers", "0", "--device", "cpu"]
@@ -94,7 +93,7 @@ def test_overwrite_refuses_a_store_marked_right_but_holding_more(small_grid, tmp
 # --------------------------------------------------------------------------- case 2
 
 
-def test_denoise_never_replaces_its_input(run, tmp_path, capsys):  # noqa: F811
+def test_denoise_never_replaces_its_input(run, tmp_path, capsys):
     data = make_dataset(tmp_path / "x.zarr", n=8, chunk=4)
     for out in (data, tmp_path):
         status, err = run_cli(capsys, "denoise", "--run", run[0], "--data", data, "--out",
@@ -129,7 +128,7 @@ def test_absurd_training_values_stop_training_without_a_checkpoint(tmp_path, cap
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_non_finite_weights_are_never_checkpointed_or_used(run, tmp_path):  # noqa: F811
+def test_non_finite_weights_are_never_checkpointed_or_used(run, tmp_path):
     import torch
 
     from specdenoise.train import guards
@@ -208,7 +207,7 @@ def test_etc_out_needs_overwrite(tmp_path, capsys):
 
 @pytest.mark.parametrize("var,chunk", [("flux_clean", "c/1/0"), ("flux", "c/1/0"),
                                        ("teff", "c/1")])
-def test_evaluate_and_denoise_refuse_missing_chunks(run, tmp_path, capsys, var,  # noqa: F811
+def test_evaluate_and_denoise_refuse_missing_chunks(run, tmp_path, capsys, var,
                                                     chunk):
     data = make_dataset(tmp_path / "v.zarr", n=16, chunk=8)
     (data / var / chunk).unlink()
@@ -338,7 +337,7 @@ def test_grid_import_checks_the_bosz2024_wavelength_file(tmp_path, edit, message
 # --------------------------------------------------------------------------- case 11
 
 
-def test_unwritable_outputs_are_one_line_in_every_stage(run, small_grid, tmp_path,  # noqa: F811
+def test_unwritable_outputs_are_one_line_in_every_stage(run, small_grid, tmp_path,
                                                         capsys):
     from test_etc import DARK, _write_ecsv_run
 
@@ -379,7 +378,7 @@ def test_bad_execution_options_are_one_line(small_grid, tmp_path, capsys):
     assert status == 2 and "'processes' must be a positive integer" in err
 
 
-def test_denoise_spectrum_into_a_missing_folder_is_one_line(run, tmp_path, capsys):  # noqa: F811
+def test_denoise_spectrum_into_a_missing_folder_is_one_line(run, tmp_path, capsys):
     spec = tmp_path / "s.csv"
     np.savetxt(spec, np.full(4096, 0.5))
     status, err = run_cli(capsys, "denoise", "--run", run[0], "--spectrum", spec, "--out",
@@ -419,7 +418,7 @@ def test_resume_refuses_replaced_training_data(tmp_path, capsys):
     assert status == 2 and "replaced" in err
 
 
-def test_validation_on_another_wavelength_grid(run, tmp_path, capsys):  # noqa: F811
+def test_validation_on_another_wavelength_grid(run, tmp_path, capsys):
     data = make_dataset(tmp_path / "d.zarr", n=16, chunk=8)
     val = make_dataset(tmp_path / "v.zarr", n=8, chunk=8, seed=1)
     zarr.open_group(str(val), mode="r+")["wave"][:] = WAVE + 30.0  # same pixel count
@@ -435,7 +434,7 @@ def test_validation_on_another_wavelength_grid(run, tmp_path, capsys):  # noqa: 
     (lambda p: np.savetxt(p, np.full(4096, -0.5)), "mostly negative"),
     (lambda p: np.savetxt(p, np.zeros(4096)), "all zero"),
 ])
-def test_denoise_spectrum_refuses_what_cannot_be_a_spectrum(run, tmp_path, capsys,  # noqa: F811
+def test_denoise_spectrum_refuses_what_cannot_be_a_spectrum(run, tmp_path, capsys,
                                                             make, message):
     spec = tmp_path / "s.csv"
     make(spec)
@@ -444,7 +443,7 @@ def test_denoise_spectrum_refuses_what_cannot_be_a_spectrum(run, tmp_path, capsy
     assert status == 2 and message in err and not (tmp_path / "o.csv").exists()
 
 
-def test_denoise_spectrum_refuses_an_image(run, tmp_path, capsys):  # noqa: F811
+def test_denoise_spectrum_refuses_an_image(run, tmp_path, capsys):
     from astropy.io import fits
 
     image = tmp_path / "img.fits"
@@ -454,7 +453,7 @@ def test_denoise_spectrum_refuses_an_image(run, tmp_path, capsys):  # noqa: F811
     assert status == 2 and "image" in err
 
 
-def test_denoise_spectrum_out_needs_overwrite_and_never_follows_a_link(run, tmp_path,  # noqa: F811
+def test_denoise_spectrum_out_needs_overwrite_and_never_follows_a_link(run, tmp_path,
                                                                       capsys):
     spec = tmp_path / "s.csv"
     np.savetxt(spec, 0.5 + 0.01 * np.sin(np.arange(4096)))

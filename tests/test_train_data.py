@@ -13,13 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from specdenoise import SpecdenoiseError, schema
+from specdenoise.simulate import pfs
+from specdenoise.simulate.pfs import pixel_wave
 from specdenoise.train import calibration as tcal
 from specdenoise.train import data as tdata
 
-# the schema's ".done" marker folder is not a Zarr node; zarr says so when consolidating
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
-
-WAVE = 710.0 + 0.042725 * np.arange(4096)
+WAVE = pixel_wave()  # nm, the PFS red arm grid
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_spectra(n: int, seed: int = 0, n_wave: int = 4096):
@@ -54,7 +54,8 @@ def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int 
     """
     from specdenoise.simulate import calibration as ref
 
-    wave = WAVE[:n_wave] if n_wave <= 4096 else 710.0 + 0.042725 * np.arange(n_wave)
+    wave = (WAVE[:n_wave] if n_wave <= WAVE.size
+            else pixel_wave(n_wave, pfs.RED_MR_LMIN, pfs.RED_MR_LMIN + n_wave * pfs.RED_MR_DLAMBDA))
     names = schema.calib_names(ref.ORDER) if calib else ()
     schema.create_dataset_store(path, n, chunk, wave, attrs={"config_hash": "test"},
                                 extra_coords=names)
@@ -90,15 +91,6 @@ def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int 
             shutil.rmtree(f"{path}/{v}")
         zarr.consolidate_metadata(str(path))
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads and suffer from them on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

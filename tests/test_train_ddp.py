@@ -12,8 +12,7 @@ from test_train_data import make_dataset
 
 from specdenoise.train.checkpoint import read_checkpoint
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:Object at .done is not recognized")]
+pytestmark = pytest.mark.slow
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -5,19 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import train_tiny_run
-from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.train import infer, loop
 from specdenoise.train.checkpoint import load_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("infer"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_denoise_array_is_scale_free(run):

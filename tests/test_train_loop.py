@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-from test_train_data import make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.train import loop
 from specdenoise.train.checkpoint import load_model, read_checkpoint
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_UNET = {"depth": 2, "filters": 4}
 

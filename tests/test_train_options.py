@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_train_data import make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import make_dataset
 from test_train_loop import tiny_config
 
 from specdenoise import SpecdenoiseError, cli
@@ -19,7 +19,7 @@ from specdenoise.train.infer import denoise_array
 from specdenoise.train.models import build_model, model_input
 from specdenoise.train.presets import MODEL_NAMES, PRESETS
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

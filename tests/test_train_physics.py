@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
-from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.schema import calib_names
@@ -25,7 +25,7 @@ from specdenoise.train.models import build_model, model_summary
 from specdenoise.train.physics import DEFAULT_PARAMS, PhysicsUNet, apply_known_physics
 from specdenoise.train.presets import MODEL_NAMES, PRESETS
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"unet": {"depth": 2, "filters": 4}, "encoder": {"filters": [4] * 6, "hidden": 16},
         "emulator": {"hidden": [16, 32]}}

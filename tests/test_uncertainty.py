@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from test_train_data import WAVE, make_dataset, one_thread  # noqa: F401 (autouse fixture)
+from test_train_data import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.evaluate import cube as cube_mod
@@ -20,7 +20,7 @@ from specdenoise.train import infer, loop
 from specdenoise.train import uncertainty as unc
 from specdenoise.train.checkpoint import load_model, read_checkpoint
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N_WAVE = 1024  # a quarter of the detector: the statistics need hundreds of spectra

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from specdenoise import configfile
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train.presets import DEFAULT_MODEL, DEFAULT_PRESET, PRESETS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -69,7 +70,7 @@ class TrainConfig:
     noise: str = "loader"  # or "device": draw noise and distortion on the training device
     init_from: str | None = None  # a trained run: train `model` on its outputs (a chain), or
     # for the physics model, start from that run's encoder and emulator
-    n_wave: int = 4096
+    n_wave: int = RED_MR_NPIX
     # a network with an uncertainty head (model option uncertainty "nll") also learns the
     # log-variance of its error with beta-NLL (beta_nll), weighted by nll_weight; with
     # nll_detach_mean the NLL does not reach the mean directly (it still shapes the layers

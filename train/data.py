@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +43,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from specdenoise import codecs, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CALIB_PREFIX, SPECTRUM_DIM, WAVE_DIM
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train import calibration, guards
 from specdenoise.train.calibration import augment, norm_factor, normalise  # noqa: F401
 
@@ -65,9 +65,7 @@ def open_group(path, storage_options: dict | None = None) -> zarr.Group:
     if not is_url(path) and not os.path.exists(path):
         raise SpecdenoiseError(f"dataset {path} does not exist")
     try:
-        with warnings.catch_warnings(), codecs.quiet_legacy():
-            # the schema's ".done" marker folder is not a Zarr node
-            warnings.filterwarnings("ignore", message="Object at .done is not recognized")
+        with codecs.quiet_legacy():
             if is_url(path):
                 return zarr.open_group(path, mode="r", storage_options=storage_options or {})
             return zarr.open_group(path, mode="r")
@@ -97,7 +95,7 @@ class StoreInfo:
         return start, min(start + self.chunk_size, self.n_spectrum)
 
 
-def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = 4096,
+def inspect_store(path, require=TRAIN_VARS, *, n_wave: int = RED_MR_NPIX,
                   storage_options: dict | None = None, params=()) -> StoreInfo:
     """Check a dataset can feed a model with ``n_wave`` pixels; raise a one-line error if not.
 

@@ -15,7 +15,6 @@ see :mod:`specdenoise.train.uncertainty`.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 
 from specdenoise import codecs, stores
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.schema import publish_store
+from specdenoise.schema import finalize_dataset
 from specdenoise.train import data as tdata
 from specdenoise.train.checkpoint import load_model
 from specdenoise.train.models import model_input
@@ -351,14 +350,14 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
             **unc_attrs,
         },
     )
-    tmp = stores.temp_dir(out)
     encoding = {name: {"chunks": v.data.chunksize, "compressors": codecs.default_compressors()}
                 for name, v in template.data_vars.items()}
     for k, v in coords.items():
         encoding[k] = {"compressors": codecs.default_compressors()}
         if v.dims == (SPECTRUM_DIM,):
             encoding[k]["chunks"] = (info.chunk_size,)
-    try:
+    with stores.assembled(out, stores.DENOISED, overwrite=overwrite,
+                          finish=finalize_dataset) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
                          encoding=encoding)
         src_group = tdata.open_group(info.path, info.storage_options)
@@ -378,9 +377,6 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
             dst[CHI2_VAR][lo:hi] = block.chi2_red
             dst[PEAK_VAR][lo:hi] = block.chi2_peak
             dst[SUSPECT_VAR][lo:hi] = block.suspect
-        publish_store(tmp, out, stores.DENOISED, overwrite=overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

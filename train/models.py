@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train.physics import PhysicsUNet  # builds its U-Net from here, lazily
 
-N_WAVE = 4096  # PFS red-arm medium-resolution pixels
+N_WAVE = RED_MR_NPIX  # PFS red-arm medium-resolution pixels
 
 _ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,

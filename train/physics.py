@@ -42,6 +42,7 @@ from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import CALIB_PREFIX, PARAMS, calib_names
 from specdenoise.simulate import calibration as calib_ref
 from specdenoise.simulate.constants import C_KM_PER_S
+from specdenoise.simulate.pfs import RED_MR_DLAMBDA, RED_MR_LMIN, RED_MR_NPIX
 from specdenoise.train.calibration import median
 
 #: what the encoder estimates unless the model configuration says otherwise
@@ -252,10 +253,10 @@ class PhysicsUNet(nn.Module):
     #: the auxiliary losses :meth:`forward` returns when training (in this order)
     aux_losses = ("param", "emulator")
 
-    def __init__(self, n_wave: int = 4096, params: Sequence[str] = DEFAULT_PARAMS,
+    def __init__(self, n_wave: int = RED_MR_NPIX, params: Sequence[str] = DEFAULT_PARAMS,
                  param_loc: Sequence[float] | None = None,
                  param_scale: Sequence[float] | None = None,
-                 wave_start: float = 710.0, wave_step: float = 0.042724609375,
+                 wave_start: float = RED_MR_LMIN, wave_step: float = RED_MR_DLAMBDA,
                  extinction_law: str = "F99", r_v: float = 3.1,
                  encoder: dict | None = None, emulator: dict | None = None,
                  unet: dict | None = None, detach: bool = True,

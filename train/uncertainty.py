@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from specdenoise.errors import SpecdenoiseError
+from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train import data as tdata
 from specdenoise.train.models import model_input
 
@@ -458,7 +459,7 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
     """
     method = method or default_method(model)
     check_method(model, method, samples)
-    info = tdata.inspect_store(data, tdata.VAL_VARS, n_wave=getattr(model, "n_wave", 4096))
+    info = tdata.inspect_store(data, tdata.VAL_VARS, n_wave=getattr(model, "n_wave", RED_MR_NPIX))
     group = tdata.open_group(info.path, info.storage_options)
     parts: dict[str, list] = {k: [] for k in ("den", "raw", "flux", "sigma", "clean", "good")}
     n = 0

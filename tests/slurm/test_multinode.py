@@ -46,8 +46,7 @@ from test_slurm import (
     wait_no_jobs,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:Object at .done is not recognized")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 N = 200  # 8 chunks of 25: work for both nodes
 HOST = "10.77.0.1"  # the login node's side of the bridge

@@ -45,7 +45,6 @@ N, CHUNK, SEED = 400, 25, 3  # 16 chunks: a cancel lands mid-run
 TINY_UNET = '{"depth": 2, "filters": 4}'
 EPOCHS = 12
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .done is not recognized")
 
 
 # --------------------------------------------------------------------------- the cluster
