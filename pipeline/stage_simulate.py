@@ -465,9 +465,11 @@ def _execute(client, jobs, cfg, grid_path, chash, progress: bool) -> None:
     if progress:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
     n_spectra = sum(j[3] for j in jobs)
+    # the tasks get the config's plain layout: a worker needs no config class to read it
+    plain = {k: v for k, v in cfg.items()}
     futures = [
         client.submit(
-            run_chunk, str(path), cfg, grid_path if isinstance(grid_path, list)
+            run_chunk, str(path), plain, grid_path if isinstance(grid_path, list)
             else str(grid_path), split, c, cfg["chunk_size"], count,
             key=f"simulate-{chash}-{split or 'all'}-{c:08d}", retries=2, pure=False,
         )
