@@ -36,8 +36,10 @@ def train_config(data, val, out, *, model: str | None = None, preset: str | None
     if opts.get("scheduler") is None and opts.get("optimizer") is not None:
         opts["scheduler"] = "step" if opts["optimizer"] == "sgd" else "cosine"
     if resume:
-        cfg = config.resume_config(out, model=model, preset=preset, data=data, val=val,
-                                   model_cfg=model_cfg, **opts)
+        from specdenoise.train.checkpoint import resume_config  # reads the checkpoint: torch
+
+        cfg = resume_config(out, model=model, preset=preset, data=data, val=val,
+                            model_cfg=model_cfg, **opts)
     else:
         if opts.get("workers") is None:
             opts["workers"] = DEFAULT_WORKERS

@@ -60,7 +60,10 @@ NOT_IN_PHYSICS = {"dask", "distributed", "dask_jobqueue", "torch"}
 #: registries the CLI reads its choices and their help from, so that a new grid reader, training
 #: preset or baseline appears in ``--help`` without an edit of the CLI (each is torch-free)
 REGISTRIES = {"specdenoise.simulate.readers", "specdenoise.train.presets",
-              "specdenoise.evaluate.baselines"}
+              "specdenoise.evaluate.baselines",
+              # the training options' names, choices and their TOML table (torch-free), which
+              # train --config and --print-config read and write
+              "specdenoise.train.config"}
 
 #: layer -> the first-party layers it may import
 MAY_IMPORT = {
@@ -87,11 +90,7 @@ ALLOWED = {
     ("specdenoise.cli_cluster", "specdenoise.cluster.profiles"): "cluster profiles, no stage",
 }
 #: import cycles (as sorted module pairs) allowed for now, with the reason
-ALLOWED_CYCLES = {
-    # the physics-informed U-Net builds its U-Net from models.py, and models.py registers it;
-    # the `nets` branch of issue 22 (one module per network) removes this cycle
-    ("specdenoise.train.models", "specdenoise.train.physics"): "one module per network: nets",
-}
+ALLOWED_CYCLES: dict = {}
 
 
 def modules() -> dict[str, Path]:

@@ -12,6 +12,7 @@ weights_only=True)``:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.stores import CHECKPOINT_NAME
+from specdenoise.train.config import RESUME_MAY_CHANGE, TrainConfig, norm_option, upgrade_config
 from specdenoise.train.models import build_model
 
 FORMAT = "specdenoise-checkpoint"
@@ -161,3 +163,27 @@ def _huge_number(cfg, key: str = "cfg") -> tuple[str, object] | None:
         if not abs(cfg) <= MAX_MODEL_NUMBER:
             return key, cfg
     return None
+
+
+def resume_config(out, **overrides) -> TrainConfig:
+    """The configuration of the run in ``out``, with the options a resume may change.
+
+    Any other option given (not None) must equal the stored one.
+    """
+    state = read_checkpoint(Path(out) / CHECKPOINT_NAME)
+    cfg = TrainConfig(**upgrade_config(state["config"]))
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k in RESUME_MAY_CHANGE:
+            cfg = dataclasses.replace(cfg, **{k: v})
+        elif k == "model_cfg":
+            if {**cfg.model_cfg, **v} != cfg.model_cfg:
+                raise SpecdenoiseError(f"run {out} was trained with model_cfg {cfg.model_cfg}; "
+                                       "resume with the same options or start a new --out")
+        elif norm_option(getattr(cfg, k)) != norm_option(v):
+            raise SpecdenoiseError(
+                f"run {out} was trained with {k} = {getattr(cfg, k)!r}, not {v!r}; resume with "
+                "the same options or start a new --out"
+            )
+    return cfg

@@ -150,33 +150,6 @@ def check_config(cfg: TrainConfig) -> None:
                                f"{cfg.nll_beta} and {cfg.nll_weight}")
 
 
-def resume_config(out, **overrides) -> TrainConfig:
-    """The configuration of the run in ``out``, with the options a resume may change.
-
-    Any other option given (not None) must equal the stored one.
-    """
-    from specdenoise.stores import CHECKPOINT_NAME
-    from specdenoise.train.checkpoint import read_checkpoint
-
-    state = read_checkpoint(Path(out) / CHECKPOINT_NAME)
-    cfg = TrainConfig(**upgrade_config(state["config"]))
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k in RESUME_MAY_CHANGE:
-            cfg = dataclasses.replace(cfg, **{k: v})
-        elif k == "model_cfg":
-            if {**cfg.model_cfg, **v} != cfg.model_cfg:
-                raise SpecdenoiseError(f"run {out} was trained with model_cfg {cfg.model_cfg}; "
-                                       "resume with the same options or start a new --out")
-        elif _norm(getattr(cfg, k)) != _norm(v):
-            raise SpecdenoiseError(
-                f"run {out} was trained with {k} = {getattr(cfg, k)!r}, not {v!r}; resume with "
-                "the same options or start a new --out"
-            )
-    return cfg
-
-
 def upgrade_config(stored: dict) -> dict:
     """A stored training configuration in today's terms (older checkpoints say ``amp``)."""
     stored = dict(stored)
@@ -185,7 +158,7 @@ def upgrade_config(stored: dict) -> dict:
     return stored
 
 
-def _norm(v):
+def norm_option(v):
     return str(v) if isinstance(v, Path) else v
 
 

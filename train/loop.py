@@ -37,6 +37,7 @@ from specdenoise.train.checkpoint import (
     CHECKPOINT_NAME,
     default_device,
     read_checkpoint,
+    resume_config,  # noqa: F401 (train.loop.resume_config, as before)
     save_checkpoint,
 )
 
@@ -51,7 +52,6 @@ from specdenoise.train.config import (  # noqa: F401
     TrainConfig,
     check_config,
     make_config,
-    resume_config,
     upgrade_config,
 )
 from specdenoise.train.models import MODELS, build_model, model_input, model_summary
