@@ -20,7 +20,7 @@ import torch
 from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.stores import CHECKPOINT_NAME
-from specdenoise.train.models import build_model
+from specdenoise.train.nets import build_model
 
 FORMAT = "specdenoise-checkpoint"
 FORMAT_VERSION = 1

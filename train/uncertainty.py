@@ -3,7 +3,7 @@
 Two ways to get ``sigma_denoised``, the 1-sigma error of each denoised pixel (flux units):
 
 ``head``
-    A network trained with ``uncertainty: "nll"`` (see :class:`specdenoise.train.models.UNet`)
+    A network trained with ``uncertainty: "nll"`` (see :class:`specdenoise.train.nets.unet.UNet`)
     gives the log-variance of its own error at every pixel, learnt with the beta-NLL loss
     (Seitz et al. 2022, ICLR, "On the pitfalls of heteroscedastic uncertainty estimation with
     probabilistic neural networks"). One forward pass.
@@ -64,7 +64,7 @@ import torch
 
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
-from specdenoise.train.models import model_input
+from specdenoise.train.nets.base import model_input
 
 #: S/N bin edges (S/N = median over pixels of flux / sigma), the report's default bins
 SNR_EDGES = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
