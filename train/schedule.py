@@ -2,20 +2,18 @@
 
 Losses are per pixel, (b, n_wave) float32, in normalised flux units (median 0.5); the loop
 averages them over the good pixels (:func:`masked_mean`). The learning rate is a pure function
-of the position in the run (:func:`lr_at`), so a resumed run repeats the same steps.
+of the position in the run (:func:`lr_at`), so a resumed run repeats the same steps. ``cfg``
+is the run's :class:`~specdenoise.train.loop.TrainConfig` (not imported here: the loop imports
+this module).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from specdenoise.errors import SpecdenoiseError
-
-if TYPE_CHECKING:
-    from specdenoise.train.loop import TrainConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine", "onecycle", "none")
@@ -26,7 +24,7 @@ LOSSES = ("mse", "l1", "chi2", "rel_l1")
 ONECYCLE_WARMUP, ONECYCLE_START, ONECYCLE_END = 0.25, 0.04, 1e-3
 
 
-def lr_at(cfg: TrainConfig, epoch: int, frac: float = 0.0) -> float:
+def lr_at(cfg, epoch: int, frac: float = 0.0) -> float:
     """Learning rate ``frac`` of the way through (0-based) ``epoch``.
 
     A pure function of the position in the run, so resuming is exact. Only ``onecycle``
@@ -85,7 +83,7 @@ def beta_nll(mean, logvar, target, beta: float = 0.5) -> torch.Tensor:
     return nll
 
 
-def nll_loss(pred, logvar, batch: dict, cfg: TrainConfig | None = None) -> torch.Tensor:
+def nll_loss(pred, logvar, batch: dict, cfg=None) -> torch.Tensor:
     """An uncertainty head's auxiliary loss: the beta-NLL over the good pixels, weighted by
     ``cfg.nll_weight`` (scalar; ``cfg`` None: beta 0.5, weight 1, mean not detached)."""
     beta, weight, detach = ((0.5, 1.0, False) if cfg is None
@@ -101,7 +99,7 @@ def nll_loss(pred, logvar, batch: dict, cfg: TrainConfig | None = None) -> torch
 # --------------------------------------------------------------------------- optimizer
 
 
-def make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
+def make_optimizer(cfg, model) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]  # a chain's first is frozen
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,

@@ -84,12 +84,20 @@ def build_model(name: str, **cfg):
     name, cfg = upgrade_spec(name, cfg)
     cls = network_class(name)
     first = cfg.pop("first", None)
-    try:
-        if first is None:
+    if first is None:
+        try:
             return cls(**cfg)
-        from specdenoise.train.nets.chain import Chain
+        except TypeError as exc:
+            raise SpecdenoiseError(f"bad configuration for model {name!r}: {exc}") from None
+    from specdenoise.train.nets.base import N_WAVE
+    from specdenoise.train.nets.chain import Chain
 
-        second = {"name": name, "cfg": {k: v for k, v in cfg.items() if k != "n_wave"}}
-        return Chain(first, second, **({"n_wave": cfg["n_wave"]} if "n_wave" in cfg else {}))
-    except TypeError as exc:
-        raise SpecdenoiseError(f"bad configuration for model {name!r}: {exc}") from None
+    if not network_class(first["name"]).chainable:
+        raise SpecdenoiseError(f"a {first['name']} network cannot run before another; a "
+                               f"{first['name']} model starts only from another "
+                               f"{first['name']} run (here {first['name']} -> {name})")
+    n_wave = cfg.get("n_wave", N_WAVE)
+    # the first network built first: the order its weights are drawn in (same seed, same run)
+    net1 = build_model(first["name"], **{"n_wave": n_wave, **first.get("cfg", {})})
+    net2 = build_model(name, **{**cfg, "n_wave": n_wave})
+    return Chain(net1, net2, n_wave)

@@ -29,7 +29,8 @@ nothing else (no per-network branches):
     How a new run starts from a trained one (``--init-from``): by default the trained
     network, frozen, in front of this one.
 ``chainable``
-    Whether a trained network of this kind may be that frozen first network.
+    Whether a trained network of this kind may be that frozen first network
+    (:func:`~specdenoise.train.nets.build_model` checks it).
 """
 
 from __future__ import annotations
@@ -70,12 +71,7 @@ class Denoiser(nn.Module):
         described in full under ``first`` so the checkpoint stands on its own; the initial
         weights are a partial state dict (names as in the model).
         """
-        from specdenoise.train.nets import network_class
-
         first_name = first["name"]
-        if not network_class(first_name).chainable:
-            raise SpecdenoiseError(f"--init-from {source}: a {first_name} model starts only from "
-                                   f"another {first_name} run (here {first_name} -> {name})")
         if "first" in first["cfg"]:
             raise SpecdenoiseError(f"{source} is already a chain; start from a single network")
         first_cfg = {k: v for k, v in first["cfg"].items() if k != "n_wave"}

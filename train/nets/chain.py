@@ -1,7 +1,7 @@
 """A trained denoiser, frozen, followed by a second one trained on its outputs.
 
 Any registered network can be the second: its configuration then names the first under
-``first`` and :func:`specdenoise.train.nets.build_model` builds this wrapper.
+``first`` and :func:`specdenoise.train.nets.build_model` builds both and this wrapper.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from specdenoise.errors import SpecdenoiseError
-from specdenoise.train.nets import build_model
 from specdenoise.train.nets.base import N_WAVE, Denoiser
 
 
@@ -17,24 +16,22 @@ class Chain(Denoiser):
     """A trained denoiser followed by a second one trained on its outputs (Pál & Dobos 2025's
     proposal: a U-Net, then a dense autoencoder refining what it leaves).
 
-    ``first`` and ``second`` are ``{"name": ..., "cfg": {...}}`` as :func:`build_model` takes
-    them. The first network is frozen: no gradients, always in eval mode (batch-norm
-    statistics and dropout as trained). The second takes the first's output and, if its
-    ``in_channels`` is 2, the input's sigma channel.
+    ``first`` and ``second``: the two networks, built (with ``n_wave`` pixels) by
+    :func:`~specdenoise.train.nets.build_model`. The first network is frozen: no gradients,
+    always in eval mode (batch-norm statistics and dropout as trained). The second takes the
+    first's output and, if its ``in_channels`` is 2, the input's sigma channel.
     """
 
-    def __init__(self, first: dict, second: dict, n_wave: int = N_WAVE):
+    def __init__(self, first: Denoiser, second: Denoiser, n_wave: int = N_WAVE):
         super().__init__()
-        self.first = build_model(first["name"], **{"n_wave": n_wave, **first.get("cfg", {})})
-        self.second = build_model(second["name"],
-                                  **{"n_wave": n_wave, **second.get("cfg", {})})
+        self.first, self.second = first, second
         if self.second.in_channels > self.first.in_channels:
             raise SpecdenoiseError("the second network of a chain can take sigma only when "
                                    "the first one does (in_channels 2)")
         for p in self.first.parameters():
             p.requires_grad_(False)
         self.n_wave, self.in_channels = n_wave, self.first.in_channels
-        self.uncertainty = getattr(self.second, "uncertainty", "none")
+        self.uncertainty = self.second.uncertainty
 
     def train(self, mode: bool = True):
         super().train(mode)
