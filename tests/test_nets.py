@@ -112,7 +112,7 @@ def test_old_chain_checkpoints_load_and_resume(datasets, tmp_path):
                            model_cfg={"widths": [32, 8]}, init_from=str(tmp_path / "unet")))
     new = read_checkpoint(tmp_path / "new")
     assert new["model"]["name"] == "dae"
-    # the same run as the earlier format wrote it (checkpoint.py's docstring, before 0.3)
+    # the same run as earlier versions wrote it: name "chain", the networks as first, second
     cfg = dict(new["model"]["cfg"])
     second = {k: v for k, v in cfg.items() if k not in ("first", "n_wave")}
     old_model = {**new["model"], "name": "chain", "cfg": {

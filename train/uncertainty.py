@@ -55,13 +55,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.train import data as tdata
 from specdenoise.train.nets.base import model_input
@@ -263,11 +263,9 @@ def read_calibration(run) -> Calibration | None:
 
 def write_calibration(run, cal: Calibration) -> Path:
     """Write ``cal`` into the run folder atomically."""
-    path = calibration_path(run)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(cal.to_json())
-    os.replace(tmp, path)
-    return path
+    text = cal.to_json()
+    return stores.write_file(calibration_path(run), lambda tmp: tmp.write_text(text),
+                             overwrite=True)
 
 
 def consistency(flux, sigma, denoised, sigma_denoised, good=None,

@@ -4,7 +4,8 @@ A network maps a batch of normalised noisy spectra to the noiseless spectrum in 
 normalisation (median 0.5): input (b, n) float32, or (b, c, n) with ``in_channels`` c (2: flux
 and sigma, :func:`model_input` builds it); output (b, n). Everything that defines its shape is
 a keyword argument of its constructor, so ``build_model(name, **cfg)`` with the ``cfg``
-stored in a checkpoint rebuilds the same network.
+stored in a checkpoint rebuilds the same network (``first`` is reserved there: a frozen network
+in front, see :mod:`specdenoise.train.nets`).
 
 What a network may declare beyond that is said here, once, as class attributes and
 classmethods with defaults that mean "nothing extra"; the training loop reads these and
