@@ -369,8 +369,8 @@ def _model_spec(cfg: TrainConfig, stored: dict | None = None, train_info=None):
             spec = network_class(cfg.model).complete_config(spec, train_info)
         return cfg.model, spec, None
     first = read_checkpoint(cfg.init_from)["model"]
-    first = {**first, **dict(zip(("name", "cfg"), upgrade_spec(first["name"], first["cfg"]),
-                                 strict=True))}
+    first_name, first_cfg = upgrade_spec(first["name"], first["cfg"])
+    first = {**first, "name": first_name, "cfg": first_cfg}
     if first["cfg"].get("n_wave", cfg.n_wave) != cfg.n_wave:
         raise SpecdenoiseError(f"{cfg.init_from} was trained on {first['cfg']['n_wave']} "
                                f"pixels, not {cfg.n_wave}")
@@ -396,8 +396,8 @@ def _with_params(cfg: TrainConfig, model, train_info, val_info):
 
 def _forward(net, model, batch: dict, cfg: TrainConfig | None = None):
     """(prediction, auxiliary losses) for a batch: ``net`` (``model``, perhaps wrapped) is
-    given the inputs its contract declares (:meth:`~specdenoise.train.nets.base.Denoiser.
-    training_inputs`); an uncertainty head adds its beta-NLL (:func:`schedule.nll_loss`)."""
+    given the inputs its contract declares (``Denoiser.training_inputs``); an uncertainty
+    head adds its beta-NLL (:func:`~specdenoise.train.schedule.nll_loss`)."""
     x = model_input(model, batch["x"], batch["sigma"])
     pred, logvar, aux = model.training_outputs(net(x, **model.training_inputs(batch)))
     if logvar is not None:
