@@ -33,7 +33,8 @@ from specdenoise import schema
 from specdenoise.simulate.pfs import pixel_wave
 from specdenoise.train import data as tdata
 from specdenoise.train.loop import PRESETS
-from specdenoise.train.models import build_model, model_input, model_summary
+from specdenoise.train.nets import build_model
+from specdenoise.train.nets.base import model_input, model_summary
 
 
 def write_dataset(path: Path, n: int, chunk: int, seed: int = 0) -> Path:

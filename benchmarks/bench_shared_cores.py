@@ -31,8 +31,10 @@ import time
 import torch
 from thread_governor import ThreadGovernor, usable_cores
 
-from specdenoise.train.loop import PRESETS, cpu_has_fast_bf16
-from specdenoise.train.models import build_model, model_input
+from specdenoise.train.distributed import cpu_has_fast_bf16
+from specdenoise.train.nets import build_model
+from specdenoise.train.nets.base import model_input
+from specdenoise.train.presets import PRESETS
 
 BUSY = "while True:\n    pass\n"
 

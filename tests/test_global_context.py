@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from specdenoise import SpecdenoiseError
-from specdenoise.train.loop import LINE_LOSS_WEIGHT, line_weights, loss_terms
-from specdenoise.train.models import build_model
+from specdenoise.train.nets import build_model
+from specdenoise.train.schedule import LINE_LOSS_WEIGHT, line_weights, loss_terms
 
 CFG = {"depth": 3, "filters": 4, "kernel_size": 3, "dropout": 0.0, "in_channels": 2,
        "n_wave": 512}

@@ -7,14 +7,10 @@ import torch
 from torch import nn
 
 from specdenoise import SpecdenoiseError
-from specdenoise.train.models import (
-    DAE,
-    UNet,
-    build_model,
-    count_parameters,
-    flops_per_spectrum,
-    model_summary,
-)
+from specdenoise.train.nets import build_model
+from specdenoise.train.nets.base import count_parameters, flops_per_spectrum, model_summary
+from specdenoise.train.nets.dae import DAE
+from specdenoise.train.nets.unet import UNet
 
 
 def test_paper_unet_layout():

@@ -13,10 +13,11 @@ from test_train_loop import tiny_config
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.train import data as tdata
-from specdenoise.train import loop
+from specdenoise.train import distributed, loop, schedule
 from specdenoise.train.checkpoint import load_model, read_checkpoint
 from specdenoise.train.infer import denoise_array
-from specdenoise.train.models import build_model, model_input
+from specdenoise.train.nets import build_model
+from specdenoise.train.nets.base import model_input
 from specdenoise.train.presets import MODEL_NAMES, PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,10 +32,11 @@ def datasets(tmp_path_factory):
 
 def test_precision_resolution_and_bf16_autocast_is_used(datasets, tmp_path):
     cpu = torch.device("cpu")
-    assert loop.resolve_precision("fp32", cpu) == "fp32"
-    assert loop.resolve_precision("bf16", cpu) == "bf16"
-    assert loop.resolve_precision("auto", cpu) == ("bf16" if loop.cpu_has_fast_bf16() else "fp32")
-    assert loop.resolve_precision("auto", torch.device("meta")) == "fp32"
+    assert distributed.resolve_precision("fp32", cpu) == "fp32"
+    assert distributed.resolve_precision("bf16", cpu) == "bf16"
+    assert distributed.resolve_precision("auto", cpu) == (
+        "bf16" if distributed.cpu_has_fast_bf16() else "fp32")
+    assert distributed.resolve_precision("auto", torch.device("meta")) == "fp32"
     seen = {}
     for prec in ("fp32", "bf16"):
         cfg = tiny_config(datasets, tmp_path / prec, epochs=1, precision=prec)
@@ -42,7 +44,7 @@ def test_precision_resolution_and_bf16_autocast_is_used(datasets, tmp_path):
         dtypes = []
         hook = model.encoders[0][0].register_forward_hook(
             lambda m, i, o, dtypes=dtypes: dtypes.append(o.dtype))
-        with loop._autocast(cfg, cpu):
+        with distributed.autocast(cfg.precision, cpu):
             out = model(torch.full((2, 4096), 0.5))
         hook.remove()
         assert out.dtype == torch.float32  # the head leaves autocast
@@ -96,10 +98,10 @@ def test_onecycle_schedule_is_a_pure_function_of_position(tmp_path):
     lrs = [loop.lr_at(cfg, e, f) for e in range(8) for f in (0.0, 0.5)]
     peak = int(np.argmax(lrs))
     assert lrs[peak] == pytest.approx(1e-2)
-    assert lrs[0] == pytest.approx(1e-2 * loop.ONECYCLE_START)
+    assert lrs[0] == pytest.approx(1e-2 * schedule.ONECYCLE_START)
     assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1], strict=True))  # warm-up
     assert all(a >= b for a, b in zip(lrs[peak:-1], lrs[peak + 1:], strict=True))  # decay
-    assert loop.lr_at(cfg, 8) == pytest.approx(1e-2 * loop.ONECYCLE_END)
+    assert loop.lr_at(cfg, 8) == pytest.approx(1e-2 * schedule.ONECYCLE_END)
 
 
 def test_epochs_walk_through_a_pool_without_repeats(datasets, tmp_path):
@@ -135,8 +137,8 @@ def test_learning_curve_figure_and_best_preset_cli(datasets, tmp_path, capsys):
     assert (c["scheduler"], c["loss"], c["epoch_size"], c["model_cfg"]["in_channels"]) == (
         "onecycle", "rel_l1", 16, 2)
     assert set(PRESETS) >= {"paper", "quick", "best"}
-    for name in MODEL_NAMES:
-        build_model(name, **PRESETS["best"]["model_cfg"][name])
+    for name in MODEL_NAMES:  # a network without options in a preset takes its defaults
+        build_model(name, **PRESETS["best"]["model_cfg"].get(name, {}))
 
 
 def test_chain_trains_a_second_network_on_the_first_ones_outputs(datasets, tmp_path):
@@ -149,8 +151,9 @@ def test_chain_trains_a_second_network_on_the_first_ones_outputs(datasets, tmp_p
     row = loop.train(cfg)
     assert math.isfinite(row["val_mean_abs_rel"])
     state = read_checkpoint(tmp_path / "chain")
-    assert state["model"]["name"] == "chain"
-    assert state["model"]["cfg"]["second"]["name"] == "dae"
+    # stored under the name the command line gave, the frozen first network under "first"
+    assert state["model"]["name"] == "dae"
+    assert state["model"]["cfg"]["first"]["name"] == "unet"
     for k, v in unet_state.items():  # the first network stayed as trained
         assert torch.equal(state["model"]["state"][f"first.{k}"], v), k
     # the chain stands on its own: the first run may go away

@@ -21,8 +21,9 @@ from specdenoise.train import data as tdata
 from specdenoise.train import loop
 from specdenoise.train.checkpoint import load_model, read_checkpoint
 from specdenoise.train.infer import denoise_array
-from specdenoise.train.models import build_model, model_summary
-from specdenoise.train.physics import DEFAULT_PARAMS, PhysicsUNet, apply_known_physics
+from specdenoise.train.nets import build_model
+from specdenoise.train.nets.base import model_summary
+from specdenoise.train.nets.physics import DEFAULT_PARAMS, PhysicsUNet, apply_known_physics
 from specdenoise.train.presets import MODEL_NAMES, PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

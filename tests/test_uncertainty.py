@@ -16,7 +16,7 @@ from test_train_data import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.evaluate import cube as cube_mod
-from specdenoise.train import infer, loop
+from specdenoise.train import infer, loop, schedule
 from specdenoise.train import uncertainty as unc
 from specdenoise.train.checkpoint import load_model, read_checkpoint
 
@@ -254,13 +254,13 @@ def test_calibrate_cli(plain_run, stores, tmp_path, capsys):
 
 def test_beta_nll_and_the_detached_mean():
     """beta 0 is the Gaussian NLL; nll_detach_mean keeps its gradient off the mean."""
-    from specdenoise.train.models import build_model
+    from specdenoise.train.nets import build_model
 
     mean, logvar = torch.tensor([[0.5, 0.4]]), torch.tensor([[-4.0, -2.0]])
     y = torch.tensor([[0.52, 0.4]])
     nll = 0.5 * (logvar + (y - mean) ** 2 / logvar.exp())
-    torch.testing.assert_close(loop.beta_nll(mean, logvar, y, 0.0), nll)
-    torch.testing.assert_close(loop.beta_nll(mean, logvar, y, 0.5), nll * (0.5 * logvar).exp())
+    torch.testing.assert_close(schedule.beta_nll(mean, logvar, y, 0.0), nll)
+    torch.testing.assert_close(schedule.beta_nll(mean, logvar, y, 0.5), nll * (0.5 * logvar).exp())
     model = build_model("unet", depth=2, filters=4, n_wave=64, uncertainty="nll",
                         in_channels=2)
     batch = {"x": torch.rand(3, 64) + 0.5, "sigma": torch.full((3, 64), 0.02),

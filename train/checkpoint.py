@@ -5,9 +5,12 @@ and ``metrics.csv``. The checkpoint is a plain dict readable with ``torch.load(.
 weights_only=True)``:
 
 ``format``, ``format_version``, ``package_version``, ``epoch`` (epochs completed), ``model``
-(``name``, ``cfg``, ``state``, ``summary``), ``optimizer``, ``scheduler``, ``rng``, ``config``
-(the training configuration), ``normalisation`` (how inputs were scaled and what the target is),
-``wave`` (nm, the model's pixel grid) and ``history`` (per-epoch metrics rows).
+(``name``, ``cfg``, ``state``, ``summary``; a network trained on a frozen one's outputs holds
+that one's ``name`` and ``cfg`` under ``cfg["first"]``, and earlier versions stored such a pair
+as ``chain``, which :func:`specdenoise.train.nets.upgrade_spec` reads), ``optimizer``,
+``scheduler``, ``rng``, ``config`` (the training configuration), ``normalisation`` (how inputs
+were scaled and what the target is), ``wave`` (nm, the model's pixel grid) and ``history``
+(per-epoch metrics rows).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from specdenoise import __version__, stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.stores import CHECKPOINT_NAME
 from specdenoise.train.config import RESUME_MAY_CHANGE, TrainConfig, norm_option, upgrade_config
-from specdenoise.train.models import build_model
+from specdenoise.train.nets import build_model
 
 FORMAT = "specdenoise-checkpoint"
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ from specdenoise.errors import SpecdenoiseError
 from specdenoise.schema import finalize_dataset
 from specdenoise.train import data as tdata
 from specdenoise.train.checkpoint import load_model
-from specdenoise.train.models import model_input
+from specdenoise.train.nets.base import model_input
 
 log = logging.getLogger("specdenoise.denoise")
 

@@ -2,13 +2,15 @@
 
 A preset fills every option of :class:`specdenoise.train.loop.TrainConfig` it names; options
 given on the command line win. ``model_cfg`` holds per-model keyword arguments of
-:func:`specdenoise.train.models.build_model`.
+:func:`specdenoise.train.nets.build_model`.
 """
 
 from __future__ import annotations
 
-#: the networks :func:`specdenoise.train.models.build_model` knows (checked against it in tests)
-MODEL_NAMES = ("unet", "dae", "physics")
+from specdenoise.train.nets import NETWORKS
+
+#: the networks the CLI offers: the registry's (:data:`specdenoise.train.nets.NETWORKS`)
+MODEL_NAMES = tuple(NETWORKS)
 #: what a new run trains when the command line names no model or preset
 DEFAULT_MODEL = "unet"
 DEFAULT_PRESET = "quick"

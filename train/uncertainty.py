@@ -3,7 +3,7 @@
 Two ways to get ``sigma_denoised``, the 1-sigma error of each denoised pixel (flux units):
 
 ``head``
-    A network trained with ``uncertainty: "nll"`` (see :class:`specdenoise.train.models.UNet`)
+    A network trained with ``uncertainty: "nll"`` (see :class:`specdenoise.train.nets.unet.UNet`)
     gives the log-variance of its own error at every pixel, learnt with the beta-NLL loss
     (Seitz et al. 2022, ICLR, "On the pitfalls of heteroscedastic uncertainty estimation with
     probabilistic neural networks"). One forward pass.
@@ -55,17 +55,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from specdenoise import stores
 from specdenoise.errors import SpecdenoiseError
 from specdenoise.simulate.pfs import RED_MR_NPIX
 from specdenoise.train import data as tdata
-from specdenoise.train.models import model_input
+from specdenoise.train.nets.base import model_input
 
 #: S/N bin edges (S/N = median over pixels of flux / sigma), the report's default bins
 SNR_EDGES = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
@@ -264,11 +264,9 @@ def read_calibration(run) -> Calibration | None:
 
 def write_calibration(run, cal: Calibration) -> Path:
     """Write ``cal`` into the run folder atomically."""
-    path = calibration_path(run)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(cal.to_json())
-    os.replace(tmp, path)
-    return path
+    text = cal.to_json()
+    return stores.write_file(calibration_path(run), lambda tmp: tmp.write_text(text),
+                             overwrite=True)
 
 
 def consistency(flux, sigma, denoised, sigma_denoised, good=None,

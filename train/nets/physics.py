@@ -17,7 +17,8 @@
 3. a **U-Net** takes (rendering, flux, sigma) and predicts the denoised spectrum, by default as a
    correction to the rendering (``residual``), so it only has to fix what the fit misses.
 
-Training (:mod:`specdenoise.train.loop`) passes the store's true parameters and the target:
+Training (:mod:`specdenoise.train.loop`) passes the store's true parameters and the target
+(the :class:`~specdenoise.train.nets.base.Denoiser` contract: ``param_names``, ``aux_losses``):
 the encoder learns them by least squares on the normalised scale (``param_weight``), the
 emulator learns the clean spectra from the true parameters (``emulator_weight``, relative
 error), and the U-Net learns from the denoising loss on the rendering of the *estimated*
@@ -31,6 +32,7 @@ The model takes the same input as a U-Net with ``in_channels=2`` -- flux and sig
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -44,6 +46,10 @@ from specdenoise.simulate import calibration as calib_ref
 from specdenoise.simulate.constants import C_KM_PER_S
 from specdenoise.simulate.pfs import RED_MR_DLAMBDA, RED_MR_LMIN, RED_MR_NPIX
 from specdenoise.train.calibration import median
+from specdenoise.train.nets.base import Denoiser
+from specdenoise.train.nets.unet import UNet
+
+log = logging.getLogger("specdenoise.train")
 
 #: what the encoder estimates unless the model configuration says otherwise
 DEFAULT_PARAMS = (*PARAMS, "rv", "ebv", *calib_names(calib_ref.ORDER))
@@ -54,6 +60,9 @@ KNOWN_PHYSICS = ("rv", "ebv")
 MARGIN_PIX = 48
 #: softplus(SOFTPLUS_ONE) = 1: the emulator starts from a flat spectrum
 SOFTPLUS_ONE = math.log(math.e - 1.0)
+#: what a physics model started from another takes from it: the parts its weights define
+PHYSICS_INHERITED = ("params", "param_loc", "param_scale", "wave_start", "wave_step",
+                     "extinction_law", "r_v", "encoder", "emulator")
 
 
 def param_stats(values: np.ndarray) -> tuple[list[float], list[float]]:
@@ -221,7 +230,7 @@ def apply_known_physics(rest: torch.Tensor, wave: torch.Tensor, *, rv=None, ebv=
     return out * (calib_ref.MEDIAN / median(out).clamp_min(1e-12))
 
 
-class PhysicsUNet(nn.Module):
+class PhysicsUNet(Denoiser):
     """Encoder -> emulator -> residual U-Net: an amortised template fit (module docstring).
 
     Parameters
@@ -240,7 +249,7 @@ class PhysicsUNet(nn.Module):
         Keyword options of :class:`Encoder` (filters, kernel_size, hidden) and
         :class:`Emulator` (hidden, known_physics).
     unet
-        Keyword options of the U-Net (:class:`~specdenoise.train.models.UNet`); it always takes
+        Keyword options of the U-Net (:class:`~specdenoise.train.nets.unet.UNet`); it always takes
         three channels (rendering, flux, sigma) and by default predicts a correction to the
         rendering. None: no U-Net, the rendering is the output.
     detach
@@ -252,6 +261,9 @@ class PhysicsUNet(nn.Module):
 
     #: the auxiliary losses :meth:`forward` returns when training (in this order)
     aux_losses = ("param", "emulator")
+    #: a trained physics model is not put in front of another network; a physics run starts
+    #: from another one instead (:meth:`start_from`)
+    chainable = False
 
     def __init__(self, n_wave: int = RED_MR_NPIX, params: Sequence[str] = DEFAULT_PARAMS,
                  param_loc: Sequence[float] | None = None,
@@ -262,8 +274,6 @@ class PhysicsUNet(nn.Module):
                  unet: dict | None = None, detach: bool = True,
                  param_weight: float = 1.0, emulator_weight: float = 1.0):
         super().__init__()
-        from specdenoise.train.models import UNet
-
         self.param_names = tuple(str(p) for p in params)
         n_p = len(self.param_names)
         if not n_p or len(set(self.param_names)) != n_p:
@@ -319,6 +329,29 @@ class PhysicsUNet(nn.Module):
             if law:
                 cfg["extinction_law"] = law
         return cfg
+
+    @classmethod
+    def start_from(cls, name: str, spec: dict, first: dict, source: str) -> tuple[dict, dict]:
+        """A physics model whose encoder and emulator start as the run ``source`` left them.
+
+        Staged training: first fit the forward model alone (``"unet": null``), which is cheap,
+        then train the whole model from that fit. The new spec takes the first run's parameters,
+        their normalisation, pixel grid, encoder and emulator (over any given here: the weights
+        define them); the U-Net (and the loss weights) are this run's. Encoder and emulator keep
+        learning from their own losses.
+        """
+        if name != "physics" or first["name"] != "physics":
+            raise SpecdenoiseError(f"--init-from {source}: a physics model starts only from "
+                                   f"another physics run (here {first['name']} -> {name})")
+        spec = dict(spec)
+        replaced = [k for k in PHYSICS_INHERITED
+                    if k in first["cfg"] and k in spec and spec[k] != first["cfg"][k]]
+        if replaced:
+            log.info("--init-from %s: its %s replace this run's", source, ", ".join(replaced))
+        spec.update({k: first["cfg"][k] for k in PHYSICS_INHERITED if k in first["cfg"]})
+        state = {k: v for k, v in first["state"].items()
+                 if k.startswith(("encoder.", "emulator."))}
+        return spec, state
 
     def normalise_params(self, params: torch.Tensor) -> torch.Tensor:
         return (params.float() - self.emulator.loc) / self.emulator.scale
