@@ -79,18 +79,6 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.fixture(scope="session")
-def dask_client():
-    """One in-process Dask cluster (one worker, one thread) for the session: the tests that only
-    need *a* client to simulate on share it instead of each starting and closing their own. Not
-    the default client, so nothing else computes on it unasked."""
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc, set_as_default=False) as client:
-        yield client
-
-
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test (``pytest.mark.usefixtures("one_thread")``): tiny

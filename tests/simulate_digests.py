@@ -17,7 +17,6 @@ script prints which ``specdenoise`` it imported.)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import platform
@@ -42,10 +41,9 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha256(head + a.tobytes()).hexdigest()
 
 
-def simulate_small(folder: Path, client=None):
+def simulate_small(folder: Path):
     """Simulate the small dataset (:data:`SETTINGS`, on ``conftest``'s small grid) under
-    ``folder`` (on ``client``, default a new in-process one); returns (grid store path, the
-    dataset opened)."""
+    ``folder``; returns (grid store path, the dataset opened)."""
     from conftest import write_small_grid
     from distributed import Client
 
@@ -56,9 +54,9 @@ def simulate_small(folder: Path, client=None):
     grid = write_small_grid(folder / "small.zarr")
     out = folder / "sim.zarr"
     cfg = load_config(grid=str(grid), out=str(out), **SETTINGS)
-    with (Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
-          if client is None else contextlib.nullcontext(client)) as c:
-        simulate(cfg, client=c, progress=False)
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=":0") as client:
+        simulate(cfg, client=client, progress=False)
     return grid, schema.open_dataset(out)
 
 

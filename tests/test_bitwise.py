@@ -48,9 +48,9 @@ MEASURED = ("snr", "norm", "calib_c1", "calib_c2", "calib_c3")
 
 
 @pytest.fixture(scope="module")
-def simulated(dask_client, tmp_path_factory):
+def simulated(tmp_path_factory):
     """The small dataset of :data:`SETTINGS`, simulated once for both checks."""
-    return simulate_small(tmp_path_factory.mktemp("bitwise"), dask_client)
+    return simulate_small(tmp_path_factory.mktemp("bitwise"))
 
 
 def test_simulation_matches_reference_values(simulated):
@@ -67,14 +67,14 @@ def test_simulation_matches_reference_values(simulated):
         np.testing.assert_allclose(got[name], ref[name], rtol=RTOL_DRAWN, atol=0, err_msg=name)
 
 
-def test_reference_values_tell_seeds_apart(simulated, dask_client, tmp_path, monkeypatch):
+def test_reference_values_tell_seeds_apart(simulated, tmp_path, monkeypatch):
     """The tolerances are far tighter than what a change of the simulation moves: the same
     command with another seed fails the value check everywhere it can."""
     import simulate_digests
 
     ref = dict(np.load(VALUES))
     monkeypatch.setattr(simulate_digests, "SETTINGS", {**SETTINGS, "seed": SETTINGS["seed"] + 1})
-    other = reference_values(*simulate_digests.simulate_small(tmp_path, dask_client))
+    other = reference_values(*simulate_digests.simulate_small(tmp_path))
     for name in ("teff", "rv", "mag", "flux:sum", "flux_clean:isum", "sigma:full", "snr"):
         rel = np.abs(other[name] - ref[name]) / np.abs(ref[name])
         assert np.median(rel) > 100 * RTOL_SPECTRA, name

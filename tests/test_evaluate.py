@@ -112,8 +112,10 @@ def identifiable_grid_flux(axes: dict, wave: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def simulated(dask_client, tmp_path_factory):
+def simulated(tmp_path_factory):
     """train and val splits simulated by the real chain (Dask, one in-process worker)."""
+    from distributed import Client, LocalCluster
+
     from specdenoise.config import load_config
     from specdenoise.simulate.grids import write_grid
     from specdenoise.stage_simulate import simulate
@@ -136,7 +138,9 @@ def simulated(dask_client, tmp_path_factory):
     }
     cfg = load_config(n=24, chunk_size=6, seed=5, grid=str(grid), out=str(d),
                       split="train=0.5,val=0.5", params=params)
-    paths = simulate(cfg, client=dask_client, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        paths = simulate(cfg, client=client, progress=False)
     return {p.stem: p for p in paths}
 
 

@@ -104,7 +104,9 @@ def test_config_keys_validated_and_hash_unchanged_when_off():
         load_config(overrides=["observe.sky_residual=-1"])
 
 
-def test_simulate_records_the_draws(small_grid, dask_client, tmp_path):
+def test_simulate_records_the_draws(small_grid, tmp_path):
+    from distributed import Client, LocalCluster
+
     from specdenoise import schema
     from specdenoise.stage_simulate import simulate
 
@@ -112,7 +114,9 @@ def test_simulate_records_the_draws(small_grid, dask_client, tmp_path):
     cfg = load_config(n=16, chunk_size=8, seed=2, grid=str(small_grid), out=str(out),
                       overrides=["observe.continuum=0.1", "observe.lsf_scatter=0.1",
                                  "observe.sky_residual=0.01", "observe.telluric_residual=0.02"])
-    simulate(cfg, client=dask_client, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        simulate(cfg, client=client, progress=False)
     ds = schema.open_dataset(out)
     for name in ("continuum_amp", "lsf_scale", "sky_residual", "telluric_residual"):
         assert ds[name].dims == ("spectrum",) and np.ptp(ds[name].values) > 0, name
