@@ -133,7 +133,7 @@ def test_export_summary(stores, tmp_path):
 
 def test_info_on_every_kind(stores, tmp_path, capsys):
     for kind, expected in (("dataset", ["specdenoise dataset", "spectra: 10; complete (3 of 3",
-                                        "710.000-884.959 nm (vacuum)", "S/N (median",
+                                        "710.000-884.957 nm (vacuum)", "S/N (median",
                                         "snr ", "teff "]),
                            ("denoised", ["denoised store", "specdenoise denoise --model",
                                          "spectra: 10", "flux_denoised[spectrum, wave]"]),
