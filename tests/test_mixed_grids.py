@@ -4,6 +4,7 @@ configured weights, recorded per spectrum, the same store at any worker count.""
 import json
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -107,4 +108,5 @@ def test_bad_mixes_refused_in_one_line(two_grids, tmp_path):
     r = subprocess.run([*cli, "--grid-weights", "1", "3", "--print-config"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert f'grids = [{{grid = "{a}", weight = 1.0}}, {{grid = "{b}", weight = 3.0}}]' in r.stdout
+    assert tomllib.loads(r.stdout)["grids"] == [{"grid": a, "weight": 1.0},
+                                                {"grid": b, "weight": 3.0}]
