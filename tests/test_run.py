@@ -19,15 +19,22 @@ from specdenoise import cli, schema, stage_grid, stage_run
 from specdenoise.evaluate.baselines import BASELINES
 from specdenoise.simulate import builtin_grid
 
-TINY = {
-    "sim_preset": "default",
-    "n_train": 16,
-    "n_val": 8,
-    "chunk_size": 8,
-    # (TrainConfig field, value) pairs beyond the train preset, printed as --epochs 1 ...
-    "models": [("unet", "tiny", [("epochs", 1), ("batch_size", 8), ("workers", 0)])],
-    "template_n": 2,
-}
+
+def tiny_run(baselines) -> stage_run.RunConfig:
+    """A run of 16 + 8 spectra, the tiny U-Net for one epoch of batch 8, ``baselines``."""
+    from specdenoise.stage_evaluate import EvaluateConfig
+    from specdenoise.stage_train import train_config
+
+    return stage_run.RunConfig(
+        preset="tiny",
+        simulate=(stage_run.SimulateStep("train", "default", 16, 8, 0),
+                  stage_run.SimulateStep("val", "default", 8, 8, 1)),
+        # fields beyond the train preset, printed as --epochs 1 --batch-size 8 ...
+        train=(train_config("train.zarr", "val.zarr", "run-unet", model="unet", preset="tiny",
+                            epochs=1, batch_size=8, workers=0),),
+        evaluate=(EvaluateConfig(data="val.zarr", out="evaluation", runs=("run-unet",),
+                                 train="train.zarr", baselines=tuple(baselines),
+                                 template_n=2),))
 
 
 GRID_AXES = {"teff": [3500.0, 7500.0], "logg": [0.0, 5.0], "m_h": [-2.5, 0.75],
@@ -43,18 +50,17 @@ def _commands(printed: str) -> list[list[str]]:
 def test_run_composes_the_stages_and_prints_commands_that_mean_the_same(
         tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
-    monkeypatch.setitem(stage_run.PRESETS, "tiny", TINY)
     # the built-in grid at two nodes per axis, spanning the simulation's default ranges
     monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
     for axis, values in GRID_AXES.items():
         monkeypatch.setitem(builtin_grid.DEFAULT_SETTINGS, axis, {"values": values})
     baselines = {k: v for k, v in BASELINES.items() if k != "template"}
-    monkeypatch.setattr(stage_run, "BASELINES", baselines)
+    tiny = tiny_run(baselines)
     work = tmp_path / "work"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outputs = stage_run.run("tiny", work, seed=5, workers=1, device="cpu", progress=False)
+        outputs = stage_run.run(tiny, work, seed=5, workers=1, device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
@@ -93,7 +99,7 @@ def test_run_composes_the_stages_and_prints_commands_that_mean_the_same(
 
     # again: the datasets are kept, the training run resumes (nothing left to train)
     capsys.readouterr()
-    stage_run.run("tiny", work, seed=5, workers=1, device="cpu", progress=False)
+    stage_run.run(tiny, work, seed=5, workers=1, device="cpu", progress=False)
     again = capsys.readouterr().out
     assert re.search(r"simulate train: .* is complete, kept", again)
     assert [c[0] for c in _commands(again)] == ["grid", "train", "evaluate"]
