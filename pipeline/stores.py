@@ -479,8 +479,43 @@ def assembled(out: str | Path, kind: Kind, *, overwrite: bool,
         if finish is not None:
             finish(tmp)
         publish(tmp, out, kind, overwrite=overwrite)
+    except BaseException:
+        # an interrupt (SIGINT/SIGTERM) can stop the main thread while zarr's IO thread still
+        # writes chunks of the block's last assignment; they would recreate folders inside the
+        # temporary after it is removed, so wait for them first
+        settle_zarr_io()
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def settle_zarr_io(timeout: float = 30.0) -> None:
+    """Wait (at most ``timeout`` seconds) until zarr's IO thread has no write in flight.
+
+    zarr 3 runs its store operations as tasks on an event loop in a thread of its own; when
+    the main thread is interrupted while it waits for one, the task runs on. Nothing to do
+    when zarr has not started that loop (or keeps it elsewhere in another version).
+    """
+    import asyncio
+
+    try:
+        from zarr.core import sync as zsync
+        loop = zsync.loop[0]
+    except (ImportError, AttributeError, IndexError, TypeError):
+        return
+    if loop is None or not loop.is_running() or loop.is_closed():
+        return
+
+    async def _others() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(_others(), loop).result(timeout + 1)
+    except Exception:  # noqa: BLE001 - clean-up on an error path: never mask the first error
+        pass
 
 
 def chunk_markers(store: str | Path) -> Path:

@@ -148,6 +148,11 @@ SLOW_MODULES = frozenset({
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark the slow modules' tests ``slow``. The SLURM tests share one set of daemons on
+    fixed ports (``tests/slurm/``): under pytest-xdist (``-n``, ``--dist loadgroup``) they all
+    run on one worker, one after another."""
     for item in items:
         if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slurm") or item.path.parent.name == "slurm":
+            item.add_marker(pytest.mark.xdist_group("slurm"))

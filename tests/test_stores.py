@@ -3,6 +3,7 @@ markers of a dataset being written (beside the store, not in it; old stores kept
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -115,3 +116,30 @@ def test_assembled_leaves_the_old_store_and_nothing_else_on_an_error(tmp_path, e
     assert not finished  # an interrupted store is never finished
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
     assert float(stores.open_store(out, stores.CUBE)["rel_err"][0]) == 1.0
+
+
+def test_assembled_waits_for_zarr_writes_in_flight_before_removing(tmp_path):
+    """SIGTERM can stop the main thread while zarr's IO thread is still writing (CI saw a
+    ``.cube.zarr.tmp-*`` left behind by ``evaluate --overwrite``): such a write must not
+    recreate the temporary after it is removed."""
+    import asyncio
+
+    from zarr.core.sync import sync
+    from zarr.storage import LocalStore
+
+    out = tmp_path / "c.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        with stores.assembled(out, stores.CUBE, overwrite=False) as tmp:
+            sync(asyncio.sleep(0))  # zarr's IO loop is running, as during any zarr write
+            from zarr.core.sync import loop as zloop
+            local = LocalStore(str(tmp))
+
+            async def late_write():
+                await asyncio.sleep(0.3)
+                from zarr.core.buffer import default_buffer_prototype
+                await local.set("late/c/0", default_buffer_prototype().buffer.from_bytes(b"x"))
+
+            asyncio.run_coroutine_threadsafe(late_write(), zloop[0])  # in flight, not awaited
+            raise KeyboardInterrupt
+    time.sleep(0.6)  # long after the write would have landed
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
