@@ -34,12 +34,8 @@ def register(subparsers) -> None:
             "HTML report into EVAL_DIR."
         ),
     )
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file of these options by name (runs, data, out, train, "
-                        "baselines, template_n, bins, ...; --print-config writes one); options "
-                        "given here win over it")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the effective evaluation configuration as TOML and exit")
+    options.add_config(p, "these options", "by name (runs, data, out, train, baselines, "
+                       "template_n, bins, ...)")
     options.add_run(p, several=True)
     p.add_argument("--data", metavar="VAL.zarr", help="dataset to evaluate on; required (or "
                    "'data' in the --config file)")
@@ -106,6 +102,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.runs:
         options.check_device(cfg.device)
-    evaluate(cfg.runs, cfg.data, cfg.out, **cfg.options(), overwrite=args.overwrite,
-             progress=not args.no_progress)
+    evaluate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     return 0

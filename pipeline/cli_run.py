@@ -32,13 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "continues an interrupted run."
         ),
     )
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file of the run: preset, workdir, seed, workers, device and, over "
-                        "the preset's, [[simulate]], [[train]] (as train --config reads) and "
-                        "[[evaluate]] (as evaluate --config reads) tables; --print-config "
-                        "writes one; options given here win over it")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the effective run configuration as TOML and exit")
+    options.add_config(p, "the run", "preset, workdir, seed, workers, device and, over the "
+                       "preset's, [[simulate]], [[train]] (as train --config reads) and "
+                       "[[evaluate]] (as evaluate --config reads) tables")
     options.add_preset(p, {name: PRESET_HELP.get(name, "") for name in PRESETS}, "quick",
                        store_default=False)
     p.add_argument("--workdir", type=Path,

@@ -30,13 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Example: specdenoise simulate --n 20000 --chunk-size 1000 --seed 1 "
                "--out train.zarr --cluster local --workers 2",
     )
-    p.add_argument("--config", type=Path, help="TOML configuration file")
+    options.add_config(p, "the simulation", "the keys of --print-config's output (n, seed, "
+                       "grid, noise, [parameters], [observing], ...)", type=Path)
     options.add_preset(
         p, {name: PRESET_HELP.get(name, "see README") for name in PRESETS}, "default",
         extra="starting point under --config and --set; each costs about 900 spectra/s per "
               "worker process and 18.4 KiB per spectrum on disk.")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the effective configuration as TOML and exit")
     p.add_argument("--n", type=int, metavar="N", help="number of spectra (default 1000)")
     p.add_argument("--chunk-size", type=int, help="spectra per chunk and per task (default 1000)")
     p.add_argument("--seed", type=int, help="seed of every random draw (default 1); the same "

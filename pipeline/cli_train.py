@@ -28,13 +28,8 @@ def register(subparsers) -> None:
             "config.json. Multi-GPU: torchrun --nproc_per_node N -m specdenoise.cli train ..."
         ),
     )
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file of training options, keyed by the names config.json uses "
-                        "(data, out, model, preset, epochs, lr, workers, model_cfg over the "
-                        "preset's, ...; --print-config writes one); options given here win "
-                        "over it")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the effective training configuration as TOML and exit")
+    options.add_config(p, "training options", "keyed by the names config.json uses (data, "
+                       "out, model, preset, epochs, lr, workers, model_cfg over the preset's, ...)")
     p.add_argument("--data", help="training dataset (Zarr path or fsspec URL); required (or "
                    "'data' in the --config file)")
     p.add_argument("--val", help="validation dataset (its stored noisy flux is used as is)")

@@ -64,6 +64,17 @@ def add_alias(parser, old: str, new: str, dest: str, *, append: bool = False, **
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
+def add_config(parser, what: str, keys: str, *, type=None) -> None:
+    """``--config FILE.toml`` (the command's configuration ``what``, keyed by ``keys``) and
+    ``--print-config`` (the effective configuration as TOML, which ``--config`` reads back)."""
+    parser.add_argument("--config", metavar="FILE.toml", type=type,
+                        help=f"TOML file of {what}: {keys}; --print-config writes one; options "
+                             "given here win over it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration as TOML (what --config reads "
+                             "back) and exit")
+
+
 def add_device(parser) -> None:
     parser.add_argument("--device", default=None, metavar="DEVICE", help=DEVICE_HELP)
 

@@ -70,6 +70,16 @@ class EvaluateConfig:
     uncertainty: str = "auto"
 
     def __post_init__(self):
+        # from Python: paths as Path objects and lists are welcome; the config holds them as
+        # strings and tuples, as TOML reads them
+        for name in ("data", "out", "train"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        for name in ("runs", "baselines", "bins"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                object.__setattr__(self, name, tuple(
+                    os.fspath(v) if isinstance(v, os.PathLike) else v for v in value))
         configfile.check_types(self, "evaluate option")
         if not self.runs and self.baselines == ():
             raise SpecdenoiseError("nothing to evaluate: give --run RUN_DIR or some --baselines")
@@ -84,10 +94,6 @@ class EvaluateConfig:
             raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got "
                                    f"{self.template_n}")
         _check_baseline_options(self.savgol_window, self.gaussian_sigma, self.pca_k, None)
-
-    def options(self) -> dict:
-        """:func:`evaluate`'s keyword arguments (all fields but ``runs``, ``data``, ``out``)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("runs", "data", "out")}
 
     def to_dict(self) -> dict:
         """The fields as TOML values (None left out, ``template_n`` None as "all")."""
@@ -109,37 +115,30 @@ class EvaluateConfig:
         return cls(**configfile.coerce(cls, values))
 
 
-def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str] | None = None,
-             template_n: int | None = EvaluateConfig.template_n, bins: Sequence[str] = (),
-             device=None, batch_size: int = EvaluateConfig.batch_size,
-             pca_k: int = EvaluateConfig.pca_k, savgol_window: int = EvaluateConfig.savgol_window,
-             gaussian_sigma: float = EvaluateConfig.gaussian_sigma,
-             uncertainty: str = EvaluateConfig.uncertainty, overwrite: bool = False,
-             progress: bool | None = None, log=print) -> dict[str, Path]:
-    """Evaluate trained models (run directories) and baselines on the dataset ``data``.
+def evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, progress: bool | None = None,
+             log=print) -> dict[str, Path]:
+    """Evaluate the trained networks (run directories) and baselines of ``cfg`` on its dataset.
 
-    The options are :class:`EvaluateConfig`'s (``evaluate(c.runs, c.data, c.out,
-    **c.options())`` runs a config ``c``).
-
-    Writes into ``out``: ``cube.zarr``, ``summary.zarr``, ``summary.csv``, ``figures/*.png``,
-    ``report.md`` and ``report.html``, then logs the comparison table (every method and the
-    template fit by S/N, :func:`specdenoise.evaluate.report.terminal_summary`); returns name ->
-    path. ``baselines=None`` means all that
-    can run (``pca`` needs ``train``; ``template`` needs a dataset written by ``specdenoise
-    simulate``); naming one that cannot run is an error. ``template_n``: fit only the first
-    that many spectra (None: all).
+    ``cfg`` is what ``specdenoise evaluate`` builds from its options or ``--config`` file (its
+    options were checked when it was made; what needs the data is checked here, before any
+    work). Writes into ``cfg.out``: ``cube.zarr``, ``summary.zarr``, ``summary.csv``,
+    ``figures/*.png``, ``report.md`` and ``report.html``, then logs the comparison table (every
+    method and the template fit by S/N, :func:`specdenoise.evaluate.report.terminal_summary`);
+    returns name -> path. ``cfg.baselines=None`` means all that can run (``pca`` needs
+    ``train``; ``template`` needs a dataset written by ``specdenoise simulate``); naming one
+    that cannot run is an error.
     """
     from specdenoise import schema
     from specdenoise.evaluate import cube as cube_mod
     from specdenoise.evaluate import plots, report, summary
 
-    out = Path(out)
+    models, data, train, out = cfg.runs, cfg.data, cfg.train, Path(cfg.out)
     # EVAL_DIR is a folder of named outputs, never deleted as a whole: the working directory
     # may hold them, but not an input
     stores.refuse_unsafe_target(out, inputs=(data, train), outputs_folder=True)
     ds = schema.open_dataset(data)  # one-line error if missing or incomplete
     cube_mod.check_dataset_chunks(data)  # a lost chunk would silently drop spectra
-    bin_spec = summary.parse_bins(bins)
+    bin_spec = summary.parse_bins(cfg.bins)
     targets = {
         "cube": out / "cube.zarr",
         "summary": out / "summary.zarr",
@@ -154,17 +153,15 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
         raise SpecdenoiseError(f"{existing[0]} exists; choose another --out or pass --overwrite")
     _check_replaceable_outputs(targets, out)
     n_wave = int(ds.sizes.get("wave", 0)) or None
-    _check_baseline_options(savgol_window, gaussian_sigma, pca_k, n_wave)
-    if template_n is not None and template_n < 1:
-        raise SpecdenoiseError(f"--template-n must be at least 1 (or 'all'), got {template_n}")
+    _check_baseline_options(cfg.savgol_window, cfg.gaussian_sigma, cfg.pca_k, n_wave)
 
-    names = _baselines_to_run(baselines, data, train=train, has_config="config" in ds.attrs,
+    names = _baselines_to_run(cfg.baselines, data, train=train, has_config="config" in ds.attrs,
                               log=log)
 
     methods = []
     for run_dir in models:
-        m = network_method(run_dir, device=device, batch_size=batch_size,
-                           uncertainty=uncertainty)
+        m = network_method(run_dir, device=cfg.device, batch_size=cfg.batch_size,
+                           uncertainty=cfg.uncertainty)
         check_wave(m, ds["wave"].values)
         methods.append(m)
     # two runs of the same architecture: tell them apart by their run directory
@@ -179,9 +176,9 @@ def evaluate(models: Sequence, data, out, *, train=None, baselines: Sequence[str
     if names:  # PCA learns its basis and the template fit builds its library: minutes
         log(f"preparing the baselines ({', '.join(names)}) {stamp()}")
     methods += bl.baseline_methods(
-        names, data_attrs=ds.attrs, grid_path=grid_path, train=train, template_n=template_n,
-        pca_k=pca_k, savgol_window=savgol_window, gaussian_sigma=gaussian_sigma,
-        progress=progress)
+        names, data_attrs=ds.attrs, grid_path=grid_path, train=train,
+        template_n=cfg.template_n, pca_k=cfg.pca_k, savgol_window=cfg.savgol_window,
+        gaussian_sigma=cfg.gaussian_sigma, progress=progress)
 
     # parameter recovery: the template fit again, on each network's denoised spectra
     fitter = ((lambda: bl.template_fitter_for(ds.attrs, grid_path=grid_path))

@@ -435,12 +435,12 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
         argv += ["--overwrite", *quiet]
         if device or ec.device:
             argv += ["--device", device or ec.device]
-        opts = {**ec.options(), "device": device or ec.device, "overwrite": True,
-                "progress": progress,
-                "train": None if ec.train is None else work / ec.train}
+        here = dataclasses.replace(ec, runs=tuple(work / r for r in ec.runs),
+                                   data=work / ec.data, out=folder,
+                                   train=None if ec.train is None else work / ec.train,
+                                   device=device or ec.device)
         _step(f"evaluate ({Path(ec.data).name})", argv,
-              functools.partial(evaluate, [work / r for r in ec.runs], work / ec.data, folder,
-                                **opts))
+              functools.partial(evaluate, here, overwrite=True, progress=progress))
     eval_dir = evals[0][1]
     if len(evals) > 1:
         from specdenoise.evaluate.report import rewrite_with_companions

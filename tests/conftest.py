@@ -1,9 +1,15 @@
-"""Shared fixtures: the reference-data folder and a small real grid store."""
+"""Shared fixtures: the reference-data folder and a small real grid store; the SLURM fixtures
+of ``tests/slurm/slurm_support.py`` as a plugin."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# the fixtures ``slurm`` and ``reference`` reach every SLURM test module without an import
+sys.path.insert(0, str(Path(__file__).resolve().parent / "slurm"))
+pytest_plugins = ["slurm_support"]
 
 #: ../shared/data beside the repository (CI has it there); tests needing it skip without it
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -147,6 +153,7 @@ SLOW_MODULES = frozenset({
 })
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Mark the slow modules' tests ``slow``. The SLURM tests share one set of daemons on
     fixed ports (``tests/slurm/``): under pytest-xdist (``-n``, ``--dist loadgroup``) they all

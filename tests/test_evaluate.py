@@ -433,12 +433,12 @@ def test_report_shows_a_second_set_beside_the_first(smooth, tmp_path):
     it beside the default set (report.rewrite_with_companions): the same folder, one more
     section, the warnings and answer of the second set in it."""
     from specdenoise.evaluate import report
-    from specdenoise.stage_evaluate import evaluate
+    from specdenoise.stage_evaluate import EvaluateConfig, evaluate
 
     main, wide = tmp_path / "evaluation", tmp_path / "evaluation-wide"
     for folder, data in ((main, smooth[1]), (wide, smooth[0])):
-        evaluate([], data, folder, baselines=["none", "gaussian"], progress=False,
-                 log=lambda *a: None)
+        evaluate(EvaluateConfig(data=data, out=folder, baselines=["none", "gaussian"]),
+                 progress=False, log=lambda *a: None)
     before = (main / "report.md").read_text()
     md, page = report.rewrite_with_companions(main, {"Wide-S/N validation set": wide})
     text = md.read_text()

@@ -28,8 +28,8 @@ def workdir(small_grid, tmp_path_factory) -> Path:
     import torch
     from distributed import Client, LocalCluster
 
-    from specdenoise.cli_evaluate import evaluate
     from specdenoise.config import load_config
+    from specdenoise.stage_evaluate import EvaluateConfig, evaluate
     from specdenoise.stage_simulate import simulate
     from specdenoise.train import loop
 
@@ -51,9 +51,10 @@ def workdir(small_grid, tmp_path_factory) -> Path:
         loop.train(cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
-    evaluate([work / "run-unet"], work / "val.zarr", work / "evaluation",
-             train=work / "train.zarr", baselines=["none", "gaussian", "pca", "template"],
-             template_n=3, pca_k=4, progress=False, log=lambda *a: None)
+    evaluate(EvaluateConfig(runs=[work / "run-unet"], data=work / "val.zarr",
+                            out=work / "evaluation", train=work / "train.zarr",
+                            baselines=["none", "gaussian", "pca", "template"], template_n=3,
+                            pca_k=4), progress=False, log=lambda *a: None)
     return root
 
 

@@ -19,13 +19,11 @@ import os
 
 import pytest
 from conftest import assert_identical
-from test_slurm import _simulate_and_scancel, wait_no_jobs
-from test_slurm import reference as reference  # noqa: F811 (a module-scoped fixture here too)
-from test_slurm import slurm as slurm  # noqa: F811
+from slurm_support import _simulate_and_scancel, wait_no_jobs
 
 
 @pytest.mark.slurm
-def test_every_worker_job_lost_is_replaced_identical(slurm, small_grid, reference,  # noqa: F811
+def test_every_worker_job_lost_is_replaced_identical(slurm, small_grid, reference,
                                                      tmp_path):
     """Walltime or preemption can end all jobs at once: new jobs are submitted and finish."""
     wait_no_jobs()

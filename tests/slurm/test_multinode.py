@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_identical
-from test_slurm import (
+from slurm_support import (
     SCRIPT,
     JobWatcher,
     _alive,
