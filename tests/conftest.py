@@ -1,5 +1,6 @@
-"""Shared fixtures: the reference-data folder and a small real grid store; the SLURM fixtures
-of ``tests/slurm/slurm_support.py`` as a plugin."""
+"""Shared fixtures and helpers: the reference-data folder, a small real grid store, small real
+datasets (:func:`make_dataset`), a tiny trained run; the SLURM fixtures of
+``tests/slurm/slurm_support.py`` as a plugin."""
 
 import sys
 from pathlib import Path
@@ -70,6 +71,90 @@ def write_small_grid(path: Path) -> Path:
                       attrs={"source": "test", "resolution": 20000})
 
 
+def _pixel_wave():
+    from specdenoise.simulate.pfs import pixel_wave
+
+    return pixel_wave()
+
+
+#: nm, the PFS red arm's pixel grid (4096 pixels)
+WAVE = _pixel_wave()
+
+
+def synthetic_spectra(n: int, seed: int = 0, n_wave: int = 4096):
+    """(flux, flux_clean, sigma, snr): continuum + absorption lines, median 0.5, S/N 10-60."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1, 1, n_wave)
+    pix = np.arange(n_wave)
+    clean = np.empty((n, n_wave))
+    for i in range(n):
+        cont = 1 + rng.uniform(-0.3, 0.3) * x + rng.uniform(-0.1, 0.1) * x**2
+        lines = np.zeros(n_wave)
+        for c, d, w in zip(rng.uniform(0, n_wave, 25), rng.uniform(0.05, 0.6, 25),
+                           rng.uniform(1.2, 4.0, 25), strict=True):
+            lines += d * np.exp(-0.5 * ((pix - c) / w) ** 2)
+        clean[i] = cont * np.exp(-lines)
+    clean *= 0.5 / np.median(clean, axis=1, keepdims=True)
+    snr = rng.uniform(10, 60, n)
+    sigma = clean / snr[:, None] + 0.002
+    flux = clean + sigma * rng.standard_normal(clean.shape)
+    return flux.astype(np.float32), clean.astype(np.float32), sigma.astype(np.float32), snr
+
+
+def make_dataset(path, n: int = 48, chunk: int = 16, seed: int = 0, n_wave: int = 4096,
+                 drop: tuple[str, ...] = (), nan_at: int | None = None, calib: bool = True,
+                 params: bool = False):
+    """Write a complete dataset store at ``path`` and return the path.
+
+    Like a simulated store, the spectra carry a calibration distortion of up to 2 % whose
+    coefficients are recorded (``calib_c1..3``; ``calib=False``: an older store without them).
+    ``params``: also record logg, [M/H], [alpha/M], RV and E(B-V), drawn at random (the
+    spectra do not depend on them; without it those variables are NaN, as never written).
+    """
+    from specdenoise import schema
+    from specdenoise.simulate import calibration as ref
+    from specdenoise.simulate import pfs
+
+    wave = (WAVE[:n_wave] if n_wave <= WAVE.size
+            else pfs.pixel_wave(n_wave, pfs.RED_MR_LMIN,
+                                pfs.RED_MR_LMIN + n_wave * pfs.RED_MR_DLAMBDA))
+    names = schema.calib_names(ref.ORDER) if calib else ()
+    schema.create_dataset_store(path, n, chunk, wave, attrs={"config_hash": "test"},
+                                extra_coords=names)
+    flux, clean, sigma, snr = synthetic_spectra(n, seed, n_wave)
+    basis = ref.distortion_basis(wave)
+    coef, d = ref.scale(*ref.draw(np.random.default_rng(seed + 2), n, ref.ORDER, 0.02), basis)
+    if calib:
+        flux, clean, sigma = (a * d.astype(np.float32) for a in (flux, clean, sigma))
+    if nan_at is not None:
+        flux[nan_at, 100] = np.nan
+        clean[nan_at, 100] = np.nan
+    rng = np.random.default_rng(seed + 1)
+    for c in range(-(-n // chunk)):
+        sl = slice(c * chunk, min((c + 1) * chunk, n))
+        m = sl.stop - sl.start
+        arrays = {"flux": flux[sl], "flux_clean": clean[sl], "sigma": sigma[sl],
+                  "mask": np.zeros((m, n_wave), np.uint8), "snr": snr[sl].astype(np.float32),
+                  "teff": rng.uniform(3500, 7500, m).astype(np.float32),
+                  "norm": np.ones(m, np.float32)}
+        arrays.update({k: coef[sl, i].astype(np.float32) for i, k in enumerate(names)})
+        if params:
+            for k, lo, hi in (("logg", 0, 5), ("m_h", -2.5, 0.75), ("a_m", -0.25, 0.5),
+                              ("rv", -600, 600), ("ebv", 0, 0.1)):
+                arrays[k] = rng.uniform(lo, hi, m).astype(np.float32)
+        schema.write_chunk(path, c, chunk, arrays)
+    schema.finalize_dataset(path)
+    if drop:
+        import shutil
+
+        import zarr
+
+        for v in drop:
+            shutil.rmtree(f"{path}/{v}")
+        zarr.consolidate_metadata(str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_grid(tmp_path_factory) -> Path:
     """:func:`write_small_grid`, once per test session."""
@@ -109,7 +194,6 @@ def train_tiny_run(d: Path) -> tuple[Path, Path]:
     folder ``d``; returns (run folder, its training dataset). Tests that need any trained run
     share this one recipe."""
     import torch
-    from test_train_data import make_dataset
 
     from specdenoise.train import loop
 

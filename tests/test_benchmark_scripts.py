@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train_data import make_dataset
+from conftest import make_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_UNET = json.dumps({"depth": 2, "filters": 4})

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 from astropy import units as u
 from astropy.io import fits
-from test_train_data import make_dataset
+from conftest import make_dataset
 
 from specdenoise import cli, schema
 from specdenoise.evaluate.cube import Method, build_cube, open_cube

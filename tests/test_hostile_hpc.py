@@ -126,7 +126,7 @@ def _one_line_refusal(r: subprocess.CompletedProcess, *words: str) -> None:
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    from test_train_data import make_dataset
+    from conftest import make_dataset
 
     d = tmp_path_factory.mktemp("evaldata")
     return make_dataset(d / "data.zarr", n=24, chunk=8, params=True)
@@ -191,7 +191,7 @@ TINY = ["--preset", "tiny", "--model-cfg", '{"depth": 2, "filters": 4}', "--batc
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory):
-    from test_train_data import make_dataset
+    from conftest import make_dataset
 
     d = tmp_path_factory.mktemp("traindata")
     return make_dataset(d / "data.zarr", n=16, chunk=8)
@@ -246,7 +246,7 @@ def test_train_overwrite_keeps_the_old_run_when_the_new_one_fails_first(train_da
     assert cli.main(["train", "--data", str(train_data), "--out", str(run), *TINY]) == 0
     first = (run / "checkpoint.pt").read_bytes()
     # the new run stops before its first epoch (its data hold a NaN flux)
-    from test_train_data import make_dataset
+    from conftest import make_dataset
 
     bad = make_dataset(tmp_path / "bad.zarr", n=16, chunk=8, nan_at=3)
     assert cli.main(["train", "--data", str(bad), "--out", str(run), "--overwrite",
@@ -350,8 +350,7 @@ def test_resume_refuses_a_grid_replaced_at_the_same_path(small_grid, tmp_path):
 
 
 def test_run_never_reuses_stores_made_with_other_settings(tmp_path):
-    from conftest import store_files
-    from test_train_data import make_dataset
+    from conftest import make_dataset, store_files
 
     work = tmp_path / "work"
     make_dataset(work / "train.zarr", n=16, chunk=8)  # complete, but not what is asked
@@ -410,7 +409,7 @@ def test_denoise_spectrum_honours_a_fits_wcs(tiny_run, tmp_path, capsys):
     import numpy as np
     import xarray as xr
     from astropy.io import fits
-    from test_train_data import WAVE
+    from conftest import WAVE
 
     from specdenoise import cli
 
@@ -439,7 +438,7 @@ def test_denoise_spectrum_refuses_per_row_grids_and_absurd_noise(tiny_run, tmp_p
     import numpy as np
     import xarray as xr
     from astropy.io import fits
-    from test_train_data import WAVE
+    from conftest import WAVE
 
     from specdenoise import cli
 

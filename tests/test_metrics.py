@@ -355,7 +355,7 @@ def test_training_prints_the_evaluations_number(tmp_path):
     """The validation mean |R| a training run prints is the error cube's mean |R| of the same
     model on the same validation set (one definition, METRICS['abs_rel'])."""
     pytest.importorskip("torch")
-    from test_train_data import make_dataset
+    from conftest import make_dataset
 
     from specdenoise.evaluate.cube import build_cube, open_cube
     from specdenoise.stage_evaluate import network_method

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import make_dataset
 from test_layers import imports, modules
-from test_train_data import make_dataset
 from torch import nn
 
 from specdenoise import SpecdenoiseError

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_data import make_dataset
+from conftest import make_dataset
 
 from specdenoise import cli
 from specdenoise.train.presets import PRESETS

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from astropy.io import fits
-from conftest import shared_file
-from test_train_data import WAVE, make_dataset
+from conftest import WAVE, make_dataset, shared_file
 
 from specdenoise import cli, pfsio, schema
 from specdenoise import resample as rs

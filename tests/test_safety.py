@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import WAVE, make_dataset
 from test_bosz import (
     BOSZ2024,
     import_bosz,
@@ -29,7 +30,6 @@ from test_bosz import (
     synthe_wave_angstrom,
     write2017,
 )
-from test_train_data import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli, schema
 from specdenoise.simulate.grids import open_grid

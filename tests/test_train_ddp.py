@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train_data import make_dataset
+from conftest import make_dataset
 
 from specdenoise.train.checkpoint import read_checkpoint
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from test_train_data import WAVE, make_dataset
+from conftest import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.train import infer, loop

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_train_data import make_dataset
+from conftest import make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.train import loop

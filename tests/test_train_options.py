@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_train_data import make_dataset
+from conftest import make_dataset
 from test_train_loop import tiny_config
 
 from specdenoise import SpecdenoiseError, cli

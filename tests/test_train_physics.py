@@ -10,8 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
-from test_train_data import WAVE, make_dataset
+from conftest import SHARED_DATA, WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.schema import calib_names

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from test_train_data import WAVE, make_dataset
+from conftest import WAVE, make_dataset
 
 from specdenoise import SpecdenoiseError, cli
 from specdenoise.evaluate import cube as cube_mod

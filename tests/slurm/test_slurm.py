@@ -233,7 +233,7 @@ def test_sigterm_mid_run_cancels_jobs_keeps_chunks_and_resumes_identical(
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory):
-    from test_train_data import make_dataset
+    from conftest import make_dataset
 
     d = tmp_path_factory.mktemp("slurm-train")
     return (make_dataset(d / "train.zarr", n=40, chunk=16, seed=0),
