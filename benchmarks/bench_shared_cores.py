@@ -8,6 +8,8 @@ all in one run so that the ratios share the machine's state:
 - OpenMP wait policy: libgomp's default (spin, then sleep), ``PASSIVE`` (what ``specdenoise``
   sets unless the user set one), ``ACTIVE``; and an adaptive thread governor
   (``thread_governor.ThreadGovernor`` beside this script; measured, not used by ``train``);
+  a fixed thread count (``one``); and ``auto``, what ``train --threads auto`` (the default)
+  does: one thread per usable core less the cores found busy when it starts;
 - the machine idle, and beside one busy process (a pure-Python loop; ``--nice`` sets its
   niceness).
 
@@ -31,7 +33,7 @@ import time
 import torch
 from thread_governor import ThreadGovernor, usable_cores
 
-from specdenoise.train.distributed import cpu_has_fast_bf16
+from specdenoise.train.distributed import choose_threads, cpu_has_fast_bf16
 from specdenoise.train.nets import build_model
 from specdenoise.train.nets.base import model_input
 from specdenoise.train.presets import PRESETS
@@ -39,9 +41,16 @@ from specdenoise.train.presets import PRESETS
 BUSY = "while True:\n    pass\n"
 
 
-def run_steps(seconds: float, batch: int, governed: bool, bf16: bool) -> dict:
-    """Train the best U-Net on a fixed synthetic batch for ``seconds``; spectra/s overall."""
+def run_steps(seconds: float, batch: int, governed: bool, bf16: bool,
+              threads: int | str | None = None) -> dict:
+    """Train the best U-Net on a fixed synthetic batch for ``seconds``; spectra/s overall.
+    ``threads``: torch's thread count (None: one per usable core; "auto": what ``train
+    --threads auto``, the default, picks when it starts)."""
     torch.set_num_threads(usable_cores())
+    if threads == "auto":
+        threads = choose_threads(None, torch.device("cpu"))[0]
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = PRESETS["best"]["model_cfg"]["unet"]
     model = build_model("unet", **cfg)
@@ -69,6 +78,7 @@ def run_steps(seconds: float, batch: int, governed: bool, bf16: bool) -> dict:
             gov.step(batch)
     rate = n / (time.perf_counter() - t0)
     out = {"spectra_per_s": rate}
+    out["threads"] = torch.get_num_threads() if gov is None else None
     if gov is not None:
         out["windows"] = [(t, round(r, 1)) for t, r in gov.history]
         out["final_threads"] = gov.threads
@@ -88,20 +98,23 @@ def busy_neighbour(nice: int):
         proc.wait()
 
 
-VARIANTS = {  # name: (OMP_WAIT_POLICY or None for libgomp's default, governed)
-    "default": (None, False), "passive": ("PASSIVE", False), "active": ("ACTIVE", False),
-    "governor": ("PASSIVE", True),
+VARIANTS = {  # name: (OMP_WAIT_POLICY or None for libgomp's default, governed, threads)
+    "default": (None, False, None), "passive": ("PASSIVE", False, None),
+    "active": ("ACTIVE", False, None), "governor": ("PASSIVE", True, None),
+    "one": ("PASSIVE", False, 1),  # one thread: what the freed core alone can give
+    "auto": ("PASSIVE", False, "auto"),  # train's default: threads chosen by the load at start
 }
 
 
 def child(variant: str, seconds: float, batch: int, bf16: bool) -> dict:
     """One condition in a fresh interpreter, with the variant's wait policy in its env."""
-    policy, governed = VARIANTS[variant]
+    policy, governed, threads = VARIANTS[variant]
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     code = ("import json; from bench_shared_cores import run_steps; "
-            f"print(json.dumps(run_steps({seconds!r}, {batch!r}, {governed!r}, {bf16!r})))")
+            f"print(json.dumps(run_steps({seconds!r}, {batch!r}, {governed!r}, {bf16!r}, "
+            f"{threads!r})))")
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, text=True,
                          capture_output=True, cwd=os.path.dirname(os.path.abspath(__file__)))
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,7 +127,7 @@ def main(argv=None) -> int:
                    help="spectra per step (default: the best preset's batch)")
     p.add_argument("--nice", type=int, default=0, help="niceness of the busy process")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    p.add_argument("--variants", default="default,passive,governor",
+    p.add_argument("--variants", default="passive,auto",
                    help=f"comma-separated, the first is the reference; of {', '.join(VARIANTS)}")
     a = p.parse_args(argv)
     bf16 = cpu_has_fast_bf16() and not a.fp32
@@ -129,7 +142,8 @@ def main(argv=None) -> int:
             with busy_neighbour(a.nice) if busy else contextlib.nullcontext():
                 res[name] = child(v, a.seconds, a.batch, bf16)
             extra = (f"  threads at the end {res[name]['final_threads']}"
-                     if "final_threads" in res[name] else "")
+                     if "final_threads" in res[name]
+                     else f"  threads {res[name]['threads']}")
             print(f"{name:16s} {res[name]['spectra_per_s']:8.1f} spectra/s{extra}",
                   file=sys.stderr)
     base = res[f"idle_{p_variants[0]}"]["spectra_per_s"]

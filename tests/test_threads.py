@@ -1,11 +1,14 @@
 """CPU threading of training on shared cores: the OpenMP wait policy, and the thread governor
 that benchmarks/bench_shared_cores.py measures."""
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -77,3 +80,92 @@ def test_governor_is_off_on_one_core():
         assert gov.history == []
     finally:
         torch.set_num_threads(start)
+
+
+# --------------------------------------------------------------------------- train --threads
+
+
+@contextlib.contextmanager
+def _busy(n: int):
+    """``n`` busy processes (pure-Python loops), started and running when the block begins."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
+             for _ in range(n)]
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_auto_threads_leave_the_busy_cores_alone(monkeypatch):
+    """With every usable core kept busy by another process, ``--threads auto`` computes on
+    one thread (two threads beside a busy process ran at 0.41x, one at 0.78x the idle rate)."""
+    from specdenoise.train.distributed import choose_threads, idle_cores
+    from specdenoise.train.distributed import usable_cores as cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    n = cores()
+    if n < 2:
+        pytest.skip("one usable core: nothing to choose")
+    start = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with _busy(n):
+            free = idle_cores()
+            threads, why = choose_threads(None, torch.device("cpu"))
+        assert free is not None and free < n - 0.5, free
+        assert threads < n and "busy" in why, (threads, why)
+        # asked for, a count is kept whatever the load; 0 is PyTorch's own count
+        assert choose_threads(3, torch.device("cpu"))[0] == 3
+        assert choose_threads(0, torch.device("cpu"))[0] == n
+        # a batch job's OMP_NUM_THREADS, or a GPU run: no measurement, PyTorch's count
+        monkeypatch.setenv("OMP_NUM_THREADS", str(n))
+        assert choose_threads(None, torch.device("cpu")) == (n, "PyTorch's default")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert choose_threads(None, torch.device("cuda"))[0] == n
+    finally:
+        torch.set_num_threads(start)
+
+
+def test_the_run_records_its_thread_count_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    import json
+
+    from conftest import make_dataset
+
+    from specdenoise.train import loop
+    from specdenoise.train.checkpoint import resume_config
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    data = make_dataset(tmp_path / "d.zarr", n=16, chunk=8)
+    cfg = loop.make_config(data, None, tmp_path / "run", preset="tiny",
+                           model_cfg={"depth": 2, "filters": 4}, epochs=1, batch_size=8,
+                           workers=0, device="cpu")
+    assert cfg.threads is None  # auto
+    start = torch.get_num_threads()
+    torch.set_num_threads(1)  # the count auto never exceeds
+    try:
+        loop.train(cfg, progress=False)
+        assert torch.get_num_threads() == 1  # the caller's count is back
+    finally:
+        torch.set_num_threads(start)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"]
+    assert recorded == 1
+    assert resume_config(tmp_path / "run").threads == 1
+    assert resume_config(tmp_path / "run", threads=2).threads == 2  # asked for on resume
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("2", True), ("0", False),
+                                       ("-1", False), ("two", False)])
+def test_threads_option(value, ok, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "specdenoise.cli", "train", "--data", "d.zarr",
+                        "--out", str(tmp_path / "run"), "--threads", value, "--print-config"],
+                       capture_output=True, text=True)
+    if ok:
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("threads")]
+        assert lines == (["threads = 2"] if value == "2" else [])  # auto: not written
+    else:
+        assert r.returncode == 2 and "--threads" in r.stderr
+        assert "Traceback" not in r.stderr

@@ -174,7 +174,9 @@ def resume_config(out, **overrides) -> TrainConfig:
     Any other option given (not None) must equal the stored one.
     """
     state = read_checkpoint(Path(out) / CHECKPOINT_NAME)
-    cfg = TrainConfig(**upgrade_config(state["config"]))
+    stored = upgrade_config(state["config"])
+    stored.setdefault("threads", 0)  # runs made before --threads computed with PyTorch's count
+    cfg = TrainConfig(**stored)
     for k, v in overrides.items():
         if v is None:
             continue

@@ -29,7 +29,7 @@ DISTORTIONS = ("stored", "fresh")
 #: options that may change when a run is resumed (they do not change the maths). Not
 #: ``workers``: the DataLoader workers split each epoch into shards with shuffle buffers of
 #: their own, so the batches (and losses) depend on their number.
-RESUME_MAY_CHANGE = ("epochs", "device", "compile", "calibrate_spectra")
+RESUME_MAY_CHANGE = ("epochs", "device", "compile", "calibrate_spectra", "threads")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class TrainConfig:
     loss: str = "mse"
     seed: int = 0
     workers: int = 0
+    # CPU threads: None (auto) picks PyTorch's count less the cores other processes keep busy
+    # when the run starts, and the run records what it picked; 0: PyTorch's count
+    threads: int | None = None
     device: str = "auto"
     compile: bool = False
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; head and loss stay float32)
@@ -136,6 +139,9 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.seed < 2**63:
         raise SpecdenoiseError(f"seed (--seed) must be a non-negative integer below 2**63, got "
                                f"{cfg.seed}")
+    if cfg.threads is not None and cfg.threads < 0:
+        raise SpecdenoiseError(f"threads (--threads) must be a positive count or 'auto', got "
+                               f"{cfg.threads}")
     if cfg.workers < 0:
         raise SpecdenoiseError(f"workers (--loader-workers) must be 0 or more, got {cfg.workers}")
     if not cfg.lr > 0:
@@ -175,6 +181,8 @@ def table_values(table: Mapping, where: str) -> dict:
     table of a run): unknown keys refused, ``model_cfg`` as a table or its JSON text."""
     configfile.check_keys(table, configfile.field_names(TrainConfig), where)
     values = dict(table)
+    if str(values.get("threads")).lower() == "auto":
+        values["threads"] = None
     if isinstance(values.get("model_cfg"), str):
         try:
             values["model_cfg"] = json.loads(values["model_cfg"])

@@ -41,6 +41,70 @@ class Dist:
             dist.barrier()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which SLURM and cgroups set), >= 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def idle_cores(seconds: float = 0.3) -> float | None:
+    """How many of this process's cores were idle over the next ``seconds``: the idle time of
+    each CPU in its affinity, from ``/proc/stat``, summed (None where that cannot be read)."""
+    import time
+
+    def sample() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    ticks = [int(x) for x in fields[:8]]
+                    out[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))  # idle + iowait
+        return out
+
+    try:
+        cpus = os.sched_getaffinity(0)
+        a = sample()
+        time.sleep(seconds)
+        b = sample()
+    except (AttributeError, OSError, ValueError):
+        return None
+    free = 0.0
+    for c in cpus:
+        if c in a and c in b and b[c][1] > a[c][1]:
+            free += (b[c][0] - a[c][0]) / (b[c][1] - a[c][1])
+    return free
+
+
+def choose_threads(requested: int | None, device: torch.device) -> tuple[int, str]:
+    """The CPU threads a training run computes with, and why (for the log).
+
+    ``requested``: a count (kept as given); 0: PyTorch's own (one per usable core; what runs
+    before ``--threads`` used); None (``--threads auto``): PyTorch's own count, less the cores
+    other processes keep busy right now. On two cores beside one busy process, two threads
+    trained at 0.41x the idle rate (every OpenMP barrier waits for the thread that shares its
+    core) and one thread at 0.78x (``benchmarks/bench_shared_cores.py``). The count is chosen
+    once per run and recorded, so a resumed run computes as it began (the thread count changes
+    the floating-point sums). No measurement on a GPU, or when ``OMP_NUM_THREADS`` is set (a
+    batch job's or the user's choice).
+    """
+    current = torch.get_num_threads()
+    if requested:
+        return requested, f"{requested} as asked (--threads)"
+    if requested == 0 or device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return current, "PyTorch's default"
+    free = idle_cores()
+    if free is None:
+        return current, "PyTorch's default (the machine's load cannot be read here)"
+    n = max(1, min(current, round(free)))
+    if n < current:
+        return n, (f"{current - n} of the {current} cores are busy with other work ({free:.1f} "
+                   f"idle); --threads {current} uses them anyway")
+    return n, f"all {n} usable cores are idle"
+
+
 def init_distributed(device_pref: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -51,6 +51,7 @@ from specdenoise.train.config import (  # noqa: F401
 from specdenoise.train.distributed import (  # noqa: F401 (PRECISIONS: loop.PRECISIONS)
     PRECISIONS,
     autocast,
+    choose_threads,
     init_distributed,
     model_of,
     resolve_device,
@@ -107,6 +108,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
 
     check_config(cfg)
     ctx = init_distributed(cfg.device)
+    previous_threads = torch.get_num_threads()
     try:
         out = Path(cfg.out)
         ckpt_path = out / CHECKPOINT_NAME
@@ -116,6 +118,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         if resume and not ckpt_path.exists():
             raise SpecdenoiseError(f"nothing to resume: {ckpt_path} does not exist")
         device = resolve_device(cfg.device, ctx)
+        threads, why = choose_threads(cfg.threads, device)
+        if cfg.threads is None:  # recorded: a resumed run computes as this one began
+            cfg = dataclasses.replace(cfg, threads=threads)
+        if threads != previous_threads:
+            torch.set_num_threads(threads)
+            if ctx.rank == 0:
+                log.info("training on %d CPU thread%s: %s", threads, "s" * (threads > 1), why)
         train_info = tdata.inspect_store(cfg.data, tdata.TRAIN_VARS, n_wave=cfg.n_wave)
         val_info = (tdata.inspect_store(cfg.val, tdata.VAL_VARS, n_wave=cfg.n_wave)
                     if cfg.val else None)
@@ -209,6 +218,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
             _calibrate(cfg, model, device, per_rank_batch)
         return row
     finally:
+        torch.set_num_threads(previous_threads)
         if ctx.started_here:
             dist.destroy_process_group()
 
