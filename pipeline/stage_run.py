@@ -196,7 +196,7 @@ PRESETS = {
         evaluate=(_evaluate(["run-unet", "run-dae"], "val.zarr", "evaluation", 200),),
     ),
     # the best denoiser we know how to train on a CPU: a pool of 100,000 spectra (1.9 GB),
-    # the default validation set (1000 spectra, seed 2), the 'best' training preset (50 epochs of
+    # the default validation set (1000 spectra, seed 2), the 'best' training preset (35 epochs of
     # 20,000 spectra, sized to fit four hours on two CPU cores), the template fit on 200 validation
     # spectra; and beside it a validation set spanning S/N ~1 to > 100 (the simulation's 'paper'
     # magnitudes, 16.0-22.5), so that "never worse than the noisy input" is checked where the

@@ -27,10 +27,11 @@ PRESETS: dict[str, dict] = {
     # relative error, AdamW with a one-cycle schedule, epochs drawn from a large pool of
     # spectra (epoch_size) so that few are seen twice; no dropout; global context at the
     # bottleneck (pooled-feature modulation: -8.5 % mean |R| at the quick scale for no extra
-    # cost, results/floor/); 50 epochs of 20,000 spectra (a million, each pool spectrum ten
-    # times with fresh noise): about 3.4 h on two CPU cores, inside issue 18's 4-hour budget
+    # cost, results/floor/); 35 epochs of 20,000 spectra (700,000, each pool spectrum seven
+    # times with fresh noise): 3.6-3.9 h at the 50-55 spectra/s two CPU cores give here
+    # (2026-12-06), inside issue 18's 4-hour budget (50 epochs would take 5.4 h)
     "best": {
-        "epochs": 50, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "momentum": 0.0,
+        "epochs": 35, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "momentum": 0.0,
         "weight_decay": 1e-4, "scheduler": "onecycle", "lr_step_epoch": 20, "lr_gamma": 0.1,
         "loss": "rel_l1", "epoch_size": 20000,
         "model_cfg": {
@@ -70,6 +71,6 @@ PRESET_HELP = {
              "lr 0.1, x0.1 after 20 epochs, batch 100, MSE) for 50 epochs of the whole store: "
              "77 min for 50 epochs of 1000 spectra here (10.9 spectra/s), hours for more",
     "best": "sigma as a second input, relative-error loss, AdamW one-cycle, global context at "
-            "the bottleneck, 50 epochs of 20,000 spectra drawn in turn from a large pool "
-            "(1,000,000 spectra): about 3.4 h on two CPU cores",
+            "the bottleneck, 35 epochs of 20,000 spectra drawn in turn from a large pool "
+            "(700,000 spectra): about 3.7 h on two CPU cores",
 }
