@@ -161,6 +161,21 @@ def small_grid(tmp_path_factory) -> Path:
     return write_small_grid(tmp_path_factory.mktemp("grid") / "small.zarr")
 
 
+def simulate_in_process(*cfgs) -> list[Path]:
+    """``specdenoise simulate`` of each config on one in-process Dask worker with one thread:
+    the store every other cluster must reproduce bit for bit. Returns the written stores."""
+    from distributed import Client, LocalCluster
+
+    from specdenoise.stage_simulate import simulate
+
+    paths = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        for cfg in cfgs:
+            paths += simulate(cfg, client=client, progress=False)
+    return paths
+
+
 def sigint_default() -> None:
     """``preexec_fn`` for a child the test will Ctrl-C: SIGINT back to its default, so Python
     raises KeyboardInterrupt in it even when the tests run in the background (a shell starts

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import simulate_in_process
 
 from specdenoise import SpecdenoiseError, codecs, schema
 from specdenoise.train import data as tdata
@@ -32,16 +33,12 @@ SPEC_CODECS = {"bytes", "blosc", "zstd", "crc32c"}
 @pytest.fixture(scope="module")
 def new_store(small_grid, tmp_path_factory) -> Path:
     """A dataset simulated by the real chain with the default codecs (zstd-bitround)."""
-    from distributed import Client, LocalCluster
 
     from specdenoise.config import load_config
-    from specdenoise.stage_simulate import simulate
 
     out = tmp_path_factory.mktemp("codecs") / "new.zarr"
     cfg = load_config(n=N, chunk_size=CHUNK, seed=4, grid=str(small_grid), out=str(out))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(cfg, client=client, progress=False)
+    simulate_in_process(cfg)
     return out
 
 

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import simulate_in_process
 
 from specdenoise import cli, schema
 from specdenoise.evaluate import baselines as bl
@@ -114,11 +115,9 @@ def identifiable_grid_flux(axes: dict, wave: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     """train and val splits simulated by the real chain (Dask, one in-process worker)."""
-    from distributed import Client, LocalCluster
 
     from specdenoise.config import load_config
     from specdenoise.simulate.grids import write_grid
-    from specdenoise.stage_simulate import simulate
 
     d = tmp_path_factory.mktemp("sim")
     axes = {"teff": np.array([4000.0, 5000.0, 6000.0, 7000.0]),
@@ -138,9 +137,7 @@ def simulated(tmp_path_factory):
     }
     cfg = load_config(n=24, chunk_size=6, seed=5, grid=str(grid), out=str(d),
                       split="train=0.5,val=0.5", params=params)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        paths = simulate(cfg, client=client, progress=False)
+    paths = simulate_in_process(cfg)
     return {p.stem: p for p in paths}
 
 

@@ -8,7 +8,7 @@ import tomllib
 
 import numpy as np
 import pytest
-from conftest import assert_identical, toy_grid_flux
+from conftest import assert_identical, simulate_in_process, toy_grid_flux
 
 from specdenoise import schema
 from specdenoise.config import load_config
@@ -42,12 +42,9 @@ def _cfg(grids, out, weights=(0.3, 0.7)):
 
 @pytest.fixture(scope="module")
 def mixed(two_grids, tmp_path_factory):
-    from distributed import Client, LocalCluster
 
     out = tmp_path_factory.mktemp("mixed") / "mixed.zarr"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(_cfg(two_grids, out), client=client, progress=False)
+    simulate_in_process(_cfg(two_grids, out))
     return out
 
 
@@ -81,13 +78,10 @@ def test_two_worker_processes_identical(two_grids, mixed, tmp_path):
 
 
 def test_single_grid_records_nothing_new(two_grids, tmp_path):
-    from distributed import Client, LocalCluster
 
     out = tmp_path / "one.zarr"
     cfg = load_config(n=CHUNK, chunk_size=CHUNK, seed=5, grid=str(two_grids[0]), out=str(out))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(cfg, client=client, progress=False)
+    simulate_in_process(cfg)
     ds = schema.open_dataset(out)
     assert "grid" not in ds and "grids" not in ds.attrs
 

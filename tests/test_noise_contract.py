@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import simulate_in_process
 
 from specdenoise import schema
 from specdenoise.config import DEFAULTS, RANGES, load_config, range_problem
@@ -49,18 +50,14 @@ def flat_registered(monkeypatch):
 
 def test_a_noise_model_added_from_here_simulates_through_the_public_api(
         flat_registered, small_grid, tmp_path):
-    from distributed import Client, LocalCluster
 
-    from specdenoise.stage_simulate import simulate
 
     out = tmp_path / "flat.zarr"
     cfg = load_config(n=8, chunk_size=4, seed=2, grid=str(small_grid), out=str(out),
                       noise="flat", compressor="none",
                       overrides=["observe.distortion=0", "params.exp_time.value=600",
                                  "params.n_exp.value=3"])
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(cfg, client=client, progress=False)
+    simulate_in_process(cfg)
     ds = schema.open_dataset(out)
     assert json.loads(ds.attrs["noise_provenance"]) == {"noise": "flat"}
     # sigma is FlatNoise's: sigma_nu = sqrt((RN^2 + C f_nu) / N) / C, C = conversion x t

@@ -3,6 +3,7 @@ from what it does to a spectrum, recorded per spectrum by the simulate stage."""
 
 import numpy as np
 import pytest
+from conftest import simulate_in_process
 
 from specdenoise.config import load_config
 from specdenoise.errors import SpecdenoiseError
@@ -105,18 +106,14 @@ def test_config_keys_validated_and_hash_unchanged_when_off():
 
 
 def test_simulate_records_the_draws(small_grid, tmp_path):
-    from distributed import Client, LocalCluster
 
     from specdenoise import schema
-    from specdenoise.stage_simulate import simulate
 
     out = tmp_path / "n.zarr"
     cfg = load_config(n=16, chunk_size=8, seed=2, grid=str(small_grid), out=str(out),
                       overrides=["observe.continuum=0.1", "observe.lsf_scatter=0.1",
                                  "observe.sky_residual=0.01", "observe.telluric_residual=0.02"])
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(cfg, client=client, progress=False)
+    simulate_in_process(cfg)
     ds = schema.open_dataset(out)
     for name in ("continuum_amp", "lsf_scale", "sky_residual", "telluric_residual"):
         assert ds[name].dims == ("spectrum",) and np.ptp(ds[name].values) > 0, name

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import simulate_in_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,22 +27,17 @@ def python_blocks(text: str) -> list[str]:
 def workdir(small_grid, tmp_path_factory) -> Path:
     """A work folder laid out like the one ``specdenoise run`` fills, with real outputs."""
     import torch
-    from distributed import Client, LocalCluster
 
     from specdenoise.config import load_config
     from specdenoise.stage_evaluate import EvaluateConfig, evaluate
-    from specdenoise.stage_simulate import simulate
     from specdenoise.train import loop
 
     root = tmp_path_factory.mktemp("readme")
     work = root / "specdenoise-run"
     params = {"mag": {"dist": "uniform", "low": 17.0, "high": 22.5}}  # S/N over several bins
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        for split, n, seed in (("train", 40, 1), ("val", 24, 2)):
-            cfg = load_config(n=n, chunk_size=8, seed=seed, grid=str(small_grid),
-                              out=str(work / f"{split}.zarr"), params=params)
-            simulate(cfg, client=client, progress=False)
+    simulate_in_process(*(load_config(n=n, chunk_size=8, seed=seed, grid=str(small_grid),
+                                      out=str(work / f"{split}.zarr"), params=params)
+                          for split, n, seed in (("train", 40, 1), ("val", 24, 2))))
     cfg = loop.make_config(work / "train.zarr", None, work / "run-unet", model="unet",
                            preset="tiny", model_cfg={"depth": 2, "filters": 4}, epochs=1,
                            batch_size=8, workers=0, device="cpu")

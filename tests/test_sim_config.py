@@ -7,6 +7,7 @@ import dataclasses
 import pickle
 
 import pytest
+from conftest import simulate_in_process
 
 from specdenoise.config import (
     ConfigError,
@@ -75,7 +76,6 @@ def test_validated_where_built():
 
 
 def test_stage_plans_once_and_opens_the_grid_once(small_grid, tmp_path, monkeypatch):
-    from distributed import Client, LocalCluster
 
     from specdenoise import stage_simulate
     from specdenoise.simulate import grids
@@ -100,8 +100,6 @@ def test_stage_plans_once_and_opens_the_grid_once(small_grid, tmp_path, monkeypa
     monkeypatch.setattr(stage_simulate, "run_chunk", first_task)
     cfg = load_config(n=8, chunk_size=4, seed=1, grid=str(small_grid), out=str(tmp_path / "s"),
                       split="train=0.5,val=0.5")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        paths = stage_simulate.simulate(cfg, client=client, progress=False)
+    paths = simulate_in_process(cfg)
     assert started.exists() and [p.name for p in paths] == ["train.zarr", "val.zarr"]
     assert calls == {"plan": 1, "open_grid": 1}

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_identical, sigint_default
+from conftest import assert_identical, sigint_default, simulate_in_process
 
 from specdenoise import schema
 from specdenoise.config import load_config
@@ -32,12 +32,9 @@ def _cfg(grid, out, **kw):
 @pytest.fixture(scope="module")
 def reference(small_grid, tmp_path_factory):
     """The store written by one in-process worker: what every other run must reproduce."""
-    from distributed import Client, LocalCluster
 
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(_cfg(small_grid, out), client=client, progress=False)
+    simulate_in_process(_cfg(small_grid, out))
     return out
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import simulate_in_process
 
 from specdenoise import schema
 
@@ -160,15 +161,11 @@ def _simulate_cmd(grid: Path, out: Path, cluster: str, n: int = N) -> list[str]:
 def simulate_on_local_cluster(grid: Path, out: Path, n: int = N) -> Path:
     """The store one in-process LocalCluster worker writes for :func:`_simulate_cmd`'s
     simulation of ``n`` spectra: what every SLURM run must reproduce."""
-    from distributed import Client, LocalCluster
 
     from specdenoise.config import load_config
-    from specdenoise.stage_simulate import simulate
 
     cfg = load_config(n=n, chunk_size=CHUNK, seed=SEED, grid=str(grid), out=str(out))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        simulate(cfg, client=client, progress=False)
+    simulate_in_process(cfg)
     return out
 
 
