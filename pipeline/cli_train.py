@@ -119,8 +119,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=_threads, metavar="N|auto",
                    help="CPU threads to compute with (default auto: one per usable core, less "
                         "the cores other processes keep busy when the run starts; beside one "
-                        "busy process two threads on two cores train at about 0.4x the idle "
-                        "rate, one thread at 0.8x). The run records the count it used and a "
+                        "busy process two threads on two cores kept 0.3-0.4 of the idle rate, "
+                        "one thread 0.5-0.8). The run records the count it used and a "
                         "resumed run keeps it, since it changes the floating-point sums")
     p.add_argument("--submit", metavar="PROFILE.yaml",
                    help="run as one batch job instead: write RUN_DIR/train.sbatch from the "
