@@ -100,22 +100,49 @@ class Terminated(KeyboardInterrupt):
     removed, batch jobs cancelled, finished chunks kept."""
 
 
+def _dropped_if_raised_at(frame) -> bool:
+    """Whether an exception raised at ``frame`` would be printed and dropped rather than reach
+    the command: inside a garbage-collection callback (distributed registers one) or a
+    ``__del__``, where Python reports "Exception ignored" and carries on."""
+    import gc
+
+    callbacks = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only)."""
+    """Turn SIGTERM into :class:`Terminated` and SIGINT into KeyboardInterrupt while the block
+    runs (main thread only). A signal that lands where the exception would be dropped (see
+    :func:`_dropped_if_raised_at`; CI saw a Ctrl-C lost inside distributed's GC callback, and
+    the simulation ran on to exit 0) is delivered again 50 ms later."""
+    import _thread
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise Terminated()
+        if _dropped_if_raised_at(frame):
+            threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()
+            return
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+            raise Terminated()
+        raise KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    # SIGINT ignored (a background job of a shell) stays ignored, as Python leaves it
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)
+                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main(argv: list[str] | None = None) -> int:
