@@ -405,6 +405,36 @@ def test_denoise_data_checks_the_wavelengths(tiny_run, tmp_path, capsys, name, e
         assert "another wavelength grid" in capsys.readouterr().err
 
 
+def test_denoise_data_with_variables_named_like_its_outputs(tiny_run, tmp_path, capsys):
+    """A dataset that already holds variables named as denoise's outputs (another shape, other
+    dimensions): the output has denoise's own variables, no traceback (hostile round,
+    "a conflicting extra variable")."""
+    import shutil
+    import warnings
+
+    import xarray as xr
+    import zarr
+
+    from specdenoise import cli
+
+    bad = tmp_path / "extra.zarr"
+    shutil.copytree(tiny_run[1], bad)
+    g = zarr.open_group(str(bad), mode="r+")
+    n = g["flux"].shape[0]
+    g.create_array("flux_denoised", shape=(n,), dtype="f4", dimension_names=["spectrum"])[:] = 1
+    g.create_array("sigma_denoised", shape=(n, 7), dtype="f4",
+                   dimension_names=["spectrum", "other"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(bad))
+    out = tmp_path / "den.zarr"
+    assert cli.main(["denoise", "--run", str(tiny_run[0]), "--data", str(bad), "--out",
+                     str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    ds = xr.open_zarr(out)
+    assert ds["flux_denoised"].dims == ("spectrum", "wave")
+    assert ds["sigma_denoised"].dims == ("spectrum", "wave") and "other" not in ds.dims
+
+
 def test_denoise_spectrum_honours_a_fits_wcs(tiny_run, tmp_path, capsys):
     import numpy as np
     import xarray as xr
