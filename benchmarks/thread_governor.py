@@ -23,18 +23,11 @@ it costs one short probe window every few minutes.
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which SLURM/cgroups set), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+from specdenoise.train.distributed import usable_cores
 
 
 class ThreadGovernor:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import sigint_default
 
 from specdenoise import __version__
 from specdenoise.cli import build_parser, main
@@ -177,12 +178,6 @@ def test_an_interrupt_inside_a_gc_callback_is_not_lost(sig, name):
     dropped: CI saw a Ctrl-C vanish so inside distributed's callback, and simulate ran on to
     exit 0. The signal is delivered again once the callback is left."""
     r = subprocess.run([sys.executable, "-c", INTERRUPT_IN_GC, sig], capture_output=True,
-                       text=True, timeout=60, preexec_fn=_sigint_default)
+                       text=True, timeout=60, preexec_fn=sigint_default)
     assert r.stdout.strip() == f"caught {name}", (r.stdout, r.stderr)
     assert "Exception ignored" not in r.stderr, r.stderr
-
-
-def _sigint_default():
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
