@@ -39,6 +39,8 @@ variable                      dims                        meaning
                                                           noisy input, global and over 5
                                                           pixels (see
                                                           :mod:`specdenoise.train.uncertainty`)
+``sky_excess``                (denoiser, spectrum)        significance (sigma) of sky lines
+                                                          left in the input; NaN: no sky check
 ``suspect``                   (denoiser, spectrum)        1.0 flagged, 0.0 not, NaN not
                                                           checked; its mean is the flag rate
 ============================  ==========================  ====================================
@@ -95,13 +97,16 @@ class Method:
     wave: np.ndarray | None = None  # pixel grid a network was trained on, nm
     #: True: ``denoise`` returns ``(denoised, extras)`` whose extras also hold
     #: :data:`UNCERTAINTY_EXTRAS` (``sigma_denoised`` (n, n_wave), ``chi2_red``,
-    #: ``chi2_peak`` and ``suspect`` (n,)); they fill the cube's uncertainty variables
+    #: ``chi2_peak`` and ``suspect`` (n,); ``sky_excess`` (n,) if it has one); they fill the
+    #: cube's uncertainty variables
     uncertainty: bool = False
 
 
 # ---- uncertainty block (trust-net): sigma_denoised, z, chi2_red, suspect
 #: what a method with ``uncertainty=True`` returns among its extras
 UNCERTAINTY_EXTRAS = ("sigma_denoised", "chi2_red", "chi2_peak", "suspect")
+#: what such a method may also return (NaN in the cube when it does not)
+OPTIONAL_UNCERTAINTY_EXTRAS = ("sky_excess",)
 
 
 def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> dict:
@@ -118,15 +123,20 @@ def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> 
                       {"long_name": "largest mean of (F_hat - D)^2 / (sigma^2 + "
                                     "sigma_denoised^2) over 5 neighbouring pixels",
                        "units": "1"}),
+        "sky_excess": (spec_dims, lazy(shape2, c2),
+                       {"long_name": "matched-filter significance of the sky-line template "
+                                     "in F_hat - D, in sigma (> 0: sky left in)",
+                        "units": "1"}),
         "suspect": (spec_dims, lazy(shape2, c2),
-                    {"long_name": "1: D does not explain the input (chi2_red above the "
-                                  "run's 1 % false-alarm threshold), 0: it does, NaN: not "
-                                  "checked", "units": "1"}),
+                    {"long_name": "1: D does not explain the input (chi2_red, chi2_peak or "
+                                  "sky_excess above the run's 1 % false-alarm threshold), "
+                                  "0: it does, NaN: not checked", "units": "1"}),
     }
 
 
 def _write_uncertainty(g, j: int, lo: int, stop: int, extras: dict, den, clean, mask) -> None:
-    """Store a block's sigma_denoised, z, chi2_red and suspect for method ``j``."""
+    """Store a block's sigma_denoised, z, chi2_red, chi2_peak, sky_excess and suspect for
+    method ``j``."""
     sig = np.asarray(extras["sigma_denoised"], dtype=np.float32)
     if sig.shape != den.shape:
         raise SpecdenoiseError(f"sigma_denoised has shape {sig.shape}, the denoised flux "
@@ -140,6 +150,9 @@ def _write_uncertainty(g, j: int, lo: int, stop: int, extras: dict, den, clean, 
     g["z"][j, lo:stop] = z.astype(np.float32)
     g["chi2_red"][j, lo:stop] = np.asarray(extras["chi2_red"], dtype=np.float32)
     g["chi2_peak"][j, lo:stop] = np.asarray(extras["chi2_peak"], dtype=np.float32)
+    sky = extras.get("sky_excess")
+    g["sky_excess"][j, lo:stop] = (np.full(stop - lo, np.nan, np.float32) if sky is None
+                                   else np.asarray(sky, dtype=np.float32))
     g["suspect"][j, lo:stop] = suspect
 # ---- end of the uncertainty block
 

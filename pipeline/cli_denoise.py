@@ -43,12 +43,13 @@ def register(subparsers) -> None:
                           "preset, 'run --preset quick') need the noise column")
     p.add_argument("--out", required=True,
                    help="OUT.zarr (with --data: flux_denoised, sigma_denoised, chi2_red, "
-                        "chi2_peak, suspect); with --spectrum, OUT.fits writes FITS (a PFS "
-                        "input keeps its product's layout and identifiers, COVAR = "
-                        "sigma_denoised**2; a plain spectrum an image or table) and any other "
-                        "name CSV (columns wave, flux, flux_denoised, sigma_denoised, chi2_red, "
-                        "chi2_peak, suspect, and a leading 'spectrum' column for several "
-                        "spectra)")
+                        "chi2_peak, sky_excess, suspect); with --spectrum, OUT.fits writes FITS "
+                        "(a PFS input keeps its product's layout and identifiers, COVAR = "
+                        "sigma_denoised**2; a plain spectrum an image or table; either gains a "
+                        "DENOISE_CHECK table of chi2_red, chi2_peak, sky_excess, suspect per "
+                        "spectrum) and any other name CSV (columns wave, flux, flux_denoised, "
+                        "sigma_denoised, chi2_red, chi2_peak, sky_excess, suspect, and a "
+                        "leading 'spectrum' column for several spectra)")
     p.add_argument("--fiber-id", type=int, nargs="+", action="extend", metavar="N",
                    help="with a pfsArm or pfsMerged --spectrum: denoise only these fibers "
                         "(default: every fiber)")

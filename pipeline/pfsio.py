@@ -554,13 +554,52 @@ def with_not_denoised(planes: dict) -> dict:
     return {**planes, NOT_DENOISED_PLANE: bit}
 
 
-def write_pfs(s: Spectra, out: Path, flux, covar, mask, info: dict) -> None:
+#: the extension holding each spectrum's consistency check (:func:`check_hdu`)
+CHECK_HDU = "DENOISE_CHECK"
+#: its per-spectrum columns, in order: (name, FITS format, meaning)
+CHECK_COLUMNS = (
+    ("chi2_red", "E", "mean (flux-D)^2/(var+sigma_D^2), unmasked"),
+    ("chi2_peak", "E", "largest mean of that ratio over 5 pixels"),
+    ("sky_excess", "E", "sky lines left in the input, sigma"),
+    ("suspect", "I", "1 suspect, 0 consistent, -1 not checked"),
+)
+
+
+def check_hdu(s: Spectra, checks: dict):
+    """A binary table :data:`CHECK_HDU`, one row per spectrum written: its identifiers
+    (``s.ids``, as read: fiberId, visit, objId ...) and the :data:`CHECK_COLUMNS` from
+    ``checks`` (name -> (n,) array), with the number of suspect spectra as ``NSUSPECT``."""
+    from astropy.io import fits
+
+    n = len(s.flux)
+    cols = []
+    for key, values in s.ids.items():
+        v = np.atleast_1d(np.asarray(values))
+        if v.size == n and v.dtype.kind in "iu":
+            cols.append(fits.Column(key, "K", array=v.astype(np.int64)))
+    first = len(cols) + 1
+    for name, fmt, _meaning in CHECK_COLUMNS:
+        v = np.asarray(checks.get(name, np.full(n, np.nan)))
+        cols.append(fits.Column(name, fmt, array=v.astype(np.int16 if fmt == "I"
+                                                          else np.float32)))
+    hdu = fits.BinTableHDU.from_columns(cols, name=CHECK_HDU)
+    for i, (_name, _fmt, meaning) in enumerate(CHECK_COLUMNS, start=first):
+        hdu.header.comments[f"TTYPE{i}"] = meaning
+    suspect = np.asarray(checks.get("suspect", np.full(n, -1)))
+    hdu.header["NSUSPECT"] = (int((suspect == 1).sum()), "spectra flagged suspect")
+    hdu.header["NCHECKED"] = (int((suspect >= 0).sum()), "spectra checked")
+    return hdu
+
+
+def write_pfs(s: Spectra, out: Path, flux, covar, mask, info: dict,
+              checks: dict | None = None) -> None:
     """Write ``out`` in the layout of the PFS file ``s`` was read from, for the rows read.
 
     ``flux`` (n, n_pix) the denoised flux in the file's unit (NORM applied back for a fiber
     array set), ``covar`` (n, 3, n_pix) its covariance rows, ``mask`` (n, n_pix) the bits to
     write, ``info`` the run's header values (:func:`_sd_cards`). Every other HDU (SKY, NORM,
     CONFIG, NOTES, TARGET, OBSERVATIONS, ...) is copied, restricted to the rows read.
+    ``checks``: each spectrum's consistency check, appended as :func:`check_hdu`.
     """
     from astropy.io import fits
 
@@ -603,6 +642,8 @@ def write_pfs(s: Spectra, out: Path, flux, covar, mask, info: dict) -> None:
             for name, bit in planes.items():
                 key = f"HIERARCH MP_{name}" if len(name) > 5 else f"MP_{name}"
                 new[0].header[key] = bit
+        if checks is not None:
+            new.append(check_hdu(s, checks))
         _add_cards(new[0].header, info)
         new.writeto(out, output_verify="silentfix")
 
@@ -635,12 +676,13 @@ def _flux_table(hdu, s: Spectra, flux, covar, mask, planes):
     return table
 
 
-def write_plain(s: Spectra, out: Path, wave, flux, denoised, sigma_out, info: dict) -> None:
+def write_plain(s: Spectra, out: Path, wave, flux, denoised, sigma_out, info: dict,
+                checks: dict | None = None) -> None:
     """A plain FITS output: an image input gives an image (its header and WCS kept, the
     denoised flux as data, ``VARIANCE`` and ``FLUX_INPUT`` images beside it); any other input
     a binary table ``SPECTRUM`` with columns wave (nm, vacuum), flux (the denoised flux),
     flux_input and, when known, variance. One row per pixel for one spectrum, one vector per
-    row for several."""
+    row for several. ``checks``: each spectrum's consistency check, as :func:`check_hdu`."""
     from astropy.io import fits
 
     many = len(flux) > 1
@@ -670,5 +712,7 @@ def write_plain(s: Spectra, out: Path, wave, flux, denoised, sigma_out, info: di
         table = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
         table.header["AIRORVAC"] = ("vac", "wavelengths in vacuum")
         new = fits.HDUList([fits.PrimaryHDU(), table])
+    if checks is not None:
+        new.append(check_hdu(s, checks))
     _add_cards(new[0].header, info)
     new.writeto(out, output_verify="silentfix")

@@ -5,7 +5,7 @@ chooses the path by what it is given:
 
 - ``data`` (a dataset store) -> a denoised Zarr store (:func:`specdenoise.train.infer.
   denoise_dataset`: ``flux_denoised`` and, unless ``uncertainty="none"``, ``sigma_denoised``,
-  ``chi2_red``, ``chi2_peak``, ``suspect``);
+  ``chi2_red``, ``chi2_peak``, ``sky_excess``, ``suspect``);
 - ``spectrum`` that is a PFS product, or any spectrum with a FITS output or ``fiber_ids`` ->
   :func:`specdenoise.stage_spectrum.denoise_spectrum_file` (PFS layouts, WCS wavelengths,
   resampling onto the model's grid and back);

@@ -232,7 +232,8 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
         calls[0] += 1
         b = denoiser(flux, sigma, good=np.asarray(mask) == 0, seed=calls[0])
         return b.flux_denoised, {"sigma_denoised": b.sigma_denoised, "chi2_red": b.chi2_red,
-                                 "chi2_peak": b.chi2_peak, "suspect": b.suspect}
+                                 "chi2_peak": b.chi2_peak, "sky_excess": b.sky_excess,
+                                 "suspect": b.suspect}
 
     # one warm-up call, so that the speed measured later is not the first call's set-up
     n_wave = getattr(model, "n_wave", RED_MR_NPIX)

@@ -21,6 +21,7 @@ The output's variance is the denoiser's own uncertainty ``sigma_denoised**2`` wh
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ SAME_GRID = 0.1
 #: the noise given to an untrusted pixel, in units of the spectrum's median flux
 IGNORE_SIGMA = 100.0
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+
+log = logging.getLogger("specdenoise.denoise")
 
 
 def is_fits(path) -> bool:
@@ -163,7 +166,13 @@ def _uncertainty_fn(model_path, device, method, bad, samples=None):
 
     def sigma_fn(model, flux, sigma):
         block = denoiser(flux, sigma, good=~bad)
-        return block.flux_denoised, block.sigma_denoised
+        n = len(block.flux_denoised)
+        nan = np.full(n, np.nan, np.float32)
+        checks = {"chi2_red": block.chi2_red,
+                  "chi2_peak": block.chi2_peak if block.chi2_peak is not None else nan,
+                  "sky_excess": block.sky_excess if block.sky_excess is not None else nan,
+                  "suspect": block.suspect}
+        return block.flux_denoised, block.sigma_denoised, checks
 
     return sigma_fn
 
@@ -177,8 +186,11 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
     the same product's layout (:func:`specdenoise.pfsio.write_pfs`), a plain one an image or a
     table (:func:`specdenoise.pfsio.write_plain`); any other name is CSV (columns ``[spectrum,]
     wave, flux, flux_denoised``). ``fiber_ids``: only these fibers of a pfsArm/pfsMerged file.
-    ``sigma_fn(model, flux, sigma) -> (denoised, sigma_denoised)``, both (n, n_wave) on the
-    model's grid: a denoiser that gives its own uncertainty; without it the network's output is
+    ``sigma_fn(model, flux, sigma) -> (denoised, sigma_denoised[, checks])``, both (n, n_wave)
+    on the model's grid, ``checks`` each spectrum's ``chi2_red``, ``chi2_peak``,
+    ``sky_excess`` and ``suspect`` (written to FITS outputs as the table
+    :data:`specdenoise.pfsio.CHECK_HDU`, and logged when any is suspect): a denoiser that gives
+    its own uncertainty; without it the network's output is
     the flux and the input's variance is written (header ``SDVARSRC = 'input'``). Without
     ``sigma_fn`` the denoiser's own uncertainty is used where this installation has one
     (``infer.load_denoiser``), unless ``uncertainty`` is ``"none"``; ``uncertainty`` (``auto``,
@@ -203,8 +215,11 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
     sig32 = None if sigma is None else sigma.astype(np.float32)
     if sigma_fn is None and uncertainty != "none":
         sigma_fn = _uncertainty_fn(model_path, device, uncertainty, bad, samples)
+    checks = None
     if sigma_fn is not None:
-        denoised, sigma_den = sigma_fn(model, flux32, sig32)
+        result = sigma_fn(model, flux32, sig32)
+        denoised, sigma_den = result[0], result[1]
+        checks = result[2] if len(result) > 2 else None
     else:
         denoised = denoise_array(model, flux32, sigma=sig32 if takes_sigma else None)
         sigma_den = None
@@ -215,17 +230,30 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
                                              sigma_den)
     info = run_info(config, in_path, "denoiser" if sigma_den is not None else "input",
                     bool(resampled.any()))
+    if checks is not None:
+        n_sus = int((np.asarray(checks["suspect"]) == 1).sum())
+        if n_sus:
+            labels = spectra.labels()
+            which = [labels[i] for i in np.nonzero(np.asarray(checks["suspect"]) == 1)[0][:5]]
+            log.warning("%d of %d spectra in %s are suspect (%s%s): the denoised flux does not "
+                        "explain the input; see README, 'suspect'", n_sus, len(labels), in_path,
+                        ", ".join(which), ", ..." if n_sus > 5 else "")
 
     def write(tmp: Path) -> None:
         if not is_fits(out):
-            _write_csv(tmp, spectra, model_wave, n_wave, file_flux)
+            sig_file = None
+            if sigma_den is not None:
+                with np.errstate(invalid="ignore"):
+                    sig_file = np.sqrt(covar[:, 0])
+            _write_csv(tmp, spectra, model_wave, n_wave, file_flux, sig_file, checks)
         elif spectra.is_pfs:
             planes = dict(spectra.planes)
             mask = spectra.mask.copy()
             if outside.any():
                 planes = pfsio.with_not_denoised(planes)
                 mask[outside] |= 1 << planes[pfsio.NOT_DENOISED_PLANE]
-            pfsio.write_pfs(spectra, tmp, file_flux, covar, mask, {**info, "planes": planes})
+            pfsio.write_pfs(spectra, tmp, file_flux, covar, mask, {**info, "planes": planes},
+                            checks)
         else:
             wave = spectra.wave if spectra.wave is not None else np.broadcast_to(
                 model_wave if model_wave is not None else np.arange(n_wave, dtype=float),
@@ -234,20 +262,35 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
             if sigma_den is not None or spectra.covar is not None:
                 with np.errstate(invalid="ignore"):
                     sig = np.sqrt(covar[:, 0])
-            pfsio.write_plain(spectra, tmp, wave, spectra.flux, file_flux, sig, info)
+            pfsio.write_plain(spectra, tmp, wave, spectra.flux, file_flux, sig, info, checks)
 
     return stores.write_file(out, write, overwrite=overwrite, inputs=(in_path,))
 
 
-def _write_csv(tmp: Path, s: pfsio.Spectra, model_wave, n_wave: int, den: np.ndarray) -> None:
+def _write_csv(tmp: Path, s: pfsio.Spectra, model_wave, n_wave: int, den: np.ndarray,
+               sigma_den: np.ndarray | None = None, checks: dict | None = None) -> None:
     """The CSV of :func:`specdenoise.train.infer.denoise_file`: ``[spectrum,]wave,flux,
-    flux_denoised``, on the file's grid."""
+    flux_denoised``, on the file's grid; with the denoiser's uncertainty also
+    ``sigma_denoised`` (per pixel, on the file's grid) and, with ``checks``, ``chi2_red``,
+    ``chi2_peak``, ``sky_excess`` and ``suspect`` (per spectrum, on each of its rows)."""
     wave = s.wave if s.wave is not None else np.broadcast_to(
         model_wave if model_wave is not None else np.arange(n_wave, dtype=float), den.shape)
     many = len(den) > 1
-    lines = [("spectrum," if many else "") + "wave,flux,flux_denoised"]
+    header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
+    names = [name for name, _fmt, _meaning in pfsio.CHECK_COLUMNS] if checks else []
+    if sigma_den is not None:
+        header += ",sigma_denoised"
+    header += "".join(f",{name}" for name in names)
+    lines = [header]
     for i in range(len(den)):
         prefix = f"{i}," if many else ""
-        lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}"
-                  for w, f, d in zip(wave[i], s.flux[i], den[i], strict=True)]
+        tail = "".join(f",{int(checks[n][i])}" if n == "suspect" else f",{checks[n][i]:.6g}"
+                       for n in names)
+        if sigma_den is None:
+            lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}{tail}"
+                      for w, f, d in zip(wave[i], s.flux[i], den[i], strict=True)]
+        else:
+            lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
+                      for w, f, d, e in zip(wave[i], s.flux[i], den[i], sigma_den[i],
+                                            strict=True)]
     tmp.write_text("\n".join(lines) + "\n")

@@ -168,7 +168,14 @@ def test_pfs_arm_of_our_own_round_trips(run, tmp_path, capsys):
     np.testing.assert_array_equal(m, mask[1])
     assert np.isfinite(f).all() and (m[500:510] & (1 << planes["CR"])).all()
     with fits.open(out) as a, fits.open(src) as b:
-        assert [h.name for h in a] == [h.name for h in b]
+        # the product's HDUs, then each fiber's consistency check (this run is not
+        # calibrated: nothing checked, and it says so)
+        assert [h.name for h in a] == [h.name for h in b] + [pfsio.CHECK_HDU]
+        check = a[pfsio.CHECK_HDU]
+        np.testing.assert_array_equal(check.data["fiberId"], [11, 27, 43])
+        assert {"chi2_red", "chi2_peak", "sky_excess", "suspect"} <= set(check.columns.names)
+        np.testing.assert_array_equal(check.data["suspect"], -1)
+        assert check.header["NSUSPECT"] == 0 and check.header["NCHECKED"] == 0
         np.testing.assert_array_equal(a["FIBERID"].data, [11, 27, 43])
         assert a["CONFIG"].data["visit"][0] == 4242 and a["CONFIG"].data["arm"][0] == "m"
     # one fiber chosen: only its row
@@ -291,6 +298,7 @@ def test_plain_fits_image_with_wcs_and_table_round_trip(run, tmp_path):
     np.testing.assert_allclose(back.flux[0], expected, rtol=1e-6)
     with fits.open(out) as f:
         assert f["SPECTRUM"].columns["wave"].unit == "nm"
+        assert len(f[pfsio.CHECK_HDU].data) == 1
         np.testing.assert_allclose(f["SPECTRUM"].data["flux_input"], flux[0], rtol=1e-6)
         if not OWN_SIGMA:  # else sigma_denoised**2
             np.testing.assert_allclose(f["SPECTRUM"].data["variance"], sigma[0] ** 2, rtol=1e-5)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from astropy.io import fits
 from conftest import WAVE, make_dataset
 
-from specdenoise import SpecdenoiseError, cli
+from specdenoise import SpecdenoiseError, cli, pfsio
 from specdenoise.evaluate import cube as cube_mod
 from specdenoise.train import infer, loop, schedule
 from specdenoise.train import uncertainty as unc
@@ -170,6 +171,50 @@ def test_spikes_and_emission_lines_are_suspect(head_run, stores):
     assert (bad_block.chi2_red > clean_block.chi2_red).all()
 
 
+def test_sky_left_in_or_taken_out_is_suspect(head_run, stores):
+    """Sky emission lines in the input (a sky left unsubtracted, or subtracted twice): the
+    network may take them for the star's, so the residual need not show them, but their
+    pattern is known and sky_excess finds it."""
+    d = infer.load_denoiser(head_run, device="cpu")
+    template = d.calibration.template(N_WAVE)
+    assert template is not None and (template != 0).sum() > 20
+    assert np.abs(template).max() == 1.0
+    # the calibration stores the template of the noise model on the data's wavelengths
+    np.testing.assert_allclose(template, unc.sky_template(WAVE[:N_WAVE]), atol=1e-3)
+    flux, sigma, clean, good = _arrays(stores["test"], 60)
+    rows = np.nonzero(unc.spectrum_snr(flux, sigma) >= 5)[0][:12]
+    base = d(flux[rows], sigma[rows])
+    weight = 1.0 / (sigma[rows].astype(np.float64) ** 2 + base.sigma_denoised ** 2)
+    amp = 30.0 / np.sqrt((weight * template**2).sum(axis=1))  # a 30-sigma pattern
+    sign = np.where(np.arange(len(rows)) % 2, -1.0, 1.0)
+    bad = (flux[rows] + (sign * amp)[:, None] * template[None, :]).astype(np.float32)
+    out = d(bad, sigma[rows])
+    assert (np.abs(base.sky_excess) < 5).sum() >= len(rows) - 2, base.sky_excess
+    assert (np.sign(out.sky_excess) == sign).all(), out.sky_excess
+    assert (np.abs(out.sky_excess) > 10).all(), out.sky_excess
+    assert (out.suspect == 1).all()
+
+
+def test_a_calibration_from_before_the_sky_check_still_flags(head_run, stores):
+    """Calibrations of version 1 have no sky template: no sky_excess (NaN), the flag from the
+    other two statistics as before."""
+    cal = unc.read_calibration(head_run)
+    old = json.loads(cal.to_json())
+    for key in ("sky_template", "sky_median", "sky_spread"):
+        del old[key]
+    old["version"] = 1
+    v1 = unc.Calibration.from_dict(old)
+    assert v1.template(N_WAVE) is None
+    model, _ = load_model(head_run, device="cpu")
+    flux, sigma, clean, good = _arrays(stores["test"], 30)
+    a = infer.denoise_with_uncertainty(model, flux, sigma, calibration=v1)
+    b = infer.denoise_with_uncertainty(model, flux, sigma, calibration=cal)
+    assert np.isnan(a.sky_excess).all() and np.isfinite(b.sky_excess).all()
+    np.testing.assert_array_equal(a.chi2_red, b.chi2_red)
+    u = cal.score(b.chi2_red, b.chi2_peak, unc.spectrum_snr(flux, sigma))
+    np.testing.assert_array_equal(a.suspect, np.where(u > v1.threshold, 1, 0))
+
+
 def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores, tmp_path):
     src = stores["test"]
     out = tmp_path / "den.zarr"
@@ -180,6 +225,7 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
     assert den["sigma_denoised"].attrs["units"] == den["flux_denoised"].attrs["units"]
     assert den["suspect"].dtype == np.int8 and den["chi2_red"].dims == ("spectrum",)
     assert den["chi2_peak"].dims == ("spectrum",) and den["suspect"].attrs["flag_values"]
+    assert den["sky_excess"].dims == ("spectrum",) and np.isfinite(den["sky_excess"]).all()
     assert set(np.unique(den["suspect"].values)) <= {0, 1}
     assert den.attrs["uncertainty_method"] == "head" and den.attrs["uncertainty_calibrated"]
     d = infer.load_denoiser(head_run, device="cpu", batch_size=64)
@@ -188,6 +234,8 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
     np.testing.assert_allclose(den["sigma_denoised"].values[:100], block.sigma_denoised,
                                rtol=1e-6)
     np.testing.assert_array_equal(den["suspect"].values[:100], block.suspect)
+    np.testing.assert_allclose(den["sky_excess"].values[:100], block.sky_excess, rtol=1e-5,
+                               atol=1e-5)
 
     # old-style output on request
     bare = tmp_path / "bare.zarr"
@@ -204,11 +252,27 @@ def test_denoise_store_and_csv_carry_sigma_and_flag(head_run, plain_run, stores,
         assert cli.main(["denoise", "--run", str(run), "--spectrum", str(csv_in), "--out",
                          str(out_csv)]) == 0
         t = np.genfromtxt(out_csv, delimiter=",", names=True)
-        assert {"sigma_denoised", "chi2_red", "chi2_peak", "suspect"} <= set(t.dtype.names)
+        assert {"sigma_denoised", "chi2_red", "chi2_peak", "sky_excess",
+                "suspect"} <= set(t.dtype.names)
         assert (t["sigma_denoised"] > 0).all() and np.isfinite(t["chi2_red"]).all()
+        assert np.isfinite(t["sky_excess"]).all() and len(np.unique(t["sky_excess"])) == 1
         assert len(np.unique(t["chi2_red"])) == 1 and set(np.unique(t["suspect"])) <= {0, 1}
         np.testing.assert_allclose(t["flux_denoised"], block.flux_denoised[0] if run == head_run
                                    else t["flux_denoised"], rtol=1e-6)
+    # FITS: the variance is sigma_denoised**2, the check a table of its own
+    fits_out = tmp_path / "star.fits"
+    assert cli.main(["denoise", "--run", str(head_run), "--spectrum", str(csv_in), "--out",
+                     str(fits_out), "--device", "cpu"]) == 0
+    one = d(flux[:1], sigma[:1])
+    with fits.open(fits_out) as f:
+        check = f[pfsio.CHECK_HDU]
+        assert len(check.data) == 1 and check.header["NCHECKED"] == 1
+        for name in ("chi2_red", "chi2_peak", "sky_excess"):
+            np.testing.assert_allclose(check.data[name], one.__dict__[name], rtol=1e-4)
+        assert check.data["suspect"][0] == one.suspect[0]
+        assert check.header["NSUSPECT"] == int(one.suspect[0] == 1)
+        np.testing.assert_allclose(f["SPECTRUM"].data["variance"], one.sigma_denoised[0] ** 2,
+                                   rtol=1e-4)
     # the plain network was calibrated for K=4: with 3 samples it is neither calibrated nor
     # checked (-1), and says so
     out_csv = tmp_path / "k3.csv"
@@ -233,6 +297,9 @@ def test_cube_carries_sigma_z_and_suspect(head_run, stores, tmp_path):
     np.testing.assert_allclose(head["z"].values, z, rtol=1e-5, atol=1e-6)
     assert np.isnan(c["sigma_denoised"].sel(denoiser="none").values).all()
     assert np.isnan(c["suspect"].sel(denoiser="none").values).all()
+    assert c["sky_excess"].dims == ("denoiser", "spectrum")
+    assert np.isfinite(head["sky_excess"]).all()
+    assert np.isnan(c["sky_excess"].sel(denoiser="none").values).all()
     assert float(head["suspect"].mean()) <= 0.04
     info = json.loads(c.attrs["methods"])["head"]["uncertainty"]
     assert info["method"] == "head" and info["suspect_threshold"] > 0

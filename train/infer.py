@@ -6,10 +6,10 @@ through the network and multiplied back, so outputs are in the units of the inpu
 With an uncertainty (the default of :func:`denoise_dataset` and :func:`denoise_file`; for
 arrays :func:`load_denoiser` / :func:`denoise_with_uncertainty`) every output also carries
 ``sigma_denoised`` (1-sigma error of each denoised pixel, flux units), ``chi2_red`` and
-``chi2_peak`` (the per-spectrum consistency statistics, global and over 5 pixels) and
-``suspect`` (1: the denoised spectrum does not
-explain its input as well as 99 % of the validation spectra do; 0: it does; -1: not checked);
-see :mod:`specdenoise.train.uncertainty`.
+``chi2_peak`` (the per-spectrum consistency statistics, global and over 5 pixels),
+``sky_excess`` (significance of sky lines left in the input, sigma) and ``suspect`` (1: the
+denoised spectrum does not explain its input as well as 99 % of the validation spectra do;
+0: it does; -1: not checked); see :mod:`specdenoise.train.uncertainty`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ DENOISED_VAR = "flux_denoised"
 SIGMA_VAR = "sigma_denoised"
 CHI2_VAR = "chi2_red"
 PEAK_VAR = "chi2_peak"
+SKY_VAR = "sky_excess"
 SUSPECT_VAR = "suspect"
 #: uncertainty choices of ``denoise``: the calibrated method of the run (auto), one method, none
 UNCERTAINTY_CHOICES = ("auto", "head", "sample", "both", "none")
 #: CF flag attributes of ``suspect``
 SUSPECT_ATTRS = {"flag_values": [-1, 0, 1], "flag_meanings": "unchecked consistent suspect",
-                 "long_name": "denoised spectrum does not explain its input (chi2_red above "
-                              "the run's 1 % false-alarm threshold)"}
+                 "long_name": "denoised spectrum does not explain its input (chi2_red, "
+                              "chi2_peak or sky_excess above the run's 1 % false-alarm "
+                              "threshold)"}
 DENOISED_KIND = stores.DENOISED.name
 #: the largest spectrum file read (bytes): a spectrum of 4096 pixels is ~100 kB as text
 MAX_SPECTRUM_FILE = 2 << 30
@@ -123,10 +125,10 @@ class DenoisedBlock:
 
     ``flux_denoised`` (n, n_wave) float32, in the input's flux units; ``sigma_denoised``
     (n, n_wave) float32, the calibrated 1-sigma error of each denoised pixel in the same units
-    (None when no uncertainty was asked for); ``chi2_red`` and ``chi2_peak`` (n,) float32,
-    the consistency statistics (NaN: not computed, the input had no sigma; see
-    :mod:`specdenoise.train.uncertainty`); ``suspect`` (n,) int8: 1 suspect, 0 consistent,
-    -1 not checked (no calibration or no input sigma).
+    (None when no uncertainty was asked for); ``chi2_red``, ``chi2_peak`` and ``sky_excess``
+    (n,) float32, the consistency statistics (NaN: not computed, the input had no sigma or
+    the calibration no sky template; see :mod:`specdenoise.train.uncertainty`); ``suspect``
+    (n,) int8: 1 suspect, 0 consistent, -1 not checked (no calibration or no input sigma).
     """
 
     flux_denoised: np.ndarray
@@ -134,6 +136,7 @@ class DenoisedBlock:
     chi2_red: np.ndarray
     suspect: np.ndarray
     chi2_peak: np.ndarray | None = None
+    sky_excess: np.ndarray | None = None
 
 
 def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
@@ -174,7 +177,7 @@ def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibr
                                "weights are damaged (retrain, or use an earlier checkpoint)")
     out = unc.apply(calibration, den, raw, flux, sigma, good)
     return DenoisedBlock(den, out["sigma_denoised"], out["chi2_red"], out["suspect"],
-                         out["chi2_peak"])
+                         out["chi2_peak"], out["sky_excess"])
 
 
 def denoise_array_with_sigma(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
@@ -376,12 +379,14 @@ def _denoise_dataset(model, config, in_zarr, out: Path, info, *, batch_size, ove
             dst[SIGMA_VAR][lo:hi] = block.sigma_denoised
             dst[CHI2_VAR][lo:hi] = block.chi2_red
             dst[PEAK_VAR][lo:hi] = block.chi2_peak
+            dst[SKY_VAR][lo:hi] = block.sky_excess
             dst[SUSPECT_VAR][lo:hi] = block.suspect
     return out
 
 
 def _uncertainty_vars(n: int, n_wave: int, chunk: int, units: str) -> dict:
-    """Empty (lazy) ``sigma_denoised``, ``chi2_red`` and ``suspect`` of a denoised store."""
+    """Empty (lazy) ``sigma_denoised``, ``chi2_red``, ``chi2_peak``, ``sky_excess`` and
+    ``suspect`` of a denoised store."""
     import dask.array as da
 
     from specdenoise.schema import SPECTRUM_DIM, WAVE_DIM
@@ -397,6 +402,10 @@ def _uncertainty_vars(n: int, n_wave: int, chunk: int, units: str) -> dict:
         PEAK_VAR: ((SPECTRUM_DIM,), da.zeros((n,), dtype=np.float32, chunks=(chunk,)),
                    {"units": "1", "long_name": "largest mean of (flux - flux_denoised)^2 / "
                     "(sigma^2 + sigma_denoised^2) over 5 neighbouring pixels"}),
+        SKY_VAR: ((SPECTRUM_DIM,), da.full((n,), np.nan, dtype=np.float32, chunks=(chunk,)),
+                  {"units": "1", "long_name": "matched-filter significance of the sky-line "
+                   "template in flux - flux_denoised, in sigma (> 0: sky left in, < 0: "
+                   "oversubtracted; NaN: no sky check)"}),
         SUSPECT_VAR: ((SPECTRUM_DIM,), da.full((n,), -1, dtype=np.int8, chunks=(chunk,)),
                       dict(SUSPECT_ATTRS)),
     }
@@ -592,9 +601,9 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     Columns: ``wave`` (nm; from the file, else the model's training grid), ``flux`` and
     ``flux_denoised``; with several spectra a leading ``spectrum`` column numbers them.
     Unless ``uncertainty`` is ``"none"`` (see :func:`denoise_dataset`): ``sigma_denoised``
-    (flux units) per pixel, and ``chi2_red``, ``chi2_peak`` and ``suspect`` (1, 0, or -1 =
-    not checked), per spectrum, repeated on each of its rows. A file without a noise column
-    gets a sigma only from a network with an uncertainty head, and no check.
+    (flux units) per pixel, and ``chi2_red``, ``chi2_peak``, ``sky_excess`` and ``suspect``
+    (1, 0, or -1 = not checked), per spectrum, repeated on each of its rows. A file without a
+    noise column gets a sigma only from a network with an uncertainty head, and no check.
     An existing ``out_csv`` is replaced only with ``overwrite``.
     """
     if uncertainty not in UNCERTAINTY_CHOICES:
@@ -656,13 +665,15 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
             den = denoise_array(model, flux)
             nan = np.full(len(den), np.nan, np.float32)
             block = DenoisedBlock(den, np.full_like(den, np.nan), nan,
-                                  np.full(len(den), -1, np.int8), nan)
+                                  np.full(len(den), -1, np.int8), nan, nan)
         else:
             block = denoiser(flux, sigma)
-        header += f",{SIGMA_VAR},{CHI2_VAR},{PEAK_VAR},{SUSPECT_VAR}"
+        header += f",{SIGMA_VAR},{CHI2_VAR},{PEAK_VAR},{SKY_VAR},{SUSPECT_VAR}"
+        sky = block.sky_excess if block.sky_excess is not None else np.full(len(flux), np.nan)
         for i in range(len(flux)):
             prefix = f"{i}," if many else ""
-            tail = f",{block.chi2_red[i]:.6g},{block.chi2_peak[i]:.6g},{int(block.suspect[i])}"
+            tail = (f",{block.chi2_red[i]:.6g},{block.chi2_peak[i]:.6g},{sky[i]:.6g},"
+                    f"{int(block.suspect[i])}")
             rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
                      for w, f, d, e in zip(wave, flux[i], block.flux_denoised[i],
                                            block.sigma_denoised[i], strict=True)]

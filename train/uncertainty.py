@@ -41,7 +41,25 @@ line or a sky residual raises it a lot in a few pixels, which a mean over 4096 p
 (``chi2_peak`` about 500). Their null distributions drift with S/N, so each is standardised
 per S/N bin (median and 1.4826 MAD of the validation spectra in the bin); a spectrum's score
 is the larger of the two standardised values, and one threshold on it, the (1 - false alarm)
-quantile over all validation spectra, sets ``suspect``. A suspect spectrum is one the
+quantile over all validation spectra, sets ``suspect``.
+
+A third statistic looks for one failure the two cannot see: sky left in (or taken out of) the
+input by a wrong sky subtraction. The network treats such flux as the star's and reproduces
+it (an unsubtracted sky continuum makes the whole denoised spectrum too bright), so the
+residual is quiet; but the sky's emission lines sit at known wavelengths.
+
+    sky_excess = sum(w r T) / sqrt(sum(w T^2)),  w = 1 / (sigma^2 + sigma_D^2)
+
+(sigma_D: ``sigma_denoised``; ``r`` the residual flux - D less its running median over
+:data:`SKY_WINDOW` pixels, so that a smooth misfit, which the network's errors often are, does
+not count) is the matched-filter significance (in sigma) of the sky-line template ``T`` in
+the residual. ``T`` is the sky spectrum of the noise model at the default
+observing conditions (:data:`specdenoise.schema.OBSERVING`) in flux units, less its running
+median over :data:`SKY_WINDOW` pixels (what is left is the OH and O2 lines), peak 1.
+Positive: sky emission left in; negative: too much sky subtracted. Its size, standardised per
+S/N bin as the others, is the third score (``results/ood/`` shows what it catches).
+
+A suspect spectrum is one the
 network's output does not explain as well as it explains 99 % of the spectra it was
 validated on: look at ``flux - flux_denoised``, and do not use the denoised flux of that
 spectrum without checking it (or use the noisy input).
@@ -81,6 +99,10 @@ MIN_BIN_SPECTRA = 20
 MAX_FIT_PIXELS = 400_000
 #: pixels of the local window of ``chi2_peak`` (a line or a cosmic-ray hit spans 2-5 pixels)
 LOCAL_WINDOW = 5
+#: pixels of the running median that takes the continuum off the sky template
+SKY_WINDOW = 51
+#: template values below this fraction of its peak are stored as 0
+SKY_FLOOR = 1e-4
 #: values of ``suspect``: 1 suspect, 0 consistent, -1 not checked (no calibration or no sigma)
 SUSPECT, CONSISTENT, UNCHECKED = 1, 0, -1
 
@@ -195,9 +217,11 @@ class Calibration:
 
     Per S/N bin (``snr_edges``): ``scale`` multiplies the raw sigma; ``chi2_median`` and
     ``chi2_spread`` standardise ``chi2_red``, ``peak_median`` and ``peak_spread``
-    ``chi2_peak``; ``threshold`` is the score (the larger standardised value) above which a
-    spectrum is suspect (``false_alarm`` of the fitting data lie above it). ``coverage``
-    records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z).
+    ``chi2_peak``, ``sky_median`` and ``sky_spread`` ``sky_excess`` (its size counts);
+    ``threshold`` is the score (the largest standardised value) above which a spectrum is
+    suspect (``false_alarm`` of the fitting data lie above it). ``sky_template``: the sky-line
+    template on the model's pixels (None: no sky check, as in calibrations of version 1).
+    ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z).
     """
 
     method: str
@@ -214,19 +238,37 @@ class Calibration:
     n_spectra: int = 0
     seed: int = 0
     coverage: list[dict] = field(default_factory=list)
-    version: int = 1
+    sky_template: list[float] | None = None
+    sky_median: list[float] | None = None
+    sky_spread: list[float] | None = None
+    version: int = 2
 
     def scale_for(self, snr: np.ndarray) -> np.ndarray:
         return np.asarray(self.scale)[snr_bin(snr, self.snr_edges)]
 
-    def score(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray) -> np.ndarray:
-        """The larger of the standardised ``chi2_red`` and ``chi2_peak``, (n,)."""
-        return _score(chi2, peak, snr_bin(snr, self.snr_edges), self.chi2_median,
-                      self.chi2_spread, self.peak_median, self.peak_spread)
+    def template(self, n_wave: int) -> np.ndarray | None:
+        """The sky-line template as an (n_wave,) array, or None (no sky check)."""
+        if self.sky_template is None or len(self.sky_template) != n_wave \
+                or self.sky_median is None or self.sky_spread is None:
+            return None
+        return np.asarray(self.sky_template, np.float64)
 
-    def suspect(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    def score(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray,
+              sky: np.ndarray | None = None) -> np.ndarray:
+        """The largest of the standardised ``chi2_red``, ``chi2_peak`` and ``|sky_excess|``
+        (where the calibration has a sky check and ``sky`` is finite), (n,)."""
+        b = snr_bin(snr, self.snr_edges)
+        u = _score(chi2, peak, b, self.chi2_median, self.chi2_spread, self.peak_median,
+                   self.peak_spread)
+        if sky is not None and self.sky_median is not None and self.sky_spread is not None:
+            u3 = _sky_score(sky, b, self.sky_median, self.sky_spread)
+            u = np.where(np.isfinite(u3), np.maximum(u, u3), u)
+        return u
+
+    def suspect(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray,
+                sky: np.ndarray | None = None) -> np.ndarray:
         """(n,) int8: 1 suspect, 0 consistent, -1 where chi2 is NaN (not checked)."""
-        u = self.score(chi2, peak, snr)
+        u = self.score(chi2, peak, snr, sky)
         out = np.where(u > self.threshold, SUSPECT, CONSISTENT).astype(np.int8)
         out[~(np.isfinite(chi2) & np.isfinite(peak))] = UNCHECKED
         return out
@@ -295,6 +337,57 @@ def consistency(flux, sigma, denoised, sigma_denoised, good=None,
     return chi2, np.where(np.isfinite(peak), peak, np.nan)
 
 
+def sky_template(wave, noise: str = "builtin") -> np.ndarray:
+    """The sky-line template on the vacuum wavelengths ``wave`` (nm), (n,) float64.
+
+    The sky of the noise model ``noise`` (a config's ``noise`` entry) at the default observing
+    conditions, divided by its flux conversion (flux units per exposure), less its running
+    median over :data:`SKY_WINDOW` pixels, interpolated onto ``wave`` (0 outside the model's
+    range), peak 1; values below :data:`SKY_FLOOR` of the peak are 0.
+    """
+    from scipy.ndimage import median_filter
+
+    from specdenoise import schema
+    from specdenoise.simulate import engine
+
+    model = engine.noise_model(noise)
+    out = model.evaluate({c.name: c.value for c in schema.OBSERVING})
+    sky = np.asarray(out["sky"], np.float64)[0] / np.asarray(out["conversion"], np.float64)[0]
+    lines = sky - median_filter(sky, SKY_WINDOW, mode="nearest")
+    t = np.interp(np.asarray(wave, np.float64), np.asarray(model.wave, np.float64), lines,
+                  left=0.0, right=0.0)
+    peak = float(np.max(np.abs(t)))
+    if not peak > 0:
+        raise SpecdenoiseError(f"the noise model {noise!r} has no sky lines over "
+                               f"{float(np.min(wave)):.1f}-{float(np.max(wave)):.1f} nm")
+    t = t / peak
+    t[np.abs(t) < SKY_FLOOR] = 0.0
+    return t
+
+
+def sky_excess(flux, sigma, denoised, sigma_denoised, template, good=None) -> np.ndarray:
+    """Matched-filter significance (sigma units) of the sky-line ``template`` (n_wave,) in
+    ``flux - denoised`` less its running median, weights ``1 / (sigma^2 +
+    sigma_denoised^2)``; (n,) float64, NaN for a spectrum without an unmasked pixel the
+    template covers (see the module)."""
+    from scipy.ndimage import median_filter
+
+    var = np.asarray(sigma, np.float64) ** 2 + np.asarray(sigma_denoised, np.float64) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(var > 0, 1.0 / var, 0.0)
+    r = np.asarray(flux, np.float64) - denoised
+    ok = np.isfinite(w) & np.isfinite(r)
+    if good is not None:
+        ok &= np.asarray(good, bool)
+    w = np.where(ok, w, 0.0)
+    r = np.where(ok, r, 0.0)
+    r = r - median_filter(r, size=(1, min(SKY_WINDOW, r.shape[1])), mode="nearest")
+    t = np.asarray(template, np.float64)[None, :]
+    norm = (w * t * t).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norm > 0, (w * r * t).sum(axis=1) / np.sqrt(norm), np.nan)
+
+
 def chi2_red(flux, sigma, denoised, sigma_denoised, good=None) -> np.ndarray:
     """Reduced chi2 of the input about the denoised spectrum, (n,) float64 (see the module)."""
     return consistency(flux, sigma, denoised, sigma_denoised, good)[0]
@@ -304,6 +397,10 @@ def _score(chi2, peak, b, chi2_median, chi2_spread, peak_median, peak_spread) ->
     u1 = (chi2 - np.asarray(chi2_median)[b]) / np.asarray(chi2_spread)[b]
     u2 = (peak - np.asarray(peak_median)[b]) / np.asarray(peak_spread)[b]
     return np.maximum(u1, u2)
+
+
+def _sky_score(sky, b, sky_median, sky_spread) -> np.ndarray:
+    return np.abs(sky - np.asarray(sky_median)[b]) / np.asarray(sky_spread)[b]
 
 
 def _robust(values: np.ndarray, b: np.ndarray, n_bins: int) -> tuple[list, list]:
@@ -374,11 +471,13 @@ def _fill_bins(values: list[float | None]) -> list[float]:
 
 def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: str,
                     samples: int, false_alarm: float = FALSE_ALARM, edges=SNR_EDGES,
-                    dataset: str = "", seed: int = 0) -> Calibration:
+                    dataset: str = "", seed: int = 0,
+                    template: np.ndarray | None = None) -> Calibration:
     """Fit a :class:`Calibration` on in-domain spectra with known truth ``clean``.
 
     All arrays (n, n_wave) in one flux unit; ``good`` (n, n_wave) bool: unmasked pixels with
-    a positive ``clean``. ``sigma_raw`` from :func:`raw_uncertainty`.
+    a positive ``clean``. ``sigma_raw`` from :func:`raw_uncertainty`. ``template``: the
+    sky-line template on the same pixels (:func:`sky_template`; None: no sky check).
     """
     if not 0 < false_alarm < 1:
         raise SpecdenoiseError(f"false-alarm rate must be in (0, 1), got {false_alarm}")
@@ -405,6 +504,13 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
     med_f, spread_f = _robust(chi2, b, n_bins)
     pmed_f, pspread_f = _robust(peak, b, n_bins)
     u = _score(chi2, peak, b, med_f, spread_f, pmed_f, pspread_f)
+    smed_f = sspread_f = stored = None
+    if template is not None:
+        sky = sky_excess(flux, sigma, denoised, s_cal, template, good)
+        smed_f, sspread_f = _robust(sky, b, n_bins)
+        u3 = _sky_score(sky, b, smed_f, sspread_f)
+        u = np.where(np.isfinite(u3), np.maximum(u, u3), u)
+        stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
     u = u[np.isfinite(u)]
     threshold = float(np.quantile(u, 1 - false_alarm)) if u.size else math.inf
     table = []
@@ -418,17 +524,19 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
                        scale=scale, chi2_median=med_f, chi2_spread=spread_f,
                        peak_median=pmed_f, peak_spread=pspread_f, threshold=threshold,
                        false_alarm=float(false_alarm), dataset=dataset,
-                       n_spectra=int(len(flux)), seed=int(seed), coverage=table)
+                       n_spectra=int(len(flux)), seed=int(seed), coverage=table,
+                       sky_template=stored, sky_median=smed_f, sky_spread=sspread_f)
 
 
 def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) -> dict:
-    """Calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red`` and ``chi2_peak``
-    (n,) float32 and ``suspect`` (n,) int8 for spectra denoised with :func:`raw_uncertainty`.
+    """Calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red``, ``chi2_peak`` and
+    ``sky_excess`` (n,) float32 and ``suspect`` (n,) int8 for spectra denoised with
+    :func:`raw_uncertainty`.
 
     Without a calibration the raw sigma is kept and nothing is flagged (``suspect`` -1);
-    without the input's ``sigma`` there is no chi2 (NaN) and no flag. A spectrum's S/N (for
-    its bin) is taken from the input, median of flux / sigma; without sigma, the first bin's
-    scale is used.
+    without the input's ``sigma`` there is no chi2 (NaN) and no flag; ``sky_excess`` is NaN
+    without a calibration that has a sky template. A spectrum's S/N (for its bin) is taken
+    from the input, median of flux / sigma; without sigma, the first bin's scale is used.
     """
     n = len(denoised)
     nan = np.full(n, np.nan, np.float32)
@@ -436,14 +544,19 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
         snr = np.full(n, np.nan)
         s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
         return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": nan,
-                "chi2_peak": nan.copy(), "suspect": np.full(n, UNCHECKED, np.int8)}
+                "chi2_peak": nan.copy(), "sky_excess": nan.copy(),
+                "suspect": np.full(n, UNCHECKED, np.int8)}
     snr = spectrum_snr(flux, sigma, good)
     s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
     chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
+    template = None if cal is None else cal.template(np.shape(denoised)[-1])
+    sky = (np.full(n, np.nan) if template is None
+           else sky_excess(flux, sigma, denoised, s_cal, template, good))
     suspect = (np.full(n, UNCHECKED, np.int8) if cal is None
-               else cal.suspect(chi2, peak, snr))
+               else cal.suspect(chi2, peak, snr, sky))
     return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": chi2.astype(np.float32),
-            "chi2_peak": peak.astype(np.float32), "suspect": suspect}
+            "chi2_peak": peak.astype(np.float32), "sky_excess": sky.astype(np.float32),
+            "suspect": suspect}
 
 
 def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
@@ -480,7 +593,36 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
     p = {k: np.concatenate(v) for k, v in parts.items()}
     return fit_calibration(p["den"], p["raw"], p["flux"], p["sigma"], p["clean"], p["good"],
                            method=method, samples=samples, false_alarm=false_alarm,
-                           dataset=str(data), seed=seed)
+                           dataset=str(data), seed=seed, template=_data_template(group, info))
+
+
+def _data_template(group, info) -> np.ndarray | None:
+    """The sky-line template on a dataset's wavelengths, from the noise model its simulation
+    config names (the built-in one when that cannot be built here); None without wavelengths."""
+    import logging
+
+    try:
+        wave = np.asarray(group["wave"][:], np.float64)
+    except KeyError:
+        return None
+    if wave.shape != (info.n_wave,):
+        return None
+    noise = "builtin"
+    cfg = group.attrs.get("config")
+    try:
+        cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
+        noise = cfg.get("noise") or "builtin" if isinstance(cfg, dict) else "builtin"
+    except ValueError:
+        pass
+    try:
+        return sky_template(wave, str(noise))
+    except (SpecdenoiseError, OSError, ValueError) as exc:
+        if noise == "builtin":
+            raise
+        logging.getLogger("specdenoise.calibrate").warning(
+            "noise model %r unavailable here (%s): the sky check uses the built-in sky", noise,
+            exc)
+        return sky_template(wave, "builtin")
 
 
 def calibrate_run(run, data, *, method: str | None = None, samples: int = DEFAULT_SAMPLES,
