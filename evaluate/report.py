@@ -515,7 +515,13 @@ SECTIONS = {
                     "0.954), the standard deviation of z = (D - F) / sigma (1 when the "
                     "uncertainty is right; above 1 it is too small) and the fraction of "
                     "spectra flagged suspect. Target on the default validation set, every "
-                    "S/N bin: 0.63-0.73, 0.92-0.97 and 0.85-1.15."),
+                    "S/N bin: 0.63-0.73, 0.92-0.97 and 0.85-1.15. A suspect spectrum is one "
+                    "whose denoised flux explains its noisy input worse than 99 % of the "
+                    "validation spectra are explained (chi2_red: everywhere; chi2_peak: in a "
+                    "few pixels, as a cosmic-ray hit or an emission line; sky_excess: sky "
+                    "emission lines left in the input). About 1 % of ordinary spectra are "
+                    "flagged by design; for a flagged one, look at the residual flux - D and "
+                    "mask, re-reduce or use the noisy input rather than trust D."),
 }
 
 
