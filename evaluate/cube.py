@@ -105,8 +105,6 @@ class Method:
 # ---- uncertainty block (trust-net): sigma_denoised, z, chi2_red, suspect
 #: what a method with ``uncertainty=True`` returns among its extras
 UNCERTAINTY_EXTRAS = ("sigma_denoised", "chi2_red", "chi2_peak", "suspect")
-#: what such a method may also return (NaN in the cube when it does not)
-OPTIONAL_UNCERTAINTY_EXTRAS = ("sky_excess",)
 
 
 def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> dict:

@@ -207,6 +207,16 @@ def test_pfs_object_of_our_own_round_trips(run, tmp_path):
                                    sigma=(sigma[0] * scale).astype(np.float32))
     np.testing.assert_allclose(f, expected, rtol=1e-6)
     assert header["SDVARSRC"] == VARSRC
+    # the same product into CSV: the columns of a CSV spectrum, sigma_denoised as the FITS
+    # variance, the check per spectrum (this run is not calibrated: -1, NaN)
+    csv_out = tmp_path / "obj.csv"
+    assert _denoise(run, ["--spectrum", src, "--out", csv_out]) == 0
+    t = np.genfromtxt(csv_out, delimiter=",", names=True)
+    assert t.dtype.names == ("wave", "flux", "flux_denoised", "sigma_denoised", "chi2_red",
+                             "chi2_peak", "sky_excess", "suspect")
+    np.testing.assert_allclose(t["flux_denoised"], expected, rtol=1e-6)
+    np.testing.assert_allclose(t["sigma_denoised"] ** 2, var, rtol=1e-4)
+    assert (t["suspect"] == -1).all() and np.isnan(t["sky_excess"]).all()
 
 
 def test_another_grid_is_resampled_and_mapped_back(run, tmp_path):
