@@ -156,6 +156,14 @@ def check_device(device: str | None) -> None:
 
 #: libraries whose own log records stay out of a user's log unless --debug
 QUIET_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh", "torch")
+#: loggers that ``import distributed`` sets to a level of their own (``distributed.config``'s
+#: defaults), undoing ours when the import comes later: they get a filter instead
+DISTRIBUTED_OWN_LEVELS = ("distributed", "distributed.client", "distributed.gc", "bokeh",
+                          "tornado", "tornado.application")
+
+
+def _critical_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
 
 
 @contextlib.contextmanager
@@ -181,12 +189,20 @@ def quiet_libraries(debug: bool) -> Iterator[None]:
     for name in [*logging.root.manager.loggerDict, *QUIET_LOGGERS]:
         if name.split(".")[0] in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    # ``import distributed`` inside the block (a stage imports it lazily) sets these loggers'
+    # levels back to its defaults (tornado.application: error), and a Ctrl-C that lands in
+    # its event loop's callbacks is then logged with a traceback; a filter outlives that
+    filtered = [logging.getLogger(name) for name in DISTRIBUTED_OWN_LEVELS]
+    for logger in filtered:
+        logger.addFilter(_critical_only)
     try:
         with warnings.catch_warnings():
             for module in (r"torch(\..*)?", r"distributed(\..*)?", r"dask(\..*)?"):
                 warnings.filterwarnings("ignore", module=module)
             yield
     finally:
+        for logger in filtered:
+            logger.removeFilter(_critical_only)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

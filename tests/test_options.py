@@ -296,3 +296,35 @@ def test_ctrl_c_leaves_dask_chatter_out_of_the_log(small_grid, tmp_path):
         assert noise not in text, text
     assert text.strip().splitlines()[-1].startswith("specdenoise simulate: interrupted; "
                                                      "finished chunks are kept")
+
+
+def test_quiet_libraries_outlives_distributed_setting_its_own_levels():
+    """A stage imports distributed inside the block; the import sets tornado.application and
+    distributed.client back to its defaults (error, warning), and CI once saw a Ctrl-C logged
+    as a tornado traceback. Those records stay out unless --debug."""
+    import dask
+    from distributed.config import initialize_logging
+
+    from specdenoise import options
+
+    names = options.DISTRIBUTED_OWN_LEVELS
+    levels = {n: logging.getLogger(n).level for n in names}
+    seen = io.StringIO()
+    handler = logging.StreamHandler(seen)  # as distributed's own handler on stderr
+    for n in ("tornado.application", "distributed.client"):
+        logging.getLogger(n).addHandler(handler)
+    try:
+        with options.quiet_libraries(False):
+            initialize_logging(dask.config.config)  # what a later `import distributed` does
+            assert logging.getLogger("tornado.application").level == logging.ERROR
+            logging.getLogger("tornado.application").error("Exception in callback")
+            logging.getLogger("distributed.client").warning("Couldn't gather 1 keys")
+        assert seen.getvalue() == ""
+        # outside the block (and with --debug) they are the library's again
+        logging.getLogger("tornado.application").error("after the block")
+        assert "after the block" in seen.getvalue()
+    finally:
+        for n in ("tornado.application", "distributed.client"):
+            logging.getLogger(n).removeHandler(handler)
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
