@@ -166,13 +166,7 @@ def _uncertainty_fn(model_path, device, method, bad, samples=None):
 
     def sigma_fn(model, flux, sigma):
         block = denoiser(flux, sigma, good=~bad)
-        n = len(block.flux_denoised)
-        nan = np.full(n, np.nan, np.float32)
-        checks = {"chi2_red": block.chi2_red,
-                  "chi2_peak": block.chi2_peak if block.chi2_peak is not None else nan,
-                  "sky_excess": block.sky_excess if block.sky_excess is not None else nan,
-                  "suspect": block.suspect}
-        return block.flux_denoised, block.sigma_denoised, checks
+        return block.flux_denoised, block.sigma_denoised, block.checks()
 
     return sigma_fn
 
@@ -269,28 +263,10 @@ def denoise_spectrum_file(model_path, in_path, out, *, fiber_ids=None, device=No
 
 def _write_csv(tmp: Path, s: pfsio.Spectra, model_wave, n_wave: int, den: np.ndarray,
                sigma_den: np.ndarray | None = None, checks: dict | None = None) -> None:
-    """The CSV of :func:`specdenoise.train.infer.denoise_file`: ``[spectrum,]wave,flux,
-    flux_denoised``, on the file's grid; with the denoiser's uncertainty also
-    ``sigma_denoised`` (per pixel, on the file's grid) and, with ``checks``, ``chi2_red``,
-    ``chi2_peak``, ``sky_excess`` and ``suspect`` (per spectrum, on each of its rows)."""
-    wave = s.wave if s.wave is not None else np.broadcast_to(
-        model_wave if model_wave is not None else np.arange(n_wave, dtype=float), den.shape)
-    many = len(den) > 1
-    header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
-    names = [name for name, _fmt, _meaning in pfsio.CHECK_COLUMNS] if checks else []
-    if sigma_den is not None:
-        header += ",sigma_denoised"
-    header += "".join(f",{name}" for name in names)
-    lines = [header]
-    for i in range(len(den)):
-        prefix = f"{i}," if many else ""
-        tail = "".join(f",{int(checks[n][i])}" if n == "suspect" else f",{checks[n][i]:.6g}"
-                       for n in names)
-        if sigma_den is None:
-            lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}{tail}"
-                      for w, f, d in zip(wave[i], s.flux[i], den[i], strict=True)]
-        else:
-            lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
-                      for w, f, d, e in zip(wave[i], s.flux[i], den[i], sigma_den[i],
-                                            strict=True)]
-    tmp.write_text("\n".join(lines) + "\n")
+    """The CSV of :func:`specdenoise.train.infer.denoise_file`
+    (:func:`~specdenoise.train.infer.spectrum_csv`), on the file's grid."""
+    from specdenoise.train.infer import spectrum_csv
+
+    wave = s.wave if s.wave is not None else (
+        model_wave if model_wave is not None else np.arange(n_wave, dtype=float))
+    tmp.write_text(spectrum_csv(wave, s.flux, den, sigma_den, checks))

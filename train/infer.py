@@ -36,6 +36,8 @@ CHI2_VAR = "chi2_red"
 PEAK_VAR = "chi2_peak"
 SKY_VAR = "sky_excess"
 SUSPECT_VAR = "suspect"
+#: the per-spectrum checks of a denoised spectrum, in the order outputs give them
+CHECK_VARS = (CHI2_VAR, PEAK_VAR, SKY_VAR, SUSPECT_VAR)
 #: uncertainty choices of ``denoise``: the calibrated method of the run (auto), one method, none
 UNCERTAINTY_CHOICES = ("auto", "head", "sample", "both", "none")
 #: CF flag attributes of ``suspect``
@@ -137,6 +139,39 @@ class DenoisedBlock:
     suspect: np.ndarray
     chi2_peak: np.ndarray | None = None
     sky_excess: np.ndarray | None = None
+
+    def checks(self) -> dict[str, np.ndarray]:
+        """The per-spectrum checks by name (:data:`CHECK_VARS`), NaN where not computed."""
+        nan = np.full(len(self.flux_denoised), np.nan, np.float32)
+        return {CHI2_VAR: self.chi2_red,
+                PEAK_VAR: nan if self.chi2_peak is None else self.chi2_peak,
+                SKY_VAR: nan if self.sky_excess is None else self.sky_excess,
+                SUSPECT_VAR: self.suspect}
+
+
+def spectrum_csv(wave, flux, denoised, sigma_denoised=None, checks=None) -> str:
+    """The text of a denoised-spectrum CSV: ``[spectrum,]wave,flux,flux_denoised`` (a leading
+    ``spectrum`` column numbers several spectra), then ``sigma_denoised`` per pixel when given
+    and, with ``checks`` (:meth:`DenoisedBlock.checks`), the :data:`CHECK_VARS` of each
+    spectrum repeated on each of its rows. ``wave`` (n_pix,) or (n, n_pix)."""
+    many = len(flux) > 1
+    wave = np.broadcast_to(wave, np.shape(flux))
+    names = CHECK_VARS if checks is not None else ()
+    lines = [("spectrum," if many else "") + "wave,flux,flux_denoised"
+             + (f",{SIGMA_VAR}" if sigma_denoised is not None else "")
+             + "".join(f",{name}" for name in names)]
+    for i in range(len(flux)):
+        prefix = f"{i}," if many else ""
+        tail = "".join(f",{int(checks[n][i])}" if n == SUSPECT_VAR else f",{checks[n][i]:.6g}"
+                       for n in names)
+        if sigma_denoised is None:
+            lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}{tail}"
+                      for w, f, d in zip(wave[i], flux[i], denoised[i], strict=True)]
+        else:
+            lines += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
+                      for w, f, d, e in zip(wave[i], flux[i], denoised[i], sigma_denoised[i],
+                                            strict=True)]
+    return "\n".join(lines) + "\n"
 
 
 def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibration=None,
@@ -643,15 +678,9 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
     if sigma is not None:
         check_noise(flux, sigma, in_path)
     takes_sigma = require_sigma(model, sigma, in_path)
-    many = len(flux) > 1
-    header = ("spectrum," if many else "") + "wave,flux,flux_denoised"
-    rows = []
     if denoiser is None:
         den = denoise_array(model, flux, sigma=sigma if takes_sigma else None)
-        for i in range(len(flux)):
-            prefix = f"{i}," if many else ""
-            rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g}"
-                     for w, f, d in zip(wave, flux[i], den[i], strict=True)]
+        text = spectrum_csv(wave, flux, den)
     else:
         if sigma is None and denoiser.uncertainty_method != "head":
             if uncertainty != "auto":
@@ -668,19 +697,11 @@ def denoise_file(model_path, in_path, out_csv, *, device=None, overwrite: bool =
                                   np.full(len(den), -1, np.int8), nan, nan)
         else:
             block = denoiser(flux, sigma)
-        header += f",{SIGMA_VAR},{CHI2_VAR},{PEAK_VAR},{SKY_VAR},{SUSPECT_VAR}"
-        sky = block.sky_excess if block.sky_excess is not None else np.full(len(flux), np.nan)
-        for i in range(len(flux)):
-            prefix = f"{i}," if many else ""
-            tail = (f",{block.chi2_red[i]:.6g},{block.chi2_peak[i]:.6g},{sky[i]:.6g},"
-                    f"{int(block.suspect[i])}")
-            rows += [f"{prefix}{w:.6f},{f:.8g},{d:.8g},{e:.6g}{tail}"
-                     for w, f, d, e in zip(wave, flux[i], block.flux_denoised[i],
-                                           block.sigma_denoised[i], strict=True)]
+        text = spectrum_csv(wave, flux, block.flux_denoised, block.sigma_denoised,
+                            block.checks())
         n_sus = int((block.suspect == 1).sum())
         if n_sus:
             log.warning("%d of %d spectra in %s are suspect: the denoised flux does not explain "
                         "the input (see README, 'suspect')", n_sus, len(flux), in_path)
-    text = header + "\n" + "\n".join(rows) + "\n"
     return stores.write_file(out, lambda tmp: tmp.write_text(text), overwrite=overwrite,
                              inputs=(in_path,))
