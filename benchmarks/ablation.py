@@ -139,9 +139,14 @@ def main(argv=None) -> int:
         print(json.dumps(row), file=sys.stderr)
     if not rows:
         return 0
-    write_table(rows, out / "ablation", "python benchmarks/ablation.py "
-                + " ".join(argv or sys.argv[1:]))
+    write_table(rows, out / "ablation",
+                command_line("benchmarks/ablation.py", argv or sys.argv[1:]))
     return 0
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The command as typed, with absolute paths cut to their last part (no machine's folders)."""
+    return " ".join(["python", script] + [Path(a).name if a.startswith("/") else a for a in argv])
 
 
 def write_table(rows: list[dict], stem: Path, cmd: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import cpu_seconds, score, write_table  # noqa: E402
+from ablation import command_line, cpu_seconds, score, write_table  # noqa: E402
 
 from specdenoise.train import loop  # noqa: E402
 from specdenoise.train.checkpoint import CHECKPOINT_NAME  # noqa: E402
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         cpu_before=state["chain_unet_cpu"])
     state_path.write_text(json.dumps(state))
 
-    write_table(rows, out / "chain", "python benchmarks/chain.py " + " ".join(argv or sys.argv[1:]))
+    write_table(rows, out / "chain", command_line("benchmarks/chain.py", argv or sys.argv[1:]))
     return 0
 
 
