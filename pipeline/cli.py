@@ -145,6 +145,31 @@ def sigterm_as_interrupt():
             signal.signal(sig, old)
 
 
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` was raised while handling, if any: an error that
+    happens only because the command is being stopped (a batch system's SIGTERM reaches the
+    whole process group, so PyTorch's data-loader workers die too, and PyTorch reports that as
+    a RuntimeError in the middle of the main process's unwinding)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
+
+
+def _interrupted(args, exc: KeyboardInterrupt) -> int:
+    """The one line an interrupted command ends with, and its exit status."""
+    term = isinstance(exc, Terminated)
+    hint = getattr(args, "on_interrupt", None)
+    print(f"specdenoise {args.command}: {'terminated (SIGTERM)' if term else 'interrupted'}; "
+          + (hint(args) if hint else "re-run the same command (with --overwrite if "
+                              "it says an output exists)"),
+          file=sys.stderr)
+    return 143 if term else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -157,17 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     except SpecdenoiseError as exc:
         if debug:
             raise
+        if _interrupt_behind(exc) is not None:
+            return _interrupted(args, _interrupt_behind(exc))
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        term = isinstance(exc, Terminated)
-        hint = getattr(args, "on_interrupt", None)
-        print(f"specdenoise {args.command}: {'terminated (SIGTERM)' if term else 'interrupted'}; "
-              + (hint(args) if hint else "re-run the same command (with --overwrite if "
-                                  "it says an output exists)"),
-              file=sys.stderr)
-        return 143 if term else 130
+        return _interrupted(args, exc)
     except Exception as exc:
+        behind = None if debug else _interrupt_behind(exc)
+        if behind is not None:
+            return _interrupted(args, behind)
         message = None if debug else known_failure(exc)
         if message is None:
             raise

@@ -653,6 +653,40 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_without_worker_tracebacks(small_g
     assert len(lines) == 1 and "--resume" in lines[0], err
 
 
+def test_a_batch_cancel_while_training_is_one_line_and_the_run_resumes(tmp_path):
+    """scancel / qdel send SIGTERM to every process of the job, PyTorch's data-loader workers
+    included; PyTorch reports their death as a RuntimeError while the main process is still
+    unwinding its own SIGTERM (seen on this machine: a 60-line traceback instead of the one
+    line). The user gets the one line, and --resume carries the run on."""
+    import psutil
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data.zarr", n=256, chunk=64)
+    out = tmp_path / "run"
+    argv = ["train", "--data", data, "--out", out, "--preset", "tiny", "--model-cfg",
+            '{"depth": 2, "filters": 4}', "--batch-size", "4", "--loader-workers", "2",
+            "--device", "cpu", "--threads", "1", "--epochs", "500", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "specdenoise.cli", *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: (out / "checkpoint.pt").exists(), proc)
+        # the loader workers of an epoch are running: the signal reaches them too
+        _wait_for(lambda: len(psutil.Process(proc.pid).children()) >= 2, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 143, err
+    assert len(lines) == 1 and lines[0].startswith("specdenoise train: terminated (SIGTERM)"), err
+    assert "--resume" in lines[0]
+    r = _cli(*argv[:-2], "1", "--no-progress", "--resume")  # epochs may change on resume
+    assert r.returncode == 0, r.stderr
+
+
 # --------------------------------------------------------------------------- unclear cases
 
 
