@@ -28,8 +28,8 @@ PRESETS: dict[str, dict] = {
     # spectra (epoch_size) so that few are seen twice; no dropout; global context at the
     # bottleneck (pooled-feature modulation: -8.5 % mean |R| at the quick scale for no extra
     # cost, results/floor/); 35 epochs of 20,000 spectra (700,000, each pool spectrum seven
-    # times with fresh noise): 3.6-3.9 h at the 50-55 spectra/s two CPU cores give here
-    # (2026-12-06), inside issue 18's 4-hour budget (50 epochs would take 5.4 h)
+    # times with fresh noise): 217-284 s per epoch alone on two CPU cores, about 2.1-2.8 h,
+    # inside issue 18's 4-hour budget; validation mean |R| 0.806 % (results/best/, 2026-12-06)
     "best": {
         "epochs": 35, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "momentum": 0.0,
         "weight_decay": 1e-4, "scheduler": "onecycle", "lr_step_epoch": 20, "lr_gamma": 0.1,
