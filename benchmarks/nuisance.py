@@ -45,7 +45,7 @@ from specdenoise.train import infer
 from specdenoise.train import uncertainty as unc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood import _write_csv, mean_rel  # noqa: E402  (a sibling script)
+from ood import _write_csv, grid_key, mean_rel  # noqa: E402  (a sibling script)
 
 EFFECTS = {"none": 0.0, "continuum": 0.10, "lsf_scatter": 0.10, "sky_residual": 0.01,
            "telluric_residual": 0.02}
@@ -91,8 +91,9 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     data = {}
+    grid = args.grid or resolve_grid(load_config()["grid"])
     for name, value in effects.items():
-        f = work / f"{name}_{value:g}_{args.n}_{args.seed}.npz"
+        f = work / f"{name}_{value:g}_{args.n}_{args.seed}_{grid_key(grid)}.npz"
         if not f.exists():
             t0 = time.perf_counter()
             np.savez(f, **simulate_effect(name, value, args.n, args.seed, args.grid))

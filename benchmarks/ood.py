@@ -67,6 +67,15 @@ def _conditions(values):
     return {k: values[k] for k in schema.CONDITIONS}
 
 
+def grid_key(grid_path) -> str:
+    """A short name for the grid's content, part of each kept set's file name: a set simulated
+    from another grid (an older built-in version) is simulated again, not reused."""
+    import zarr
+
+    attrs = zarr.open_group(str(grid_path), mode="r").attrs
+    return str(attrs.get("content_hash", Path(grid_path).stem)).removeprefix("sha256:")[:12]
+
+
 def simulate_kind(kind: str, cfg, grid_path, n: int, seed: int) -> dict[str, np.ndarray]:
     """``flux``, ``flux_clean``, ``sigma`` (n, 4096) normalised and ``snr`` (n,) of one kind."""
     interp, obs = engine.forward_model(cfg, grid_path)
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
     grid_path = resolve_grid(cfg["grid"])
     data = {}
     for kind in KINDS:
-        f = work / f"{kind}_{args.n}_{args.seed}.npz"
+        f = work / f"{kind}_{args.n}_{args.seed}_{grid_key(grid_path)}.npz"
         if not f.exists():
             t0 = time.perf_counter()
             arrays = simulate_kind(kind, cfg, grid_path, args.n, args.seed)

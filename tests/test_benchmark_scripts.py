@@ -111,6 +111,13 @@ def test_nuisance_benchmark_measures_every_effect(bench, tmp_path, monkeypatch):
     assert all(0 < r["mean_rel_err"] < 10 for r in summary)
     rows = _rows(tmp_path / "out" / "nuisance.csv")
     assert {r["effect"] for r in rows} == set(nuisance.EFFECTS)
-    # the simulated sets are kept and reused
-    assert len(list((tmp_path / "w").glob("*.npz"))) == len(nuisance.EFFECTS)
+    # the simulated sets are kept and reused, named after the grid's content: a set from
+    # another grid (an older built-in version) is never taken for this one's
+    kept = list((tmp_path / "w").glob("*.npz"))
+    assert len(kept) == len(nuisance.EFFECTS)
+    assert all(f.stem.endswith("_" + nuisance.grid_key(grid)) for f in kept)
+    assert len(nuisance.grid_key(grid)) == 12 and nuisance.grid_key(grid) != nuisance.grid_key(
+        stage_grid.build_builtin_grid(tmp_path / "grid2.zarr", progress=False, settings={
+            "teff": {"values": [3500.0, 7500.0]}, "logg": {"values": [0.0, 5.0]},
+            "m_h": {"values": [-2.5, 0.75]}, "a_m": {"values": [-0.5, 0.5]}}))
     assert nuisance.main(argv) == summary
