@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import re
 import signal
 import sys
@@ -114,6 +115,17 @@ def _dropped_if_raised_at(frame) -> bool:
     return False
 
 
+def _unwinding() -> None:
+    """From here on the command is stopping: keep the one line it ends with the only output.
+    A batch system's SIGTERM reaches the whole job, so PyTorch's loader workers die with it,
+    and PyTorch's SIGCHLD handler would raise that as an error at whatever line the main
+    process is unwinding; objects torn down on the way (a loader iterator's ``__del__``) would
+    print "Exception ignored" reports. Neither tells the user anything the one line does not."""
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sys.unraisablehook = lambda unraisable: None
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """Turn SIGTERM into :class:`Terminated` and SIGINT into KeyboardInterrupt while the block
@@ -126,10 +138,20 @@ def sigterm_as_interrupt():
         yield
         return
 
+    owner = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != owner:
+            # a forked child (a PyTorch loader worker, a multiprocessing helper) that got the
+            # signal before replacing this handler: it dies of the signal, quietly, as it
+            # would have without us; its parent reports the interrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if _dropped_if_raised_at(frame):
             threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()
             return
+        _unwinding()
         if signum == signal.SIGTERM:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
             raise Terminated()
@@ -182,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecdenoiseError as exc:
         if debug:
             raise
-        if _interrupt_behind(exc) is not None:
-            return _interrupted(args, _interrupt_behind(exc))
+        behind = _interrupt_behind(exc)
+        if behind is not None:
+            return _interrupted(args, behind)
         print(f"specdenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

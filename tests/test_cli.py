@@ -1,6 +1,7 @@
 """The command line: one command, help on every level, one-line errors."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -181,3 +182,62 @@ def test_an_interrupt_inside_a_gc_callback_is_not_lost(sig, name):
                        text=True, timeout=60, preexec_fn=sigint_default)
     assert r.stdout.strip() == f"caught {name}", (r.stdout, r.stderr)
     assert "Exception ignored" not in r.stderr, r.stderr
+
+
+SIGNAL_IN_A_FORKED_CHILD = """
+import multiprocessing as mp, os, signal, sys
+from specdenoise.cli import sigterm_as_interrupt
+
+def child():  # the window between fork and a loader worker replacing the inherited handler
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    print("child carried on")
+
+with sigterm_as_interrupt():
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    p.join()
+print("exitcode", p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_child_forked_under_the_handler_dies_of_the_signal_quietly(sig):
+    """CI saw a PyTorch loader worker forked just as scancel's SIGTERM arrived: the worker
+    still had the command's handler, raised Terminated and printed a 20-line traceback under
+    the one interrupted line. A child dies of the signal, as it would without the handler."""
+    r = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_FORKED_CHILD, sig],
+                       capture_output=True, text=True, timeout=60, preexec_fn=sigint_default)
+    assert r.stdout.strip() == f"exitcode {-getattr(signal, sig)}", (r.stdout, r.stderr)
+    assert r.stderr == "", r.stderr
+
+
+LOADER_WORKERS_DIE_WHILE_UNWINDING = """
+import os, signal, time
+import torch
+from torch.utils.data import DataLoader
+from specdenoise.cli import sigterm_as_interrupt
+
+with sigterm_as_interrupt():
+    it = iter(DataLoader(torch.arange(64.0), batch_size=4, num_workers=2))
+    next(it)  # workers started, PyTorch's SIGCHLD handler installed
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        print("lost")
+    except KeyboardInterrupt as exc:
+        for w in it._workers:  # the batch system's signal reaches the workers too
+            os.kill(w.pid, signal.SIGKILL)
+        time.sleep(1)  # PyTorch's SIGCHLD handler would raise here
+        print("caught", type(exc).__name__)
+del it  # the iterator's __del__ finds its workers dead
+"""
+
+
+def test_loader_workers_dying_while_a_sigterm_unwinds_print_nothing():
+    """The other half of that CI failure: PyTorch's SIGCHLD handler raised a RuntimeError for
+    each dead worker, and the loader iterator's ``__del__`` printed it as "Exception ignored"."""
+    pytest.importorskip("torch")
+    r = subprocess.run([sys.executable, "-c", LOADER_WORKERS_DIE_WHILE_UNWINDING],
+                       capture_output=True, text=True, timeout=120, preexec_fn=sigint_default)
+    assert r.stdout.strip() == "caught Terminated", (r.stdout, r.stderr)
+    assert r.stderr == "", r.stderr
