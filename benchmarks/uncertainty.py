@@ -91,6 +91,7 @@ def main(argv=None) -> int:
                                       val["good"], method=way.split("_")[0],
                                       samples=int(way.split("_k")[1]) if "_k" in way else 0)
             res = unc.apply(cal, dt, st, test["flux"], test["sigma"], test["good"])
+            dt = res["flux_denoised"]  # the input guard, where the calibration chose it
             z = np.where(test["good"], (dt - test["flux_clean"]) / res["sigma_denoised"], np.nan)
             rel = np.where(test["good"], np.abs(dt - test["flux_clean"])
                            / np.where(test["good"], test["flux_clean"], 1), np.nan)

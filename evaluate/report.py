@@ -521,7 +521,10 @@ SECTIONS = {
                     "few pixels, as a cosmic-ray hit or an emission line; sky_excess: sky "
                     "emission lines left in the input). About 1 % of ordinary spectra are "
                     "flagged by design; for a flagged one, look at the residual flux - D and "
-                    "mask, re-reduce or use the noisy input rather than trust D."),
+                    "mask, re-reduce or use the noisy input rather than trust D. In the S/N "
+                    "bins where a network's calibration turned the input guard on (the "
+                    "cube's method attributes, 'input_guard'), D is the inverse-variance mean "
+                    "of the network's output and the noisy input, and sigma that mean's."),
 }
 
 

@@ -17,13 +17,18 @@ def register(subparsers) -> None:
             "Denoise in-domain spectra with known truth (a validation set the network was not "
             "trained on), scale sigma_denoised per S/N bin so that 68 %% of the pixels lie "
             "within 1 sigma and 95 %% within 2 sigma, and set the threshold of the "
-            "'suspect' flag for the given false-alarm rate. Writes RUN_DIR/uncertainty.json "
-            "(training writes one from its --val set)."
+            "'suspect' flag for the given false-alarm rate, and decide per S/N bin whether the "
+            "output leans on the input where the network is less sure than the input's noise "
+            "(the input guard: on where it lowers the mean |R| of these spectra, and above "
+            "the S/N they cover). Writes RUN_DIR/uncertainty.json (training writes one from "
+            "its --val set)."
         ),
     )
     options.add_run(p)
-    p.add_argument("--data", required=True, metavar="VAL.zarr",
-                   help="dataset with flux, flux_clean and sigma")
+    p.add_argument("--data", required=True, nargs="+", metavar="VAL.zarr",
+                   help="dataset(s) with flux, flux_clean and sigma, fitted together (give a "
+                        "wide-S/N set beside the default validation set so that every S/N "
+                        "bin has its own scale and input-guard choice)")
     p.add_argument("--uncertainty", default=None, choices=("head", "sample", "both"),
                    help="method to calibrate (default: head for a network trained with "
                         "uncertainty 'nll', else sample)")
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_spectra < 0:
         raise SpecdenoiseError(f"--max-spectra must be 0 (all) or more, got {args.max_spectra}")
     options.check_device(args.device)
-    calibrate(run_dir, args.data, method=args.uncertainty, samples=args.samples,
+    data = args.data[0] if len(args.data) == 1 else args.data
+    calibrate(run_dir, data, method=args.uncertainty, samples=args.samples,
               max_spectra=args.max_spectra or None, false_alarm=args.false_alarm,
               batch_size=args.batch_size, device=args.device)
     return 0

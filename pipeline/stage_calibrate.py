@@ -13,8 +13,9 @@ from __future__ import annotations
 def calibrate(run_dir, data, *, method: str | None = None, samples: int = 8,
               max_spectra: int | None = 2000, false_alarm: float = 0.01,
               batch_size: int = 256, device=None, log=print):
-    """Calibrate the run ``run_dir`` on the dataset ``data`` (``max_spectra`` None: all of
-    it); logs where it was written and the coverage per S/N bin; returns the
+    """Calibrate the run ``run_dir`` on the dataset ``data`` (or a list of datasets, fitted
+    together; ``max_spectra`` None: all of each); logs where it was written and, per S/N bin,
+    the coverage and the input-guard choice; returns the
     :class:`~specdenoise.train.uncertainty.Calibration`."""
     from specdenoise.train import uncertainty
 
@@ -24,8 +25,14 @@ def calibrate(run_dir, data, *, method: str | None = None, samples: int = 8,
     log(f"wrote {uncertainty.calibration_path(run_dir)} ({cal.method}, "
         f"{cal.n_spectra} spectra; suspect above score {cal.threshold:.3g})")
     for row in cal.coverage:
-        c = row["calibrated"]
+        c = row.get("output", row["calibrated"])
+        guard = ""
+        if "guard" in row:
+            guard = ", input guard " + ("on" if row["guard"] else "off")
+            if "mean_rel_err" in row:
+                guard += (f" (mean |R| {row['mean_rel_err']:.3%} without, "
+                          f"{row['mean_rel_err_guarded']:.3%} with)")
         log(f"  S/N {row['snr_lo']:g}-{row['snr_hi'] or 'inf'}: {row['n_spectra']} spectra, "
             f"scale {row['scale']:.3g}, 1-sigma {c['cover1']:.3f}, 2-sigma {c['cover2']:.3f}, "
-            f"std z {c['std_z']:.3f}")
+            f"std z {c['std_z']:.3f}{guard}")
     return cal

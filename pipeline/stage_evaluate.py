@@ -250,7 +250,11 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
         info["uncertainty"] = {"method": denoiser.uncertainty_method,
                                "samples": denoiser.samples or (cal.samples if cal else None),
                                "calibrated_on": None if cal is None else cal.dataset,
-                               "suspect_threshold": None if cal is None else cal.threshold}
+                               "suspect_threshold": None if cal is None else cal.threshold,
+                               "input_guard": None if cal is None or cal.guard is None else
+                               [f"{lo:g}-{hi:g}" for lo, hi, on in
+                                zip(cal.snr_edges[:-1], cal.snr_edges[1:], cal.guard,
+                                    strict=True) if on]}
     wave = config.get("wave")
     return Method(label, "network", desc, denoise, info=info,
                   wave=None if wave is None else np.asarray(wave, dtype=np.float64),

@@ -21,14 +21,15 @@ from specdenoise.simulate import builtin_grid
 
 
 def tiny_run(baselines) -> stage_run.RunConfig:
-    """A run of 16 + 8 spectra, the tiny U-Net for one epoch of batch 8, ``baselines``."""
+    """A run of 16 + 24 spectra, the tiny U-Net for one epoch of batch 8, ``baselines``."""
     from specdenoise.stage_evaluate import EvaluateConfig
     from specdenoise.stage_train import train_config
 
     return stage_run.RunConfig(
         preset="tiny",
         simulate=(stage_run.SimulateStep("train", "default", 16, 8, 0),
-                  stage_run.SimulateStep("val", "default", 8, 8, 1)),
+                  stage_run.SimulateStep("val", "default", 24, 8, 1)),
+        calibrate=("val.zarr",),  # the step the best preset runs on its two validation sets
         # fields beyond the train preset, printed as --epochs 1 --batch-size 8 ...
         train=(train_config("train.zarr", "val.zarr", "run-unet", model="unet", preset="tiny",
                             epochs=1, batch_size=8, workers=0),),
@@ -65,14 +66,18 @@ def test_run_composes_the_stages_and_prints_commands_that_mean_the_same(
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     commands = _commands(printed)
-    assert [c[0] for c in commands] == ["grid", "simulate", "simulate", "train", "evaluate"]
+    assert [c[0] for c in commands] == ["grid", "simulate", "simulate", "train", "calibrate",
+                                        "evaluate"]
 
     parser = cli.build_parser()
-    grid, sim_train, sim_val, train, evaluate = (parser.parse_args(c) for c in commands)
+    grid, sim_train, sim_val, train, calibrate, evaluate = (parser.parse_args(c)
+                                                            for c in commands)
+    assert (calibrate.run_dir, calibrate.data) == (str(work / "run-unet"),
+                                                   [str(work / "val.zarr")])
     assert (grid.grid_command, grid.source, grid.no_progress) == ("build", "builtin", True)
     assert f"built-in grid: {stage_grid.builtin_grid_path()}" in printed
     assert stage_grid.builtin_grid_path().parent == tmp_path / "cache" / "specdenoise" / "grids"
-    for args, split, n, seed in ((sim_train, "train", 16, 5), (sim_val, "val", 8, 6)):
+    for args, split, n, seed in ((sim_train, "train", 16, 5), (sim_val, "val", 24, 6)):
         assert (args.preset, args.n, args.chunk_size, args.seed, args.workers) == \
             ("default", n, 8, seed, 1)
         assert args.out == work / f"{split}.zarr" and not args.resume and not args.overwrite
@@ -102,5 +107,5 @@ def test_run_composes_the_stages_and_prints_commands_that_mean_the_same(
     stage_run.run(tiny, work, seed=5, workers=1, device="cpu", progress=False)
     again = capsys.readouterr().out
     assert re.search(r"simulate train: .* is complete, kept", again)
-    assert [c[0] for c in _commands(again)] == ["grid", "train", "evaluate"]
+    assert [c[0] for c in _commands(again)] == ["grid", "train", "calibrate", "evaluate"]
     assert "--resume" in _commands(again)[1]

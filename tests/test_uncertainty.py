@@ -132,7 +132,8 @@ def test_calibration_holds_on_independent_in_domain_data(head_run, plain_run, st
         z = np.where(good, (block.flux_denoised - clean) / block.sigma_denoised, np.nan)
         c = unc.coverage(z.ravel())
         # fitted on another draw of the same population: the coverage carries over
-        fit = [row["calibrated"] for row in d.calibration.coverage if row["n_spectra"]]
+        fit = [row.get("output", row["calibrated"]) for row in d.calibration.coverage
+               if row["n_spectra"]]
         w = np.array([f["n_pixels"] for f in fit])
         for k in ("cover1", "cover2"):
             assert abs(c[k] - np.average([f[k] for f in fit], weights=w)) < 0.03, (run.name, c)
@@ -142,6 +143,15 @@ def test_calibration_holds_on_independent_in_domain_data(head_run, plain_run, st
         flagged = int((block.suspect == 1).sum())
         assert (block.suspect >= 0).all()
         assert flagged <= 12, (run.name, flagged)
+
+
+def _unguarded(denoiser):
+    """``denoiser`` with the input guard off: its sigma_denoised is then the one the checks
+    weigh the residual with (the guard changes what is returned, not the checks: see
+    test_the_guard_is_chosen_per_snr_bin_where_it_lowers_the_error), so the artefacts below
+    can be scaled to it."""
+    denoiser.calibration.guard = None
+    return denoiser
 
 
 def test_spikes_and_emission_lines_are_suspect(head_run, stores):
@@ -154,7 +164,7 @@ def test_spikes_and_emission_lines_are_suspect(head_run, stores):
     flux, sigma, clean, good = _arrays(stores["test"], 40)
     snr = unc.spectrum_snr(flux, sigma)
     rows = np.nonzero(snr >= 10)[0][:10]
-    d = infer.load_denoiser(head_run, device="cpu")
+    d = _unguarded(infer.load_denoiser(head_run, device="cpu"))
     clean_block = d(flux[rows], sigma[rows])
     total = np.sqrt(sigma[rows] ** 2 + clean_block.sigma_denoised ** 2)
     bad = flux[rows].copy()
@@ -175,7 +185,7 @@ def test_sky_left_in_or_taken_out_is_suspect(head_run, stores):
     """Sky emission lines in the input (a sky left unsubtracted, or subtracted twice): the
     network may take them for the star's, so the residual need not show them, but their
     pattern is known and sky_excess finds it."""
-    d = infer.load_denoiser(head_run, device="cpu")
+    d = _unguarded(infer.load_denoiser(head_run, device="cpu"))
     template = d.calibration.template(N_WAVE)
     assert template is not None and (template != 0).sum() > 20
     assert np.abs(template).max() == 1.0
@@ -348,3 +358,76 @@ def test_a_calibrated_run_is_a_run_train_overwrite_may_replace(head_run):
 
     assert (head_run / CALIBRATION_NAME).is_file()
     assert st.check_run_folder(head_run, overwrite=True) is True
+
+
+def test_the_input_guard_is_the_inverse_variance_mean():
+    d, x = np.full((1, 3), 1.0), np.array([[1.1, 1.1, 1.1]])
+    s = np.array([[0.001, 0.1, 10.0]])
+    e = np.array([[0.1, 0.1, 0.1]])
+    g, sg = unc.guarded(d, s, x, e)
+    assert g[0, 0] == pytest.approx(1.0, abs=1e-5)  # a sure network: its own output
+    assert g[0, 1] == pytest.approx(1.05) and sg[0, 1] == pytest.approx(0.1 / np.sqrt(2))
+    assert g[0, 2] == pytest.approx(1.1, abs=1e-4)  # an unsure one: the input
+    assert np.all(sg <= np.minimum(s, e))
+    # without a usable input sigma a pixel keeps the network's values
+    g, sg = unc.guarded(d, s, x, np.array([[np.nan, 0.0, 0.1]]))
+    assert g[0, :2].tolist() == [1.0, 1.0] and sg[0, :2].tolist() == s[0, :2].tolist()
+
+
+def _guard_case(rng, n, snr, kind):
+    """n spectra at ``snr`` of a 'network' that either takes a fixed fraction of the noise
+    along (a posterior-mean-like estimate: leaning on the input only adds noise) or keeps a
+    systematic 1.5 % line-like bias while the input is good to 1/snr."""
+    clean = 1.0 + 0.3 * np.sin(np.linspace(0, 40, 512))[None, :] * rng.uniform(0.5, 1, (n, 1))
+    sigma = clean / snr
+    flux = clean + sigma * rng.standard_normal(clean.shape)
+    if kind == "smooth":
+        den = clean + 0.3 * (flux - clean)
+        raw = 0.3 * sigma
+    else:
+        den = clean * (1 + 0.015 * np.sign(np.sin(np.linspace(0, 200, 512))))[None, :]
+        raw = 0.2 * sigma  # sampling's spread: far below the bias
+    return den, raw, flux, sigma, clean
+
+
+def test_the_guard_is_chosen_per_snr_bin_where_it_lowers_the_error():
+    rng = np.random.default_rng(5)
+    low = _guard_case(rng, 60, 8.0, "smooth")  # bin 5-10: the network wins alone
+    high = _guard_case(rng, 60, 30.0, "biased")  # bin 20-50: the input helps
+    den, raw, flux, sigma, clean = (np.concatenate([a, b]) for a, b in zip(low, high, strict=True))
+    good = np.ones_like(den, bool)
+    cal = unc.fit_calibration(den, raw, flux, sigma, clean, good, method="sample", samples=8)
+    # bins without spectra below the highest calibrated one take the nearest choice (the
+    # lower at a tie), the bin above it (> 50) the guard
+    assert cal.guard == [0, 0, 0, 0, 1, 1]
+    for i in (2, 4):
+        row = cal.coverage[i]
+        assert (row["mean_rel_err_guarded"] < row["mean_rel_err"]) == bool(cal.guard[i])
+    out = unc.apply(cal, den, raw, flux, sigma, good)
+    assert np.array_equal(out["flux_denoised"][:60], den[:60].astype(np.float32))
+    rel = np.abs(out["flux_denoised"][60:] - clean[60:]) / clean[60:]
+    assert rel.mean() < 0.9 * (np.abs(den[60:] - clean[60:]) / clean[60:]).mean()
+    # the checks look at the network's own output: the same with the guard off
+    off = unc.Calibration.from_dict({**json.loads(cal.to_json()), "guard": None})
+    assert np.array_equal(unc.apply(off, den, raw, flux, sigma, good)["chi2_red"],
+                          out["chi2_red"])
+    assert np.array_equal(unc.apply(off, den, raw, flux, sigma, good)["flux_denoised"],
+                          den.astype(np.float32))
+    # a calibration file from before the guard reads as guard off
+    assert unc.Calibration.from_dict({k: v for k, v in json.loads(cal.to_json()).items()
+                                      if k != "guard"}).guard is None
+
+
+def test_calibrate_cli_fits_several_datasets_together(plain_run, stores, capsys):
+    before = unc.read_calibration(plain_run)
+    try:
+        assert cli.main(["calibrate", "--run", str(plain_run), "--data", str(stores["val"]),
+                         str(stores["test"]), "--samples", "4", "--max-spectra", "100",
+                         "--device", "cpu"]) == 0
+        after = unc.read_calibration(plain_run)
+        assert after.n_spectra == 200
+        assert after.dataset == f"{stores['val']}, {stores['test']}"
+        assert len(after.guard) == len(after.scale)
+        assert "input guard" in capsys.readouterr().out
+    finally:
+        unc.write_calibration(plain_run, before)

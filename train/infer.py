@@ -187,7 +187,9 @@ def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibr
     network with an uncertainty head and ``sample`` for any other) and ``samples`` (K; None:
     the calibration's or 8). A calibration fitted for another method is not applied.
     ``good`` (n, n_wave) bool: pixels the check may use (None: all). ``flux_denoised`` is
-    what :func:`denoise_array` gives.
+    what :func:`denoise_array` gives, except in the S/N bins where the calibration has the
+    input guard (:mod:`specdenoise.train.uncertainty`): there it leans on the input where the
+    network is less sure than the input's noise.
     """
     from specdenoise.train import uncertainty as unc
 
@@ -211,7 +213,8 @@ def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibr
         raise SpecdenoiseError(f"the model gives NaN or infinite flux for spectrum {row}; its "
                                "weights are damaged (retrain, or use an earlier checkpoint)")
     out = unc.apply(calibration, den, raw, flux, sigma, good)
-    return DenoisedBlock(den, out["sigma_denoised"], out["chi2_red"], out["suspect"],
+    return DenoisedBlock(out["flux_denoised"], out["sigma_denoised"], out["chi2_red"],
+                         out["suspect"],
                          out["chi2_peak"], out["sky_excess"])
 
 

@@ -59,6 +59,23 @@ median over :data:`SKY_WINDOW` pixels (what is left is the OH and O2 lines), pea
 Positive: sky emission left in; negative: too much sky subtracted. Its size, standardised per
 S/N bin as the others, is the third score (``results/ood/`` shows what it catches).
 
+The input guard: where the network is less sure of a pixel than the observation itself, the
+output leans on the observation. With ``D`` the network's output, ``s`` its calibrated
+``sigma_denoised``, ``X`` the input flux and ``sigma`` its noise, the guarded output is the
+inverse-variance mean of the two estimates,
+
+    w = s^2 / (s^2 + sigma^2),  D' = D + w (X - D),  sigma_denoised' = s sigma / sqrt(s^2 + sigma^2)
+
+(exact if the two errors are independent; the network's error at high S/N is mostly its
+systematic line shrinkage, which this noise draw does not move). Where the network is good
+``s << sigma`` and ``D' = D``; where it extrapolates beyond what it was trained on (S/N far
+above the training set's, where the input is already good to 1 % and the network keeps its
+line-shrinkage floor) ``D'`` follows the input. The calibration decides per S/N bin, on its
+own data, whether the guard lowers the mean |R| there (``guard``: 1 on, 0 off); a bin without
+enough calibration spectra gets the guard when it lies above every calibrated bin (S/N
+beyond what the calibration saw) and its nearest calibrated bin's choice otherwise. The
+consistency check below always looks at the network's own output ``D``.
+
 A suspect spectrum is one the
 network's output does not explain as well as it explains 99 % of the spectra it was
 validated on: look at ``flux - flux_denoised``, and do not use the denoised flux of that
@@ -221,7 +238,10 @@ class Calibration:
     ``threshold`` is the score (the largest standardised value) above which a spectrum is
     suspect (``false_alarm`` of the fitting data lie above it). ``sky_template``: the sky-line
     template on the model's pixels (None: no sky check, as in calibrations of version 1).
-    ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z).
+    ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z)
+    and, where the guard was weighed, the mean |R| without and with it. ``guard``: per bin, 1
+    where the output leans on the input (the module's "input guard"), 0 where it does not;
+    None (calibrations written before it): off everywhere.
     """
 
     method: str
@@ -241,7 +261,14 @@ class Calibration:
     sky_template: list[float] | None = None
     sky_median: list[float] | None = None
     sky_spread: list[float] | None = None
+    guard: list[int] | None = None
     version: int = 2
+
+    def guard_for(self, snr: np.ndarray) -> np.ndarray:
+        """(n,) bool: whether each spectrum's S/N bin has the input guard."""
+        if self.guard is None:
+            return np.zeros(np.shape(snr), bool)
+        return np.asarray(self.guard, bool)[snr_bin(snr, self.snr_edges)]
 
     def scale_for(self, snr: np.ndarray) -> np.ndarray:
         return np.asarray(self.scale)[snr_bin(snr, self.snr_edges)]
@@ -469,6 +496,51 @@ def _fill_bins(values: list[float | None]) -> list[float]:
             else values[min(have, key=lambda j: (abs(j - i), j))] for i in range(len(values))]
 
 
+def guarded(denoised, sigma_denoised, flux, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """The input guard (module doc): ``(D', sigma_denoised')`` from the network's output and
+    calibrated sigma and the input and its noise, all (n, n_wave). A pixel without a finite,
+    positive ``sigma`` or ``sigma_denoised`` keeps the network's values."""
+    d, s = np.asarray(denoised, np.float64), np.asarray(sigma_denoised, np.float64)
+    x, e = np.asarray(flux, np.float64), np.asarray(sigma, np.float64)
+    v = s * s + e * e
+    ok = np.isfinite(x) & np.isfinite(v) & (s > 0) & (e > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(ok, s * s / v, 0.0)
+        s_out = np.where(ok, s * e / np.sqrt(v), s)
+    return np.where(ok, d + w * (np.where(ok, x, d) - d), d), s_out
+
+
+def _mean_rel(denoised, clean, good, rows) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(good[rows], np.abs(denoised[rows] - clean[rows]) / clean[rows], np.nan)
+    return float(np.nanmean(np.nanmean(r, axis=1))) if np.isfinite(r).any() else math.nan
+
+
+def fit_guard(denoised, s_cal, flux, sigma, clean, good, b, n_bins: int
+              ) -> tuple[list[int], list[tuple[float, float] | None]]:
+    """Per S/N bin (``b``: each spectrum's bin): 1 where the input guard lowers the mean |R|
+    of the fitting spectra, 0 where it does not; a bin with fewer than
+    :data:`MIN_BIN_SPECTRA` spectra takes 1 above the highest bin that has them, else its
+    nearest such bin's choice. Also each weighed bin's ``(mean |R|, guarded mean |R|)``."""
+    g_flux, _ = guarded(denoised, s_cal, flux, sigma)
+    choice: list[int | None] = []
+    weighed: list[tuple[float, float] | None] = []
+    for i in range(n_bins):
+        rows = b == i
+        if rows.sum() < MIN_BIN_SPECTRA:
+            choice.append(None)
+            weighed.append(None)
+            continue
+        plain, guard = _mean_rel(denoised, clean, good, rows), _mean_rel(g_flux, clean, good,
+                                                                          rows)
+        choice.append(int(guard < plain))
+        weighed.append((plain, guard))
+    have = [i for i, c in enumerate(choice) if c is not None]
+    out = [c if c is not None else 1 if not have or i > max(have)
+           else choice[min(have, key=lambda j: (abs(j - i), j))] for i, c in enumerate(choice)]
+    return out, weighed
+
+
 def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: str,
                     samples: int, false_alarm: float = FALSE_ALARM, edges=SNR_EDGES,
                     dataset: str = "", seed: int = 0,
@@ -513,25 +585,39 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
     u = u[np.isfinite(u)]
     threshold = float(np.quantile(u, 1 - false_alarm)) if u.size else math.inf
+    guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b, n_bins)
+    on = np.asarray(guard, bool)[b]
+    g_flux, g_sigma = guarded(denoised[on], s_cal[on], flux[on], sigma[on])
+    out_flux, out_sigma = denoised.astype(np.float64), s_cal.astype(np.float64)
+    out_flux[on], out_sigma[on] = g_flux, g_sigma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_out = np.where(good, (out_flux - clean) / out_sigma, np.nan)
     table = []
     for i in range(n_bins):
         rows = b == i
-        table.append({"snr_lo": edges[i], "snr_hi": None if math.isinf(edges[i + 1])
-                      else edges[i + 1], "n_spectra": int(rows.sum()),
-                      "scale": scale[i], "raw": coverage(z_raw[rows].ravel()),
-                      "calibrated": coverage(z_raw[rows].ravel() / scale[i])})
+        row = {"snr_lo": edges[i], "snr_hi": None if math.isinf(edges[i + 1])
+               else edges[i + 1], "n_spectra": int(rows.sum()),
+               "scale": scale[i], "raw": coverage(z_raw[rows].ravel()),
+               "calibrated": coverage(z_raw[rows].ravel() / scale[i]), "guard": guard[i],
+               "output": coverage(z_out[rows].ravel())}
+        if weighed[i] is not None:
+            row["mean_rel_err"], row["mean_rel_err_guarded"] = weighed[i]
+        table.append(row)
     return Calibration(method=method, samples=int(samples), snr_edges=[float(e) for e in edges],
                        scale=scale, chi2_median=med_f, chi2_spread=spread_f,
                        peak_median=pmed_f, peak_spread=pspread_f, threshold=threshold,
                        false_alarm=float(false_alarm), dataset=dataset,
                        n_spectra=int(len(flux)), seed=int(seed), coverage=table,
-                       sky_template=stored, sky_median=smed_f, sky_spread=sspread_f)
+                       sky_template=stored, sky_median=smed_f, sky_spread=sspread_f,
+                       guard=guard)
 
 
 def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) -> dict:
-    """Calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red``, ``chi2_peak`` and
-    ``sky_excess`` (n,) float32 and ``suspect`` (n,) int8 for spectra denoised with
-    :func:`raw_uncertainty`.
+    """``flux_denoised`` and calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red``,
+    ``chi2_peak`` and ``sky_excess`` (n,) float32 and ``suspect`` (n,) int8 for spectra
+    denoised with :func:`raw_uncertainty`. ``flux_denoised`` is ``denoised`` where the
+    calibration has no input guard for the spectrum's S/N bin and the guarded output (module
+    doc) where it has; the checks look at ``denoised`` itself.
 
     Without a calibration the raw sigma is kept and nothing is flagged (``suspect`` -1);
     without the input's ``sigma`` there is no chi2 (NaN) and no flag; ``sky_excess`` is NaN
@@ -543,7 +629,8 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
     if sigma is None:
         snr = np.full(n, np.nan)
         s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
-        return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": nan,
+        return {"flux_denoised": np.asarray(denoised, np.float32),
+                "sigma_denoised": s_cal.astype(np.float32), "chi2_red": nan,
                 "chi2_peak": nan.copy(), "sky_excess": nan.copy(),
                 "suspect": np.full(n, UNCHECKED, np.int8)}
     snr = spectrum_snr(flux, sigma, good)
@@ -554,7 +641,15 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
            else sky_excess(flux, sigma, denoised, s_cal, template, good))
     suspect = (np.full(n, UNCHECKED, np.int8) if cal is None
                else cal.suspect(chi2, peak, snr, sky))
-    return {"sigma_denoised": s_cal.astype(np.float32), "chi2_red": chi2.astype(np.float32),
+    out_flux = np.array(denoised, np.float32)
+    out_sigma = np.array(s_cal, np.float32)
+    on = np.zeros(n, bool) if cal is None else cal.guard_for(snr)
+    if on.any():
+        g_flux, g_sigma = guarded(out_flux[on], out_sigma[on], np.asarray(flux)[on],
+                                  np.asarray(sigma)[on])
+        out_flux[on], out_sigma[on] = g_flux, g_sigma
+    return {"flux_denoised": out_flux,
+            "sigma_denoised": out_sigma, "chi2_red": chi2.astype(np.float32),
             "chi2_peak": peak.astype(np.float32), "sky_excess": sky.astype(np.float32),
             "suspect": suspect}
 
@@ -563,37 +658,51 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
               samples: int = DEFAULT_SAMPLES, max_spectra: int | None = 2000,
               false_alarm: float = FALSE_ALARM, batch_size: int = 256, device=None,
               seed: int = 0) -> Calibration:
-    """Fit the calibration of ``model`` on a dataset with ``flux``, ``flux_clean``, ``sigma``.
+    """Fit the calibration of ``model`` on datasets with ``flux``, ``flux_clean``, ``sigma``.
 
-    Reads the first ``max_spectra`` spectra (None: all) chunk by chunk; in-domain data the
-    network was not trained on (its validation set).
+    ``data``: one dataset or a list of them (fitted together: a default validation set and a
+    wide-S/N one give every S/N bin its own scale and guard); reads the first
+    ``max_spectra`` spectra (None: all) of each, chunk by chunk; in-domain data the network
+    was not trained on (its validation sets). The sky template comes from the first.
     """
     method = method or default_method(model)
     check_method(model, method, samples)
-    info = tdata.inspect_store(data, tdata.VAL_VARS, n_wave=getattr(model, "n_wave", RED_MR_NPIX))
-    group = tdata.open_group(info.path, info.storage_options)
+    paths = list(data) if isinstance(data, list | tuple) else [data]
+    if not paths:
+        raise SpecdenoiseError("no dataset to calibrate on")
     parts: dict[str, list] = {k: [] for k in ("den", "raw", "flux", "sigma", "clean", "good")}
-    n = 0
-    for chunk in range(info.n_chunks):
-        if max_spectra is not None and n >= max_spectra:
-            break
-        a = tdata.read_chunk(group, info, chunk, tdata.VAL_VARS)
-        take = len(a["flux"]) if max_spectra is None else min(len(a["flux"]), max_spectra - n)
-        a = {k: v[:take] for k, v in a.items()}
-        den, raw = raw_uncertainty(model, a["flux"], a["sigma"], method=method,
-                                   samples=samples, seed=tdata.key(seed, chunk),
-                                   batch_size=batch_size, device=device)
-        for k, v in (("den", den), ("raw", raw), ("flux", a["flux"]), ("sigma", a["sigma"]),
-                     ("clean", a["flux_clean"]), ("good", a["good"] & (a["flux_clean"] > 0))):
-            parts[k].append(v)
-        n += take
+    template = None
+    for i, path in enumerate(paths):
+        info = tdata.inspect_store(path, tdata.VAL_VARS,
+                                   n_wave=getattr(model, "n_wave", RED_MR_NPIX))
+        group = tdata.open_group(info.path, info.storage_options)
+        if i == 0:
+            template = _data_template(group, info)
+        n = 0
+        for chunk in range(info.n_chunks):
+            if max_spectra is not None and n >= max_spectra:
+                break
+            a = tdata.read_chunk(group, info, chunk, tdata.VAL_VARS)
+            take = (len(a["flux"]) if max_spectra is None
+                    else min(len(a["flux"]), max_spectra - n))
+            a = {k: v[:take] for k, v in a.items()}
+            den, raw = raw_uncertainty(model, a["flux"], a["sigma"], method=method,
+                                       samples=samples, seed=tdata.key(seed + i, chunk),
+                                       batch_size=batch_size, device=device)
+            for k, v in (("den", den), ("raw", raw), ("flux", a["flux"]),
+                         ("sigma", a["sigma"]), ("clean", a["flux_clean"]),
+                         ("good", a["good"] & (a["flux_clean"] > 0))):
+                parts[k].append(v)
+            n += take
+    n = sum(len(v) for v in parts["den"])
     if n < MIN_BIN_SPECTRA:
-        raise SpecdenoiseError(f"{data}: {n} spectra are too few to calibrate on (at least "
-                               f"{MIN_BIN_SPECTRA}; a few hundred give a stable threshold)")
+        raise SpecdenoiseError(f"{', '.join(map(str, paths))}: {n} spectra are too few to "
+                               f"calibrate on (at least {MIN_BIN_SPECTRA}; a few hundred give "
+                               "a stable threshold)")
     p = {k: np.concatenate(v) for k, v in parts.items()}
     return fit_calibration(p["den"], p["raw"], p["flux"], p["sigma"], p["clean"], p["good"],
                            method=method, samples=samples, false_alarm=false_alarm,
-                           dataset=str(data), seed=seed, template=_data_template(group, info))
+                           dataset=", ".join(map(str, paths)), seed=seed, template=template)
 
 
 def _data_template(group, info) -> np.ndarray | None:
@@ -628,7 +737,8 @@ def _data_template(group, info) -> np.ndarray | None:
 def calibrate_run(run, data, *, method: str | None = None, samples: int = DEFAULT_SAMPLES,
                   max_spectra: int | None = 2000, false_alarm: float = FALSE_ALARM,
                   batch_size: int = 256, device=None, seed: int = 0) -> Calibration:
-    """(Re)calibrate the trained run ``run`` on ``data`` and write its calibration file."""
+    """(Re)calibrate the trained run ``run`` on ``data`` (one dataset or a list) and write its
+    calibration file."""
     from specdenoise.train.checkpoint import load_model
 
     model, _ = load_model(run, device=device)
