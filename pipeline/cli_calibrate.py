@@ -26,9 +26,10 @@ def register(subparsers) -> None:
     )
     options.add_run(p)
     p.add_argument("--data", required=True, nargs="+", metavar="VAL.zarr",
-                   help="dataset(s) with flux, flux_clean and sigma, fitted together (give a "
-                        "wide-S/N set beside the default validation set so that every S/N "
-                        "bin has its own scale and input-guard choice)")
+                   help="dataset(s) with flux, flux_clean and sigma; each S/N bin is fitted "
+                        "on the first one with spectra in it (give a wide-S/N set after the "
+                        "default validation set so that every S/N bin has its own scale, "
+                        "input-guard choice and suspect threshold)")
     p.add_argument("--uncertainty", default=None, choices=("head", "sample", "both"),
                    help="method to calibrate (default: head for a network trained with "
                         "uncertainty 'nll', else sample)")

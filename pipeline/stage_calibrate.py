@@ -23,7 +23,7 @@ def calibrate(run_dir, data, *, method: str | None = None, samples: int = 8,
                                     max_spectra=max_spectra, false_alarm=false_alarm,
                                     batch_size=batch_size, device=device)
     log(f"wrote {uncertainty.calibration_path(run_dir)} ({cal.method}, "
-        f"{cal.n_spectra} spectra; suspect above score {cal.threshold:.3g})")
+        f"{cal.n_spectra} spectra; suspect above score {cal.threshold:.3g} overall)")
     for row in cal.coverage:
         c = row.get("output", row["calibrated"])
         guard = ""
@@ -32,7 +32,10 @@ def calibrate(run_dir, data, *, method: str | None = None, samples: int = 8,
             if "mean_rel_err" in row:
                 guard += (f" (mean |R| {row['mean_rel_err']:.3%} without, "
                           f"{row['mean_rel_err_guarded']:.3%} with)")
+        flag = ""
+        if row.get("flagged") is not None:
+            flag = f", suspect above {row['threshold']:.3g} ({row['flagged']:.1%} flagged)"
         log(f"  S/N {row['snr_lo']:g}-{row['snr_hi'] or 'inf'}: {row['n_spectra']} spectra, "
             f"scale {row['scale']:.3g}, 1-sigma {c['cover1']:.3f}, 2-sigma {c['cover2']:.3f}, "
-            f"std z {c['std_z']:.3f}{guard}")
+            f"std z {c['std_z']:.3f}{guard}{flag}")
     return cal

@@ -251,6 +251,7 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
                                "samples": denoiser.samples or (cal.samples if cal else None),
                                "calibrated_on": None if cal is None else cal.dataset,
                                "suspect_threshold": None if cal is None else cal.threshold,
+                               "suspect_thresholds": None if cal is None else cal.thresholds,
                                "input_guard": None if cal is None or cal.guard is None else
                                [f"{lo:g}-{hi:g}" for lo, hi, on in
                                 zip(cal.snr_edges[:-1], cal.snr_edges[1:], cal.guard,

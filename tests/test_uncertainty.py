@@ -431,3 +431,33 @@ def test_calibrate_cli_fits_several_datasets_together(plain_run, stores, capsys)
         assert "input guard" in capsys.readouterr().out
     finally:
         unc.write_calibration(plain_run, before)
+
+
+def test_each_bin_is_fitted_on_the_first_dataset_that_covers_it_with_its_own_threshold():
+    """A default validation set first, a wide-S/N set after it: the wide set only fills the
+    bins the first lacks (pooled, its other population moved the default set's 1-sigma
+    coverage at S/N 20-50 from 0.74 to 0.79), and a bin whose scores are heavy-tailed does not
+    raise the other bins' suspect threshold (it did: 11.4 for all against 3-7 per bin)."""
+    rng = np.random.default_rng(9)
+    first = [_guard_case(rng, 120, 8.0, "smooth"), _guard_case(rng, 60, 30.0, "biased")]
+    wide = [_guard_case(rng, 60, 30.0, "smooth"), _guard_case(rng, 150, 80.0, "biased")]
+    den, raw, flux, sigma, clean = (np.concatenate(a) for a in zip(*first, *wide, strict=True))
+    den[-15:, 100:110] *= 1.5  # 10 % of the high-S/N spectra: a wrong feature the network adds
+    source = np.repeat([0, 0, 1, 1], [120, 60, 60, 150])
+    good = np.ones_like(den, bool)
+    cal = unc.fit_calibration(den, raw, flux, sigma, clean, good, method="sample", samples=8,
+                              source=source)
+    rows = {i: row for i, row in enumerate(cal.coverage)}
+    assert (rows[2]["n_spectra"], rows[4]["n_spectra"], rows[5]["n_spectra"]) == (120, 60, 150)
+    alone = unc.fit_calibration(den[:180], raw[:180], flux[:180], sigma[:180], clean[:180],
+                                good[:180], method="sample", samples=8)
+    assert cal.scale[4] == alone.scale[4] and cal.scale[2] == alone.scale[2]
+    assert cal.thresholds[5] > 3 * cal.thresholds[2]
+    assert cal.thresholds[4] == cal.threshold  # 60 spectra: too few for a bin's own
+    assert rows[2]["flagged"] <= 0.02 and rows[5]["flagged"] <= 0.02
+    snr = unc.spectrum_snr(flux, sigma, good)
+    assert np.array_equal(cal.threshold_for(snr[:1]), [cal.thresholds[2]])
+    # a calibration from before per-bin thresholds uses its one threshold everywhere
+    old = unc.Calibration.from_dict({k: v for k, v in json.loads(cal.to_json()).items()
+                                     if k != "thresholds"})
+    assert (old.threshold_for(snr) == cal.threshold).all()

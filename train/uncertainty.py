@@ -40,8 +40,9 @@ line or a sky residual raises it a lot in a few pixels, which a mean over 4096 p
 (three pixels at 30 sigma move ``chi2_red`` by 0.7) and a mean over 5 pixels does not
 (``chi2_peak`` about 500). Their null distributions drift with S/N, so each is standardised
 per S/N bin (median and 1.4826 MAD of the validation spectra in the bin); a spectrum's score
-is the larger of the two standardised values, and one threshold on it, the (1 - false alarm)
-quantile over all validation spectra, sets ``suspect``.
+is the larger of the two standardised values, and a threshold on it per S/N bin, the
+(1 - false alarm) quantile of the validation spectra in the bin (of all of them for a bin with
+fewer than :data:`MIN_THRESHOLD_SPECTRA`), sets ``suspect``.
 
 A third statistic looks for one failure the two cannot see: sky left in (or taken out of) the
 input by a wrong sky subtraction. The network treats such flux as the star's and reproduces
@@ -112,6 +113,8 @@ FALSE_ALARM = 0.01
 TARGETS = {"cover1": (0.63, 0.73), "cover2": (0.92, 0.97), "std_z": (0.85, 1.15)}
 #: a bin needs this many spectra to get its own scale and chi2 statistics (else its neighbour's)
 MIN_BIN_SPECTRA = 20
+#: a bin needs this many spectra to get its own suspect threshold (else the overall one)
+MIN_THRESHOLD_SPECTRA = 100
 #: pixels per bin used to fit the scale (a random subset beyond it)
 MAX_FIT_PIXELS = 400_000
 #: pixels of the local window of ``chi2_peak`` (a line or a cosmic-ray hit spans 2-5 pixels)
@@ -236,8 +239,10 @@ class Calibration:
     ``chi2_spread`` standardise ``chi2_red``, ``peak_median`` and ``peak_spread``
     ``chi2_peak``, ``sky_median`` and ``sky_spread`` ``sky_excess`` (its size counts);
     ``threshold`` is the score (the largest standardised value) above which a spectrum is
-    suspect (``false_alarm`` of the fitting data lie above it). ``sky_template``: the sky-line
-    template on the model's pixels (None: no sky check, as in calibrations of version 1).
+    suspect (``false_alarm`` of the fitting data lie above it); ``thresholds`` the same per
+    S/N bin (bins with few fitting spectra: ``threshold``), used where present.
+    ``sky_template``: the sky-line template on the model's pixels (None: no sky check, as in
+    calibrations of version 1).
     ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z)
     and, where the guard was weighed, the mean |R| without and with it. ``guard``: per bin, 1
     where the output leans on the input (the module's "input guard"), 0 where it does not;
@@ -262,7 +267,15 @@ class Calibration:
     sky_median: list[float] | None = None
     sky_spread: list[float] | None = None
     guard: list[int] | None = None
+    thresholds: list[float] | None = None
     version: int = 2
+
+    def threshold_for(self, snr: np.ndarray) -> np.ndarray:
+        """(n,) the suspect threshold of each spectrum's S/N bin (``thresholds``; calibrations
+        written before them: the one ``threshold``)."""
+        if self.thresholds is None:
+            return np.full(np.shape(snr), self.threshold)
+        return np.asarray(self.thresholds, np.float64)[snr_bin(snr, self.snr_edges)]
 
     def guard_for(self, snr: np.ndarray) -> np.ndarray:
         """(n,) bool: whether each spectrum's S/N bin has the input guard."""
@@ -296,7 +309,7 @@ class Calibration:
                 sky: np.ndarray | None = None) -> np.ndarray:
         """(n,) int8: 1 suspect, 0 consistent, -1 where chi2 is NaN (not checked)."""
         u = self.score(chi2, peak, snr, sky)
-        out = np.where(u > self.threshold, SUSPECT, CONSISTENT).astype(np.int8)
+        out = np.where(u > self.threshold_for(snr), SUSPECT, CONSISTENT).astype(np.int8)
         out[~(np.isfinite(chi2) & np.isfinite(peak))] = UNCHECKED
         return out
 
@@ -544,25 +557,37 @@ def fit_guard(denoised, s_cal, flux, sigma, clean, good, b, n_bins: int
 def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: str,
                     samples: int, false_alarm: float = FALSE_ALARM, edges=SNR_EDGES,
                     dataset: str = "", seed: int = 0,
-                    template: np.ndarray | None = None) -> Calibration:
+                    template: np.ndarray | None = None, source=None) -> Calibration:
     """Fit a :class:`Calibration` on in-domain spectra with known truth ``clean``.
 
     All arrays (n, n_wave) in one flux unit; ``good`` (n, n_wave) bool: unmasked pixels with
     a positive ``clean``. ``sigma_raw`` from :func:`raw_uncertainty`. ``template``: the
     sky-line template on the same pixels (:func:`sky_template`; None: no sky check).
+    ``source`` (n,) int: which of several datasets each spectrum comes from (None: one). Each
+    S/N bin is fitted on the spectra of the first dataset that has :data:`MIN_BIN_SPECTRA` in
+    it: a default validation set keeps the bins it covers, and a wide-S/N set given after it
+    only fills the bins it lacks (pooling two S/N populations in one bin would fit neither).
     """
     if not 0 < false_alarm < 1:
         raise SpecdenoiseError(f"false-alarm rate must be in (0, 1), got {false_alarm}")
     snr = spectrum_snr(flux, sigma, good)
     b = snr_bin(snr, edges)
     n_bins = len(edges) - 1
+    src = np.zeros(len(b), int) if source is None else np.asarray(source, int)
+    b_fit = np.full(len(b), -1)  # the bin a spectrum is fitted in; -1: not used
+    for i in range(n_bins):
+        for k in np.unique(src):
+            rows = (b == i) & (src == k)
+            if rows.sum() >= MIN_BIN_SPECTRA:
+                b_fit[rows] = i
+                break
     with np.errstate(divide="ignore", invalid="ignore"):
         z_raw = np.where(good, (denoised - clean) / sigma_raw, np.nan)
     rng = np.random.default_rng(seed)
     scales: list[float | None] = []
     for i in range(n_bins):
-        rows = b == i
-        if rows.sum() < MIN_BIN_SPECTRA:
+        rows = b_fit == i
+        if not rows.any():
             scales.append(None)
             continue
         z = z_raw[rows].ravel()
@@ -573,19 +598,18 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
     scale = _fill_bins(scales)
     s_cal = sigma_raw * np.asarray(scale)[b][:, None]
     chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
-    med_f, spread_f = _robust(chi2, b, n_bins)
-    pmed_f, pspread_f = _robust(peak, b, n_bins)
+    med_f, spread_f = _robust(chi2, b_fit, n_bins)
+    pmed_f, pspread_f = _robust(peak, b_fit, n_bins)
     u = _score(chi2, peak, b, med_f, spread_f, pmed_f, pspread_f)
     smed_f = sspread_f = stored = None
     if template is not None:
         sky = sky_excess(flux, sigma, denoised, s_cal, template, good)
-        smed_f, sspread_f = _robust(sky, b, n_bins)
+        smed_f, sspread_f = _robust(sky, b_fit, n_bins)
         u3 = _sky_score(sky, b, smed_f, sspread_f)
         u = np.where(np.isfinite(u3), np.maximum(u, u3), u)
         stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
-    u = u[np.isfinite(u)]
-    threshold = float(np.quantile(u, 1 - false_alarm)) if u.size else math.inf
-    guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b, n_bins)
+    threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm)
+    guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
     on = np.asarray(guard, bool)[b]
     g_flux, g_sigma = guarded(denoised[on], s_cal[on], flux[on], sigma[on])
     out_flux, out_sigma = denoised.astype(np.float64), s_cal.astype(np.float64)
@@ -594,12 +618,13 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         z_out = np.where(good, (out_flux - clean) / out_sigma, np.nan)
     table = []
     for i in range(n_bins):
-        rows = b == i
+        rows = b_fit == i
         row = {"snr_lo": edges[i], "snr_hi": None if math.isinf(edges[i + 1])
                else edges[i + 1], "n_spectra": int(rows.sum()),
                "scale": scale[i], "raw": coverage(z_raw[rows].ravel()),
                "calibrated": coverage(z_raw[rows].ravel() / scale[i]), "guard": guard[i],
-               "output": coverage(z_out[rows].ravel())}
+               "output": coverage(z_out[rows].ravel()), "threshold": thresholds[i],
+               "flagged": float((u[rows] > thresholds[i]).mean()) if rows.any() else None}
         if weighed[i] is not None:
             row["mean_rel_err"], row["mean_rel_err_guarded"] = weighed[i]
         table.append(row)
@@ -609,7 +634,23 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
                        false_alarm=float(false_alarm), dataset=dataset,
                        n_spectra=int(len(flux)), seed=int(seed), coverage=table,
                        sky_template=stored, sky_median=smed_f, sky_spread=sspread_f,
-                       guard=guard)
+                       guard=guard, thresholds=thresholds)
+
+
+def _thresholds(u, b_fit, n_bins: int, false_alarm: float) -> tuple[float, list[float]]:
+    """The suspect threshold over all fitting spectra, and per S/N bin: a bin with
+    :data:`MIN_THRESHOLD_SPECTRA` fitting spectra gets the (1 - false alarm) quantile of its
+    own scores, any other the overall one. One threshold for all bins let the heavy-tailed
+    scores of one bin (a wide-S/N set's S/N > 50, where the network's own error dominates the
+    residual) set it for all: 11.4 against 3.7 for the other bins' own, nothing flagged there."""
+    ok = np.isfinite(u) & (b_fit >= 0)
+    overall = float(np.quantile(u[ok], 1 - false_alarm)) if ok.any() else math.inf
+    out = []
+    for i in range(n_bins):
+        c = u[ok & (b_fit == i)]
+        out.append(float(np.quantile(c, 1 - false_alarm)) if c.size >= MIN_THRESHOLD_SPECTRA
+                   else overall)
+    return overall, out
 
 
 def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) -> dict:
@@ -660,8 +701,9 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
               seed: int = 0) -> Calibration:
     """Fit the calibration of ``model`` on datasets with ``flux``, ``flux_clean``, ``sigma``.
 
-    ``data``: one dataset or a list of them (fitted together: a default validation set and a
-    wide-S/N one give every S/N bin its own scale and guard); reads the first
+    ``data``: one dataset or a list of them (each S/N bin fitted on the first that has
+    spectra in it: a default validation set and then a wide-S/N one give every S/N bin its
+    own scale, guard and threshold; see :func:`fit_calibration`); reads the first
     ``max_spectra`` spectra (None: all) of each, chunk by chunk; in-domain data the network
     was not trained on (its validation sets). The sky template comes from the first.
     """
@@ -670,7 +712,8 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
     paths = list(data) if isinstance(data, list | tuple) else [data]
     if not paths:
         raise SpecdenoiseError("no dataset to calibrate on")
-    parts: dict[str, list] = {k: [] for k in ("den", "raw", "flux", "sigma", "clean", "good")}
+    parts: dict[str, list] = {k: [] for k in ("den", "raw", "flux", "sigma", "clean", "good",
+                                               "source")}
     template = None
     for i, path in enumerate(paths):
         info = tdata.inspect_store(path, tdata.VAL_VARS,
@@ -691,7 +734,8 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
                                        batch_size=batch_size, device=device)
             for k, v in (("den", den), ("raw", raw), ("flux", a["flux"]),
                          ("sigma", a["sigma"]), ("clean", a["flux_clean"]),
-                         ("good", a["good"] & (a["flux_clean"] > 0))):
+                         ("good", a["good"] & (a["flux_clean"] > 0)),
+                         ("source", np.full(take, i))):
                 parts[k].append(v)
             n += take
     n = sum(len(v) for v in parts["den"])
@@ -702,7 +746,8 @@ def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
     p = {k: np.concatenate(v) for k, v in parts.items()}
     return fit_calibration(p["den"], p["raw"], p["flux"], p["sigma"], p["clean"], p["good"],
                            method=method, samples=samples, false_alarm=false_alarm,
-                           dataset=", ".join(map(str, paths)), seed=seed, template=template)
+                           dataset=", ".join(map(str, paths)), seed=seed, template=template,
+                           source=p["source"])
 
 
 def _data_template(group, info) -> np.ndarray | None:
