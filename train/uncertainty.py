@@ -40,9 +40,10 @@ line or a sky residual raises it a lot in a few pixels, which a mean over 4096 p
 (three pixels at 30 sigma move ``chi2_red`` by 0.7) and a mean over 5 pixels does not
 (``chi2_peak`` about 500). Their null distributions drift with S/N, so each is standardised
 per S/N bin (median and 1.4826 MAD of the validation spectra in the bin); a spectrum's score
-is the larger of the two standardised values, and a threshold on it per S/N bin, the
-(1 - false alarm) quantile of the validation spectra in the bin (of all of them for a bin with
-fewer than :data:`MIN_THRESHOLD_SPECTRA`), sets ``suspect``.
+is the larger of the two standardised values, and one threshold on it, the (1 - false alarm)
+quantile over all validation spectra, sets ``suspect`` (calibrated on several datasets: the
+first one's spectra set it, and a bin only a later one covers gets its own; see
+:func:`fit_calibration`).
 
 A third statistic looks for one failure the two cannot see: sky left in (or taken out of) the
 input by a wrong sky subtraction. The network treats such flux as the star's and reproduces
@@ -239,8 +240,8 @@ class Calibration:
     ``chi2_spread`` standardise ``chi2_red``, ``peak_median`` and ``peak_spread``
     ``chi2_peak``, ``sky_median`` and ``sky_spread`` ``sky_excess`` (its size counts);
     ``threshold`` is the score (the largest standardised value) above which a spectrum is
-    suspect (``false_alarm`` of the fitting data lie above it); ``thresholds`` the same per
-    S/N bin (bins with few fitting spectra: ``threshold``), used where present.
+    suspect (``false_alarm`` of the fitting data lie above it); ``thresholds`` per S/N bin,
+    used where present: ``threshold`` except in a bin only a later dataset covered.
     ``sky_template``: the sky-line template on the model's pixels (None: no sky check, as in
     calibrations of version 1).
     ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z)
@@ -566,7 +567,8 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
     ``source`` (n,) int: which of several datasets each spectrum comes from (None: one). Each
     S/N bin is fitted on the spectra of the first dataset that has :data:`MIN_BIN_SPECTRA` in
     it: a default validation set keeps the bins it covers, and a wide-S/N set given after it
-    only fills the bins it lacks (pooling two S/N populations in one bin would fit neither).
+    only fills the bins it lacks (pooling two S/N populations in one bin would fit neither),
+    and the suspect threshold is the first dataset's except in those bins (:func:`_thresholds`).
     """
     if not 0 < false_alarm < 1:
         raise SpecdenoiseError(f"false-alarm rate must be in (0, 1), got {false_alarm}")
@@ -608,7 +610,7 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         u3 = _sky_score(sky, b, smed_f, sspread_f)
         u = np.where(np.isfinite(u3), np.maximum(u, u3), u)
         stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
-    threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm)
+    threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm, src == src.min())
     guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
     on = np.asarray(guard, bool)[b]
     g_flux, g_sigma = guarded(denoised[on], s_cal[on], flux[on], sigma[on])
@@ -637,19 +639,25 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
                        guard=guard, thresholds=thresholds)
 
 
-def _thresholds(u, b_fit, n_bins: int, false_alarm: float) -> tuple[float, list[float]]:
-    """The suspect threshold over all fitting spectra, and per S/N bin: a bin with
-    :data:`MIN_THRESHOLD_SPECTRA` fitting spectra gets the (1 - false alarm) quantile of its
-    own scores, any other the overall one. One threshold for all bins let the heavy-tailed
-    scores of one bin (a wide-S/N set's S/N > 50, where the network's own error dominates the
-    residual) set it for all: 11.4 against 3.7 for the other bins' own, nothing flagged there."""
+def _thresholds(u, b_fit, n_bins: int, false_alarm: float, primary=None
+                ) -> tuple[float, list[float]]:
+    """The suspect threshold, overall and per S/N bin: the (1 - false alarm) quantile of the
+    scores of the fitting spectra of the first dataset (``primary``, (n,) bool; None: all),
+    the population the false-alarm rate is stated for; a bin that only a later dataset covers
+    gets the quantile of its own scores when it has :data:`MIN_THRESHOLD_SPECTRA` (else the
+    overall one). Pooled into one quantile, the heavy-tailed scores of a wide-S/N set above
+    S/N 50 (where the network's own error dominates the residual) raised the threshold of
+    every bin from 3.7 to 11.4, and nothing on the default set was flagged any more."""
     ok = np.isfinite(u) & (b_fit >= 0)
-    overall = float(np.quantile(u[ok], 1 - false_alarm)) if ok.any() else math.inf
+    first = ok if primary is None else ok & np.asarray(primary, bool)
+    pool = first if first.any() else ok
+    overall = float(np.quantile(u[pool], 1 - false_alarm)) if pool.any() else math.inf
     out = []
     for i in range(n_bins):
-        c = u[ok & (b_fit == i)]
-        out.append(float(np.quantile(c, 1 - false_alarm)) if c.size >= MIN_THRESHOLD_SPECTRA
-                   else overall)
+        mine = ok & (b_fit == i)
+        c = u[mine]
+        own = (not (first & mine).any()) and c.size >= MIN_THRESHOLD_SPECTRA
+        out.append(float(np.quantile(c, 1 - false_alarm)) if own else overall)
     return overall, out
 
 
