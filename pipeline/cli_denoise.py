@@ -59,7 +59,8 @@ def register(subparsers) -> None:
                         "calibrated for, else 'head' for a network trained with uncertainty "
                         "'nll', else 'sample'), head (the network's own), sample (re-noise "
                         "the denoised spectrum K times, the spread of the outputs; any "
-                        "network, K+1 passes), both, or none (flux_denoised only)")
+                        "network, K+1 passes), both, or none (flux_denoised only: the "
+                        "network's own output, without the calibration's input guard)")
     p.add_argument("--samples", type=int, default=None, metavar="K",
                    help="draws for --uncertainty sample/both (default: the calibration's, "
                         "else 8)")

@@ -556,7 +556,9 @@ def with_not_denoised(planes: dict) -> dict:
 
 #: the extension holding each spectrum's consistency check (:func:`check_hdu`)
 CHECK_HDU = "DENOISE_CHECK"
-#: its per-spectrum columns, in order: (name, FITS format, meaning)
+#: its per-spectrum columns, in order: (name, FITS format, meaning); the names are
+#: ``specdenoise.train.infer.CHECK_VARS`` (not imported: this module reads FITS without torch;
+#: tests/test_pfsio.py checks they agree)
 CHECK_COLUMNS = (
     ("chi2_red", "E", "mean (flux-D)^2/(var+sigma_D^2), unmasked"),
     ("chi2_peak", "E", "largest mean of that ratio over 5 pixels"),

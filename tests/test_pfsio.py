@@ -523,3 +523,9 @@ def test_untrusted_pixels_do_not_steer_the_denoiser(run, tmp_path):
     oa = readme_fiber(tmp_path / f"o-{fa.name}", 1)[1]
     ob = readme_fiber(tmp_path / f"o-{fb.name}", 1)[1]
     np.testing.assert_array_equal(oa, ob)
+
+
+def test_the_fits_check_table_has_every_check_denoise_computes():
+    """pfsio stays free of torch, so it names the checks itself: the same names, in the
+    order :class:`specdenoise.train.infer.DenoisedBlock` gives them."""
+    assert tuple(name for name, _fmt, _meaning in pfsio.CHECK_COLUMNS) == infer.CHECK_VARS
