@@ -28,10 +28,11 @@ def calibrate(run_dir, data, *, method: str | None = None, samples: int = 8,
         c = row.get("output", row["calibrated"])
         guard = ""
         if "guard" in row:
-            guard = ", input guard " + ("on" if row["guard"] else "off")
+            guard = ", input guard " + (f"on, strength {row['guard']:.3g}" if row["guard"]
+                                        else "off")
             if "mean_rel_err" in row:
                 guard += (f" (mean |R| {row['mean_rel_err']:.3%} without, "
-                          f"{row['mean_rel_err_guarded']:.3%} with)")
+                          f"{row['mean_rel_err_guarded']:.3%} with the best strength)")
         flag = ""
         if row.get("flagged") is not None:
             flag = f", suspect above {row['threshold']:.3g} ({row['flagged']:.1%} flagged)"

@@ -253,9 +253,9 @@ def network_method(run_dir, *, device=None, batch_size: int = 256,
                                "suspect_threshold": None if cal is None else cal.threshold,
                                "suspect_thresholds": None if cal is None else cal.thresholds,
                                "input_guard": None if cal is None or cal.guard is None else
-                               [f"{lo:g}-{hi:g}" for lo, hi, on in
+                               {f"{lo:g}-{hi:g}": a for lo, hi, a in
                                 zip(cal.snr_edges[:-1], cal.snr_edges[1:], cal.guard,
-                                    strict=True) if on]}
+                                    strict=True) if a}}
     wave = config.get("wave")
     return Method(label, "network", desc, denoise, info=info,
                   wave=None if wave is None else np.asarray(wave, dtype=np.float64),

@@ -368,7 +368,13 @@ def test_the_input_guard_is_the_inverse_variance_mean():
     assert g[0, 0] == pytest.approx(1.0, abs=1e-5)  # a sure network: its own output
     assert g[0, 1] == pytest.approx(1.05) and sg[0, 1] == pytest.approx(0.1 / np.sqrt(2))
     assert g[0, 2] == pytest.approx(1.1, abs=1e-4)  # an unsure one: the input
-    assert np.all(sg <= np.minimum(s, e))
+    assert np.all(sg <= np.minimum(s, e) + 1e-12)
+    # strength 3: w = 3/4 where the two sigmas are equal; the largest strength: the input
+    g, sg = unc.guarded(d, s, x, e, 3.0)
+    assert g[0, 1] == pytest.approx(1.075)
+    assert sg[0, 1] == pytest.approx(np.sqrt(0.25**2 * 0.01 + 0.75**2 * 0.01))
+    g, sg = unc.guarded(d, s, x, e, unc.GUARD_STRENGTHS[-1])
+    assert g[0, 1:] == pytest.approx(1.1, abs=1e-6) and sg[0, 1:] == pytest.approx(0.1)
     # without a usable input sigma a pixel keeps the network's values
     g, sg = unc.guarded(d, s, x, np.array([[np.nan, 0.0, 0.1]]))
     assert g[0, :2].tolist() == [1.0, 1.0] and sg[0, :2].tolist() == s[0, :2].tolist()
@@ -399,10 +405,18 @@ def test_the_guard_is_chosen_per_snr_bin_where_it_lowers_the_error():
     cal = unc.fit_calibration(den, raw, flux, sigma, clean, good, method="sample", samples=8)
     # bins without spectra below the highest calibrated one take the nearest choice (the
     # lower at a tie), the bin above it (> 50) the guard
-    assert cal.guard == [0, 0, 0, 0, 1, 1]
+    assert [a > 0 for a in cal.guard] == [False] * 4 + [True] * 2
+    assert cal.guard[5] == 1.0 and cal.guard[4] in unc.GUARD_STRENGTHS
     for i in (2, 4):
         row = cal.coverage[i]
         assert (row["mean_rel_err_guarded"] < row["mean_rel_err"]) == bool(cal.guard[i])
+    # the chosen strength is the best of those tried on these spectra, none worse than input
+    hi = slice(60, None)
+    rel = {a: np.mean(np.abs(unc.guarded(den[hi], raw[hi] * cal.scale[4], flux[hi],
+                                         sigma[hi], a)[0] - clean[hi]) / clean[hi])
+           for a in unc.GUARD_STRENGTHS}
+    assert min(rel, key=rel.get) == cal.guard[4]
+    assert rel[cal.guard[4]] <= np.mean(np.abs(flux[hi] - clean[hi]) / clean[hi])
     out = unc.apply(cal, den, raw, flux, sigma, good)
     assert np.array_equal(out["flux_denoised"][:60], den[:60].astype(np.float32))
     rel = np.abs(out["flux_denoised"][60:] - clean[60:]) / clean[60:]

@@ -63,20 +63,25 @@ S/N bin as the others, is the third score (``results/ood/`` shows what it catche
 
 The input guard: where the network is less sure of a pixel than the observation itself, the
 output leans on the observation. With ``D`` the network's output, ``s`` its calibrated
-``sigma_denoised``, ``X`` the input flux and ``sigma`` its noise, the guarded output is the
-inverse-variance mean of the two estimates,
+``sigma_denoised``, ``X`` the input flux and ``sigma`` its noise, the guarded output is a
+weighted mean of the two estimates,
 
-    w = s^2 / (s^2 + sigma^2),  D' = D + w (X - D),  sigma_denoised' = s sigma / sqrt(s^2 + sigma^2)
+    w = a s^2 / (a s^2 + sigma^2),  D' = D + w (X - D),
+    sigma_denoised' = sqrt((1 - w)^2 s^2 + w^2 sigma^2)
 
-(exact if the two errors are independent; the network's error at high S/N is mostly its
-systematic line shrinkage, which this noise draw does not move). Where the network is good
-``s << sigma`` and ``D' = D``; where it extrapolates beyond what it was trained on (S/N far
-above the training set's, where the input is already good to 1 % and the network keeps its
-line-shrinkage floor) ``D'`` follows the input. The calibration decides per S/N bin, on its
-own data, whether the guard lowers the mean |R| there (``guard``: 1 on, 0 off); a bin without
-enough calibration spectra gets the guard when it lies above every calibrated bin (S/N
-beyond what the calibration saw) and its nearest calibrated bin's choice otherwise. The
-consistency check below always looks at the network's own output ``D``.
+(the error of that mean if the two errors are independent; the network's error at high S/N is
+mostly its systematic line shrinkage, which this noise draw does not move). ``a = 1`` is the
+inverse-variance mean; a larger ``a`` leans further on the input (``a`` -> infinity: the input
+itself), a smaller one less. Where the network is good ``s << sigma`` and ``D' = D``; where it
+extrapolates beyond what it was trained on (S/N far above the training set's, where the input
+is already good to 1 % and the network keeps its line-shrinkage floor) ``D'`` follows the
+input. The calibration picks ``a`` per S/N bin from :data:`GUARD_STRENGTHS`, the one with the
+lowest mean |R| on its own spectra, or 0 (off) where none beats the network's own output
+(``guard``); since the largest strength is the input itself, the output of a bin with the
+guard is no worse than the input on the calibration's spectra. A bin without enough
+calibration spectra gets ``a = 1`` when it lies above every calibrated bin (S/N beyond what
+the calibration saw) and its nearest calibrated bin's choice otherwise. The consistency check
+below always looks at the network's own output ``D``.
 
 A suspect spectrum is one the
 network's output does not explain as well as it explains 99 % of the spectra it was
@@ -114,6 +119,9 @@ FALSE_ALARM = 0.01
 TARGETS = {"cover1": (0.63, 0.73), "cover2": (0.92, 0.97), "std_z": (0.85, 1.15)}
 #: a bin needs this many spectra to get its own scale and chi2 statistics (else its neighbour's)
 MIN_BIN_SPECTRA = 20
+#: the input guard's strengths the calibration chooses from (module doc); the last is, to
+#: float precision, the noisy input itself
+GUARD_STRENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 1e6)
 #: a bin needs this many spectra to get its own suspect threshold (else the overall one)
 MIN_THRESHOLD_SPECTRA = 100
 #: pixels per bin used to fit the scale (a random subset beyond it)
@@ -245,9 +253,9 @@ class Calibration:
     ``sky_template``: the sky-line template on the model's pixels (None: no sky check, as in
     calibrations of version 1).
     ``coverage`` records, per bin, the fit's raw and calibrated 1/2-sigma coverage and std(z)
-    and, where the guard was weighed, the mean |R| without and with it. ``guard``: per bin, 1
-    where the output leans on the input (the module's "input guard"), 0 where it does not;
-    None (calibrations written before it): off everywhere.
+    and, where the guard was weighed, the mean |R| without it and with the best strength.
+    ``guard``: per bin, the strength with which the output leans on the input (the module's
+    "input guard"; 0: off); None (calibrations written before it): off everywhere.
     """
 
     method: str
@@ -267,7 +275,7 @@ class Calibration:
     sky_template: list[float] | None = None
     sky_median: list[float] | None = None
     sky_spread: list[float] | None = None
-    guard: list[int] | None = None
+    guard: list[float] | None = None
     thresholds: list[float] | None = None
     version: int = 2
 
@@ -279,10 +287,10 @@ class Calibration:
         return np.asarray(self.thresholds, np.float64)[snr_bin(snr, self.snr_edges)]
 
     def guard_for(self, snr: np.ndarray) -> np.ndarray:
-        """(n,) bool: whether each spectrum's S/N bin has the input guard."""
+        """(n,) the input guard's strength for each spectrum's S/N bin (0: off)."""
         if self.guard is None:
-            return np.zeros(np.shape(snr), bool)
-        return np.asarray(self.guard, bool)[snr_bin(snr, self.snr_edges)]
+            return np.zeros(np.shape(snr))
+        return np.asarray(self.guard, np.float64)[snr_bin(snr, self.snr_edges)]
 
     def scale_for(self, snr: np.ndarray) -> np.ndarray:
         return np.asarray(self.scale)[snr_bin(snr, self.snr_edges)]
@@ -510,34 +518,37 @@ def _fill_bins(values: list[float | None]) -> list[float]:
             else values[min(have, key=lambda j: (abs(j - i), j))] for i in range(len(values))]
 
 
-def guarded(denoised, sigma_denoised, flux, sigma) -> tuple[np.ndarray, np.ndarray]:
+def guarded(denoised, sigma_denoised, flux, sigma, strength=1.0
+            ) -> tuple[np.ndarray, np.ndarray]:
     """The input guard (module doc): ``(D', sigma_denoised')`` from the network's output and
-    calibrated sigma and the input and its noise, all (n, n_wave). A pixel without a finite,
-    positive ``sigma`` or ``sigma_denoised`` keeps the network's values."""
+    calibrated sigma and the input and its noise, all (n, n_wave); ``strength`` ``a``, a
+    number or (n, 1). A pixel without a finite, positive ``sigma`` or ``sigma_denoised``
+    keeps the network's values."""
     d, s = np.asarray(denoised, np.float64), np.asarray(sigma_denoised, np.float64)
     x, e = np.asarray(flux, np.float64), np.asarray(sigma, np.float64)
-    v = s * s + e * e
+    a = np.asarray(strength, np.float64)
+    v = a * s * s + e * e
     ok = np.isfinite(x) & np.isfinite(v) & (s > 0) & (e > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where(ok, s * s / v, 0.0)
-        s_out = np.where(ok, s * e / np.sqrt(v), s)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        w = np.where(ok, a * s * s / v, 0.0)
+        s_out = np.where(ok, np.sqrt((1 - w) ** 2 * s * s + w * w * e * e), s)
     return np.where(ok, d + w * (np.where(ok, x, d) - d), d), s_out
 
 
-def _mean_rel(denoised, clean, good, rows) -> float:
+def _mean_rel(denoised, clean, good) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(good[rows], np.abs(denoised[rows] - clean[rows]) / clean[rows], np.nan)
+        r = np.where(good, np.abs(denoised - clean) / clean, np.nan)
     return float(np.nanmean(np.nanmean(r, axis=1))) if np.isfinite(r).any() else math.nan
 
 
 def fit_guard(denoised, s_cal, flux, sigma, clean, good, b, n_bins: int
-              ) -> tuple[list[int], list[tuple[float, float] | None]]:
-    """Per S/N bin (``b``: each spectrum's bin): 1 where the input guard lowers the mean |R|
-    of the fitting spectra, 0 where it does not; a bin with fewer than
-    :data:`MIN_BIN_SPECTRA` spectra takes 1 above the highest bin that has them, else its
-    nearest such bin's choice. Also each weighed bin's ``(mean |R|, guarded mean |R|)``."""
-    g_flux, _ = guarded(denoised, s_cal, flux, sigma)
-    choice: list[int | None] = []
+              ) -> tuple[list[float], list[tuple[float, float] | None]]:
+    """Per S/N bin (``b``: each spectrum's bin, -1 not used): the guard strength of
+    :data:`GUARD_STRENGTHS` with the lowest mean |R| on the bin's spectra, 0 where none is
+    below the network's own; a bin with fewer than :data:`MIN_BIN_SPECTRA` spectra takes 1
+    above the highest bin that has them, else its nearest such bin's choice. Also each weighed
+    bin's ``(mean |R|, best guarded mean |R|)``."""
+    choice: list[float | None] = []
     weighed: list[tuple[float, float] | None] = []
     for i in range(n_bins):
         rows = b == i
@@ -545,12 +556,14 @@ def fit_guard(denoised, s_cal, flux, sigma, clean, good, b, n_bins: int
             choice.append(None)
             weighed.append(None)
             continue
-        plain, guard = _mean_rel(denoised, clean, good, rows), _mean_rel(g_flux, clean, good,
-                                                                          rows)
-        choice.append(int(guard < plain))
-        weighed.append((plain, guard))
+        d, sc, x, e, f, g = (a[rows] for a in (denoised, s_cal, flux, sigma, clean, good))
+        plain = _mean_rel(d, f, g)
+        tried = [(_mean_rel(guarded(d, sc, x, e, a)[0], f, g), a) for a in GUARD_STRENGTHS]
+        best, a = min(tried)
+        choice.append(float(a) if best < plain else 0.0)
+        weighed.append((plain, best))
     have = [i for i, c in enumerate(choice) if c is not None]
-    out = [c if c is not None else 1 if not have or i > max(have)
+    out = [c if c is not None else 1.0 if not have or i > max(have)
            else choice[min(have, key=lambda j: (abs(j - i), j))] for i, c in enumerate(choice)]
     return out, weighed
 
@@ -612,8 +625,10 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
     threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm, src == src.min())
     guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
-    on = np.asarray(guard, bool)[b]
-    g_flux, g_sigma = guarded(denoised[on], s_cal[on], flux[on], sigma[on])
+    strength = np.asarray(guard, np.float64)[b]
+    on = strength > 0
+    g_flux, g_sigma = guarded(denoised[on], s_cal[on], flux[on], sigma[on],
+                              strength[on][:, None])
     out_flux, out_sigma = denoised.astype(np.float64), s_cal.astype(np.float64)
     out_flux[on], out_sigma[on] = g_flux, g_sigma
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -692,10 +707,11 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
                else cal.suspect(chi2, peak, snr, sky))
     out_flux = np.array(denoised, np.float32)
     out_sigma = np.array(s_cal, np.float32)
-    on = np.zeros(n, bool) if cal is None else cal.guard_for(snr)
+    strength = np.zeros(n) if cal is None else cal.guard_for(snr)
+    on = strength > 0
     if on.any():
         g_flux, g_sigma = guarded(out_flux[on], out_sigma[on], np.asarray(flux)[on],
-                                  np.asarray(sigma)[on])
+                                  np.asarray(sigma)[on], strength[on][:, None])
         out_flux[on], out_sigma[on] = g_flux, g_sigma
     return {"flux_denoised": out_flux,
             "sigma_denoised": out_sigma, "chi2_red": chi2.astype(np.float32),
