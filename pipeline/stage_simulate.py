@@ -403,11 +403,30 @@ def _simulate(cfg, grid_path, client, cluster, workers, threads_per_worker, memo
             if tmp != path:
                 stores.publish(tmp, path, stores.DATASET, overwrite=True)
     finally:
-        for path, tmp in where.items():
-            if tmp != path and tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-                stores.remove_chunk_markers(tmp)
+        left = [tmp for path, tmp in where.items() if tmp != path and tmp.exists()]
+        if left:
+            _discard(left)
     return paths
+
+
+#: seconds an unfinished temporary store is kept removed before an interrupted --overwrite
+#: returns (:func:`_discard`)
+DISCARD_GRACE = 1.5
+
+
+def _discard(tmps: list[Path], grace: float = DISCARD_GRACE) -> None:
+    """Remove unfinished temporary stores, and again while ``grace`` seconds pass: a chunk
+    write that a worker had in flight when the cluster closed can land after the first
+    removal (zarr recreates the folders it writes into; CI saw the folder of an interrupted
+    ``--overwrite`` left behind beside the kept old store)."""
+    deadline = time.monotonic() + grace
+    while True:
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
+            stores.remove_chunk_markers(tmp)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
 
 
 def _new_name(path: Path) -> Path:

@@ -288,6 +288,29 @@ def _wait_for(pred, proc, timeout=300.0):
         time.sleep(0.05)
 
 
+def test_a_late_chunk_write_does_not_bring_the_discarded_store_back(tmp_path):
+    """A worker's write in flight when an interrupted --overwrite closes its cluster lands
+    after the first removal of the unfinished store (zarr makes the folders it writes into):
+    the removal is repeated until it holds."""
+    import threading
+
+    from specdenoise.stage_simulate import _discard
+
+    tmp = tmp_path / ".s.zarr.tmp-1"
+    (tmp / "flux" / "c").mkdir(parents=True)
+
+    def late_write():
+        time.sleep(0.4)
+        (tmp / "flux" / "c").mkdir(parents=True, exist_ok=True)
+        (tmp / "flux" / "c" / "3").write_bytes(b"chunk")
+
+    writer = threading.Thread(target=late_write)
+    writer.start()
+    _discard([tmp], grace=1.0)
+    writer.join()
+    assert not tmp.exists()
+
+
 def test_simulate_overwrite_keeps_the_old_store_until_the_new_one_is_complete(small_grid,
                                                                              tmp_path):
     from conftest import store_files
