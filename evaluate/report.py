@@ -523,8 +523,9 @@ SECTIONS = {
                     "flagged by design; for a flagged one, look at the residual flux - D and "
                     "mask, re-reduce or use the noisy input rather than trust D. In the S/N "
                     "bins where a network's calibration turned the input guard on (the "
-                    "cube's method attributes, 'input_guard'), D is the inverse-variance mean "
-                    "of the network's output and the noisy input, and sigma that mean's."),
+                    "cube's method attributes, 'input_guard', with its strength), D is a "
+                    "weighted mean of the network's output and the noisy input (weights from "
+                    "their sigmas) and sigma that mean's."),
 }
 
 
