@@ -71,7 +71,8 @@ class RunConfig:
     ``seed``: the simulation seed of the run (each dataset adds its ``seed_offset``);
     ``workers``: Dask worker processes of the simulations (None: one per CPU core);
     ``device``: where the networks run (None: each config's own). ``calibrate``: datasets
-    every trained network is calibrated on together after training (``specdenoise calibrate
+    every trained network is calibrated on after training (each S/N bin on the first that
+    covers it) (``specdenoise calibrate
     --data ...``; empty: the calibration training writes from its validation set is kept).
     """
 
@@ -433,8 +434,8 @@ def run(preset: str | RunConfig = "quick", workdir: str | Path | None = None, *,
             argv = ["calibrate", "--run", str(run_dir), "--data", *map(str, cal_data)]
             if device:
                 argv += ["--device", device]
-            # always: training rewrites the calibration from its own validation set, and the
-            # step costs minutes against the evaluations' tens of minutes
+            # always, also on a resume: it costs minutes against the evaluations' tens of
+            # minutes, and a training that finishes writes its own from --val alone
             _step(f"calibrate {run_dir.name} on {', '.join(cfg.calibrate)}", argv,
                   functools.partial(calibrate, run_dir, cal_data, device=device))
 
