@@ -20,8 +20,8 @@ def register(subparsers) -> None:
             "'suspect' flag for the given false-alarm rate, and decide per S/N bin whether the "
             "output leans on the input where the network is less sure than the input's noise "
             "(the input guard: on, with the strength that lowers the mean |R| of these "
-            "spectra most, where one does, and above the S/N they cover). Writes RUN_DIR/uncertainty.json (training writes one from "
-            "its --val set)."
+            "spectra most, where one does, and above the S/N they cover). Writes "
+            "RUN_DIR/uncertainty.json (training writes one from its --val set)."
         ),
     )
     options.add_run(p)

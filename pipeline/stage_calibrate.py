@@ -14,8 +14,8 @@ def calibrate(run_dir, data, *, method: str | None = None, samples: int = 8,
               max_spectra: int | None = 2000, false_alarm: float = 0.01,
               batch_size: int = 256, device=None, log=print):
     """Calibrate the run ``run_dir`` on the dataset ``data`` (or a list of datasets, each S/N
-    bin fitted on the first that covers it; ``max_spectra`` None: all of each); logs where it was written and, per S/N bin,
-    the coverage and the input-guard choice; returns the
+    bin fitted on the first that covers it; ``max_spectra`` None: all of each); logs where it
+    was written and, per S/N bin, the coverage and the input-guard choice; returns the
     :class:`~specdenoise.train.uncertainty.Calibration`."""
     from specdenoise.train import uncertainty
 
