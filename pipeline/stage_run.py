@@ -71,9 +71,9 @@ class RunConfig:
     ``seed``: the simulation seed of the run (each dataset adds its ``seed_offset``);
     ``workers``: Dask worker processes of the simulations (None: one per CPU core);
     ``device``: where the networks run (None: each config's own). ``calibrate``: datasets
-    every trained network is calibrated on after training (each S/N bin on the first that
-    covers it) (``specdenoise calibrate
-    --data ...``; empty: the calibration training writes from its validation set is kept).
+    every trained network is calibrated on after training, each S/N bin on the first that
+    covers it (``specdenoise calibrate --data ...``; empty: the calibration training writes
+    from its validation set is kept).
     """
 
     simulate: tuple[SimulateStep, ...]

@@ -279,21 +279,25 @@ class Calibration:
     thresholds: list[float] | None = None
     version: int = 2
 
+    def _by_bin(self, values, snr: np.ndarray) -> np.ndarray:
+        """(n,) the per-bin ``values`` at each spectrum's S/N bin."""
+        return np.asarray(values, np.float64)[snr_bin(snr, self.snr_edges)]
+
     def threshold_for(self, snr: np.ndarray) -> np.ndarray:
         """(n,) the suspect threshold of each spectrum's S/N bin (``thresholds``; calibrations
         written before them: the one ``threshold``)."""
         if self.thresholds is None:
             return np.full(np.shape(snr), self.threshold)
-        return np.asarray(self.thresholds, np.float64)[snr_bin(snr, self.snr_edges)]
+        return self._by_bin(self.thresholds, snr)
 
     def guard_for(self, snr: np.ndarray) -> np.ndarray:
         """(n,) the input guard's strength for each spectrum's S/N bin (0: off)."""
         if self.guard is None:
             return np.zeros(np.shape(snr))
-        return np.asarray(self.guard, np.float64)[snr_bin(snr, self.snr_edges)]
+        return self._by_bin(self.guard, snr)
 
     def scale_for(self, snr: np.ndarray) -> np.ndarray:
-        return np.asarray(self.scale)[snr_bin(snr, self.snr_edges)]
+        return self._by_bin(self.scale, snr)
 
     def template(self, n_wave: int) -> np.ndarray | None:
         """The sky-line template as an (n_wave,) array, or None (no sky check)."""
@@ -535,6 +539,19 @@ def guarded(denoised, sigma_denoised, flux, sigma, strength=1.0
     return np.where(ok, d + w * (np.where(ok, x, d) - d), d), s_out
 
 
+def _with_guard(denoised, s_cal, flux, sigma, strength, dtype
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(flux_denoised, sigma_denoised)`` as ``dtype``: the network's own where a spectrum's
+    ``strength`` ((n,), from :meth:`Calibration.guard_for`) is 0, :func:`guarded` where not."""
+    out_flux, out_sigma = np.array(denoised, dtype), np.array(s_cal, dtype)
+    on = np.asarray(strength) > 0
+    if on.any():
+        out_flux[on], out_sigma[on] = guarded(out_flux[on], out_sigma[on],
+                                              np.asarray(flux)[on], np.asarray(sigma)[on],
+                                              np.asarray(strength)[on][:, None])
+    return out_flux, out_sigma
+
+
 def _mean_rel(denoised, clean, good) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(good, np.abs(denoised - clean) / clean, np.nan)
@@ -625,12 +642,8 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
     threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm, src == src.min())
     guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
-    strength = np.asarray(guard, np.float64)[b]
-    on = strength > 0
-    g_flux, g_sigma = guarded(denoised[on], s_cal[on], flux[on], sigma[on],
-                              strength[on][:, None])
-    out_flux, out_sigma = denoised.astype(np.float64), s_cal.astype(np.float64)
-    out_flux[on], out_sigma[on] = g_flux, g_sigma
+    out_flux, out_sigma = _with_guard(denoised, s_cal, flux, sigma,
+                                      np.asarray(guard, np.float64)[b], np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         z_out = np.where(good, (out_flux - clean) / out_sigma, np.nan)
     table = []
@@ -705,14 +718,9 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
            else sky_excess(flux, sigma, denoised, s_cal, template, good))
     suspect = (np.full(n, UNCHECKED, np.int8) if cal is None
                else cal.suspect(chi2, peak, snr, sky))
-    out_flux = np.array(denoised, np.float32)
-    out_sigma = np.array(s_cal, np.float32)
-    strength = np.zeros(n) if cal is None else cal.guard_for(snr)
-    on = strength > 0
-    if on.any():
-        g_flux, g_sigma = guarded(out_flux[on], out_sigma[on], np.asarray(flux)[on],
-                                  np.asarray(sigma)[on], strength[on][:, None])
-        out_flux[on], out_sigma[on] = g_flux, g_sigma
+    out_flux, out_sigma = _with_guard(denoised, s_cal, flux, sigma,
+                                      np.zeros(n) if cal is None else cal.guard_for(snr),
+                                      np.float32)
     return {"flux_denoised": out_flux,
             "sigma_denoised": out_sigma, "chi2_red": chi2.astype(np.float32),
             "chi2_peak": peak.astype(np.float32), "sky_excess": sky.astype(np.float32),
