@@ -15,8 +15,8 @@ def register(subparsers) -> None:
         help="(re)calibrate a run's sigma_denoised and suspect threshold on a dataset",
         description=(
             "Denoise in-domain spectra with known truth (a validation set the network was not "
-            "trained on), scale sigma_denoised per S/N bin so that 68 %% of the pixels lie "
-            "within 1 sigma and 95 %% within 2 sigma, and set the threshold of the "
+            "trained on), scale sigma_denoised per S/N bin so that 68 % of the pixels lie "
+            "within 1 sigma and 95 % within 2 sigma, and set the threshold of the "
             "'suspect' flag for the given false-alarm rate, and decide per S/N bin whether the "
             "output leans on the input where the network is less sure than the input's noise "
             "(the input guard: on, with the strength that lowers the mean |R| of these "

@@ -96,22 +96,22 @@ class RunConfig:
         if len(set(stores_made)) < len(stores_made):
             raise SpecdenoiseError("run: two simulate steps write the same split")
         runs = [c.out for c in self.train]
-        for c in self.train:
-            for path in (c.data, c.val):
-                if path is not None and path not in stores_made:
-                    raise SpecdenoiseError(f"run: training run '{c.out}' reads '{path}', which "
-                                           f"the run does not simulate ({', '.join(stores_made)})")
-        for path in self.calibrate:
-            if path not in stores_made:
-                raise SpecdenoiseError(f"run: calibrate reads '{path}', which the run does not "
+
+        def simulated(path, reader: str) -> None:
+            if path is not None and path not in stores_made:
+                raise SpecdenoiseError(f"run: {reader} reads '{path}', which the run does not "
                                        f"simulate ({', '.join(stores_made)})")
+
+        for c in self.train:
+            simulated(c.data, f"training run '{c.out}'")
+            simulated(c.val, f"training run '{c.out}'")
+        for path in self.calibrate:
+            simulated(path, "calibrate")
         if not self.evaluate:
             raise SpecdenoiseError("run: no evaluation (give at least one [[evaluate]])")
         for c in self.evaluate:
-            for path in (c.data, c.train):
-                if path is not None and path not in stores_made:
-                    raise SpecdenoiseError(f"run: evaluation '{c.out}' reads '{path}', which "
-                                           f"the run does not simulate ({', '.join(stores_made)})")
+            simulated(c.data, f"evaluation '{c.out}'")
+            simulated(c.train, f"evaluation '{c.out}'")
             for r in c.runs:
                 if r not in runs:
                     raise SpecdenoiseError(f"run: evaluation '{c.out}' names run '{r}', which "
