@@ -54,6 +54,19 @@ def test_training_writes_checkpoint_and_metrics(datasets, tmp_path):
     assert config["model"]["summary"]["parameters"] > 0
 
 
+def test_a_resume_may_name_the_same_dataset_by_another_path(datasets, tmp_path, monkeypatch):
+    """``run --workdir best`` resuming a run first made with an absolute workdir failed with
+    "trained with data = '/abs/best/train.zarr', not 'best/train.zarr'"."""
+    loop.train(tiny_config(datasets, tmp_path / "run", epochs=1))
+    train, val = datasets
+    monkeypatch.chdir(train.parent)
+    cfg = loop.resume_config(tmp_path / "run", data=train.name,
+                             val=f"../{val.parent.name}/{val.name}", epochs=2)
+    assert cfg.epochs == 2
+    with pytest.raises(SpecdenoiseError, match="trained with data"):
+        loop.resume_config(tmp_path / "run", data=val.name)  # another dataset
+
+
 def test_resume_is_bitwise_exact(datasets, tmp_path):
     loop.train(tiny_config(datasets, tmp_path / "straight", epochs=2))
     loop.train(tiny_config(datasets, tmp_path / "split", epochs=1))

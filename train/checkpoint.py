@@ -168,6 +168,18 @@ def _huge_number(cfg, key: str = "cfg") -> tuple[str, object] | None:
     return None
 
 
+def _same_option(key: str, stored, given) -> bool:
+    """Whether a resume's option ``given`` is the stored one; a dataset given by another
+    name of the same local path (relative, with ``~``, through a link) is the same."""
+    a, b = norm_option(stored), norm_option(given)
+    if a == b:
+        return True
+    if key in ("data", "val") and isinstance(a, str) and isinstance(b, str) \
+            and "://" not in a and "://" not in b:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
 def resume_config(out, **overrides) -> TrainConfig:
     """The configuration of the run in ``out``, with the options a resume may change.
 
@@ -186,7 +198,7 @@ def resume_config(out, **overrides) -> TrainConfig:
             if {**cfg.model_cfg, **v} != cfg.model_cfg:
                 raise SpecdenoiseError(f"run {out} was trained with model_cfg {cfg.model_cfg}; "
                                        "resume with the same options or start a new --out")
-        elif norm_option(getattr(cfg, k)) != norm_option(v):
+        elif not _same_option(k, getattr(cfg, k), v):
             raise SpecdenoiseError(
                 f"run {out} was trained with {k} = {getattr(cfg, k)!r}, not {v!r}; resume with "
                 "the same options or start a new --out"
