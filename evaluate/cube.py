@@ -126,9 +126,10 @@ def _uncertainty_vars(cube3, spec_dims, shape3, shape2, c3, c2, lazy, units) -> 
                                      "in F_hat - D, in sigma (> 0: sky left in)",
                         "units": "1"}),
         "suspect": (spec_dims, lazy(shape2, c2),
-                    {"long_name": "1: D does not explain the input (chi2_red, chi2_peak or "
-                                  "sky_excess above the run's 1 % false-alarm threshold), "
-                                  "0: it does, NaN: not checked", "units": "1"}),
+                    {"long_name": "1: D does not explain the input (chi2_red, chi2_peak, "
+                                  "sky_excess or the residual binned over 4-64 pixels above "
+                                  "the run's 1 % false-alarm threshold), 0: it does, NaN: not "
+                                  "checked", "units": "1"}),
     }
 
 

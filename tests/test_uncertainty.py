@@ -210,7 +210,8 @@ def test_a_calibration_from_before_the_sky_check_still_flags(head_run, stores):
     other two statistics as before."""
     cal = unc.read_calibration(head_run)
     old = json.loads(cal.to_json())
-    for key in ("sky_template", "sky_median", "sky_spread"):
+    for key in ("sky_template", "sky_median", "sky_spread", "block_sizes", "block_median",
+                "block_spread", "levels", "guard", "thresholds"):
         del old[key]
     old["version"] = 1
     v1 = unc.Calibration.from_dict(old)
@@ -221,7 +222,10 @@ def test_a_calibration_from_before_the_sky_check_still_flags(head_run, stores):
     b = infer.denoise_with_uncertainty(model, flux, sigma, calibration=cal)
     assert np.isnan(a.sky_excess).all() and np.isfinite(b.sky_excess).all()
     np.testing.assert_array_equal(a.chi2_red, b.chi2_red)
-    u = cal.score(b.chi2_red, b.chi2_peak, unc.spectrum_snr(flux, sigma))
+    # as version 1 flagged: the larger of the two standardised statistics, one threshold
+    k = unc.snr_bin(unc.spectrum_snr(flux, sigma), v1.snr_edges)
+    u = np.maximum((b.chi2_red - np.asarray(v1.chi2_median)[k]) / np.asarray(v1.chi2_spread)[k],
+                   (b.chi2_peak - np.asarray(v1.peak_median)[k]) / np.asarray(v1.peak_spread)[k])
     np.testing.assert_array_equal(a.suspect, np.where(u > v1.threshold, 1, 0))
 
 
@@ -476,3 +480,67 @@ def test_each_bin_is_fitted_on_the_first_dataset_that_covers_it_with_its_own_thr
     old = unc.Calibration.from_dict({k: v for k, v in json.loads(cal.to_json()).items()
                                      if k != "thresholds"})
     assert (old.threshold_for(snr) == cal.threshold).all()
+
+
+def test_chi2_binned_adds_up_a_misfit_that_is_coherent_over_pixels():
+    """White residuals at their sigma: every block size gives about 1. A misfit of a quarter
+    sigma over the whole spectrum moves chi2_red by 1/16 and the 64-pixel blocks by 64/16."""
+    rng = np.random.default_rng(3)
+    n, n_wave = 200, 4096
+    sigma = np.full((n, n_wave), 0.1)
+    den = np.ones((n, n_wave))
+    flux = den + sigma * rng.standard_normal((n, n_wave))
+    sd = np.zeros_like(sigma)
+    white = unc.chi2_binned(flux, sigma, den, sd)
+    assert white.shape == (n, len(unc.BLOCK_SIZES))
+    np.testing.assert_allclose(white.mean(axis=0), 1.0, atol=0.05)
+    shifted = unc.chi2_binned(flux + 0.25 * sigma, sigma, den, sd)
+    chi2 = unc.chi2_red(flux + 0.25 * sigma, sigma, den, sd)
+    assert abs(chi2.mean() - 1.0625) < 0.02
+    np.testing.assert_allclose(shifted.mean(axis=0) - white.mean(axis=0),
+                               np.array(unc.BLOCK_SIZES) / 16, rtol=0.1)
+    # masked pixels do not count; a spectrum without a usable block is NaN
+    good = np.ones((n, n_wave), bool)
+    good[0] = False
+    good[1, :2048] = False
+    masked = unc.chi2_binned(flux, sigma, den, sd, good)
+    assert np.isnan(masked[0]).all() and np.isfinite(masked[1]).all()
+
+
+def test_a_coherent_misfit_within_the_noise_is_suspect():
+    """A spectrum whose denoised version is off by 0.4 of the noise, coherently over tens
+    of pixels (a wrong continuum or line shape, as for stars beyond the grid), moves chi2_red
+    by under one spread but its block statistics by many: it is suspect, while each check
+    alone flags about the false-alarm rate of the calibration's own spectra."""
+    rng = np.random.default_rng(11)
+    n, n_wave = 400, 1024
+
+    def case(m, offset):
+        clean = 1.0 + 0.2 * np.sin(np.linspace(0, 30, n_wave))[None, :] * rng.uniform(
+            0.5, 1, (m, 1))
+        sigma = clean / rng.uniform(12, 18, (m, 1))
+        flux = clean + sigma * rng.standard_normal(clean.shape)
+        den = clean + 0.1 * sigma * rng.standard_normal(clean.shape) + offset * sigma
+        return den, 0.1 * sigma, flux, sigma, clean
+
+    den, raw, flux, sigma, clean = case(n, 0.0)
+    good = np.ones_like(den, bool)
+    cal = unc.fit_calibration(den, raw, flux, sigma, clean, good, method="sample", samples=8)
+    assert cal.block_sizes == list(unc.BLOCK_SIZES) and set(cal.levels) == {
+        "chi2", "peak", *(f"block{s}" for s in unc.BLOCK_SIZES)}
+    snr = unc.spectrum_snr(flux, sigma, good)
+    s_cal = raw * cal.scale_for(snr)[:, None]
+    chi2, peak = unc.consistency(flux, sigma, den, s_cal, good)
+    checks = cal.checks(chi2, peak, snr, None, unc.chi2_binned(flux, sigma, den, s_cal, good))
+    for name, u in checks.items():
+        assert (u / cal.levels[name] > 1).mean() <= 0.015, name
+    assert (cal.suspect(chi2, peak, snr, None,
+                        unc.chi2_binned(flux, sigma, den, s_cal, good)) == 1).mean() <= 0.015
+
+    wave = np.sin(np.arange(n_wave) * 2 * np.pi / 200)[None, :]  # period 200 pixels
+    d2, r2, f2, s2, c2 = case(100, 0.4 * wave)
+    out = unc.apply(cal, d2, r2, f2, s2, np.ones_like(d2, bool))
+    assert (out["suspect"] == 1).mean() >= 0.9
+    snr2 = unc.spectrum_snr(f2, s2)
+    alone = cal.checks(out["chi2_red"], out["chi2_peak"], snr2)
+    assert (alone["chi2"] / cal.levels["chi2"] > cal.threshold).mean() <= 0.2

@@ -43,8 +43,8 @@ UNCERTAINTY_CHOICES = ("auto", "head", "sample", "both", "none")
 #: CF flag attributes of ``suspect``
 SUSPECT_ATTRS = {"flag_values": [-1, 0, 1], "flag_meanings": "unchecked consistent suspect",
                  "long_name": "denoised spectrum does not explain its input (chi2_red, "
-                              "chi2_peak or sky_excess above the run's 1 % false-alarm "
-                              "threshold)"}
+                              "chi2_peak, sky_excess or the residual binned over 4-64 pixels "
+                              "above the run's 1 % false-alarm threshold)"}
 DENOISED_KIND = stores.DENOISED.name
 #: the largest spectrum file read (bytes): a spectrum of 4096 pixels is ~100 kB as text
 MAX_SPECTRUM_FILE = 2 << 30
