@@ -121,3 +121,39 @@ def test_nuisance_benchmark_measures_every_effect(bench, tmp_path, monkeypatch):
             "teff": {"values": [3500.0, 7500.0]}, "logg": {"values": [0.0, 5.0]},
             "m_h": {"values": [-2.5, 0.75]}, "a_m": {"values": [-0.5, 0.5]}}))
     assert nuisance.main(argv) == summary
+
+
+def test_ood_benchmark_scores_every_kind_and_says_which_check_flags(bench, tmp_path,
+                                                                     monkeypatch):
+    """benchmarks/ood.py end to end on a calibrated tiny U-Net and a 16-node built-in grid: a
+    row per kind, unsubtracted sky flagged, and ood_checks.csv with every check of the
+    calibration and the misfit count for each out-of-distribution kind."""
+    import ood
+    from conftest import train_tiny_run
+
+    from specdenoise import stage_grid
+    from specdenoise.train import uncertainty as unc
+
+    monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
+    run, _ = train_tiny_run(tmp_path)
+    unc.calibrate_run(run, make_dataset(tmp_path / "val.zarr", n=40, chunk=20, seed=5),
+                      samples=2, device="cpu")
+    grid = stage_grid.build_builtin_grid(
+        tmp_path / "grid.zarr", progress=False,
+        settings={"teff": {"values": [3500.0, 7500.0]}, "logg": {"values": [0.0, 5.0]},
+                  "m_h": {"values": [-2.5, 0.75]}, "a_m": {"values": [-0.25, 0.5]}})
+    out = tmp_path / "out"
+    assert ood.main(["--model", str(run), "--grid", str(grid), "--n", "10", "--work",
+                     str(tmp_path / "w"), "--out", str(out)]) == 0
+    summary = {r["kind"]: r for r in _rows(out / "ood_summary.csv")}
+    assert set(summary) == {*ood.KINDS, "all_ood"}
+    assert float(summary["sky"]["flag_rate"]) >= 0.8  # the tiny network misses spikes
+    checks = _rows(out / "ood_checks.csv")
+    assert [r["kind"] for r in checks] == [k for k in ood.KINDS if k != "in_domain"]
+    names = {f"alone_{k}" for k in ("chi2", "peak", "sky", "block4", "block16", "block64")}
+    assert names <= set(checks[0])
+    for r in checks:
+        n_bad = int(r["n_bad_snr10"])
+        assert int(r["flagged"]) <= n_bad and int(r["misfit_within_in_domain"]) <= n_bad
+        assert all(int(r[k]) <= n_bad for k in names)
+    assert (out / "ood.md").read_text().count("|") > 50

@@ -351,11 +351,20 @@ class Calibration:
                                                 self.block_median[j], self.block_spread[j])
         return out
 
+    def scaled_checks(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray,
+                      sky: np.ndarray | None = None, blocks: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
+        """:meth:`checks`, each in units of its level (where the calibration has levels): the
+        check whose value is largest is the one that flags a suspect spectrum."""
+        levels = self.levels or {}
+        return {k: v / float(levels.get(k, 1.0))
+                for k, v in self.checks(chi2, peak, snr, sky, blocks).items()}
+
     def score(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray,
               sky: np.ndarray | None = None, blocks: np.ndarray | None = None) -> np.ndarray:
-        """(n,) the largest of the checks (:meth:`checks`), each in units of its level (where
-        the calibration has levels); a check that is NaN for a spectrum does not count."""
-        return _combine(self.checks(chi2, peak, snr, sky, blocks), self.levels)
+        """(n,) the largest of :meth:`scaled_checks`; a check that is NaN for a spectrum does
+        not count (NaN where none is finite)."""
+        return _largest(self.scaled_checks(chi2, peak, snr, sky, blocks))
 
     def suspect(self, chi2: np.ndarray, peak: np.ndarray, snr: np.ndarray,
                 sky: np.ndarray | None = None, blocks: np.ndarray | None = None
@@ -518,14 +527,9 @@ def _standard(values, b, median, spread) -> np.ndarray:
     return (np.asarray(values, np.float64) - np.asarray(median)[b]) / np.asarray(spread)[b]
 
 
-def _combine(checks: dict[str, np.ndarray], levels: dict[str, float] | None) -> np.ndarray:
-    """The largest of the finite ``checks``, each divided by its level (1 without levels);
-    NaN where none is finite."""
-    parts = []
-    for name, u in checks.items():
-        level = 1.0 if levels is None else float(levels.get(name, 1.0))
-        parts.append(np.asarray(u, np.float64) / level)
-    stacked = np.stack(parts)
+def _largest(checks: dict[str, np.ndarray]) -> np.ndarray:
+    """The largest of the finite ``checks`` per spectrum; NaN where none is finite."""
+    stacked = np.stack([np.asarray(u, np.float64) for u in checks.values()])
     with np.errstate(invalid="ignore"):
         best = np.where(np.isfinite(stacked), stacked, -np.inf).max(axis=0)
     return np.where(np.isfinite(best), best, np.nan)
@@ -728,7 +732,7 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
         checks[f"block{size}"] = _standard(blocks[:, j], b, m, sp)
     primary = src == src.min()
     levels = _levels(checks, b_fit, primary, false_alarm)
-    u = _combine(checks, levels)
+    u = _largest({k: v / levels[k] for k, v in checks.items()})
     threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm, primary)
     guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
     out_flux, out_sigma = _with_guard(denoised, s_cal, flux, sigma,
@@ -796,8 +800,10 @@ def _thresholds(u, b_fit, n_bins: int, false_alarm: float, primary=None
 
 def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) -> dict:
     """``flux_denoised`` and calibrated ``sigma_denoised`` (n, n_wave) float32, ``chi2_red``,
-    ``chi2_peak`` and ``sky_excess`` (n,) float32 and ``suspect`` (n,) int8 for spectra
-    denoised with :func:`raw_uncertainty`. ``flux_denoised`` is ``denoised`` where the
+    ``chi2_peak`` and ``sky_excess`` (n,) float32, ``suspect`` (n,) int8 and ``chi2_binned``
+    (n, block sizes) float64 (None without a calibration that has block statistics) for
+    spectra denoised with :func:`raw_uncertainty`; ``Calibration.scaled_checks`` of these
+    says which check flagged a spectrum. ``flux_denoised`` is ``denoised`` where the
     calibration has no input guard for the spectrum's S/N bin and the guarded output (module
     doc) where it has; the checks look at ``denoised`` itself.
 
@@ -814,7 +820,7 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
         return {"flux_denoised": np.asarray(denoised, np.float32),
                 "sigma_denoised": s_cal.astype(np.float32), "chi2_red": nan,
                 "chi2_peak": nan.copy(), "sky_excess": nan.copy(),
-                "suspect": np.full(n, UNCHECKED, np.int8)}
+                "suspect": np.full(n, UNCHECKED, np.int8), "chi2_binned": None}
     snr = spectrum_snr(flux, sigma, good)
     s_cal = sigma_raw if cal is None else sigma_raw * cal.scale_for(snr)[:, None]
     chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
@@ -831,7 +837,7 @@ def apply(cal: Calibration | None, denoised, sigma_raw, flux, sigma, good=None) 
     return {"flux_denoised": out_flux,
             "sigma_denoised": out_sigma, "chi2_red": chi2.astype(np.float32),
             "chi2_peak": peak.astype(np.float32), "sky_excess": sky.astype(np.float32),
-            "suspect": suspect}
+            "suspect": suspect, "chi2_binned": blocks}
 
 
 def calibrate(model: torch.nn.Module, data, *, method: str | None = None,
