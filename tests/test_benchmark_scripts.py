@@ -28,7 +28,7 @@ def stores(tmp_path_factory):
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for name in ("ablation", "chain", "nuisance", "ood"):
+    for name in ("ablation", "chain", "nuisance", "ood", "ood_statistics"):
         sys.modules.pop(name, None)
 
 
@@ -136,8 +136,8 @@ def test_ood_benchmark_scores_every_kind_and_says_which_check_flags(bench, tmp_p
 
     monkeypatch.setenv("SPECDENOISE_CACHE", str(tmp_path / "cache"))
     run, _ = train_tiny_run(tmp_path)
-    unc.calibrate_run(run, make_dataset(tmp_path / "val.zarr", n=40, chunk=20, seed=5),
-                      samples=2, device="cpu")
+    val = make_dataset(tmp_path / "val.zarr", n=40, chunk=20, seed=5)
+    unc.calibrate_run(run, val, samples=2, device="cpu")
     grid = stage_grid.build_builtin_grid(
         tmp_path / "grid.zarr", progress=False,
         settings={"teff": {"values": [3500.0, 7500.0]}, "logg": {"values": [0.0, 5.0]},
@@ -157,3 +157,16 @@ def test_ood_benchmark_scores_every_kind_and_says_which_check_flags(bench, tmp_p
         assert int(r["flagged"]) <= n_bad and int(r["misfit_within_in_domain"]) <= n_bad
         assert all(int(r[k]) <= n_bad for k in names)
     assert (out / "ood.md").read_text().count("|") > 50
+
+    # the comparison of candidate statistics, on the same kinds (kept in the work folder)
+    import ood_statistics
+
+    assert ood_statistics.main(["--model", str(run), "--val", str(val), "--n-val", "40",
+                                "--n", "10", "--grid", str(grid), "--work", str(tmp_path / "w"),
+                                "--out", str(out)]) == 0
+    rows = {r["statistics"]: r for r in _rows(out / "ood_statistics.csv")}
+    assert {"chi2", "block16", "line", "legendre7",
+            "chi2+peak+sky+block4+block16+block64 (levels)"} <= set(rows)
+    for r in rows.values():
+        assert 0 <= float(r["in_domain_flagged"]) <= 1
+        assert int(r["bad_caught"]) <= int(r["bad_total"])
