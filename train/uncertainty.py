@@ -48,7 +48,7 @@ square; summed over a block of pixels first, the misfit adds up and the noise do
 
 is 1 for white residuals at every m, and a misfit of a quarter sigma kept over the whole
 spectrum adds m / 16 to it (1/16 to ``chi2_red``). On the best preset's network it took the
-out-of-distribution spectra it flags from 70 % to 84 % (``results/ood/``).
+bad out-of-distribution spectra flagged from 69 % to 83 % (``results/ood/``).
 
 The null distributions of all these drift with S/N, so each is standardised per S/N bin
 (median and 1.4826 MAD of the validation spectra in the bin), and then divided by its own
