@@ -199,6 +199,11 @@ def main(argv=None) -> int:
         method = d.uncertainty_method
         samples = d.samples or (cal.samples if cal is not None and cal.method == method
                                 else unc.DEFAULT_SAMPLES)
+        if cal is not None and (cal.method != method
+                                or (method != "head" and cal.samples != samples)):
+            print(f"{name}: calibrated for {cal.method!r} with {cal.samples} samples, not "
+                  f"{method!r}: nothing is flagged", flush=True)
+            cal = None  # as the Denoiser does: an uncertainty it was not fitted for
         for kind in KINDS:
             a = data[kind]
             t0 = time.perf_counter()
@@ -211,7 +216,8 @@ def main(argv=None) -> int:
                          "suspect": b["suspect"], "snr": a["snr"], "chi2": b["chi2_red"],
                          "peak": b["chi2_peak"], "seconds": time.perf_counter() - t0,
                          "misfit": misfit(den, a["flux_clean"], a["sigma"]),
-                         "checks": {} if cal is None else cal.scaled_checks(
+                         "checks": {} if cal is None or cal.levels is None
+                         else cal.scaled_checks(
                              b["chi2_red"], b["chi2_peak"], snr, b["sky_excess"],
                              b["chi2_binned"])}
         ref_bin = unc.snr_bin(res["in_domain"]["snr"], EDGES)
