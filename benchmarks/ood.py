@@ -195,15 +195,8 @@ def main(argv=None) -> int:
         d = infer.load_denoiser(run, device="cpu",
                                 method=None if args.uncertainty == "auto" else args.uncertainty)
         res = {}
-        cal = d.calibration
-        method = d.uncertainty_method
-        samples = d.samples or (cal.samples if cal is not None and cal.method == method
-                                else unc.DEFAULT_SAMPLES)
-        if cal is not None and (cal.method != method
-                                or (method != "head" and cal.samples != samples)):
-            print(f"{name}: calibrated for {cal.method!r} with {cal.samples} samples, not "
-                  f"{method!r}: nothing is flagged", flush=True)
-            cal = None  # as the Denoiser does: an uncertainty it was not fitted for
+        method, samples, cal = infer.resolve_uncertainty(d.model, d.calibration, d.method,
+                                                         d.samples)
         for kind in KINDS:
             a = data[kind]
             t0 = time.perf_counter()
@@ -255,37 +248,33 @@ def main(argv=None) -> int:
                             else math.nan,
                             "seconds": r["seconds"]})
         ood = [k for k in KINDS if k != "in_domain"]
+        # the in-domain set's own misfit, 99th percentile per S/N bin
+        ind = res["in_domain"]
+        i_idx = unc.snr_bin(ind["snr"], EDGES)
+        top = np.array(unc._fill_bins([
+            float(np.quantile(ind["misfit"][i_idx == i], 0.99)) if (i_idx == i).any()
+            else None for i in range(len(EDGES) - 1)]))
         bad_all = flag_all = 0
         for kind in ood:
             r = res[kind]
             b_idx = unc.snr_bin(r["snr"], EDGES)
             bad = (r["rel"] > 2 * ref[b_idx]) & (r["snr"] >= MIN_SNR_BAD)
+            flagged = bad & (r["suspect"] == 1)
             bad_all += int(bad.sum())
-            flag_all += int((bad & (r["suspect"] == 1)).sum())
+            flag_all += int(flagged.sum())
+            within = bad & (r["misfit"] <= top[b_idx])
+            row = {"model": name, "kind": kind, "n_bad_snr10": int(bad.sum()),
+                   "flagged": int(flagged.sum()), "misfit_within_in_domain": int(within.sum()),
+                   "flagged_of_those": int((within & flagged).sum())}
+            for check, v in r["checks"].items():
+                row[f"alone_{check}"] = int((bad & (np.nan_to_num(v, nan=-np.inf) > 1)).sum())
+            checks_rows.append(row)
         summary.append({"model": name, "kind": "all_ood", "n": len(ood) * args.n,
                         "flag_rate": float(np.mean([res[k]["suspect"] == 1 for k in ood])),
                         "flag_rate_snr10": math.nan, "mean_rel_err": math.nan,
                         "n_bad_snr10": bad_all,
                         "bad_flagged_snr10": flag_all / bad_all if bad_all else math.nan,
                         "seconds": math.nan})
-        for kind in ood:
-            r = res[kind]
-            b_idx = unc.snr_bin(r["snr"], EDGES)
-            bad = (r["rel"] > 2 * ref[b_idx]) & (r["snr"] >= MIN_SNR_BAD)
-            # the in-domain set's own misfit, 99th percentile per S/N bin
-            ind = res["in_domain"]
-            i_idx = unc.snr_bin(ind["snr"], EDGES)
-            top = np.array(unc._fill_bins([
-                float(np.quantile(ind["misfit"][i_idx == i], 0.99)) if (i_idx == i).any()
-                else None for i in range(len(EDGES) - 1)]))
-            within = bad & (r["misfit"] <= top[b_idx])
-            row = {"model": name, "kind": kind, "n_bad_snr10": int(bad.sum()),
-                   "flagged": int((bad & (r["suspect"] == 1)).sum()),
-                   "misfit_within_in_domain": int(within.sum()),
-                   "flagged_of_those": int((within & (r["suspect"] == 1)).sum())}
-            for check, v in r["checks"].items():
-                row[f"alone_{check}"] = int((bad & (np.nan_to_num(v, nan=-np.inf) > 1)).sum())
-            checks_rows.append(row)
     _write_csv(out / "ood.csv", rows)
     if checks_rows:
         _write_csv(out / "ood_checks.csv", checks_rows)

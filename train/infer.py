@@ -195,6 +195,27 @@ def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibr
 
     needs_sigma = getattr(model, "in_channels", 1) == 2
     flux, sigma, _ = _check_inputs(model, flux, sigma, needs_sigma)
+    method, samples, calibration = resolve_uncertainty(model, calibration, method, samples)
+    den, raw = unc.raw_uncertainty(model, flux, sigma, method=method, samples=samples,
+                                   seed=seed, batch_size=batch_size, device=device)
+    if not (np.isfinite(den).all() and np.isfinite(raw).all()):
+        row = int(np.nonzero(~(np.isfinite(den) & np.isfinite(raw)).all(axis=1))[0][0])
+        raise SpecdenoiseError(f"the model gives NaN or infinite flux for spectrum {row}; its "
+                               "weights are damaged (retrain, or use an earlier checkpoint)")
+    out = unc.apply(calibration, den, raw, flux, sigma, good)
+    return DenoisedBlock(out["flux_denoised"], out["sigma_denoised"], out["chi2_red"],
+                         out["suspect"],
+                         out["chi2_peak"], out["sky_excess"])
+
+
+def resolve_uncertainty(model: torch.nn.Module, calibration, method: str | None,
+                        samples: int | None) -> tuple[str, int, object | None]:
+    """``(method, samples, calibration)`` as :func:`denoise_with_uncertainty` uses them:
+    ``method`` None is the calibration's (else ``head`` for a network with an uncertainty head,
+    ``sample`` for any other), ``samples`` None the calibration's (else 8); a calibration fitted
+    for another method or sample count is dropped (None), with a warning."""
+    from specdenoise.train import uncertainty as unc
+
     if method is None:
         method = calibration.method if calibration is not None else unc.default_method(model)
     if samples is None:
@@ -206,16 +227,7 @@ def denoise_with_uncertainty(model: torch.nn.Module, flux, sigma=None, *, calibr
                     "sigma_denoised is not calibrated and nothing is flagged",
                     calibration.method, calibration.samples, method, samples)
         calibration = None
-    den, raw = unc.raw_uncertainty(model, flux, sigma, method=method, samples=samples,
-                                   seed=seed, batch_size=batch_size, device=device)
-    if not (np.isfinite(den).all() and np.isfinite(raw).all()):
-        row = int(np.nonzero(~(np.isfinite(den) & np.isfinite(raw)).all(axis=1))[0][0])
-        raise SpecdenoiseError(f"the model gives NaN or infinite flux for spectrum {row}; its "
-                               "weights are damaged (retrain, or use an earlier checkpoint)")
-    out = unc.apply(calibration, den, raw, flux, sigma, good)
-    return DenoisedBlock(out["flux_denoised"], out["sigma_denoised"], out["chi2_red"],
-                         out["suspect"],
-                         out["chi2_peak"], out["sky_excess"])
+    return method, samples, calibration
 
 
 def denoise_array_with_sigma(model: torch.nn.Module, flux, sigma=None, *, calibration=None,

@@ -715,51 +715,46 @@ def fit_calibration(denoised, sigma_raw, flux, sigma, clean, good, *, method: st
     chi2, peak = consistency(flux, sigma, denoised, s_cal, good)
     med_f, spread_f = _robust(chi2, b_fit, n_bins)
     pmed_f, pspread_f = _robust(peak, b_fit, n_bins)
-    checks = {"chi2": _standard(chi2, b, med_f, spread_f),
-              "peak": _standard(peak, b, pmed_f, pspread_f)}
-    smed_f = sspread_f = stored = None
+    sky = smed_f = sspread_f = stored = None
     if template is not None:
         sky = sky_excess(flux, sigma, denoised, s_cal, template, good)
         smed_f, sspread_f = _robust(sky, b_fit, n_bins)
-        checks["sky"] = _sky_score(sky, b, smed_f, sspread_f)
         stored = [float(f"{v:.4g}") for v in np.asarray(template, np.float64)]
     blocks = chi2_binned(flux, sigma, denoised, s_cal, good)
-    bmed, bspread = [], []
-    for j, size in enumerate(BLOCK_SIZES):
-        m, sp = _robust(blocks[:, j], b_fit, n_bins)
-        bmed.append(m)
-        bspread.append(sp)
-        checks[f"block{size}"] = _standard(blocks[:, j], b, m, sp)
+    bmed, bspread = zip(*(_robust(blocks[:, j], b_fit, n_bins)
+                          for j in range(len(BLOCK_SIZES))), strict=True)
+    # the checks are scored by the Calibration itself, as apply() scores them; the threshold,
+    # guard and table are filled in below
+    cal = Calibration(method=method, samples=int(samples), snr_edges=[float(e) for e in edges],
+                      scale=scale, chi2_median=med_f, chi2_spread=spread_f,
+                      peak_median=pmed_f, peak_spread=pspread_f, threshold=math.nan,
+                      false_alarm=float(false_alarm), dataset=dataset,
+                      n_spectra=int(len(flux)), seed=int(seed),
+                      sky_template=stored, sky_median=smed_f, sky_spread=sspread_f,
+                      block_sizes=[int(v) for v in BLOCK_SIZES], block_median=list(bmed),
+                      block_spread=list(bspread))
     primary = src == src.min()
-    levels = _levels(checks, b_fit, primary, false_alarm)
-    u = _largest({k: v / levels[k] for k, v in checks.items()})
-    threshold, thresholds = _thresholds(u, b_fit, n_bins, false_alarm, primary)
-    guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
+    cal.levels = _levels(cal.checks(chi2, peak, snr, sky, blocks), b_fit, primary,
+                         false_alarm)
+    u = cal.score(chi2, peak, snr, sky, blocks)
+    cal.threshold, cal.thresholds = _thresholds(u, b_fit, n_bins, false_alarm, primary)
+    cal.guard, weighed = fit_guard(denoised, s_cal, flux, sigma, clean, good, b_fit, n_bins)
     out_flux, out_sigma = _with_guard(denoised, s_cal, flux, sigma,
-                                      np.asarray(guard, np.float64)[b], np.float64)
+                                      np.asarray(cal.guard, np.float64)[b], np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         z_out = np.where(good, (out_flux - clean) / out_sigma, np.nan)
-    table = []
     for i in range(n_bins):
         rows = b_fit == i
         row = {"snr_lo": edges[i], "snr_hi": None if math.isinf(edges[i + 1])
                else edges[i + 1], "n_spectra": int(rows.sum()),
                "scale": scale[i], "raw": coverage(z_raw[rows].ravel()),
-               "calibrated": coverage(z_raw[rows].ravel() / scale[i]), "guard": guard[i],
-               "output": coverage(z_out[rows].ravel()), "threshold": thresholds[i],
-               "flagged": float((u[rows] > thresholds[i]).mean()) if rows.any() else None}
+               "calibrated": coverage(z_raw[rows].ravel() / scale[i]), "guard": cal.guard[i],
+               "output": coverage(z_out[rows].ravel()), "threshold": cal.thresholds[i],
+               "flagged": float((u[rows] > cal.thresholds[i]).mean()) if rows.any() else None}
         if weighed[i] is not None:
             row["mean_rel_err"], row["mean_rel_err_guarded"] = weighed[i]
-        table.append(row)
-    return Calibration(method=method, samples=int(samples), snr_edges=[float(e) for e in edges],
-                       scale=scale, chi2_median=med_f, chi2_spread=spread_f,
-                       peak_median=pmed_f, peak_spread=pspread_f, threshold=threshold,
-                       false_alarm=float(false_alarm), dataset=dataset,
-                       n_spectra=int(len(flux)), seed=int(seed), coverage=table,
-                       sky_template=stored, sky_median=smed_f, sky_spread=sspread_f,
-                       guard=guard, thresholds=thresholds,
-                       block_sizes=[int(v) for v in BLOCK_SIZES], block_median=bmed,
-                       block_spread=bspread, levels=levels)
+        cal.coverage.append(row)
+    return cal
 
 
 def _levels(checks: dict[str, np.ndarray], b_fit, primary, false_alarm: float
