@@ -40,10 +40,10 @@ from scipy.ndimage import median_filter
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ood  # noqa: E402  (the benchmark next to this one: its kinds and their files)
+from uncertainty import read  # noqa: E402  (benchmarks/uncertainty.py: a validation set)
 
 from specdenoise.config import load_config  # noqa: E402
 from specdenoise.stage_grid import resolve_grid  # noqa: E402
-from specdenoise.train import data as tdata  # noqa: E402
 from specdenoise.train import infer  # noqa: E402
 from specdenoise.train import uncertainty as unc  # noqa: E402
 
@@ -112,19 +112,7 @@ def main(argv=None) -> int:
                                        seed=seed)
         return den, raw, unc.apply(cal, den, raw, flux, sigma, good)
 
-    info = tdata.inspect_store(args.val, tdata.VAL_VARS, n_wave=d.model.n_wave)
-    group = tdata.open_group(info.path, info.storage_options)
-    parts: dict[str, list] = {k: [] for k in ("flux", "sigma", "flux_clean", "good")}
-    n = 0
-    for chunk in range(info.n_chunks):
-        if n >= args.n_val:
-            break
-        a = tdata.read_chunk(group, info, chunk, tdata.VAL_VARS)
-        for k in parts:
-            parts[k].append(a[k][:args.n_val - n])
-        n += len(parts["flux"][-1])
-    v = {k: np.concatenate(x) for k, x in parts.items()}
-    v["good"] = v["good"] & (v["flux_clean"] > 0)
+    v = read(args.val, args.n_val)
     den, raw, _ = run(v["flux"], v["sigma"], v["good"], 100)
     val_stats, val_snr = statistics(cal, den, raw, v["flux"], v["sigma"], v["good"])
     val_bin = unc.snr_bin(val_snr)

@@ -28,7 +28,7 @@ def stores(tmp_path_factory):
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for name in ("ablation", "chain", "nuisance", "ood", "ood_statistics"):
+    for name in ("ablation", "chain", "nuisance", "ood", "ood_statistics", "uncertainty"):
         sys.modules.pop(name, None)
 
 
